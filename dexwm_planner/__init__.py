@@ -1,0 +1,1 @@
+"""dexwm_planner"""

@@ -1,0 +1,81 @@
+"""Helpers for tests that run real nodes in separate processes over Fast DDS on this host only."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+_counter = itertools.count()
+
+
+def unique_domain_id() -> int:
+    """A ROS_DOMAIN_ID in 1..100 unlikely to collide with another test run on this host.
+
+    Derived from the pid and a per-process counter so that parallel pytest runs (several developers
+    or CI jobs on one machine) do not see each other's nodes.
+    """
+    return 1 + (os.getpid() * 7 + next(_counter) * 13) % 100
+
+
+def ros_env(domain_id: int | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a process that uses DDS: localhost discovery only, a test-unique domain."""
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_DOMAIN_ID"] = str(unique_domain_id() if domain_id is None else domain_id)
+    env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
+    env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("MUJOCO_GL", "egl")
+    env.update(extra)
+    return env
+
+
+def node_command(executable: str, *ros_args: str) -> list[str]:
+    """Command that runs an installed node executable (lib/dexwm_ros/NAME) with --ros-args."""
+    exe = VENV_BIN.parent / "lib" / "dexwm_ros" / executable
+    cmd = [sys.executable, str(exe)]
+    if ros_args:
+        cmd += ["--ros-args", *ros_args]
+    return cmd
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], env: dict[str, str], log_path: Path | None = None, stop_timeout: float = 10.0):
+    """Start a process in its own session; on exit send SIGINT, then SIGKILL its group if needed."""
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=str(ROOT))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if log_path:
+            out.close()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll predicate() until it returns a truthy value; raise TimeoutError naming what we waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
