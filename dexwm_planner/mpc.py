@@ -1,0 +1,181 @@
+"""Receding-horizon planner (MPC with CEM) toward a goal image, over any ``WorldModelLike``.
+
+One ``step`` = one replan: encode nothing new (``observe`` does that), optimise a joint plan over
+the current horizon, return its first step as the command. The horizon shrinks 3 -> 2 -> 1 between
+replans (the paper's schedule: the remaining steps of the plan are re-optimised, warm-started from
+the previous mean and std), then starts over at the full horizon from the current joints.
+
+ROS-free: the planner node and the in-process evaluation drive the same object.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .cem import CEM, CEMConfig, CEMResult, CPU
+from .objective import ActionsFn, GoalObjective, ObjectiveConfig, RotationFn, WorldModelLike
+
+
+@dataclass(frozen=True)
+class MPCConfig:
+    cem: CEMConfig = CPU
+    objective: ObjectiveConfig = ObjectiveConfig()
+    # Past observed frames kept as world-model context (the paper's predictor uses 8).
+    context_frames: int = 8
+    # Paper schedule: horizon T, T-1, ..., 1, then start over. False: constant horizon, shifted plan.
+    shrink_horizon: bool = True
+
+    def __post_init__(self):
+        if self.context_frames < 1:
+            raise ValueError(f"context_frames must be >= 1, got {self.context_frames}")
+
+
+@dataclass
+class PlanStep:
+    command: np.ndarray            # (23,) joint target to execute now (feasible: limits + step cap)
+    plan: np.ndarray               # (T, 23) the full planned sequence (first row = command)
+    cost: float                    # planned cost (objective of ``plan``)
+    current_cost: float            # latent MSE between the current observation and the goal
+    horizon: int
+    replan_seconds: float
+    cost_history: list[float] = field(default_factory=list)
+    predicted_keypoints: np.ndarray | None = None  # (T, 12, 2) heatmap-head keypoints of the plan
+    stopped: bool = False          # optimisation was cut short by should_stop
+
+
+class NoGoalError(RuntimeError):
+    """Planning was asked for without a goal."""
+
+
+class MPCPlanner:
+    """Plans joint targets toward a goal image with a world model (CEM inside receding-horizon MPC)."""
+
+    def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, lower: np.ndarray, upper: np.ndarray,
+                 config: MPCConfig = MPCConfig(), rotation_fn: RotationFn | None = None, seed: int | None = None):
+        self.model = model
+        self.actions_fn = actions_fn
+        self.config = config
+        self.cem = CEM(config.cem, lower, upper)
+        self.rotation_fn = rotation_fn
+        self.rng = np.random.default_rng(seed)
+        self._context: collections.deque = collections.deque(maxlen=config.context_frames)
+        self.goal_latent: torch.Tensor | None = None
+        self.goal_image: np.ndarray | None = None
+        self.goal_rotation: np.ndarray | None = None
+        self.objective: GoalObjective | None = None
+        self._warm: tuple[np.ndarray, np.ndarray] | None = None
+        self._next_horizon = config.cem.horizon
+
+    # ----------------------------------------------------------------------------------------- goal
+    @property
+    def has_goal(self) -> bool:
+        return self.objective is not None
+
+    def set_goal(self, image: np.ndarray, goal_joints: np.ndarray | None = None) -> None:
+        """Encode a goal image (H, W, 3) uint8; ``goal_joints`` gives the orientation reference."""
+        image = _check_image(image)
+        with torch.no_grad():
+            latent = self.model.encode(image[None])[0]
+        goal_rotation = None
+        if self.config.objective.orientation_weight > 0 and self.rotation_fn is not None:
+            if goal_joints is not None:
+                goal_rotation = self.rotation_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
+        objective_cfg = self.config.objective
+        if objective_cfg.orientation_weight > 0 and goal_rotation is None:
+            # Without goal joints the orientation reference is taken at the first replan (see step).
+            objective_cfg = ObjectiveConfig(decay=objective_cfg.decay, keypoint_weight=objective_cfg.keypoint_weight)
+        self.objective = GoalObjective(self.model, self.actions_fn, latent, objective_cfg,
+                                       rotation_fn=self.rotation_fn, goal_rotation=goal_rotation)
+        self.goal_latent = latent
+        self.goal_image = image
+        self.goal_rotation = goal_rotation
+        self.reset()
+
+    def clear_goal(self) -> None:
+        self.objective = None
+        self.goal_latent = self.goal_image = self.goal_rotation = None
+        self.reset()
+
+    # ------------------------------------------------------------------------------------ episodes
+    def reset(self) -> None:
+        """Forget the observed context and the warm start (new episode, new goal)."""
+        self._context.clear()
+        self._warm = None
+        self._next_horizon = self.config.cem.horizon
+
+    def observe(self, image: np.ndarray) -> torch.Tensor:
+        """Encode the newest camera frame and append it to the world-model context."""
+        image = _check_image(image)
+        with torch.no_grad():
+            latent = self.model.encode(image[None])[0]
+        self._context.append(latent)
+        return latent
+
+    @property
+    def context(self) -> torch.Tensor:
+        if not self._context:
+            raise RuntimeError("no observation yet: call observe(image) before planning")
+        return torch.stack(list(self._context))
+
+    def step(self, q: np.ndarray, should_stop: Callable[[], bool] | None = None) -> PlanStep:
+        """Replan from joints ``q`` (23,) and the observed context; return the command to execute."""
+        if self.objective is None:
+            raise NoGoalError("no goal image: capture or load a goal before planning")
+        q = np.asarray(q, dtype=np.float64)
+        if self.config.objective.orientation_weight > 0 and self.objective.goal_rotation is None \
+                and self.rotation_fn is not None:
+            # No goal joints known: keep the end-effector orientation the robot has now.
+            self.objective = GoalObjective(self.model, self.actions_fn, self.goal_latent, self.config.objective,
+                                           rotation_fn=self.rotation_fn, goal_rotation=self.rotation_fn(q[None])[0])
+        context = self.context
+        t0 = time.perf_counter()
+        horizon = self._next_horizon
+        mean, std = self._warm if self._warm is not None else (None, None)
+        objective = self.objective
+
+        def cost_fn(samples: np.ndarray) -> np.ndarray:
+            return objective(context, q, samples)
+
+        result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
+                                              should_stop=should_stop)
+        stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)
+        terms = objective.terms(context, q, result.plan[None], keep_keypoints=True)
+        with torch.no_grad():
+            current_cost = float(((context[-1] - self.goal_latent.to(context.dtype)) ** 2).mean())
+        self._advance(result, horizon)
+        return PlanStep(command=result.plan[0].copy(), plan=result.plan, cost=result.cost,
+                        current_cost=current_cost, horizon=horizon,
+                        replan_seconds=time.perf_counter() - t0, cost_history=result.cost_history,
+                        predicted_keypoints=None if terms.predicted_keypoints is None else terms.predicted_keypoints[0],
+                        stopped=stopped)
+
+    def _advance(self, result: CEMResult, horizon: int) -> None:
+        """Set up the next replan's horizon and warm start (the executed first step is dropped)."""
+        full = self.config.cem.horizon
+        if self.config.shrink_horizon:
+            if horizon > 1:
+                self._next_horizon = horizon - 1
+                self._warm = (result.mean[1:], result.std[1:])
+            else:
+                self._next_horizon = full
+                self._warm = None
+        else:
+            self._next_horizon = full
+            if full > 1:
+                # Shift by one step and repeat the last one; std keeps its shape.
+                self._warm = (np.concatenate([result.mean[1:], result.mean[-1:]]),
+                              np.concatenate([result.std[1:], result.std[-1:]]))
+            else:
+                self._warm = None
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    return image

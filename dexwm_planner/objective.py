@@ -1,0 +1,146 @@
+"""Planning cost: how far a world-model rollout of a joint plan ends from the goal image.
+
+Terms (DexWM paper, section on planning):
+
+* latent distance: per predicted step t, the MSE between the predicted patch latents and the goal
+  image's latents, weighted by ``decay**(T-1-t)`` (later steps count more) with the weights
+  normalised to sum to one;
+* hand keypoints: ``keypoint_weight`` (1e-3) times the MSE [px^2] between the 2D right-hand keypoints
+  decoded by the heatmap head from the predicted latents and those decoded from the goal latent,
+  weighted over time like the latent term;
+* optional end-effector orientation: ``orientation_weight`` times the squared rotation angle [rad^2]
+  between the planned final end-effector orientation and a reference (used for grasping, where the
+  palm should keep its approach orientation).
+
+The world model is anything that follows ``WorldModelLike`` (the real ``DexWM`` or a small test
+model); joint plans become 132-d keypoint-delta actions through ``actions_fn`` (forward kinematics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+# Heatmap head outputs 12 keypoints: wrist + 5 fingertips of the right hand, then of the left hand.
+RIGHT_HAND_KEYPOINTS = slice(0, 6)
+
+
+@runtime_checkable
+class WorldModelLike(Protocol):
+    """What the planner needs from a world model (dexwm_planner.world_model.DexWM follows it)."""
+
+    def encode(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) -> latents (B, P, d)."""
+
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """context latents (C, P, d), actions (B, T, 132) -> predicted latents (B, T, P, d)."""
+
+    def keypoints_2d(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (..., P, d) -> 2D keypoints (..., 12, 2) in pixels."""
+
+
+# joint sequences (B, T+1, 23), first row the current joints -> actions (B, T, 132)
+ActionsFn = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
+# joints (B, 23) -> end-effector rotation matrices (B, 3, 3)
+RotationFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    decay: float = 0.6
+    keypoint_weight: float = 1e-3
+    orientation_weight: float = 0.0
+
+    def __post_init__(self):
+        if not (0 < self.decay <= 1):
+            raise ValueError(f"decay must be in (0, 1], got {self.decay}")
+        if self.keypoint_weight < 0 or self.orientation_weight < 0:
+            raise ValueError("cost weights must be >= 0")
+
+
+def step_weights(horizon: int, decay: float) -> np.ndarray:
+    """``decay**(T-1-t)`` for t = 0..T-1, normalised to sum to one."""
+    w = decay ** np.arange(horizon - 1, -1, -1, dtype=np.float64)
+    return w / w.sum()
+
+
+def rotation_angle(r_a: np.ndarray, r_b: np.ndarray) -> np.ndarray:
+    """Angle [rad] of the relative rotation between rotation matrices (..., 3, 3)."""
+    rel = np.einsum("...ji,...jk->...ik", r_a, r_b)
+    cos = (np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+@dataclass
+class CostTerms:
+    total: np.ndarray          # (N,)
+    latent: np.ndarray         # (N,) weighted latent MSE
+    keypoint: np.ndarray       # (N,) weighted right-hand keypoint MSE [px^2] (before the weight)
+    orientation: np.ndarray    # (N,) squared final orientation error [rad^2] (before the weight)
+    predicted_keypoints: np.ndarray | None = None  # (N, T, 12, 2)
+
+
+class GoalObjective:
+    """Scores joint plans by rolling them out in the world model and comparing with the goal."""
+
+    def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, goal_latent: torch.Tensor,
+                 config: ObjectiveConfig = ObjectiveConfig(), rotation_fn: RotationFn | None = None,
+                 goal_rotation: np.ndarray | None = None):
+        self.model = model
+        self.actions_fn = actions_fn
+        self.config = config
+        self.goal_latent = torch.as_tensor(goal_latent).detach()
+        if self.goal_latent.ndim != 2:
+            raise ValueError(f"goal latent must be (P, d), got shape {tuple(self.goal_latent.shape)}")
+        with torch.no_grad():
+            kp = model.keypoints_2d(self.goal_latent[None])[0] if config.keypoint_weight > 0 else None
+        self.goal_keypoints = None if kp is None else torch.as_tensor(kp)[RIGHT_HAND_KEYPOINTS].float()
+        if config.orientation_weight > 0 and (rotation_fn is None or goal_rotation is None):
+            raise ValueError("an orientation weight needs rotation_fn and goal_rotation")
+        self.rotation_fn = rotation_fn
+        self.goal_rotation = None if goal_rotation is None else np.asarray(goal_rotation, dtype=np.float64)
+
+    def __call__(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        return self.terms(context, q0, samples).total
+
+    @torch.no_grad()
+    def rollout(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray) -> torch.Tensor:
+        """Predicted latents (N, T, P, d) of joint plans (N, T, 23) starting at joints q0."""
+        samples = np.asarray(samples, dtype=np.float64)
+        n = samples.shape[0]
+        q_seq = np.concatenate([np.broadcast_to(np.asarray(q0, dtype=np.float64), (n, 1, samples.shape[-1])),
+                                samples], axis=1)
+        return self.model.rollout(context, self._actions(q_seq))
+
+    def _actions(self, q_seq: np.ndarray) -> torch.Tensor:
+        actions = self.actions_fn(q_seq)
+        actions = actions if torch.is_tensor(actions) else torch.as_tensor(np.asarray(actions))
+        return actions.to(self.goal_latent.dtype)
+
+    @torch.no_grad()
+    def terms(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray,
+              keep_keypoints: bool = False) -> CostTerms:
+        cfg = self.config
+        pred = self.rollout(context, q0, samples)                       # (N, T, P, d)
+        n, horizon = pred.shape[:2]
+        w = torch.as_tensor(step_weights(horizon, cfg.decay), dtype=torch.float64)
+        goal = self.goal_latent.to(pred.dtype)
+        latent_mse = ((pred - goal) ** 2).mean(dim=(-2, -1)).double()   # (N, T)
+        latent = (latent_mse * w).sum(dim=1).numpy()
+        keypoint = np.zeros(n)
+        kp_np = None
+        if cfg.keypoint_weight > 0 or keep_keypoints:
+            kp = torch.as_tensor(self.model.keypoints_2d(pred)).float()  # (N, T, 12, 2)
+            kp_np = kp.numpy() if keep_keypoints else None
+            if self.goal_keypoints is not None:
+                kp_mse = ((kp[..., RIGHT_HAND_KEYPOINTS, :] - self.goal_keypoints) ** 2).mean(dim=(-2, -1))
+                keypoint = (kp_mse.double() * w).sum(dim=1).numpy()
+        orientation = np.zeros(n)
+        if cfg.orientation_weight > 0:
+            final = np.asarray(samples, dtype=np.float64)[:, -1]
+            orientation = rotation_angle(self.rotation_fn(final), self.goal_rotation) ** 2
+        total = latent + cfg.keypoint_weight * keypoint + cfg.orientation_weight * orientation
+        return CostTerms(total=total, latent=latent, keypoint=keypoint, orientation=orientation,
+                         predicted_keypoints=kp_np)

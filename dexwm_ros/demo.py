@@ -1,0 +1,227 @@
+"""`make demo`: the simulated Franka + Allegro grasp, driven by the shipped world model through the
+ROS graph (each node in its own process, exactly as `dexwm-up grasp` starts them).
+
+Steps: start the graph; reset the simulation to a seeded grasp episode (its goal image is rendered
+from a scripted solution); send that goal to /dexwm/execute; print the cost of every MPC step and the
+outcome; write out/demo/episode.gif (camera | goal | predicted rollout), cost.png and summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+import rclpy  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from dexwm_ros.action import Execute  # noqa: E402
+from dexwm_ros.msg import EpisodeState  # noqa: E402
+from dexwm_ros.srv import ResetEpisode  # noqa: E402
+
+
+def _to_numpy(msg: Image) -> np.ndarray:
+    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
+    if channels is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, : msg.width * channels]
+    arr = arr.reshape(msg.height, msg.width, channels)
+    if msg.encoding == "bgr8":
+        arr = arr[..., ::-1]
+    return np.repeat(arr, 3, axis=2) if channels == 1 else arr
+
+
+class DemoClient(Node):
+    """Records what the graph shows while the planner works toward the goal."""
+
+    def __init__(self):
+        super().__init__("dexwm_demo")
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.lock = threading.Lock()
+        self.camera = None
+        self.rollout = None
+        self.episode = None
+        self.frames = []
+        self.create_subscription(Image, "/camera/camera/color/image_raw", self._on_camera, reliable)
+        self.create_subscription(Image, "/dexwm/predicted_rollout", self._on_rollout, latched)
+        self.create_subscription(EpisodeState, "/sim/episode", self._on_episode, 10)
+        self.reset_client = self.create_client(ResetEpisode, "/sim/reset")
+        self.execute_client = ActionClient(self, Execute, "/dexwm/execute")
+
+    def _on_camera(self, msg):
+        with self.lock:
+            self.camera = _to_numpy(msg)
+
+    def _on_rollout(self, msg):
+        with self.lock:
+            self.rollout = _to_numpy(msg)
+
+    def _on_episode(self, msg):
+        with self.lock:
+            self.episode = msg
+
+    def snapshot(self, goal: np.ndarray):
+        """One video frame: camera | goal, with the latest predicted rollout strip underneath."""
+        import cv2
+
+        with self.lock:
+            camera, rollout = self.camera, self.rollout
+        if camera is None:
+            return
+        h = 240
+        cam = cv2.resize(camera, (h * camera.shape[1] // camera.shape[0], h))
+        gl = cv2.resize(goal, (h * goal.shape[1] // goal.shape[0], h))
+        top = np.concatenate([cam, gl], axis=1)
+        if rollout is not None:
+            w = top.shape[1]
+            strip = cv2.resize(rollout, (w, max(1, int(rollout.shape[0] * w / rollout.shape[1]))))
+            top = np.concatenate([top, strip], axis=0)
+        self.frames.append(top)
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "graph.log"
+    print(f"[demo] starting the simulated grasp graph (log: {log_path})", flush=True)
+    up_cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), "grasp", "sim:=true", f"seed:={seed}"]
+    log = open(log_path, "wb")
+    up = subprocess.Popen(up_cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rclpy.init()
+    client = DemoClient()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(client)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    costs = []
+    summary = {"seed": seed, "task": "grasp"}
+    try:
+        _wait(lambda: client.reset_client.service_is_ready() or up.poll() is not None, startup_timeout,
+              "/sim/reset")
+        _wait(lambda: client.execute_client.server_is_ready() or up.poll() is not None, startup_timeout,
+              "/dexwm/execute")
+        if up.poll() is not None:
+            raise RuntimeError(f"the graph exited with code {up.returncode}; see {log_path}")
+        future = client.reset_client.call_async(ResetEpisode.Request(task="grasp", seed=seed))
+        _wait(future.done, 60, "the episode reset")
+        reset = future.result()
+        if not reset.success:
+            raise RuntimeError(f"reset failed: {reset.message}")
+        goal = _to_numpy(reset.goal_image)
+        print(f"[demo] episode grasp/{seed}: {reset.message}", flush=True)
+        _wait(lambda: client.camera is not None, 30, "a camera frame")
+
+        def on_feedback(fb):
+            f = fb.feedback
+            costs.append((f.step, f.current_cost, f.best_cost, f.replan_seconds))
+            with client.lock:
+                ep = client.episode
+            extra = f"  object distance {ep.distance:.3f} m" if ep is not None else ""
+            print(f"[demo] step {f.step:3d}  cost {f.current_cost:.4f}  best {f.best_cost:.4f}  "
+                  f"replan {f.replan_seconds:.2f} s{extra}", flush=True)
+
+        goal_msg = Execute.Goal(goal_image=reset.goal_image, use_captured_goal=False, task="grasp",
+                                max_steps=max_steps)
+        send = client.execute_client.send_goal_async(goal_msg, feedback_callback=on_feedback)
+        _wait(send.done, 30, "the planner to accept the goal")
+        handle = send.result()
+        if not handle.accepted:
+            raise RuntimeError("the planner rejected the goal")
+        result_future = handle.get_result_async()
+        while not result_future.done():
+            client.snapshot(goal)
+            time.sleep(0.25)
+            if up.poll() is not None:
+                raise RuntimeError(f"the graph exited with code {up.returncode}; see {log_path}")
+        client.snapshot(goal)
+        result = result_future.result().result
+        with client.lock:
+            ep = client.episode
+        summary.update(success=bool(result.success), steps=int(result.steps), final_cost=float(result.final_cost),
+                       reason=result.reason, sim_success=bool(ep.success) if ep else None,
+                       replan_seconds=[c[3] for c in costs])
+        print(f"[demo] outcome: {'SUCCESS' if result.success else 'no success'} after {result.steps} steps "
+              f"({result.reason}), final cost {result.final_cost:.4f}", flush=True)
+    finally:
+        executor.shutdown()
+        client.destroy_node()
+        rclpy.try_shutdown()
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGINT)
+            try:
+                up.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+        log.close()
+
+    _write_artifacts(out_dir, client.frames, costs, summary)
+    return 0
+
+
+def _write_artifacts(out_dir: Path, frames, costs, summary):
+    import imageio.v2 as imageio
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if frames:
+        h, w = frames[0].shape[:2]
+        frames = [f for f in frames if f.shape[:2] == (h, w)]
+        imageio.mimsave(out_dir / "episode.gif", frames, duration=0.25, loop=0)
+    if costs:
+        steps = [c[0] for c in costs]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, [c[1] for c in costs], "o-", label="current cost")
+        ax.plot(steps, [c[2] for c in costs], "--", label="best cost")
+        ax.set_xlabel("MPC step")
+        ax.set_ylabel("latent distance to goal")
+        ax.set_title(f"grasp, seed {summary['seed']}: {summary.get('reason', '')}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "cost.png", dpi=100)
+        plt.close(fig)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"[demo] wrote {out_dir}/episode.gif, cost.png, summary.json", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--seed", type=int, default=1_000_003, help="episode seed (disjoint from training seeds)")
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--startup-timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    try:
+        return run(args.out, args.seed, args.max_steps, args.startup_timeout)
+    except (RuntimeError, TimeoutError) as e:
+        print(f"[demo] error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

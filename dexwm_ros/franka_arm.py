@@ -1,0 +1,419 @@
+"""ROS-free control core of the Franka arm over franky (libfranka).
+
+The ``franka`` node is a thin rclpy adapter over :class:`FrankaArm`; everything that decides what the
+robot does (validation, limits, pre-emption, watchdog, error handling, reconnects) lives here so it
+can be exercised against franky-sim without ROS.
+
+Backend: ``franky`` from PyPI ``franky-control`` 2.0, built against libfranka 0.21, which speaks the
+protocol of the Franka Research 3 (FR3) and of franky-sim. **Panda (FER) arms need franky built
+against libfranka 0.9.x** (the last series that supports the Panda's older FCI protocol); build
+franky from source with that libfranka and use the Panda joint limits (``PANDA_JOINT_LIMITS``) in
+config/franka.yaml.
+
+Motions are started asynchronously (``Robot.move(..., asynchronous=True)``): a new command replaces
+the running one seamlessly inside franky's control loop, so pre-emption needs no stop in between.
+Each command is a :class:`Command` whose ``status`` the caller can watch; :meth:`FrankaArm.update`
+(called periodically, e.g. by the node's state timer) reads the robot state, notices finished or
+failed motions, enforces the command watchdog and reconnects after a lost connection.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+JOINT_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
+N_JOINTS = 7
+
+# Joint position limits [rad] from Franka's datasheets (FR3 is the default; Panda for franky builds
+# against libfranka 0.9.x).
+FR3_JOINT_LIMITS = (
+    (-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),
+    (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159),
+)
+PANDA_JOINT_LIMITS = (
+    (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
+    (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),
+)
+
+
+class CommandRejected(ValueError):
+    """A command that was not forwarded to the robot; ``code`` says why (see MoveJoints codes)."""
+
+    def __init__(self, message: str, code: str = "invalid_goal"):
+        super().__init__(message)
+        self.code = code
+
+
+class RobotUnavailable(RuntimeError):
+    """The robot cannot be reached (not connected, connection lost)."""
+
+
+@dataclass
+class FrankaConfig:
+    robot_ip: str = "172.16.0.2"
+    # Scales franky's maximum joint velocity/acceleration/jerk; slow by default for a first run.
+    relative_dynamics_factor: float = 0.1
+    # Collision (reflex) thresholds set once at start: lower then upper, joint torques [Nm] and
+    # Cartesian forces/torques [N, Nm].
+    lower_torque_thresholds: Sequence[float] = (20.0,) * 7
+    upper_torque_thresholds: Sequence[float] = (40.0,) * 7
+    lower_force_thresholds: Sequence[float] = (20.0,) * 6
+    upper_force_thresholds: Sequence[float] = (40.0,) * 6
+    joint_lower_limits: Sequence[float] = FR3_JOINT_LIMITS[0]
+    joint_upper_limits: Sequence[float] = FR3_JOINT_LIMITS[1]
+    # Largest change of any joint in one command: current position -> first point and between
+    # consecutive waypoints [rad].
+    max_joint_step: float = 0.5
+    # A motion that got no new command for this long is stopped and the arm holds (0 disables) [s].
+    watchdog_timeout_s: float = 2.0
+    # Seconds between reconnect attempts after the connection to the robot was lost.
+    reconnect_period_s: float = 1.0
+    # libfranka wants a realtime kernel on the lab PC; without one (simulation, CI) ignore it.
+    enforce_realtime: bool = False
+
+    def validate(self) -> None:
+        if not 0.0 < self.relative_dynamics_factor <= 1.0:
+            raise ValueError(f"relative_dynamics_factor must be in (0, 1], got {self.relative_dynamics_factor}")
+        for name, n in (("lower_torque_thresholds", 7), ("upper_torque_thresholds", 7),
+                        ("lower_force_thresholds", 6), ("upper_force_thresholds", 6),
+                        ("joint_lower_limits", 7), ("joint_upper_limits", 7)):
+            values = np.asarray(getattr(self, name), dtype=float)
+            if values.shape != (n,) or not np.all(np.isfinite(values)):
+                raise ValueError(f"{name} needs {n} finite values, got {list(getattr(self, name))}")
+        for name in ("lower_torque_thresholds", "upper_torque_thresholds",
+                     "lower_force_thresholds", "upper_force_thresholds"):
+            if np.any(np.asarray(getattr(self, name)) <= 0):
+                raise ValueError(f"{name} must be positive")
+        if np.any(np.asarray(self.joint_lower_limits) >= np.asarray(self.joint_upper_limits)):
+            raise ValueError("joint_lower_limits must be below joint_upper_limits")
+        if not self.max_joint_step > 0:
+            raise ValueError(f"max_joint_step must be positive, got {self.max_joint_step}")
+        if self.watchdog_timeout_s < 0 or self.reconnect_period_s <= 0:
+            raise ValueError("watchdog_timeout_s must be >= 0 and reconnect_period_s > 0")
+
+
+@dataclass
+class ArmState:
+    stamp: float          # time.time() when read
+    position: np.ndarray  # (7,) rad
+    velocity: np.ndarray  # (7,) rad/s
+    effort: np.ndarray    # (7,) measured joint torques, Nm
+    robot_mode: str
+
+
+# Command life cycle: "moving" -> one of the final states below.
+START_GRACE_S = 1.0
+
+MOVING, DONE, PREEMPTED, STOPPED, WATCHDOG, ERROR = "moving", "done", "preempted", "stopped", "watchdog", "error"
+
+
+@dataclass
+class Command:
+    id: int
+    points: np.ndarray            # (N, 7) absolute joint positions
+    source: str                   # who sent it (for diagnostics)
+    started: float                # time.monotonic()
+    keepalive_until: float        # watchdog deadline (inf: none)
+    keepalive_s: float = 0.0
+    status: str = MOVING
+    message: str = ""
+    # franky's control thread takes a moment to start; "not in control" only means "finished" once
+    # the motion has been seen running (or after START_GRACE_S).
+    seen_in_control: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.points[-1]
+
+    def _finish(self, status: str, message: str = "") -> None:
+        if self.status == MOVING:
+            self.status, self.message = status, message
+            self.finished.set()
+
+
+def _default_factory(cfg: FrankaConfig):
+    import franky
+
+    realtime = franky.RealtimeConfig.Enforce if cfg.enforce_realtime else franky.RealtimeConfig.Ignore
+    return franky.Robot(cfg.robot_ip, realtime_config=realtime)
+
+
+class FrankaArm:
+    """One Franka arm behind franky: validated, pre-emptible joint motions plus safety handling."""
+
+    def __init__(self, config: FrankaConfig, robot_factory: Optional[Callable[[FrankaConfig], object]] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        config.validate()
+        self.config = config
+        self._factory = robot_factory or _default_factory
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._robot = None
+        self._ids = itertools.count(1)
+        self._command: Optional[Command] = None
+        self._last_state: Optional[ArmState] = None
+        self._next_reconnect = 0.0
+        self.last_error = ""          # most recent problem, for diagnostics
+        self.lower = np.asarray(config.joint_lower_limits, dtype=float)
+        self.upper = np.asarray(config.joint_upper_limits, dtype=float)
+
+    # ---- connection -------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._robot is not None
+
+    def connect(self) -> None:
+        """Connect, set collision thresholds and dynamics; raise RobotUnavailable naming the host."""
+        with self._lock:
+            cfg = self.config
+            try:
+                robot = self._factory(cfg)
+                robot.set_collision_behavior(
+                    list(cfg.lower_torque_thresholds), list(cfg.upper_torque_thresholds),
+                    list(cfg.lower_force_thresholds), list(cfg.upper_force_thresholds))
+                robot.relative_dynamics_factor = cfg.relative_dynamics_factor
+            except Exception as exc:  # franky raises NetworkException, CommandException, ...
+                self.last_error = f"cannot connect to the Franka at {cfg.robot_ip}: {exc}"
+                self._next_reconnect = self._clock() + cfg.reconnect_period_s
+                raise RobotUnavailable(self.last_error) from exc
+            self._robot = robot
+            self.last_error = ""
+
+    def _lose_connection(self, exc: BaseException) -> None:
+        self._robot = None
+        self.last_error = f"lost the connection to the Franka at {self.config.robot_ip}: {exc}"
+        self._next_reconnect = self._clock() + self.config.reconnect_period_s
+        if self._command is not None:
+            self._command._finish(ERROR, self.last_error)
+
+    def _require_robot(self):
+        if self._robot is None:
+            raise RobotUnavailable(self.last_error or f"not connected to the Franka at {self.config.robot_ip}")
+        return self._robot
+
+    # ---- state and supervision ----------------------------------------------------------------------
+    def update(self) -> Optional[ArmState]:
+        """Read the state; settle the running command; watchdog; reconnect. None when disconnected."""
+        with self._lock:
+            if self._robot is None:
+                if self._clock() >= self._next_reconnect:
+                    try:
+                        self.connect()
+                    except RobotUnavailable:
+                        return None
+                else:
+                    return None
+            robot = self._robot
+            try:
+                state = robot.state
+                arm_state = ArmState(time.time(), np.array(state.q, dtype=float), np.array(state.dq, dtype=float),
+                                     np.array(state.tau_J, dtype=float), state.robot_mode.name)
+                cmd = self._command
+                if cmd is not None and cmd.status == MOVING:
+                    in_control = robot.is_in_control
+                    cmd.seen_in_control |= in_control
+                    if not in_control:
+                        if cmd.seen_in_control or self._clock() - cmd.started > START_GRACE_S:
+                            self._settle(cmd)
+                    elif self._clock() > cmd.keepalive_until:
+                        robot.stop()
+                        self._harvest()
+                        cmd._finish(WATCHDOG, f"no new command for {cmd.keepalive_s:.2f} s "
+                                              "while moving: stopped and holding")
+                        self.last_error = cmd.message
+            except Exception as exc:
+                if _is_network_error(exc):
+                    self._lose_connection(exc)
+                    return None
+                raise
+            self._last_state = arm_state
+            return arm_state
+
+    def _harvest(self) -> Optional[str]:
+        """Collect the exception franky kept from the last motion (if any) as text."""
+        try:
+            self._robot.join_motion(0.0)
+        except Exception as exc:
+            if _is_network_error(exc):
+                raise
+            return str(exc)
+        return None
+
+    def _settle(self, cmd: Command) -> None:
+        error = self._harvest()
+        if error and "preempted" not in error.lower():
+            cmd._finish(ERROR, f"motion failed: {error}")
+            self.last_error = cmd.message
+        else:
+            cmd._finish(DONE)
+
+    @property
+    def last_state(self) -> Optional[ArmState]:
+        return self._last_state
+
+    @property
+    def command(self) -> Optional[Command]:
+        return self._command
+
+    # ---- commands -----------------------------------------------------------------------------------
+    def check_points(self, points, current: Optional[np.ndarray] = None) -> np.ndarray:
+        """Validate (N, 7) joint positions; return them as float array or raise CommandRejected."""
+        try:
+            pts = np.array(points, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise CommandRejected(f"joint positions are not numbers: {exc}") from None
+        if pts.ndim == 1:
+            pts = pts[None, :]
+        if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] != N_JOINTS:
+            raise CommandRejected(f"expected one or more points of {N_JOINTS} joint positions, got shape {pts.shape}")
+        if not np.all(np.isfinite(pts)):
+            raise CommandRejected("joint positions contain NaN or inf")
+        bad = (pts < self.lower) | (pts > self.upper)
+        if bad.any():
+            k, j = map(int, np.argwhere(bad)[0])
+            raise CommandRejected(
+                f"point {k}: {JOINT_NAMES[j]} = {pts[k, j]:.4f} rad is outside its limits "
+                f"[{self.lower[j]:.4f}, {self.upper[j]:.4f}]", code="invalid_joints")
+        chain = pts if current is None else np.vstack([current[None, :], pts])
+        if len(chain) > 1:
+            steps = np.abs(np.diff(chain, axis=0))
+            if steps.max() > self.config.max_joint_step:
+                k, j = map(int, np.unravel_index(np.argmax(steps), steps.shape))
+                where = ("from the current position to point 0" if current is not None and k == 0
+                         else f"between points {k - (current is not None)} and {k + (current is None)}")
+                raise CommandRejected(
+                    f"{JOINT_NAMES[j]} would move {steps[k, j]:.4f} rad {where}, more than the per-command "
+                    f"cap max_joint_step = {self.config.max_joint_step:.4f} rad", code="invalid_joints")
+        return pts
+
+    def move(self, points, source: str = "command", keepalive_s: Optional[float] = None) -> Command:
+        """Validate and start a joint motion through the points, pre-empting the running one.
+
+        ``keepalive_s``: how long this motion may run without a newer command before the watchdog
+        stops it (default: the configured watchdog timeout; callers with their own time limit, such
+        as an action goal, pass it).
+        """
+        import franky
+
+        with self._lock:
+            robot = self._require_robot()
+            current = self._last_state.position if self._last_state is not None else None
+            if current is None:
+                try:
+                    current = np.array(robot.current_joint_positions, dtype=float)
+                except Exception as exc:
+                    if _is_network_error(exc):
+                        self._lose_connection(exc)
+                        raise RobotUnavailable(self.last_error) from exc
+                    raise
+            pts = self.check_points(points, current)
+            if _safe(lambda: robot.has_errors):
+                raise RobotUnavailable("the robot is in an error state: call recover first "
+                                       f"({_safe(lambda: str(robot.state.current_errors))})")
+            waypoints = [franky.JointWaypoint(p.tolist()) for p in pts]
+            motion = franky.JointWaypointMotion(waypoints)
+            now = self._clock()
+            timeout = self.config.watchdog_timeout_s if keepalive_s is None else keepalive_s
+            cmd = Command(next(self._ids), pts, source, now, now + timeout if timeout > 0 else float("inf"), timeout)
+            old = self._command
+            try:
+                if old is not None and old.status == MOVING and not robot.is_in_control:
+                    self._settle(old)
+                elif not robot.is_in_control:
+                    self._harvest()  # clear a stale stored exception so it cannot fail this motion
+                robot.move(motion, asynchronous=True)
+            except Exception as exc:
+                if _is_network_error(exc):
+                    self._lose_connection(exc)
+                    raise RobotUnavailable(self.last_error) from exc
+                self.last_error = f"franky refused the motion: {exc}"
+                raise RobotUnavailable(self.last_error) from exc
+            if old is not None:
+                old._finish(PREEMPTED, f"pre-empted by command {cmd.id} ({source})")
+            self._command = cmd
+            return cmd
+
+    def stop(self, reason: str = "stop requested") -> str:
+        """Stop the running motion; the robot holds. Returns a short description of what happened."""
+        with self._lock:
+            robot = self._require_robot()
+            cmd = self._command
+            was_moving = cmd is not None and cmd.status == MOVING
+            try:
+                robot.stop()
+                self._harvest()
+            except Exception as exc:
+                if _is_network_error(exc):
+                    self._lose_connection(exc)
+                    raise RobotUnavailable(self.last_error) from exc
+                raise
+            if cmd is not None:
+                cmd._finish(STOPPED, reason)
+            return f"stopped command {cmd.id}" if was_moving else "no motion was running; robot holds"
+
+    def recover(self) -> tuple[bool, str]:
+        """Run libfranka's automatic error recovery (reconnecting first if needed).
+
+        Returns (success, text) where text names the errors the robot reported before recovery.
+        """
+        with self._lock:
+            if self._robot is None:
+                try:
+                    self.connect()
+                except RobotUnavailable as exc:
+                    return False, str(exc)
+            robot = self._robot
+            try:
+                state = robot.state
+                before = str(state.current_errors)
+                last_motion = str(state.last_motion_errors)
+                ok = bool(robot.recover_from_errors())
+                after = str(robot.state.current_errors)
+            except Exception as exc:
+                if _is_network_error(exc):
+                    self._lose_connection(exc)
+                    return False, self.last_error
+                return False, f"error recovery failed: {exc}"
+            text = f"robot errors before recovery: {before}; last motion errors: {last_motion}"
+            if ok and after in ("[]", ""):
+                self.last_error = ""
+                return True, "recovered; " + text
+            return False, f"recovery did not clear the errors (now {after}); " + text
+
+    def close(self) -> None:
+        with self._lock:
+            if self._robot is not None:
+                _safe(self._robot.stop)
+            self._robot = None
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """franky raises NetworkException, or RuntimeError('Net Exception') from state reads, on a lost link."""
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name == "NetworkException" or "net exception" in text or "udp receive" in text or "tcp" in text
+
+
+def config_from_mapping(values: dict) -> FrankaConfig:
+    """FrankaConfig from a dict (e.g. ROS parameters); unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(FrankaConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown Franka settings: {sorted(unknown)}")
+    cfg = FrankaConfig(**values)
+    cfg.validate()
+    return cfg
