@@ -140,7 +140,8 @@ class GoalObjective:
         orientation = np.zeros(n)
         if cfg.orientation_weight > 0:
             final = np.asarray(samples, dtype=np.float64)[:, -1]
-            orientation = rotation_angle(self.rotation_fn(final), self.goal_rotation) ** 2
+            rotations = np.asarray(self.rotation_fn(final), dtype=np.float64).reshape(n, 3, 3)
+            orientation = rotation_angle(rotations, self.goal_rotation) ** 2
         total = latent + cfg.keypoint_weight * keypoint + cfg.orientation_weight * orientation
         return CostTerms(total=total, latent=latent, keypoint=keypoint, orientation=orientation,
                          predicted_keypoints=kp_np)

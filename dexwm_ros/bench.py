@@ -1,6 +1,6 @@
 """dexwm-bench: the project's one benchmark command.
 
-    dexwm-bench SUBCOMMAND [--json] [options]
+usage: dexwm-bench SUBCOMMAND [--json] [options]
 
 Each subcommand is the ``main(argv)`` of a benchmark module; with --json it prints one JSON object.
 """

@@ -23,6 +23,13 @@ class GraphError(ValueError):
     """A bad graph name, argument or configuration; the message names the cause."""
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A one-line description of a YAML syntax error."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One node process of a graph, fully resolved."""
@@ -80,7 +87,7 @@ def load_description(path: Path | None = None) -> dict:
     except FileNotFoundError as e:
         raise GraphError(f"graph description not found: {path}") from e
     except yaml.YAMLError as e:
-        raise GraphError(f"graph description {path} is not valid YAML: {e}") from e
+        raise GraphError(f"graph description {path} is not valid YAML: {_yaml_problem(e)}") from e
     for key in ("arguments", "graphs", "nodes"):
         if key not in (data or {}):
             raise GraphError(f"graph description {path} has no '{key}' section")
@@ -132,8 +139,13 @@ def _yaml_scalar(value: Any) -> str:
 
 def _yaml_defaults(params_file: Path) -> dict[str, Any]:
     """The ros__parameters of a params file (wildcard or any node key), used to type overrides."""
-    with open(params_file) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(params_file) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise GraphError(f"parameter file {params_file} is not valid YAML: {_yaml_problem(e)}") from e
+    if not isinstance(data, dict):
+        raise GraphError(f"parameter file {params_file} is not a ROS params file (no '/**: ros__parameters:')")
     merged: dict[str, Any] = {}
     for node_section in data.values():
         if isinstance(node_section, dict):

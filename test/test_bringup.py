@@ -64,6 +64,13 @@ def test_unknown_argument_is_a_one_line_error(node_env):
     assert len(r.stderr.strip().splitlines()) == 1 and "unknown argument 'speed'" in r.stderr
 
 
+def test_invalid_config_file_is_named(node_env, tmp_path):
+    shutil.copytree(graph.config_dir(), tmp_path / "config")
+    (tmp_path / "config" / "planner.yaml").write_text("/**:\n  ros__parameters: [unclosed\n")
+    r = _run_up(["grasp"], dict(node_env, DEXWM_CONFIG_DIR=str(tmp_path / "config")))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "planner.yaml" in r.stderr
+
+
 def test_missing_config_file_is_named(node_env, tmp_path):
     shutil.copytree(graph.config_dir(), tmp_path / "config")
     (tmp_path / "config" / "sim.yaml").unlink()
@@ -71,24 +78,35 @@ def test_missing_config_file_is_named(node_env, tmp_path):
     assert r.returncode == 2 and "sim.yaml" in r.stderr
 
 
-def _pids_of_children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def _processes_marked(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries the marker (dexwm-up's children inherit it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                status = (proc / "status").read_text()
+                if "zombie" not in status:
+                    pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
 
 
 def test_a_node_that_fails_to_start_stops_the_graph(node_env, tmp_path):
-    """A broken parameter file makes the sim node exit at once: dexwm-up stops the rest, exits 1."""
+    """The sim node exits at once (rcl rejects its parameter file: a mixed-type array is valid YAML
+    but not a ROS parameter): dexwm-up stops the rest and exits 1, leaving no process behind."""
     shutil.copytree(graph.config_dir(), tmp_path / "config")
-    (tmp_path / "config" / "sim.yaml").write_text("/**:\n  ros__parameters: [unclosed\n")
-    env = dict(node_env, DEXWM_CONFIG_DIR=str(tmp_path / "config"))
-    proc = subprocess.Popen(DEXWM_UP + ["grasp"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    children = wait_for(lambda: _pids_of_children(proc.pid), 10, 0.02, "dexwm-up to start its nodes")
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1
-    assert "required node /sim exited" in err
-    for pid in children:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    sim_yaml = tmp_path / "config" / "sim.yaml"
+    sim_yaml.write_text(sim_yaml.read_text() + "    broken_mixed_array: [1, 'a']\n")
+    marker = f"DEXWM_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
+    env = dict(node_env, DEXWM_CONFIG_DIR=str(tmp_path / "config"), DEXWM_TEST_MARK=marker)
+    r = subprocess.run(DEXWM_UP + ["grasp"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "required node /sim exited" in r.stderr
+    time.sleep(0.5)
+    assert _processes_marked(marker) == [], "dexwm-up left node processes behind"
 
 
 def _graph_snapshot(node):

@@ -1,0 +1,75 @@
+"""Planning objective: time weights, latent and keypoint terms, orientation term."""
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from dexwm_planner.cem import DOF
+from dexwm_planner.objective import GoalObjective, ObjectiveConfig, rotation_angle, step_weights
+from test_planner_models import LinearTestModel, delta_actions
+
+
+def test_step_weights_follow_the_paper():
+    w = step_weights(3, 0.6)
+    assert np.allclose(w, np.array([0.36, 0.6, 1.0]) / 1.96)
+    assert np.isclose(w.sum(), 1.0)
+    assert np.allclose(step_weights(1, 0.6), [1.0])
+
+
+def test_cost_terms_match_a_hand_computation():
+    model = LinearTestModel()
+    rng = np.random.default_rng(0)
+    q0, q_goal = rng.uniform(-0.2, 0.2, DOF), rng.uniform(-0.2, 0.2, DOF)
+    goal_latent = model.encode(model.render(q_goal)[None])[0]
+    context = model.encode(model.render(q0)[None])
+    objective = GoalObjective(model, delta_actions, goal_latent)
+    samples = q0 + rng.normal(0, 0.1, (5, 3, DOF))
+    terms = objective.terms(context, q0, samples, keep_keypoints=True)
+
+    pred = model.rollout(context, torch.as_tensor(delta_actions(np.concatenate(
+        [np.broadcast_to(q0, (5, 1, DOF)), samples], axis=1))))
+    per_step = ((pred - goal_latent) ** 2).mean(dim=(-2, -1)).double().numpy()      # (5, 3)
+    w = np.array([0.36, 0.6, 1.0]) / 1.96
+    assert np.allclose(terms.latent, per_step @ w, rtol=1e-5)
+    kp_goal = model.keypoints_2d(goal_latent[None])[0][:6].numpy()
+    kp_pred = model.keypoints_2d(pred).numpy()[..., :6, :]
+    kp_mse = ((kp_pred - kp_goal) ** 2).mean(axis=(-2, -1))
+    assert np.allclose(terms.keypoint, kp_mse @ w, rtol=1e-4)
+    assert np.allclose(terms.total, terms.latent + 1e-3 * terms.keypoint, rtol=1e-6)
+    assert terms.predicted_keypoints.shape == (5, 3, 12, 2)
+    # the plan that goes to the goal scores (near) zero and beats every random plan
+    to_goal = np.repeat(q_goal[None, None], 3, axis=1)
+    assert objective(context, q0, to_goal)[0] < 0.05 * terms.total.min()
+
+
+def test_later_steps_weigh_more():
+    model = LinearTestModel()
+    q0 = np.zeros(DOF)
+    q_goal = np.full(DOF, 0.1)
+    goal_latent = model.encode(model.render(q_goal)[None])[0]
+    context = model.encode(model.render(q0)[None])
+    objective = GoalObjective(model, delta_actions, goal_latent, ObjectiveConfig(keypoint_weight=0))
+    early = np.stack([q_goal, q0, q0])[None]      # at the goal only at the first step
+    late = np.stack([q0, q0, q_goal])[None]       # at the goal only at the last step
+    assert objective(context, q0, late)[0] < objective(context, q0, early)[0]
+
+
+def test_orientation_term():
+    model = LinearTestModel()
+    goal_rot = np.eye(3)
+
+    def rotation_fn(q):  # joint 6 rotates the end effector about z (a stand-in for the FK)
+        return Rotation.from_euler("z", q[:, 6:7]).as_matrix()
+    q0 = np.zeros(DOF)
+    context = model.encode(model.render(q0)[None])
+    goal_latent = model.encode(model.render(q0)[None])[0]
+    cfg = ObjectiveConfig(keypoint_weight=0, orientation_weight=2.0)
+    objective = GoalObjective(model, delta_actions, goal_latent, cfg, rotation_fn=rotation_fn, goal_rotation=goal_rot)
+    plan = np.zeros((1, 2, DOF))
+    plan[0, -1, 6] = 0.5
+    terms = objective.terms(context, q0, plan)
+    assert np.isclose(terms.orientation[0], 0.25)
+    assert np.isclose(terms.total[0], terms.latent[0] + 2.0 * 0.25)
+    assert np.isclose(rotation_angle(Rotation.from_euler("x", 0.3).as_matrix(), np.eye(3)), 0.3)
+    with pytest.raises(ValueError, match="orientation weight"):
+        GoalObjective(model, delta_actions, goal_latent, cfg)
