@@ -26,6 +26,7 @@ import dataclasses
 import enum
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def open_bus(interface: str, channel: str, bitrate: int = 1_000_000, **kwargs) -
     return can.Bus(interface=interface, channel=channel, bitrate=bitrate, **kwargs)
 
 
-def _vector(name: str, values, *, nonnegative: bool = True, positive: bool = False) -> np.ndarray:
+def validate_vector(name: str, values, *, nonnegative: bool = True, positive: bool = False) -> np.ndarray:
     """16 finite values (a single value is broadcast) or ValueError naming the problem."""
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -98,6 +99,10 @@ class ControllerConfig:
     position_period_ms: int = 3
     imu_period_ms: int = 0
     temperature_period_ms: int = 500
+    # SCHED_FIFO priority of the control thread (1..99; 0 = normal scheduling). Lab PCs set up for
+    # libfranka already grant real-time priorities; without the permission the loop runs normally
+    # and the status says why.
+    realtime_priority: int = 0
 
     def validated(self) -> "ControllerConfig":
         """A copy with numpy vectors, or ValueError."""
@@ -110,21 +115,23 @@ class ControllerConfig:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite value > 0, got {v}")
+        if not 0 <= int(self.realtime_priority) <= 99:
+            raise ValueError(f"realtime_priority must be 0..99, got {self.realtime_priority}")
         if not 0 < self.velocity_filter <= 1:
             raise ValueError(f"velocity_filter must be in (0, 1], got {self.velocity_filter}")
         out = dataclasses.replace(self)
-        out.kp = _vector("kp", self.kp)
-        out.kd = _vector("kd", self.kd)
-        out.torque_limit = _vector("torque_limit", self.torque_limit)
-        out.pwm_limit = _vector("pwm_limit", self.pwm_limit)
+        out.kp = validate_vector("kp", self.kp)
+        out.kd = validate_vector("kd", self.kd)
+        out.torque_limit = validate_vector("torque_limit", self.torque_limit)
+        out.pwm_limit = validate_vector("pwm_limit", self.pwm_limit)
         if np.any(out.pwm_limit > protocol.INT16_MAX):
             raise ValueError("pwm_limit must fit int16")
-        out.encoder_direction = _vector("encoder_direction", self.encoder_direction, nonnegative=False)
-        out.motor_direction = _vector("motor_direction", self.motor_direction, nonnegative=False)
+        out.encoder_direction = validate_vector("encoder_direction", self.encoder_direction, nonnegative=False)
+        out.motor_direction = validate_vector("motor_direction", self.motor_direction, nonnegative=False)
         for name in ("encoder_direction", "motor_direction"):
             if not np.all(np.isin(getattr(out, name), (-1.0, 1.0))):
                 raise ValueError(f"{name} entries must be +1 or -1")
-        out.encoder_offset = _vector("encoder_offset", self.encoder_offset, nonnegative=False)
+        out.encoder_offset = validate_vector("encoder_offset", self.encoder_offset, nonnegative=False)
         return out
 
 
@@ -163,13 +170,14 @@ class HandStatus:
     encoder_age_s: float
     command_age_s: float
     command_stale: bool
-    temperatures: tuple
+    temperatures: np.ndarray  # 16 motor temperatures [deg C], joint order; NaN until reported
     hand_info: protocol.HandInfo | None
     serial: str
     imu: protocol.Imu | None
     frames: dict
     last_frame_error: str
     tx_errors: int
+    scheduling: str
     encoder_dropouts: int
     commands_rejected: int
     last_reject_reason: str
@@ -204,7 +212,7 @@ class HandController:
         self._state = State.INIT
         self._reason = "waiting for encoder data"
         self._command_time = -math.inf
-        self._temperatures = [math.nan] * protocol.NUM_TEMPERATURE_SENSORS
+        self._temperatures = np.full(N, math.nan)
         self._hand_info: protocol.HandInfo | None = None
         self._serial = ""
         self._imu: protocol.Imu | None = None
@@ -218,6 +226,7 @@ class HandController:
         self._ticks = 0
         self._start_time = 0.0
         self._torque_off = False
+        self._scheduling = "normal"
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -332,8 +341,8 @@ class HandController:
 
     def set_gains(self, kp=None, kd=None) -> None:
         """Change PD gains live; ValueError (nothing changed) for wrong size, NaN or negative."""
-        new_kp = _vector("kp", kp) if kp is not None else None
-        new_kd = _vector("kd", kd) if kd is not None else None
+        new_kp = validate_vector("kp", kp) if kp is not None else None
+        new_kd = validate_vector("kd", kd) if kd is not None else None
         with self._lock:
             if new_kp is not None:
                 self._kp = new_kp
@@ -363,9 +372,10 @@ class HandController:
                 target=self._target.copy(), setpoint=self._setpoint.copy(),
                 encoder_age_s=now - self._q_time, command_age_s=command_age,
                 command_stale=command_age > self.config.command_timeout_s,
-                temperatures=tuple(self._temperatures), hand_info=self._hand_info,
+                temperatures=self._temperatures.copy(), hand_info=self._hand_info,
                 serial=self._serial, imu=self._imu, frames=dict(self._decoder.counts),
                 last_frame_error=self._decoder.last_error, tx_errors=self._tx_errors,
+                scheduling=self._scheduling,
                 encoder_dropouts=self._encoder_dropouts,
                 commands_rejected=self._commands_rejected, last_reject_reason=self._last_reject,
                 timing=timing)
@@ -382,7 +392,19 @@ class HandController:
             self._last_reject = reason
 
     # --- the loop ----------------------------------------------------------------------------
+    def _set_realtime(self) -> None:
+        prio = int(self.config.realtime_priority)
+        if prio <= 0:
+            return
+        try:  # pid 0 = the calling thread on Linux
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+            self._scheduling = f"SCHED_FIFO {prio}"
+        except (OSError, AttributeError) as exc:
+            self._scheduling = f"normal (SCHED_FIFO {prio} refused: {exc})"
+            log.warning("allegro control thread: %s", self._scheduling)
+
     def _run(self) -> None:
+        self._set_realtime()
         period = 1.0 / self.config.control_rate_hz
         next_tick = self._clock()
         last_tick = None
@@ -407,7 +429,7 @@ class HandController:
                 next_tick = done
             delay = next_tick - self._clock()
             if delay > 0:
-                self._stop_event.wait(delay) if delay > 0.02 else time.sleep(delay)
+                time.sleep(delay)  # < one period; close() joins within it
 
     def _step(self, now: float) -> None:
         self._drain(now)
@@ -475,7 +497,7 @@ class HandController:
                 if frame.block == protocol.NUM_BLOCKS - 1 or not self._have_q:
                     self._update_position(now)
             elif isinstance(frame, protocol.Temperature):
-                self._temperatures[frame.sensor] = float(frame.celsius)
+                self._temperatures[BLOCK_SLICES[frame.block]] = frame.celsius
             elif isinstance(frame, protocol.HandInfo):
                 self._hand_info = frame
             elif isinstance(frame, protocol.Serial):

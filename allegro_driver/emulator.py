@@ -6,7 +6,7 @@ SET_PERIOD starts/stops streaming (positions every ``position_ms``, IMU and temp
 own periods), remote requests are answered with HAND_INFO, SERIAL, FINGER_POSE, IMU or
 TEMPERATURE, SET_TORQUE frames drive the joints. Each joint is a damped second-order system
 ``J * ddq = tau - b * dq`` integrated with 0.5 ms semi-implicit Euler steps; the joint limits are
-hard stops. Motor temperatures rise with the squared PWM and relax to ambient.
+hard stops. Each motor's temperature rises with its squared PWM and relaxes to ambient.
 
 As a safety net like the firmware's, PWM falls back to zero when no SET_TORQUE frame arrived for
 ``torque_timeout_s``.
@@ -29,7 +29,7 @@ N = joints.NUM_JOINTS
 
 class HandEmulator:
     def __init__(self, bus: can.BusABC, *, hand: str = "right", device_id: int = 0,
-                 serial: str = "EMU4R001", hardware_version: int = 0x0004,
+                 serial: str = "EMU4R001", hardware_version: int = 0x0402,
                  firmware_version: int = 0x0101, initial_position=None,
                  inertia: float = 2.0e-4, damping: float = 0.01,
                  torque_to_pwm: float = protocol.TORQUE_TO_PWM_V4,
@@ -55,7 +55,7 @@ class HandEmulator:
         self._dq = np.zeros(N)
         self._pwm = np.zeros(N)
         self._external_torque = np.zeros(N)
-        self._temps = np.full(protocol.NUM_TEMPERATURE_SENSORS, ambient_c)
+        self._temps = np.full(N, ambient_c)
         self._servo_on = False
         self._periods = [0, 0, 0]  # position, imu, temperature [ms]
         self._last_torque_time = -1e9
@@ -181,7 +181,7 @@ class HandEmulator:
             elif cmd == P.IMU:
                 self._send_imu()
             else:
-                self._send_temperatures(sensors=[cmd - P.TEMPERATURE])
+                self._send_temperatures(blocks=[cmd - P.TEMPERATURE])
         # frames a hand does not act on (replies of another hand, ...) are ignored like firmware does
 
     def _hand_info(self) -> can.Message:
@@ -210,8 +210,7 @@ class HandEmulator:
                 dq[(low & (dq < 0)) | (high & (dq > 0))] = 0.0
                 np.clip(q, joints.LOWER, joints.UPPER, out=q)
             # motor heating ~ PWM^2 with a 30 s thermal time constant
-            heat = (self._pwm.reshape(4, 4) / 1200.0) ** 2
-            target = self.ambient_c + 60.0 * heat.mean(axis=1)
+            target = self.ambient_c + 60.0 * (self._pwm / 1200.0) ** 2
             self._temps += (target - self._temps) * min(1.0, elapsed / 30.0)
 
     def _send(self, msg: can.Message) -> None:
@@ -230,8 +229,8 @@ class HandEmulator:
     def _send_imu(self) -> None:
         self._send(protocol.encode_imu(0, 0, 0, self.device_id))  # a hand at rest, level
 
-    def _send_temperatures(self, sensors=range(protocol.NUM_TEMPERATURE_SENSORS)) -> None:
+    def _send_temperatures(self, blocks=range(protocol.NUM_BLOCKS)) -> None:
         with self._lock:
-            temps = self._temps.copy()
-        for s in sensors:
-            self._send(protocol.encode_temperature(s, int(round(temps[s])), self.device_id))
+            temps = np.rint(self._temps).astype(int)
+        for k in blocks:
+            self._send(protocol.encode_temperature(k, temps[4 * k:4 * k + 4], self.device_id))

@@ -1,7 +1,10 @@
 """Allegro Hand V4 CAN protocol: frame encoding and decoding (no I/O, no ROS).
 
 Byte layouts, checked against Wonik Robotics' public V4 CAN API (allegro_hand_ros_v4:
-``candrv/candef.h``, ``candrv/pcan.cpp`` and ``AllegroHandDrv.cpp``):
+``candrv/candef.h``, ``candrv/pcan.cpp`` and ``AllegroHandDrv.cpp``; allegro_hand_ros2:
+``v4_sdk.cpp``) and a public candump of a V4 hand (Meta's python-can Allegro test script, which
+records e.g. ``200 [7] 02 04 06 04 00 3C 05`` for HAND_INFO and ``0E0 [4] 2B 2A 29 25`` for the
+index finger's temperatures):
 
 Arbitration id (11-bit standard frame): ``(command << 2) | device_id``. The two low bits carry the
 device id (0..3, set with CONFIG); the V4 driver strips them on receive (``(ID & ~3) >> 2``).
@@ -13,19 +16,24 @@ SYSTEM_ON          0x40        h->d   empty: servo on (torque frames are applied
 SYSTEM_OFF         0x41        h->d   empty: servo off
 SET_TORQUE         0x60 + f    h->d   8 bytes: 4 x int16 PWM duty for joints 0..3 of finger block f
 SET_PERIOD         0x81        h->d   6 bytes: 3 x int16 streaming periods [ms] for
-                                      (position, IMU, temperature); 0 = do not stream
+                                      (position, IMU, temperature); 0 = do not stream (some
+                                      tools append a 4th "status" period: 8 bytes, accepted)
 CONFIG             0x68        h->d   6 bytes: byte 0 = new device id | 0x80 (bit 7 = "set id");
                                       bytes 1..4 = RS-485 baud rate (uint32, bit 31 = "set baud")
-HAND_INFO          0x80        d->h   7 bytes: hardware version (u16), firmware version (u16),
-                                      hand type (u8, 0 = right, 1 = left), temperature (u8, deg C),
-                                      status (u8: bit0 servo on, bit1 over-temperature fault,
-                                      bit2 internal communication fault)
+HAND_INFO          0x80        d->h   7 bytes: hardware version (u16, 0x04xx on a V4), firmware
+                                      version (u16), hand type (u8, 0 = right, 1 = left), palm
+                                      temperature (u8, deg C), status (u8: bit0 servo on, bit1
+                                      joint over-temperature fault; the meaning of the higher bits
+                                      differs between sources: kept raw)
 SERIAL             0x88        d->h   8 ASCII bytes
 FINGER_POSE        0x20 + f    d->h   8 bytes: 4 x int16 encoder counts of finger block f
 IMU                0x30        d->h   6 bytes: roll, pitch, yaw as int16; the V4 driver prints
                                       them high byte first, so they are decoded big-endian here
                                       (raw units: the V4 manual does not give a scale)
-TEMPERATURE        0x38 + s    d->h   4 bytes: int32 temperature of sensor s [deg C]
+TEMPERATURE        0x38 + f    d->h   4 bytes: 4 x u8 motor temperatures [deg C] of the joints
+                                      of finger block f (Wonik's ROS 2 SDK and the candump; the
+                                      2016 ROS 1 driver printed them as one int32, which the dump
+                                      contradicts)
 =================  ==========  =====  =============================================================
 
 HAND_INFO, SERIAL, FINGER_POSE, IMU and TEMPERATURE are also *requested* by the host with a remote
@@ -53,10 +61,9 @@ HAND_INFO = 0x80
 SERIAL = 0x88
 FINGER_POSE = 0x20  # + finger block 0..3
 IMU = 0x30
-TEMPERATURE = 0x38  # + sensor 0..3
+TEMPERATURE = 0x38  # + finger block 0..3
 
 NUM_BLOCKS = 4
-NUM_TEMPERATURE_SENSORS = 4
 
 DEG_PER_COUNT = 333.3 / 65536.0
 RAD_PER_COUNT = math.radians(DEG_PER_COUNT)
@@ -67,7 +74,7 @@ _FOUR_INT16 = struct.Struct("<4h")
 _PERIOD = struct.Struct("<3h")
 _HAND_INFO = struct.Struct("<HHBBB")
 _IMU = struct.Struct(">3h")
-_TEMPERATURE = struct.Struct("<i")
+_TEMPERATURE = struct.Struct("<4B")
 
 
 class ProtocolError(ValueError):
@@ -143,12 +150,8 @@ class HandInfo:
         return bool(self.status & 0x01)
 
     @property
-    def over_temperature(self) -> bool:
+    def temperature_fault(self) -> bool:
         return bool(self.status & 0x02)
-
-    @property
-    def communication_fault(self) -> bool:
-        return bool(self.status & 0x04)
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,8 @@ class Imu:
 
 @dataclass(frozen=True)
 class Temperature:
-    sensor: int
-    celsius: int
+    block: int
+    celsius: tuple[int, int, int, int]  # joints 0..3 of the finger block
     device_id: int = 0
 
 
@@ -183,7 +186,7 @@ Frame = (SystemOn | SystemOff | SetTorque | SetPeriod | Config | Request | HandI
          | FingerPose | Imu | Temperature)
 
 _REQUESTABLE = {HAND_INFO, SERIAL, IMU} | {FINGER_POSE + b for b in range(NUM_BLOCKS)} | {
-    TEMPERATURE + s for s in range(NUM_TEMPERATURE_SENSORS)}
+    TEMPERATURE + b for b in range(NUM_BLOCKS)}
 
 
 # --- unit conversion -----------------------------------------------------------------------------
@@ -302,10 +305,12 @@ def encode_imu(roll: int, pitch: int, yaw: int, device_id: int = 0) -> can.Messa
     return _message(IMU, _IMU.pack(*(_saturate_int16(v) for v in (roll, pitch, yaw))), device_id)
 
 
-def encode_temperature(sensor: int, celsius: int, device_id: int = 0) -> can.Message:
-    if not 0 <= sensor < NUM_TEMPERATURE_SENSORS:
-        raise ValueError(f"temperature sensor {sensor} out of range 0..3")
-    return _message(TEMPERATURE + sensor, _TEMPERATURE.pack(int(celsius)), device_id)
+def encode_temperature(block: int, celsius, device_id: int = 0) -> can.Message:
+    """Motor temperatures [deg C] of the 4 joints of one finger block, saturated to 0..255."""
+    values = [max(0, min(255, int(c))) for c in celsius]
+    if len(values) != 4:
+        raise ValueError(f"expected 4 temperatures per finger block, got {len(values)}")
+    return _message(TEMPERATURE + _block(block), _TEMPERATURE.pack(*values), device_id)
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -367,9 +372,9 @@ def decode(msg: can.Message) -> Frame:
     if command == IMU:
         _need(data, 6, "IMU")
         return Imu(*_IMU.unpack_from(data), device_id=dev)
-    if TEMPERATURE <= command < TEMPERATURE + NUM_TEMPERATURE_SENSORS:
+    if TEMPERATURE <= command < TEMPERATURE + NUM_BLOCKS:
         _need(data, 4, "TEMPERATURE")
-        return Temperature(command - TEMPERATURE, _TEMPERATURE.unpack_from(data)[0], dev)
+        return Temperature(command - TEMPERATURE, _TEMPERATURE.unpack_from(data), dev)
     raise UnknownFrame(f"unknown command 0x{command:x} (arbitration id 0x{arb:x})")
 
 

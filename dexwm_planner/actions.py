@@ -54,7 +54,7 @@ def default_kinematics():
         from dexwm_sim.kinematics import RobotKinematics
     except ImportError as exc:  # the sim package is a sibling part of the stack
         raise ImportError("dexwm_sim.kinematics.RobotKinematics is needed for Allegro actions") from exc
-    return RobotKinematics()
+    return RobotKinematics.from_scene()
 
 
 def allegro_keypoints_world(q: np.ndarray, kinematics=None) -> np.ndarray:

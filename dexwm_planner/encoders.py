@@ -117,6 +117,11 @@ class FrozenEncoder(nn.Module):
         out[..., 0] -= x0
         return out
 
+    def model_images(self, images) -> np.ndarray:
+        """The preprocessed images as uint8 (B, H', W', 3): what the encoder sees (for display)."""
+        x = self.preprocess(images) * self.pixel_std + self.pixel_mean
+        return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> normalised float (B, 3, H', W') at ``image_size``."""
         x = check_images(images)

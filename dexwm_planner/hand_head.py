@@ -55,6 +55,10 @@ class HandHead(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
         s = cfg.cells_per_patch
         self.out = nn.Linear(cfg.width, NUM_HEATMAPS * s * s)
+        # Zero maps at start: the initial heatmap loss is small, so that with lambda = 100 the
+        # head's early noise does not swamp the predictor's latent loss.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, latents):
         """latents (..., P, d) -> heatmaps (..., 12, Hh, Wh)."""
@@ -94,21 +98,25 @@ class HandHead(nn.Module):
 
     @torch.no_grad()
     def keypoints_2d(self, heatmaps):
-        """Argmax of each map refined by the centroid of its 3x3 neighbourhood -> (..., 12, 2)
+        """Argmax of each map, refined to sub-cell precision by a parabola through the log values
+        of the argmax and its two neighbours per axis (exact for a Gaussian peak) -> (..., 12, 2)
         (u, v) in model-image pixels."""
         hh, hw = heatmaps.shape[-2:]
         flat = heatmaps.reshape(-1, hh, hw).float()
         idx = flat.flatten(1).argmax(1)
         iy, ix = idx // hw, idx % hw
-        offs = torch.arange(-1, 2, device=flat.device)
-        yy = (iy[:, None, None] + offs[None, :, None]).clamp(0, hh - 1).expand(-1, 3, 3)
-        xx = (ix[:, None, None] + offs[None, None, :]).clamp(0, hw - 1).expand(-1, 3, 3)
-        n = torch.arange(flat.shape[0], device=flat.device)[:, None, None].expand(-1, 3, 3)
-        w = flat[n, yy, xx].clamp_min(0)
-        wsum = w.sum((1, 2))
-        ok = wsum > 1e-8
-        cy = torch.where(ok, (w * yy).sum((1, 2)) / wsum.clamp_min(1e-8), iy.float())
-        cx = torch.where(ok, (w * xx).sum((1, 2)) / wsum.clamp_min(1e-8), ix.float())
+        n = torch.arange(flat.shape[0], device=flat.device)
+
+        def offset(get, i, size):
+            lo, hi = (i - 1).clamp(0, size - 1), (i + 1).clamp(0, size - 1)
+            l0, lm, lp = (torch.log(get(j).clamp_min(1e-6)) for j in (i, lo, hi))
+            den = lm - 2 * l0 + lp
+            off = torch.where(den < -1e-6, 0.5 * (lm - lp) / den.clamp_max(-1e-6), torch.zeros_like(den))
+            inside = (i > 0) & (i < size - 1)
+            return torch.where(inside, off.clamp(-0.5, 0.5), torch.zeros_like(off))
+
+        cx = ix.float() + offset(lambda j: flat[n, iy, j], ix, hw)
+        cy = iy.float() + offset(lambda j: flat[n, j, ix], iy, hh)
         pix = self.cells_to_pixels(torch.stack([cx, cy], -1))
         return pix.reshape(*heatmaps.shape[:-2], 2)
 

@@ -64,6 +64,8 @@ class MPCPlanner:
         self.rotation_fn = rotation_fn
         self.rng = np.random.default_rng(seed)
         self._context: collections.deque = collections.deque(maxlen=config.context_frames)
+        # Joints at each context frame (None when unknown): the actions between context frames.
+        self._context_q: collections.deque = collections.deque(maxlen=config.context_frames)
         self.goal_latent: torch.Tensor | None = None
         self.goal_image: np.ndarray | None = None
         self.goal_rotation: np.ndarray | None = None
@@ -105,16 +107,25 @@ class MPCPlanner:
     def reset(self) -> None:
         """Forget the observed context and the warm start (new episode, new goal)."""
         self._context.clear()
+        self._context_q.clear()
         self._warm = None
         self._next_horizon = self.config.cem.horizon
 
-    def observe(self, image: np.ndarray) -> torch.Tensor:
-        """Encode the newest camera frame and append it to the world-model context."""
+    def observe(self, image: np.ndarray, q: np.ndarray | None = None) -> torch.Tensor:
+        """Encode the newest camera frame (and the joints it shows) into the world-model context."""
         image = _check_image(image)
         with torch.no_grad():
             latent = self.model.encode(image[None])[0]
         self._context.append(latent)
+        self._context_q.append(None if q is None else np.asarray(q, dtype=np.float64).copy())
         return latent
+
+    def context_actions(self) -> torch.Tensor | None:
+        """Actions (C-1, 132) between the context frames, when the joints of every frame are known."""
+        if len(self._context_q) < 2 or any(q is None for q in self._context_q):
+            return None
+        actions = self.actions_fn(np.stack(list(self._context_q))[None])[0]
+        return torch.as_tensor(np.asarray(actions), dtype=torch.float32)
 
     @property
     def context(self) -> torch.Tensor:
@@ -132,19 +143,28 @@ class MPCPlanner:
             # No goal joints known: keep the end-effector orientation the robot has now.
             self.objective = GoalObjective(self.model, self.actions_fn, self.goal_latent, self.config.objective,
                                            rotation_fn=self.rotation_fn, goal_rotation=self.rotation_fn(q[None])[0])
-        context = self.context
         t0 = time.perf_counter()
         horizon = self._next_horizon
+        context = self.context
+        context_actions = self.context_actions()
+        # Keep context + rollout inside the predictor's frame window: the rollout then never slides
+        # the window (cheaper: no cache rebuild), and every predicted step attends to all of it.
+        window = getattr(self.model, "context_frames", None)
+        if isinstance(window, int) and len(context) + horizon - 1 > window:
+            keep = max(window - horizon + 1, 1)
+            context = context[-keep:]
+            if context_actions is not None:
+                context_actions = context_actions[-(keep - 1):] if keep > 1 else None
         mean, std = self._warm if self._warm is not None else (None, None)
         objective = self.objective
 
         def cost_fn(samples: np.ndarray) -> np.ndarray:
-            return objective(context, q, samples)
+            return objective(context, q, samples, context_actions)
 
         result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
                                               should_stop=should_stop)
         stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)
-        terms = objective.terms(context, q, result.plan[None], keep_keypoints=True)
+        terms = objective.terms(context, q, result.plan[None], keep_keypoints=True, context_actions=context_actions)
         with torch.no_grad():
             current_cost = float(((context[-1] - self.goal_latent.to(context.dtype)) ** 2).mean())
         self._advance(result, horizon)

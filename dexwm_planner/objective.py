@@ -34,8 +34,10 @@ class WorldModelLike(Protocol):
     def encode(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images (B, H, W, 3) -> latents (B, P, d)."""
 
-    def rollout(self, context: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """context latents (C, P, d), actions (B, T, 132) -> predicted latents (B, T, P, d)."""
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor, **kwargs) -> torch.Tensor:
+        """context latents (C, P, d), actions (B, T, 132) -> predicted latents (B, T, P, d).
+
+        Optional keyword ``context_actions`` (C-1, 132): the actions between the context frames."""
 
     def keypoints_2d(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (..., P, d) -> 2D keypoints (..., 12, 2) in pixels."""
@@ -102,17 +104,21 @@ class GoalObjective:
         self.rotation_fn = rotation_fn
         self.goal_rotation = None if goal_rotation is None else np.asarray(goal_rotation, dtype=np.float64)
 
-    def __call__(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray) -> np.ndarray:
-        return self.terms(context, q0, samples).total
+    def __call__(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray,
+                 context_actions: torch.Tensor | None = None) -> np.ndarray:
+        return self.terms(context, q0, samples, context_actions=context_actions).total
 
     @torch.no_grad()
-    def rollout(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray) -> torch.Tensor:
+    def rollout(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray,
+                context_actions: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted latents (N, T, P, d) of joint plans (N, T, 23) starting at joints q0."""
         samples = np.asarray(samples, dtype=np.float64)
         n = samples.shape[0]
         q_seq = np.concatenate([np.broadcast_to(np.asarray(q0, dtype=np.float64), (n, 1, samples.shape[-1])),
                                 samples], axis=1)
-        return self.model.rollout(context, self._actions(q_seq))
+        if context_actions is None:
+            return self.model.rollout(context, self._actions(q_seq))
+        return self.model.rollout(context, self._actions(q_seq), context_actions=context_actions)
 
     def _actions(self, q_seq: np.ndarray) -> torch.Tensor:
         actions = self.actions_fn(q_seq)
@@ -121,9 +127,9 @@ class GoalObjective:
 
     @torch.no_grad()
     def terms(self, context: torch.Tensor, q0: np.ndarray, samples: np.ndarray,
-              keep_keypoints: bool = False) -> CostTerms:
+              keep_keypoints: bool = False, context_actions: torch.Tensor | None = None) -> CostTerms:
         cfg = self.config
-        pred = self.rollout(context, q0, samples)                       # (N, T, P, d)
+        pred = self.rollout(context, q0, samples, context_actions)      # (N, T, P, d)
         n, horizon = pred.shape[:2]
         w = torch.as_tensor(step_weights(horizon, cfg.decay), dtype=torch.float64)
         goal = self.goal_latent.to(pred.dtype)

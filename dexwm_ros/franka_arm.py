@@ -387,6 +387,15 @@ class FrankaArm:
                 return True, "recovered; " + text
             return False, f"recovery did not clear the errors (now {after}); " + text
 
+    def set_relative_dynamics_factor(self, factor: float) -> None:
+        """Change the global dynamics scaling; applies to motions started afterwards."""
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"relative_dynamics_factor must be in (0, 1], got {factor}")
+        with self._lock:
+            self.config.relative_dynamics_factor = factor
+            if self._robot is not None:
+                self._robot.relative_dynamics_factor = factor
+
     def close(self) -> None:
         with self._lock:
             if self._robot is not None:
@@ -405,7 +414,7 @@ def _is_network_error(exc: BaseException) -> bool:
     """franky raises NetworkException, or RuntimeError('Net Exception') from state reads, on a lost link."""
     name = type(exc).__name__
     text = str(exc).lower()
-    return name == "NetworkException" or "net exception" in text or "udp receive" in text or "tcp" in text
+    return name == "NetworkException" or "net exception" in text or "udp receive" in text
 
 
 def config_from_mapping(values: dict) -> FrankaConfig:
@@ -417,3 +426,37 @@ def config_from_mapping(values: dict) -> FrankaConfig:
     cfg = FrankaConfig(**values)
     cfg.validate()
     return cfg
+
+
+_sim_counter = itertools.count(1)
+
+
+def start_franky_sim(log_path, host: Optional[str] = None, timeout_s: float = 60.0):
+    """Start franky-sim (MuJoCo FR3 behind the libfranka protocol) as its own process group.
+
+    Returns (Popen, host). ``host`` defaults to a loopback address unique to this process so that
+    parallel runs on one machine do not collide on franky-sim's fixed port. For demos without a
+    robot: start it, then run the node with ``-p robot_ip:=<host>``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    if host is None:
+        host = f"127.77.{os.getpid() % 250 + 1}.{next(_sim_counter) % 250 + 1}"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "franky_sim.run_server", "-s", "mujoco", "--hostname", host],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=os.path.dirname(os.path.abspath(log_path)),  # MuJoCo writes MUJOCO_LOG.TXT here
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = open(log_path, "rb").read().decode(errors="replace")
+        if "Connect to the server" in text:
+            return proc, host
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            raise RuntimeError(f"franky-sim did not start on {host}:\n{text[-2000:]}")
+        time.sleep(0.05)

@@ -20,15 +20,18 @@ Panda (FER) arms need franky built against libfranka 0.9.x (see dexwm_ros.franka
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -120,10 +123,7 @@ class FrankaNode(Node):
 
         self.state_pub = self.create_publisher(JointState, "~/joint_states", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # The state timer does the network reads; keep it apart from commands and services.
-        self._state_group = MutuallyExclusiveCallbackGroup()
         self._cmd_group = ReentrantCallbackGroup()
-        self.create_timer(1.0 / self.rate_hz, self._on_state_timer, callback_group=self._state_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._cmd_group)
         self.create_subscription(JointTrajectory, "~/joint_command", self._on_joint_command, 10,
                                  callback_group=self._cmd_group)
@@ -140,6 +140,31 @@ class FrankaNode(Node):
             self.get_logger().info(f"connected to the Franka at {self.config.robot_ip}")
         except RobotUnavailable as exc:
             self.get_logger().error(f"{exc}; retrying every {self.config.reconnect_period_s:.1f} s")
+        # State reads and supervision run in their own thread on an absolute schedule: an rclpy timer
+        # in a busy executor on a small machine loses ticks (measured about 50 of 100 Hz here).
+        self._running = threading.Event()
+        self._running.set()
+        # Ctrl-C shuts the context down before destroy_node runs: stop publishing from then on.
+        self.context.on_shutdown(self._running.clear)
+        self._state_thread = threading.Thread(target=self._state_loop, name="franka_state", daemon=True)
+        self._state_thread.start()
+
+    def _state_loop(self):
+        period = 1.0 / self.rate_hz
+        next_tick = time.monotonic()
+        while self._running.is_set():
+            try:
+                self._on_state_timer()
+            except Exception as exc:  # never let a surprise kill the state stream
+                if not (self._running.is_set() and self.context.ok()):
+                    break  # shutting down
+                self.get_logger().error(f"state update failed: {exc!r}")
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay < -period:  # fell far behind (e.g. a blocking reconnect): do not burst
+                next_tick = time.monotonic()
+            else:
+                time.sleep(max(0.0, delay))
 
     # ---- parameters -----------------------------------------------------------------------------
     def _on_set_parameters(self, params):
@@ -156,10 +181,10 @@ class FrankaNode(Node):
                 return SetParametersResult(successful=False, reason="watchdog_timeout_s must be >= 0")
         for param in params:
             if param.name == "relative_dynamics_factor":
-                self.config.relative_dynamics_factor = param.value
-                robot = self.arm._robot
-                if robot is not None:
-                    robot.relative_dynamics_factor = param.value
+                try:
+                    self.arm.set_relative_dynamics_factor(param.value)
+                except Exception as exc:  # lost robot: keep the old value and say why
+                    return SetParametersResult(successful=False, reason=str(exc))
             elif hasattr(self.config, param.name):
                 setattr(self.config, param.name, param.value)
         return SetParametersResult(successful=True)
@@ -332,13 +357,22 @@ class FrankaNode(Node):
             time.sleep(0.02)
 
     def destroy_node(self):
+        self._running.clear()
+        self._state_thread.join(timeout=5.0)
         self.arm.close()
         super().destroy_node()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args=None) -> int:
+    # Our own Ctrl-C/SIGTERM handling (not rclpy's) so that the node stops its worker thread and the
+    # robot/camera while the ROS context is still valid; rclpy's handler would invalidate it first.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with rclpy.init(args=args):
+        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
             node = FrankaNode()
             executor = MultiThreadedExecutor(num_threads=4)
             executor.add_node(node)

@@ -54,7 +54,7 @@ fi
 if [ ! -f "$STAMP/cmake-paths" ]; then
   py_include=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   np_include=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
-  grep -rlE '/opt/python/cp311-cp311/' "$VENV/share" --include='*.cmake' 2>/dev/null | while read -r f; do
+  { grep -rlE '/opt/python/cp311-cp311/' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | while read -r f; do
     sed -i -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$np_include#g" \
            -e "s#/opt/python/cp311-cp311/include/python3.11#$py_include#g" "$f"
   done

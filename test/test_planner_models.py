@@ -43,7 +43,7 @@ class LinearTestModel:
         perm = list(range(n)) + [n, n + 2, n + 1, n + 3, n + 4]
         return x.permute(*perm).reshape(*lead, PATCHES, PATCH_DIM)
 
-    def rollout(self, context: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor, context_actions=None) -> torch.Tensor:
         self.rollout_calls += 1
         dq = actions[..., :DOF].double()                                     # (B, T, 23)
         delta = self._to_latent((dq @ torch.as_tensor(self.B).T).float())    # (B, T, P, d)

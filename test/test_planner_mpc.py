@@ -59,7 +59,7 @@ def test_closed_loop_reaches_goal_and_respects_limits_and_cap():
     planner.set_goal(model.render(q_goal))
     costs = []
     for _ in range(9):
-        planner.observe(model.render(q))
+        planner.observe(model.render(q), q)
         step = planner.step(q)
         cap = np.r_[np.full(7, 0.15), np.full(16, 0.1)]
         assert np.all(np.abs(step.command - q) <= cap + 1e-12)
@@ -68,6 +68,7 @@ def test_closed_loop_reaches_goal_and_respects_limits_and_cap():
         q = step.command  # the "robot" reaches the target exactly
     assert costs[-1] < 0.2 * costs[0]
     assert len(planner._context) == 8  # context keeps the last 8 frames
+    assert planner.context_actions().shape == (7, 132)
 
 
 def test_planning_without_goal_or_observation_fails_clearly():

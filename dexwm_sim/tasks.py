@@ -1,0 +1,393 @@
+"""Evaluation tasks of the paper (reach, grasp, place): seeded episodes, success rules, scripted solutions.
+
+Success rules (DESIGN.md section 1), checked once per control step and counted as success when they
+hold for 10 consecutive steps:
+  reach  mean distance of the palm centre and the 4 fingertips to the target < 0.15 m
+  grasp  palm centre within 0.20 m of the object and the hand in contact with it
+  place  object centre within 0.10 m of the target
+
+Episodes are a pure function of (task, seed). Difficulty constraints: the start is at least 0.25 m
+beyond the success threshold (reach: mean distance >= 0.40 m; grasp: palm >= 0.45 m from the object;
+place: object >= 0.35 m from the target), objects and targets are spread over a 40 x 40 cm table area
+(x 0.35..0.75 m, y -0.2..0.2 m in front of the robot).
+
+Each task has a scripted solver that drives the simulation (through the same controller as any
+other command) to a solved state; ``make_goal`` renders that state as the episode's goal image, so a
+planner gets the kind of goal a lab user captures with the camera.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+
+from allegro_driver import joints as hand_joints
+
+from .model import ARM_HOME, OBJECT_KINDS
+
+TASKS = ("reach", "grasp", "place")
+REACH_THRESHOLD = 0.15
+GRASP_THRESHOLD = 0.20
+PLACE_THRESHOLD = 0.10
+DIFFICULTY_MARGIN = 0.25
+
+AREA_X = (0.35, 0.75)
+AREA_Y = (-0.20, 0.20)
+MAX_SEED = 2 ** 32 - 1
+
+# Scripted power grasp, palm facing down. Palm frame: x out of the palm (down), y towards the thumb,
+# z along the fingers (forward). The thumb is set as a post behind the object before the hand comes
+# down; the index/middle/ring fingers then bend down in front of the object and press it against the
+# thumb. The closing posture lies beyond contact on purpose: the torque-limited PD then squeezes.
+HAND_OPEN = np.asarray(hand_joints.OPEN_POSE)
+FINGERS_STRAIGHT = np.array([0.0, 0.05, 0.05, 0.0] * 3)
+# Closed: a hook (medial and distal joints bent most) so the fingertips stay above the table.
+FINGERS_CLOSED = np.array([0.0, 0.75, 1.709, 1.4] * 3)
+MIN_TABLE_DEPTH = 0.075        # keep the palm this high above the table: room for the finger hook
+PALM_SURFACE_X = 0.0111
+GRASP_Y = 0.02                 # between the index and middle fingers, in line with the thumb
+FINGER_WALL_Z = 0.0066         # pad surface of a finger bent 90 degrees at its proximal joint
+PALM_TO_MOUNT = np.array([0.0, 0.0, 0.095])
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    kind: str
+    size: tuple           # MuJoCo geom size: box half-extents, cylinder (radius, half-height), sphere (radius,)
+    rgba: tuple
+    position: tuple       # resting centre on the table
+    yaw: float
+    mass: float = 0.08
+
+    @property
+    def half_height(self) -> float:
+        return float(self.size[2] if self.kind == "box" else self.size[1] if self.kind == "cylinder" else self.size[0])
+
+    @property
+    def half_width(self) -> float:
+        return float(max(self.size[0], self.size[1]) if self.kind == "box" else self.size[0])
+
+
+@dataclass(frozen=True)
+class Episode:
+    task: str
+    seed: int
+    object_kind: str               # the object the task is about (grasp, place; reach: none moved)
+    objects: tuple                 # ObjectSpec for every object in the scene
+    target: tuple                  # reach: hand target; place: object target; grasp: hidden
+    arm_start: tuple
+    hand_start: tuple
+
+    def object(self, kind: str | None = None) -> ObjectSpec:
+        kind = kind or self.object_kind
+        return next(o for o in self.objects if o.kind == kind)
+
+
+def _random_objects(rng: np.random.Generator) -> list[ObjectSpec]:
+    """Three objects (one of each kind) at least 0.12 m apart inside the table area."""
+    positions: list[np.ndarray] = []
+    while len(positions) < len(OBJECT_KINDS):
+        p = np.array([rng.uniform(*AREA_X), rng.uniform(*AREA_Y)])
+        if all(np.linalg.norm(p - q) > 0.12 for q in positions):
+            positions.append(p)
+    out = []
+    for kind, xy in zip(OBJECT_KINDS, positions):
+        if kind == "box":
+            size = tuple(float(v) for v in rng.uniform(0.02, 0.03, 3))
+        elif kind == "cylinder":
+            size = (float(rng.uniform(0.022, 0.028)), float(rng.uniform(0.02, 0.03)))
+        else:
+            size = (float(rng.uniform(0.025, 0.032)),)
+        hue = rng.uniform(0, 1)
+        rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+        spec = ObjectSpec(kind=kind, size=size, rgba=(*rgb, 1.0), position=(0.0, 0.0, 0.0),
+                          yaw=float(rng.uniform(-np.pi, np.pi)))
+        out.append(ObjectSpec(kind=kind, size=size, rgba=spec.rgba,
+                              position=(float(xy[0]), float(xy[1]), spec.half_height + 0.002), yaw=spec.yaw))
+    return out
+
+
+def _random_arm_start(rng: np.random.Generator) -> np.ndarray:
+    q = ARM_HOME.copy()
+    q[0] += rng.uniform(-0.6, 0.6)
+    q[1:] += rng.uniform(-0.1, 0.1, 6)
+    return q
+
+
+def make_episode(task: str, seed: int, kinematics=None) -> Episode:
+    """The episode of ``task`` for ``seed`` (deterministic)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    seed = int(seed)
+    kin = kinematics or _kinematics()
+    rng = np.random.default_rng([TASKS.index(task), seed])
+    for _ in range(1000):
+        objects = _random_objects(rng)
+        kind = OBJECT_KINDS[int(rng.integers(len(OBJECT_KINDS)))]
+        arm = _random_arm_start(rng)
+        hand = HAND_OPEN.copy()
+        pts = kin.palm_and_tips_world(np.r_[arm, hand])
+        obj = next(o for o in objects if o.kind == kind)
+        if task == "reach":
+            target = np.array([rng.uniform(*AREA_X), rng.uniform(*AREA_Y), rng.uniform(0.08, 0.30)])
+            ok = np.linalg.norm(pts - target, axis=1).mean() >= REACH_THRESHOLD + DIFFICULTY_MARGIN
+        elif task == "grasp":
+            target = np.array([0.0, 0.0, -0.5])   # no marker: hidden under the table
+            ok = np.linalg.norm(pts[0] - np.asarray(obj.position)) >= GRASP_THRESHOLD + DIFFICULTY_MARGIN
+        else:
+            target = np.array([rng.uniform(*AREA_X), rng.uniform(*AREA_Y), obj.position[2]])
+            others = [np.asarray(o.position[:2]) for o in objects if o.kind != kind]
+            ok = (np.linalg.norm(target - np.asarray(obj.position)) >= PLACE_THRESHOLD + DIFFICULTY_MARGIN
+                  and all(np.linalg.norm(target[:2] - p) > 0.1 for p in others))
+        if ok:
+            return Episode(task=task, seed=seed, object_kind=kind, objects=tuple(objects),
+                           target=tuple(float(v) for v in target), arm_start=tuple(arm.tolist()),
+                           hand_start=tuple(hand.tolist()))
+    raise RuntimeError(f"could not generate a {task} episode for seed {seed}")
+
+
+_KIN = None
+
+
+def _kinematics():
+    global _KIN
+    if _KIN is None:
+        from .kinematics import RobotKinematics
+        _KIN = RobotKinematics.from_scene()
+    return _KIN
+
+
+# --- success rules --------------------------------------------------------------------------------
+def evaluate(env, episode: Episode) -> tuple[bool, float]:
+    """(rule holds now, task distance [m]) for the current state of ``env``."""
+    pts = env.palm_and_tips()
+    if episode.task == "reach":
+        dist = float(np.linalg.norm(pts - np.asarray(episode.target), axis=1).mean())
+        return dist < REACH_THRESHOLD, dist
+    obj = env.object_position(episode.object_kind)
+    if episode.task == "grasp":
+        dist = float(np.linalg.norm(pts[0] - obj))
+        return dist < GRASP_THRESHOLD and env.hand_touches(episode.object_kind), dist
+    dist = float(np.linalg.norm(obj - np.asarray(episode.target)))
+    return dist < PLACE_THRESHOLD, dist
+
+
+# --- scripted solutions ---------------------------------------------------------------------------
+def palm_rotation(direction_xy, palm_down: bool) -> np.ndarray:
+    """Palm-frame orientation (columns x_p, y_p, z_p in world).
+
+    palm_down: palm facing the table (x_p = -z), fingers along ``direction_xy``;
+    otherwise fingers pointing down (z_p = -z), palm facing ``direction_xy``.
+    """
+    u = np.array([direction_xy[0], direction_xy[1], 0.0])
+    u /= np.linalg.norm(u)
+    down = np.array([0.0, 0.0, -1.0])
+    x, z = (down, u) if palm_down else (u, down)
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def _drive(env, arm, hand, steps: int, until=None) -> bool:
+    """Command (arm, hand) and run ``steps`` control steps (stop early when ``until()`` is true)."""
+    env.command(arm, hand)
+    for _ in range(steps):
+        env.step()
+        if until is not None and until():
+            return True
+    return False
+
+
+_THUMB_TABLE = None
+
+
+def _thumb_table(kin):
+    """Grid of thumb postures and their tip/distal positions in the palm frame (computed once)."""
+    global _THUMB_TABLE
+    if _THUMB_TABLE is None:
+        import itertools
+        lo, hi = hand_joints.LOWER[12:], hand_joints.UPPER[12:]
+        grid = np.array(list(itertools.product(*[np.linspace(lo[i], hi[i], 9) for i in range(4)])))
+        q = np.zeros((len(grid), 23))
+        q[:, :7] = ARM_HOME
+        q[:, 7:19] = FINGERS_STRAIGHT
+        q[:, 19:] = grid
+        kp = kin.keypoints_world(q)
+        pos, rot = kin.ee_pose(q[:1])
+        palm_origin = pos[0] + rot[0] @ PALM_TO_MOUNT
+        local = (kp - palm_origin) @ rot[0]          # world -> palm frame
+        _THUMB_TABLE = (grid, local[:, 4], local[:, 3])   # thumb tip, thumb distal joint
+    return _THUMB_TABLE
+
+
+def grasp_plan(kin, spec: ObjectSpec):
+    """(thumb posture, object centre in the palm frame) of the scripted grasp for an object."""
+    grid, tip, distal = _thumb_table(kin)
+    radius, hh = spec.half_width, spec.half_height
+    depth = max(PALM_SURFACE_X + hh + 0.006, MIN_TABLE_DEPTH - hh)   # object centre below the palm
+    table_depth = depth + hh
+    # Thumb post: tip near the object's centre depth (never into the table), in line with the
+    # grasp, as far back as the thumb reaches; the object then sits just in front of it.
+    ok = ((tip[:, 0] > depth - 0.015) & (tip[:, 0] < min(depth + 0.01, table_depth - 0.014))
+          & (np.abs(tip[:, 1] - GRASP_Y) < 0.012) & (distal[:, 2] < tip[:, 2] + 0.01))
+    if not np.any(ok):
+        raise RuntimeError(f"no thumb posture for a {spec.kind} of half height {hh:.3f}")
+    idx = np.nonzero(ok)[0]
+    best = idx[np.argmin(tip[idx, 2])]
+    z_center = tip[best, 2] + 0.012 + radius + 0.003
+    return grid[best], np.array([depth, GRASP_Y, z_center])
+
+
+def _palm_target(center: np.ndarray, rot: np.ndarray, grasp_point: np.ndarray) -> np.ndarray:
+    """Palm-centre position that puts the object centre at ``grasp_point`` (palm frame)."""
+    palm_center_offset = np.array([PALM_SURFACE_X, 0.0, -0.0475])   # allegro_palm_center site
+    return center + rot @ (palm_center_offset - grasp_point)
+
+
+def _palm_pose(env):
+    """World position of the palm-centre site and the palm rotation of the current state."""
+    q = env.joint_positions()
+    pos, rot = env.kinematics.ee_pose(q)
+    return env.palm_and_tips()[0], rot
+
+
+def _move(env, palm_target, rot_target, hand, steps: int, segments: int = 5, until=None) -> np.ndarray:
+    """Move the palm centre along a straight line (orientation slerped) through IK waypoints.
+
+    Each waypoint's IK starts from the previous solution, so the arm stays on one IK branch.
+    """
+    from scipy.spatial.transform import Rotation, Slerp
+
+    start, rot0 = _palm_pose(env)
+    slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([rot0, rot_target])))
+    q = env.joint_positions()[:7]
+    per = max(steps // segments, 1)
+    for k in range(1, segments + 1):
+        a = k / segments
+        q_next = env.solve_arm_ik(start + a * (palm_target - start), slerp(a).as_matrix(), q_init=q, hand=hand)
+        # Give large joint motions the time the speed cap needs.
+        need = int(np.ceil(np.abs(q_next - env.joint_positions()[:7]).max() / (env.max_speed[0] * env.control_dt)))
+        q = q_next
+        if _drive(env, q, hand, max(per, need + 1), until=until):
+            break
+    return q
+
+
+_READY = None
+
+
+def ready_posture(env) -> np.ndarray:
+    """Arm joints with the palm facing down 0.3 m above the middle of the table (computed once).
+
+    Grasps start from here: the hand is reoriented far from the objects, then short Cartesian moves
+    with small yaw changes stay on one IK branch.
+    """
+    global _READY
+    if _READY is None:
+        rot = palm_rotation((1.0, 0.0), palm_down=True)
+        pregrasp = np.r_[FINGERS_STRAIGHT, hand_joints.OPEN_POSE[12:]]
+        _READY, _ = env.solve_arm_ik_global(np.array([0.5, 0.0, 0.3]), rot, q_init=ARM_HOME, hand=pregrasp)
+    return _READY.copy()
+
+
+def _grasp_and_lift(env, episode: Episode, lift: float = 0.12):
+    """Scripted power grasp of the episode's object; returns (closed hand, grasp point, open hand, rot)."""
+    obj = env.object_position(episode.object_kind)
+    spec = episode.object()
+    direction = obj[:2] / np.linalg.norm(obj[:2]) if np.linalg.norm(obj[:2]) > 1e-3 else np.array([1.0, 0.0])
+    if spec.kind == "box":
+        # Squeeze across a pair of faces: the box face normal closest to the radial direction.
+        quat = env.object_poses()["box"][3:]
+        yaw = 2.0 * np.arctan2(quat[3], quat[0])
+        normals = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2)]) for k in range(4)]
+        k = int(np.argmax([n @ direction for n in normals]))
+        direction = normals[k]
+        spec = ObjectSpec(kind="box", size=(spec.size[k % 2], spec.size[k % 2], spec.size[2]), rgba=spec.rgba,
+                          position=spec.position, yaw=spec.yaw)
+    thumb, gp = grasp_plan(env.kinematics, spec)
+    pregrasp = np.r_[FINGERS_STRAIGHT, thumb]
+    closed = np.r_[FINGERS_CLOSED, np.minimum(thumb + np.array([0.0, 0.0, 0.15, 0.15]), hand_joints.UPPER[12:])]
+    rot = palm_rotation(direction, palm_down=True)
+    _drive(env, ready_posture(env), np.r_[FINGERS_STRAIGHT, hand_joints.OPEN_POSE[12:]], 15)
+    _move(env, _palm_target(obj + [0, 0, 0.08], rot, gp), rot, pregrasp, 15, segments=3)
+    _move(env, _palm_target(obj, rot, gp), rot, pregrasp, 8, segments=2)
+    _drive(env, None, closed, 10)
+    _move(env, _palm_target(obj + [0, 0, lift], rot, gp), rot, closed, 12, segments=3)
+    return closed, gp, pregrasp, rot
+
+
+def solve(env, episode: Episode, hold_steps: int = 12) -> bool:
+    """Drive ``env`` (already reset to ``episode``) to a solved state; True when the rule held."""
+    if episode.task == "reach":
+        target = np.asarray(episode.target)
+        direction = target[:2] if np.linalg.norm(target[:2]) > 1e-3 else np.array([1.0, 0.0])
+        rot = palm_rotation(direction, palm_down=False)
+        arm = env.solve_arm_ik(target, rot, points="palm_tips", hand=HAND_OPEN)
+        _drive(env, arm, HAND_OPEN, 15)   # settle first, so the goal image shows the hand at rest
+        _drive(env, arm, HAND_OPEN, 30, until=lambda: env.status.success)
+    elif episode.task == "grasp":
+        closed, _, _, _ = _grasp_and_lift(env, episode)
+        _drive(env, None, closed, hold_steps, until=lambda: env.status.success)
+    else:
+        closed, gp, opened, rot = _grasp_and_lift(env, episode)
+        target = np.asarray(episode.target)
+        _move(env, _palm_target(target + [0, 0, 0.12], rot, gp), rot, closed, 20, segments=4)
+        _move(env, _palm_target(target + [0, 0, 0.01], rot, gp), rot, closed, 10, segments=2)
+        _drive(env, None, opened, 8)
+        here, _ = _palm_pose(env)
+        _move(env, here + [0, 0, 0.12], rot, opened, hold_steps + 4, segments=2, until=lambda: env.status.success)
+    # Solved means the rule was met for the required streak and still holds in the final state.
+    return bool(env.status.success and env.status.success_now)
+
+
+@dataclass
+class Goal:
+    """The solved state of an episode as a planner sees it."""
+
+    image: np.ndarray            # (H, W, 3) uint8 at the requested size
+    images: dict                 # (width, height) -> image
+    joints: np.ndarray           # (23,) robot joints in the solved state
+    object_poses: dict
+    solved: bool                 # the success rule held for the required streak
+
+
+def make_goal(env, episode: Episode, sizes=((224, 224),)) -> Goal:
+    """Run the scripted solver from the episode start, render the solved state, restore the start."""
+    start = env.get_state()
+    try:
+        solved = solve(env, episode)
+        images = {tuple(s): env.render(*s) for s in sizes}
+        return Goal(image=images[tuple(sizes[0])], images=images, joints=env.joint_positions(),
+                    object_poses=env.object_poses(), solved=solved)
+    finally:
+        env.set_state(start)
+
+
+# --- random-action baseline -----------------------------------------------------------------------
+def random_policy_success(env, task: str, episodes: int = 20, steps: int = 100, seed: int = 0,
+                          arm_step: float = 0.15, hand_step: float = 0.4, progress: bool = False) -> float:
+    """Fraction of episodes a random policy solves (success rule held 10 steps within ``steps``).
+
+    The policy is a random walk of joint targets (uniform steps of up to ``arm_step`` / ``hand_step``
+    rad per control step, clamped to the joint limits), which explores far more than independent
+    random targets, which the controller mostly averages out.
+    """
+    rng = np.random.default_rng(seed)
+    wins = 0
+    it = range(episodes)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"random {task}")
+    for k in it:
+        env.reset(task, 100_000 + k)
+        q = env.joint_positions()
+        for _ in range(steps):
+            q[:7] += rng.uniform(-arm_step, arm_step, 7)
+            q[7:] += rng.uniform(-hand_step, hand_step, 16)
+            q = np.clip(q, env.lower, env.upper)
+            env.step(q[:7], q[7:])
+            if env.status.success:
+                wins += 1
+                break
+    return wins / episodes

@@ -1,0 +1,222 @@
+"""The real `franka` node against franky-sim (MuJoCo behind the libfranka network protocol).
+
+franky-sim is started as its own process on a test-unique loopback address; the node connects to it
+with franky exactly as it would to a control box.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from rosutil import node_command, process, wait_for
+
+from dexwm_ros.franka_arm import start_franky_sim
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Client:
+    """In-test ROS client of the franka node, spun in a background thread."""
+
+    def __init__(self, context):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.action import ActionClient
+        from rclpy.executors import MultiThreadedExecutor
+        from sensor_msgs.msg import JointState
+        from std_srvs.srv import Trigger
+        from trajectory_msgs.msg import JointTrajectory
+
+        from dexwm_ros.action import MoveJoints
+
+        self.node = rclpy.create_node("franka_test_client", context=context)
+        self.states: list = []
+        self.diagnostics: list = []
+        self.node.create_subscription(JointState, "/franka/joint_states", self.states.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.action = ActionClient(self.node, MoveJoints, "/franka/move_joints")
+        self.stop_srv = self.node.create_client(Trigger, "/franka/stop")
+        self.recover_srv = self.node.create_client(Trigger, "/franka/recover")
+        self.command_pub = self.node.create_publisher(JointTrajectory, "/franka/joint_command", 10)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def q(self) -> np.ndarray:
+        return np.array(self.states[-1].position)
+
+    def send_goal(self, points, tolerance=(), time_limit=0.0):
+        from builtin_interfaces.msg import Duration
+        from trajectory_msgs.msg import JointTrajectoryPoint
+
+        from dexwm_ros.action import MoveJoints
+
+        goal = MoveJoints.Goal()
+        goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in p]) for p in points]
+        goal.goal_tolerance = list(tolerance)
+        goal.time_limit = Duration(sec=int(time_limit), nanosec=int((time_limit % 1) * 1e9))
+        future = self.action.send_goal_async(goal)
+        handle = wait_for(lambda: future.result() if future.done() else None, 10, what="goal acceptance")
+        return handle, handle.get_result_async()
+
+    def call(self, client):
+        from std_srvs.srv import Trigger
+
+        assert client.wait_for_service(timeout_sec=10)
+        future = client.call_async(Trigger.Request())
+        return wait_for(lambda: future.result() if future.done() else None, 10, what="service reply")
+
+    def close(self):
+        self.executor.shutdown()
+        self.action.destroy()
+        self.node.destroy_node()
+
+
+def result_of(future, timeout):
+    return wait_for(lambda: future.result() if future.done() else None, timeout, what="action result").result
+
+
+@pytest.fixture
+def franka_graph(tmp_path, node_env, rclpy_context):
+    sim_proc, host = start_franky_sim(tmp_path / "sim.log")
+    log = tmp_path / "franka.log"
+    cmd = node_command("franka", "-p", f"robot_ip:={host}", "-p", "relative_dynamics_factor:=0.3",
+                       "-p", "watchdog_timeout_s:=0.5", "-p", "reconnect_period_s:=0.5")
+    try:
+        with process(cmd, node_env, log) as node_proc:
+            client = Client(rclpy_context)
+            try:
+                wait_for(lambda: len(client.states) > 5, 30, what="/franka/joint_states")
+                assert client.action.wait_for_server(timeout_sec=10)
+                yield client, node_proc, sim_proc, host, log
+            finally:
+                client.close()
+        # Ctrl-C ends the node cleanly, without errors in its log.
+        assert node_proc.returncode == 0, log.read_text()[-3000:]
+        assert "Failed to publish" not in log.read_text() and "Traceback" not in log.read_text()
+    finally:
+        if sim_proc.poll() is None:
+            os.killpg(sim_proc.pid, signal.SIGINT)
+            sim_proc.wait(10)
+
+
+def test_states_target_preemption_stop_and_limits(franka_graph):
+    from dexwm_ros.action import MoveJoints
+    R = MoveJoints.Result
+    client, node_proc, _, _, log = franka_graph
+
+    # Joint states flow, named and at about the configured 100 Hz.
+    msg = client.states[-1]
+    assert list(msg.name) == [f"fr3_joint{i}" for i in range(1, 8)]
+    n0, t0 = len(client.states), time.monotonic()
+    time.sleep(1.0)
+    rate = (len(client.states) - n0) / (time.monotonic() - t0)
+    assert 60 < rate < 130, rate
+    q0 = client.q()
+
+    # A joint target is reached within tolerance.
+    target = q0 + np.array([0.15, -0.1, 0.1, 0.15, -0.1, 0.1, 0.2])
+    _, fut = client.send_goal([target], tolerance=[0.01], time_limit=15)
+    res = result_of(fut, 20)
+    assert res.error_code == R.SUCCESSFUL, res.message
+    assert np.max(np.abs(client.q() - target)) < 0.01
+    assert np.max(np.abs(res.final_error)) <= 0.01
+
+    # Pre-emption: a second goal replaces the first while it is still moving.
+    far = target - 0.4
+    _, fut_a = client.send_goal([far], time_limit=15)
+    time.sleep(0.5)
+    mid = target - 0.1
+    _, fut_b = client.send_goal([target - 0.05, mid], time_limit=15)  # two waypoints
+    res_a, res_b = result_of(fut_a, 10), result_of(fut_b, 20)
+    assert res_a.error_code == R.PREEMPTED, res_a.message
+    assert res_b.error_code == R.SUCCESSFUL, res_b.message
+    assert np.max(np.abs(client.q() - mid)) < 0.01
+
+    # Stop: the goal ends STOPPED and the arm halts short of the target.
+    _, fut = client.send_goal([mid + 0.4], time_limit=15)
+    time.sleep(0.6)
+    reply = client.call(client.stop_srv)
+    assert reply.success, reply.message
+    res = result_of(fut, 5)
+    assert res.error_code == R.STOPPED, res.message
+    time.sleep(0.5)
+    q_stop = client.q()
+    time.sleep(0.5)
+    assert np.max(np.abs(client.q() - q_stop)) < 0.02, "arm kept moving after stop"
+    assert np.max(np.abs(q_stop - (mid + 0.4))) > 0.1, "arm reached the target despite stop"
+
+    # Beyond the joint limits / step cap / wrong size: rejected with a reason, arm does not move.
+    q_before = client.q()
+    beyond = q_before.copy()
+    beyond[3] = 0.1  # fr3_joint4 must stay below -0.1518
+    _, fut = client.send_goal([beyond])
+    res = result_of(fut, 5)
+    assert res.error_code == R.INVALID_JOINTS and "fr3_joint4" in res.message and "limits" in res.message
+    _, fut = client.send_goal([q_before + 0.8])
+    res = result_of(fut, 5)
+    assert res.error_code == R.INVALID_JOINTS and "max_joint_step" in res.message, res.message
+    _, fut = client.send_goal([list(q_before[:6])])
+    assert result_of(fut, 5).error_code == R.INVALID_GOAL
+    _, fut = client.send_goal([list(q_before[:6]) + [float("nan")]])
+    assert result_of(fut, 5).error_code == R.INVALID_GOAL
+    time.sleep(0.3)
+    assert np.max(np.abs(client.q() - q_before)) < 0.01
+
+    # Fire-and-forget topic; the watchdog (0.5 s here) stops a motion that gets no new commands.
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+    names = [f"fr3_joint{i}" for i in range(7, 0, -1)]  # reversed order on purpose
+    small = q_before + 0.03
+    client.command_pub.publish(JointTrajectory(joint_names=names, points=[
+        JointTrajectoryPoint(positions=[float(v) for v in small[::-1]])]))
+    wait_for(lambda: np.max(np.abs(client.q() - small)) < 0.01, 10, what="joint_command target")
+    client.command_pub.publish(JointTrajectory(points=[JointTrajectoryPoint(
+        positions=[float(v) for v in small + 0.45])]))
+    wait_for(lambda: any(s.message.startswith("no new command") for d in client.diagnostics for s in d.status),
+             10, what="watchdog report on /diagnostics")
+    time.sleep(0.5)
+    q_hold = client.q()
+    time.sleep(0.5)
+    assert np.max(np.abs(client.q() - q_hold)) < 0.02
+    assert np.max(np.abs(q_hold - (small + 0.45))) > 0.05
+    assert node_proc.poll() is None
+
+
+def test_simulator_killed_mid_motion(franka_graph):
+    from dexwm_ros.action import MoveJoints
+    R = MoveJoints.Result
+    client, node_proc, sim_proc, host, log = franka_graph
+    q0 = client.q()
+    _, fut = client.send_goal([q0 + 0.4], time_limit=20)
+    time.sleep(0.5)
+    os.killpg(sim_proc.pid, signal.SIGKILL)
+    sim_proc.wait(5)
+    res = result_of(fut, 15)
+    assert res.error_code == R.ROBOT_ERROR
+    assert host in res.message and "lost the connection" in res.message, res.message
+
+    def error_diag():
+        return any(s.level == s.ERROR and host in s.message for d in client.diagnostics for s in d.status)
+    wait_for(error_diag, 10, what="ERROR on /diagnostics")
+    # The node is alive: services answer with a clear failure, new goals fail cleanly.
+    reply = client.call(client.recover_srv)
+    assert not reply.success and host in reply.message
+    _, fut = client.send_goal([q0])
+    res = result_of(fut, 10)
+    assert res.error_code == R.ROBOT_ERROR and host in res.message
+    assert node_proc.poll() is None
+
+    # The simulator comes back on the same address: the node reconnects by itself.
+    sim2, _ = start_franky_sim(log.parent / "sim2.log", host=host)
+    try:
+        n = len(client.states)
+        wait_for(lambda: len(client.states) > n + 10, 20, what="joint states after reconnect")
+        assert client.call(client.recover_srv).success
+    finally:
+        os.killpg(sim2.pid, signal.SIGINT)
+        sim2.wait(10)

@@ -1,0 +1,264 @@
+"""Planner node (in-process, with a real randomly initialised DexWM) against a small test robot:
+joint states + camera images from a test publisher, MoveJoints servers and stop services that
+record what the planner sends. Covers goal capture through every trigger, the Execute action
+(budget, cancel, no goal, bad goal images), stale-input pausing and the command safety limits."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from geometry_msgs.msg import PointStamped, PoseStamped  # noqa: E402
+from rclpy.action import ActionClient, ActionServer, CancelResponse  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from allegro_driver import joints as hand_joints  # noqa: E402
+from dexwm_ros.action import Execute, MoveJoints  # noqa: E402
+from dexwm_ros.msg import PlannerStatus  # noqa: E402
+from dexwm_ros.planner_node import ARM_NAMES, HAND_NAMES, PlannerNode, rgb_to_image_msg  # noqa: E402
+from rosutil import wait_for  # noqa: E402
+
+ARM_HOME = np.array([0.0, -0.35, 0.0, -2.2, 0.0, 1.85, 0.785])
+
+
+class RobotDouble(Node):
+    """Publishes joints and a camera image that depends on them; executes MoveJoints instantly
+    (or slowly, to leave time for a cancel); counts stop-service calls."""
+
+    def __init__(self, context, move_seconds=0.05):
+        super().__init__("test_robot", context=context)
+        self.q = np.r_[ARM_HOME, hand_joints.OPEN_POSE]
+        self.move_seconds = move_seconds
+        self.publish_images = True
+        self.targets: list[tuple[str, np.ndarray, np.ndarray]] = []   # (driver, q before, target)
+        self.stops = {"arm": 0, "hand": 0}
+        self.lock = threading.Lock()
+        group = ReentrantCallbackGroup()
+        self.arm_pub = self.create_publisher(JointState, "/franka/joint_states", 10)
+        self.hand_pub = self.create_publisher(JointState, "/allegro/joint_states", 10)
+        self.image_pub = self.create_publisher(Image, "/camera/camera/color/image_raw",
+                                               QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        self.create_timer(0.05, self._publish, callback_group=group)
+        for name, sl in (("arm", slice(0, 7)), ("hand", slice(7, 23))):
+            prefix = "/franka" if name == "arm" else "/allegro"
+            ActionServer(self, MoveJoints, f"{prefix}/move_joints", self._mover(name, sl),
+                         cancel_callback=lambda _g: CancelResponse.ACCEPT, callback_group=group)
+            self.create_service(Trigger, f"{prefix}/stop", self._stopper(name), callback_group=group)
+
+    def image(self) -> np.ndarray:
+        with self.lock:
+            q = self.q.copy()
+        img = np.zeros((96, 128, 3), np.uint8)
+        # the "hand" is a blob whose place and size follow the joints
+        cx = int(64 + 30 * np.tanh(q[0])); cy = int(48 + 20 * np.tanh(q[1] + 0.35))
+        r = int(6 + 4 * np.tanh(q[7:].mean()))
+        img[max(cy - r, 0):cy + r, max(cx - r, 0):cx + r] = (200, 120, 60)
+        return img
+
+    def _publish(self):
+        stamp = self.get_clock().now().to_msg()
+        with self.lock:
+            q = self.q.copy()
+        arm = JointState(name=list(ARM_NAMES), position=q[:7].tolist())
+        hand = JointState(name=list(HAND_NAMES), position=q[7:].tolist())
+        arm.header.stamp = hand.header.stamp = stamp
+        self.arm_pub.publish(arm)
+        self.hand_pub.publish(hand)
+        if self.publish_images:
+            self.image_pub.publish(rgb_to_image_msg(self.image(), stamp))
+
+    def _mover(self, name, sl):
+        def execute(goal_handle):
+            goal = goal_handle.request
+            names = list(goal.trajectory.joint_names)
+            order = ARM_NAMES if name == "arm" else HAND_NAMES
+            target = np.array([goal.trajectory.points[-1].positions[names.index(n)] for n in order])
+            with self.lock:
+                self.targets.append((name, self.q[sl].copy(), target))
+            deadline = time.monotonic() + self.move_seconds
+            while time.monotonic() < deadline:
+                if goal_handle.is_cancel_requested:
+                    goal_handle.canceled()
+                    return MoveJoints.Result(error_code=MoveJoints.Result.CANCELED, message="canceled")
+                time.sleep(0.01)
+            with self.lock:
+                self.q[sl] = target
+            goal_handle.succeed()
+            return MoveJoints.Result(error_code=MoveJoints.Result.SUCCESSFUL)
+        return execute
+
+    def _stopper(self, name):
+        def stop(_req, resp):
+            self.stops[name] += 1
+            resp.success, resp.message = True, "stopped"
+            return resp
+        return stop
+
+
+class Client(Node):
+    def __init__(self, context):
+        super().__init__("test_client", context=context)
+        self.statuses: list[PlannerStatus] = []
+        self.goal_images: list[Image] = []
+        self.rollouts: list[Image] = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(PlannerStatus, "/dexwm/status", self.statuses.append, 50)
+        self.create_subscription(Image, "/dexwm/goal_image", self.goal_images.append, latched)
+        self.create_subscription(Image, "/dexwm/predicted_rollout", self.rollouts.append, latched)
+        self.capture = self.create_client(Trigger, "/dexwm/capture_goal")
+        self.execute = ActionClient(self, Execute, "/dexwm/execute")
+        self.pose_pub = self.create_publisher(PoseStamped, "/goal_pose", 10)
+        self.point_pub = self.create_publisher(PointStamped, "/clicked_point", 10)
+
+
+@pytest.fixture
+def graph(rclpy_context):
+    from dexwm_planner.world_model import DexWM
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    robot = RobotDouble(rclpy_context)
+    client = Client(rclpy_context)
+    planner = PlannerNode(model=DexWM(), context=rclpy_context, parameter_overrides=[
+        rclpy.parameter.Parameter("samples", value=8), rclpy.parameter.Parameter("elites", value=2),
+        rclpy.parameter.Parameter("iterations", value=1), rclpy.parameter.Parameter("stale_timeout_s", value=0.5),
+        rclpy.parameter.Parameter("stale_abort_s", value=30.0), rclpy.parameter.Parameter("episode_topic", value=""),
+        rclpy.parameter.Parameter("move_duration_s", value=0.05)])
+    executor = MultiThreadedExecutor(num_threads=6, context=rclpy_context)
+    for node in (robot, client, planner):
+        executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    wait_for(lambda: planner._stale_inputs() == [], 10, what="planner inputs")
+    wait_for(lambda: client.execute.server_is_ready() and client.capture.service_is_ready(), 10,
+             what="planner interfaces")
+    yield robot, client, planner
+    executor.shutdown()
+    for node in (robot, client, planner):
+        node.destroy_node()
+
+
+def _call(future, timeout=20.0):
+    wait_for(future.done, timeout, what="a response")
+    return future.result()
+
+
+def send_goal(client, goal, feedback=None):
+    handle = _call(client.execute.send_goal_async(goal, feedback_callback=feedback))
+    assert handle.accepted
+    return handle
+
+
+def test_goal_capture_through_each_trigger(graph):
+    robot, client, planner = graph
+    assert planner._goal is None
+    resp = _call(client.capture.call_async(Trigger.Request()))
+    assert resp.success, resp.message
+    wait_for(lambda: len(client.goal_images) == 1, 5, what="goal image after the service call")
+    assert planner._goal.source == "/dexwm/capture_goal" and planner._goal.joints.shape == (23,)
+    client.pose_pub.publish(PoseStamped())
+    wait_for(lambda: len(client.goal_images) == 2, 5, what="goal image after /goal_pose")
+    assert planner._goal.source == "/goal_pose"
+    client.point_pub.publish(PointStamped())
+    wait_for(lambda: len(client.goal_images) == 3, 5, what="goal image after /clicked_point")
+    assert planner._goal.source == "/clicked_point"
+    img = client.goal_images[-1]
+    assert (img.height, img.width, img.encoding) == (96, 128, "rgb8")
+    assert np.array_equal(np.frombuffer(bytes(img.data), np.uint8).reshape(96, 128, 3), planner._goal.image)
+
+
+def test_capture_fails_clearly_without_camera(graph):
+    robot, client, planner = graph
+    robot.publish_images = False
+    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale")
+    resp = _call(client.capture.call_async(Trigger.Request()))
+    assert not resp.success and "camera image" in resp.message
+    assert planner._goal is None
+
+
+def test_execute_without_goal_fails_with_reason(graph):
+    robot, client, planner = graph
+    handle = send_goal(client, Execute.Goal(use_captured_goal=True, task="grasp", max_steps=3))
+    result = _call(handle.get_result_async()).result
+    assert not result.success and result.reason.startswith("no_goal")
+    assert robot.targets == []
+
+
+def test_bad_goal_images_are_refused_or_resized(graph):
+    robot, client, planner = graph
+    bad = Image(height=4, width=4, encoding="32FC1", step=16, data=bytes(64))
+    result = _call(send_goal(client, Execute.Goal(goal_image=bad, max_steps=1)).get_result_async()).result
+    assert result.reason.startswith("bad_goal") and "encoding" in result.reason
+    tall = rgb_to_image_msg(np.zeros((200, 50, 3), np.uint8))
+    result = _call(send_goal(client, Execute.Goal(goal_image=tall, max_steps=1)).get_result_async()).result
+    assert result.reason.startswith("bad_goal") and "aspect ratio" in result.reason
+    assert robot.targets == []
+    # same aspect ratio, twice the size: resized to the camera's 128x96 and used
+    big = rgb_to_image_msg(np.full((192, 256, 3), 90, np.uint8))
+    result = _call(send_goal(client, Execute.Goal(goal_image=big, max_steps=1)).get_result_async()).result
+    assert result.reason == "budget" and result.steps == 1
+    assert planner._goal.image.shape == (96, 128, 3)
+
+
+def test_execute_runs_to_budget_within_limits_and_cap(graph):
+    robot, client, planner = graph
+    goal_img = rgb_to_image_msg(robot.image()[::-1].copy())   # some other view of the scene
+    feedback = []
+    handle = send_goal(client, Execute.Goal(goal_image=goal_img, task="reach", max_steps=3),
+                       lambda fb: feedback.append(fb.feedback))
+    result = _call(handle.get_result_async(), 60).result
+    assert (result.success, result.steps, result.reason) == (False, 3, "budget")
+    assert [f.step for f in feedback] == [1, 2, 3]
+    assert all(f.replan_seconds > 0 for f in feedback)
+    assert len(robot.targets) == 6 and client.rollouts
+    cap = {"arm": 0.25, "hand": 0.3}
+    for name, before, target in robot.targets:
+        sl = slice(0, 7) if name == "arm" else slice(7, 23)
+        assert np.all(np.abs(target - before) <= cap[name] + 1e-6)
+        assert np.all(target >= planner.lower[sl] - 1e-9) and np.all(target <= planner.upper[sl] + 1e-9)
+    assert any(s.state == "executing" for s in client.statuses)
+
+
+def test_cancel_stops_the_robot(graph):
+    robot, client, planner = graph
+    robot.move_seconds = 30.0       # a move that only ends when canceled
+    goal_img = rgb_to_image_msg(robot.image()[:, ::-1].copy())
+    handle = send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=50))
+    wait_for(lambda: len(robot.targets) >= 2, 20, what="the first targets")
+    t0 = time.monotonic()
+    _call(handle.cancel_goal_async())
+    result = _call(handle.get_result_async(), 20).result
+    assert result.reason == "canceled" and not result.success
+    assert time.monotonic() - t0 < 5.0
+    assert robot.stops == {"arm": 1, "hand": 1}
+    sent = len(robot.targets)
+    time.sleep(0.5)
+    assert len(robot.targets) == sent   # nothing sent after the cancel
+    wait_for(lambda: client.statuses and client.statuses[-1].state == "canceled", 5, what="canceled status")
+
+
+def test_stale_camera_pauses_and_holds_then_resumes(graph):
+    robot, client, planner = graph
+    goal_img = rgb_to_image_msg(robot.image()[::-1].copy())
+    handle = send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=4))
+    wait_for(lambda: len(robot.targets) >= 2, 20, what="the first targets")
+    robot.publish_images = False
+    wait_for(lambda: any(s.state == "paused_stale_input" for s in client.statuses), 10, what="pause")
+    sent = len(robot.targets)
+    assert robot.stops["arm"] >= 1 and robot.stops["hand"] >= 1
+    time.sleep(1.0)
+    assert len(robot.targets) <= sent + 2   # at most the step already under way
+    paused = len(robot.targets)
+    time.sleep(0.5)
+    assert len(robot.targets) == paused
+    robot.publish_images = True
+    result = _call(handle.get_result_async(), 60).result
+    assert result.reason == "budget" and result.steps == 4
