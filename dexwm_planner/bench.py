@@ -35,10 +35,11 @@ def matmul_flops_per_s(n=1024, min_time=1.0):
 
 def predictor_config() -> PredictorConfig:
     """The shipped checkpoint's predictor size when present, else the library default."""
-    from .world_model import DEFAULT_CHECKPOINT, DexWM
-    if os.path.isfile(DEFAULT_CHECKPOINT):
+    from .world_model import DexWM, default_checkpoint
+    path = default_checkpoint()
+    if os.path.isfile(path):
         try:
-            cfg = DexWM.read_checkpoint(DEFAULT_CHECKPOINT)["config"]["predictor"]
+            cfg = DexWM.read_checkpoint(path)["config"]["predictor"]
             return PredictorConfig(**cfg)
         except Exception:
             pass

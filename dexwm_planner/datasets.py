@@ -7,8 +7,10 @@ latents, 132-d actions (``actions.keypoint_actions``) and heatmap targets (2D ke
 model-image pixel frame + visibility).
 
 Formats read:
-- simulation (``dexwm-collect``): one HDF5 per episode, see dexwm_sim/FORMAT.md; the frames, joint
-  vectors (N, 23) or keypoints, the static camera's extrinsics/intrinsics and the frame period.
+- simulation (``dexwm-collect``): one HDF5 per episode, see dexwm_sim/FORMAT.md: ``frames``
+  (T, H, W, 3), ``keypoints_world`` (T, 42, 3) (or ``joints`` (T, 23) through forward kinematics),
+  ``keypoints_visible`` (T, 42), ``camera/extrinsics`` (world -> camera), ``camera/intrinsics``,
+  ``timestamps`` (or attribute ``control_hz``) for the frame period.
 - EgoDex: ``<task>/<k>.hdf5`` + ``<task>/<k>.mp4`` (30 Hz). HDF5: ``transforms/<joint>`` (N, 4, 4)
   world poses of ARKit joints (``camera``, ``rightHand``, ``rightThumbKnuckle`` ...),
   ``camera/intrinsic`` (3, 3), optional ``confidences/<joint>`` (N,).
@@ -96,44 +98,43 @@ def _first(f, names):
 def read_sim_episode(path: str, target_dt: Optional[float] = None, kinematics=None) -> Episode:
     """One episode HDF5 written by dexwm-collect (see dexwm_sim/FORMAT.md)."""
     with h5py.File(path, "r") as f:
-        rgb = _first(f, ("rgb", "images", "observations/rgb", "camera/rgb"))
+        rgb = _first(f, ("frames", "rgb", "images"))
         if rgb is None:
-            raise ValueError("no RGB frames (rgb / images)")
+            raise ValueError("no RGB frames (dataset frames)")
         n = rgb.shape[0]
-        kp = _first(f, ("keypoints_world", "keypoints", "observations/keypoints_world"))
+        kp = _first(f, ("keypoints_world",))
         if kp is not None:
             kp = np.asarray(kp, dtype=np.float64)
         else:
-            q = _first(f, ("q", "joint_positions", "qpos", "observations/q"))
+            q = _first(f, ("joints",))
             if q is None:
-                raise ValueError("neither keypoints_world nor joint positions q")
+                raise ValueError("neither keypoints_world nor joints")
             from .actions import allegro_keypoints_world
             kp = allegro_keypoints_world(np.asarray(q), kinematics)
         if kp.shape[1] == NUM_HAND_KEYPOINTS:
             kp = two_hands(kp)
-        w2c = _first(f, ("camera/world_to_camera", "world_to_camera", "camera/extrinsics"))
+        w2c = _first(f, ("camera/extrinsics",))
         if w2c is None:
-            raise ValueError("no camera extrinsics (camera/world_to_camera)")
+            raise ValueError("no camera extrinsics (camera/extrinsics)")
         w2c = np.asarray(w2c, dtype=np.float64)
         c2w = np.linalg.inv(w2c)
         c2w = np.broadcast_to(c2w, (n, 4, 4)) if c2w.ndim == 2 else c2w
-        K = _first(f, ("camera/intrinsics", "camera/K", "intrinsics"))
+        K = _first(f, ("camera/intrinsics",))
         if K is None:
             raise ValueError("no camera intrinsics (camera/intrinsics)")
         K = np.asarray(K, dtype=np.float64)
         K = K[0] if K.ndim == 3 else K
         dt = None
-        for key in ("frame_dt", "dt", "control_dt"):
-            if key in f.attrs:
-                dt = float(f.attrs[key])
-                break
-        if dt is None and "t" in f:
-            t = np.asarray(f["t"], dtype=np.float64)
-            dt = float(np.median(np.diff(t))) if len(t) > 1 else None
+        if "timestamps" in f and len(f["timestamps"]) > 1:
+            dt = float(np.median(np.diff(np.asarray(f["timestamps"], dtype=np.float64))))
+        elif "control_hz" in f.attrs:
+            dt = 1.0 / float(f.attrs["control_hz"])
+        elif "frame_dt" in f.attrs:
+            dt = float(f.attrs["frame_dt"])
         if dt is None:
-            raise ValueError("no frame period (attribute frame_dt/dt or dataset t)")
+            raise ValueError("no frame period (dataset timestamps or attribute control_hz)")
         hw = tuple(rgb.shape[1:3])
-        vis = _first(f, ("keypoints_visible", "visible"))
+        vis = _first(f, ("keypoints_visible",))
         vis = None if vis is None else np.asarray(vis, dtype=bool)
     keep = _subsample(n, dt, target_dt)
     if vis is not None and vis.shape[-1] == NUM_HAND_KEYPOINTS:
@@ -141,7 +142,7 @@ def read_sim_episode(path: str, target_dt: Optional[float] = None, kinematics=No
 
     def load():
         with h5py.File(path, "r") as f:
-            frames = np.asarray(_first(f, ("rgb", "images", "observations/rgb", "camera/rgb")))
+            frames = np.asarray(_first(f, ("frames", "rgb", "images")))
         return frames[keep]
 
     return Episode(name=os.path.abspath(path), source="sim", load_frames=load, keypoints_world=kp[keep],

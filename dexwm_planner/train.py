@@ -254,8 +254,11 @@ def train(cfg: dict) -> dict:
     params = list(predictor.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], betas=(0.9, 0.95))
     steps = int(tcfg["steps"])
+    if steps < 4:
+        raise ValueError(f"train.steps must be >= 4, got {steps}")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=steps,
-                                                pct_start=tcfg["pct_start"])
+                                                # at least 2 warm-up steps (OneCycleLR divides by them)
+                                                pct_start=min(0.5, max(tcfg["pct_start"], 2.0 / steps)))
     start_step = 0
     if resume:
         st = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -31,8 +31,25 @@ from .predictor import CDiTPredictor, PredictorConfig
 
 CHECKPOINT_FORMAT = "dexwm-checkpoint"
 CHECKPOINT_VERSION = 1
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "models", "dexwm_sim.pt")
+CHECKPOINT_NAME = "dexwm_sim.pt"
+
+
+def default_checkpoint() -> str:
+    """The shipped checkpoint: $DEXWM_CHECKPOINT, else models/ of the source checkout, else the
+    installed copy in <prefix>/share/dexwm_ros/models (where CMakeLists.txt installs models/)."""
+    import sys
+    env = os.environ.get("DEXWM_CHECKPOINT")
+    if env:
+        return env
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", CHECKPOINT_NAME),
+                  os.path.join(sys.prefix, "share", "dexwm_ros", "models", CHECKPOINT_NAME)]
+    for c in candidates:
+        if os.path.isfile(c):
+            return c
+    return candidates[0]
+
+
+DEFAULT_CHECKPOINT = default_checkpoint()
 
 
 class CheckpointError(ValueError):
@@ -173,6 +190,13 @@ class DexWM(nn.Module):
             raise ValueError("time gaps must be finite and positive")
         return d.expand(shape) if d.ndim <= len(shape) else d
 
+    @staticmethod
+    def actions_from_joints(q_seq, world_to_camera, kinematics=None) -> torch.Tensor:
+        """Franka+Allegro joint sequences (B, T+1, 23) -> raw actions (B, T, 132) for ``rollout``
+        (forward kinematics, static camera with extrinsic ``world_to_camera``)."""
+        from .actions import allegro_actions
+        return torch.from_numpy(allegro_actions(q_seq, world_to_camera, kinematics))
+
     @torch.no_grad()
     def heatmaps(self, latents) -> torch.Tensor:
         return self.hand_head(torch.as_tensor(latents, dtype=torch.float32, device=self.device))
@@ -227,7 +251,7 @@ class DexWM(nn.Module):
     @classmethod
     def load(cls, path: str | None = None, device: str = "cpu") -> "DexWM":
         """Load a checkpoint (default: the shipped models/dexwm_sim.pt)."""
-        path = path or DEFAULT_CHECKPOINT
+        path = path or default_checkpoint()
         ckpt = cls.read_checkpoint(path)
         config = WorldModelConfig.from_dict(ckpt["config"])
         try:

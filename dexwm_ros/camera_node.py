@@ -16,6 +16,7 @@ for ``frame_timeout_s`` the node reports an error and reopens the source every
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 
@@ -197,6 +198,8 @@ class CameraNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self):
+        if not hasattr(self, "_running"):  # the constructor failed part-way
+            return super().destroy_node()
         self._running.clear()
         self._thread.join(timeout=5.0)
         self.source.close()
@@ -213,7 +216,11 @@ def main(args=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
-            node = CameraNode()
+            try:
+                node = CameraNode()
+            except ValueError as exc:  # a bad parameter: one clear line, no traceback
+                print(f"camera: error: {exc}", file=sys.stderr)
+                return 2
             try:
                 rclpy.spin(node)
             finally:

@@ -352,9 +352,13 @@ def make_source(kind: str, **kw) -> FrameSource:
                                kw.get("depth_profile", "640x480x30"), kw.get("enable_depth", False),
                                kw.get("align_depth", True))
     if kind == "file":
+        if not kw.get("path"):
+            raise ValueError("source 'file' needs file_path (a librealsense .db3/.bag recording)")
         return RealSenseFileSource(kw["path"], kw.get("loop", True), kw.get("real_time", True),
                                    kw.get("enable_depth", False), kw.get("align_depth", True))
     if kind == "opencv":
+        if str(kw.get("device", "")) == "":
+            raise ValueError("source 'opencv' needs video_device (a video file path or a webcam index)")
         return OpenCVSource(kw["device"], kw.get("width", 0), kw.get("height", 0), kw.get("fps", 0.0),
                             kw.get("loop", True), kw.get("real_time", True), kw.get("horizontal_fov_deg", 69.4))
     raise ValueError(f"unknown camera source {kind!r} (choose realsense, file or opencv)")

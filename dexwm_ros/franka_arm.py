@@ -160,6 +160,7 @@ class FrankaArm:
         self._command: Optional[Command] = None
         self._last_state: Optional[ArmState] = None
         self._next_reconnect = 0.0
+        self._connecting = False
         self.last_error = ""          # most recent problem, for diagnostics
         self.lower = np.asarray(config.joint_lower_limits, dtype=float)
         self.upper = np.asarray(config.joint_upper_limits, dtype=float)
@@ -170,19 +171,32 @@ class FrankaArm:
         return self._robot is not None
 
     def connect(self) -> None:
-        """Connect, set collision thresholds and dynamics; raise RobotUnavailable naming the host."""
+        """Connect, set collision thresholds and dynamics; raise RobotUnavailable naming the host.
+
+        Runs without holding the arm's lock: libfranka's TCP connect to an unreachable host blocks
+        for about 60 s, and stop/move/recover must keep answering ("not connected") meanwhile.
+        """
+        cfg = self.config
         with self._lock:
-            cfg = self.config
-            try:
-                robot = self._factory(cfg)
-                robot.set_collision_behavior(
-                    list(cfg.lower_torque_thresholds), list(cfg.upper_torque_thresholds),
-                    list(cfg.lower_force_thresholds), list(cfg.upper_force_thresholds))
-                robot.relative_dynamics_factor = cfg.relative_dynamics_factor
-            except Exception as exc:  # franky raises NetworkException, CommandException, ...
+            if self._robot is not None:
+                return
+            if self._connecting:
+                raise RobotUnavailable(f"already connecting to the Franka at {cfg.robot_ip}")
+            self._connecting = True
+        try:
+            robot = self._factory(cfg)
+            robot.set_collision_behavior(
+                list(cfg.lower_torque_thresholds), list(cfg.upper_torque_thresholds),
+                list(cfg.lower_force_thresholds), list(cfg.upper_force_thresholds))
+            robot.relative_dynamics_factor = cfg.relative_dynamics_factor
+        except Exception as exc:  # franky raises NetworkException, CommandException, ...
+            with self._lock:
+                self._connecting = False
                 self.last_error = f"cannot connect to the Franka at {cfg.robot_ip}: {exc}"
                 self._next_reconnect = self._clock() + cfg.reconnect_period_s
-                raise RobotUnavailable(self.last_error) from exc
+            raise RobotUnavailable(self.last_error) from exc
+        with self._lock:
+            self._connecting = False
             self._robot = robot
             self.last_error = ""
 
@@ -202,15 +216,16 @@ class FrankaArm:
     def update(self) -> Optional[ArmState]:
         """Read the state; settle the running command; watchdog; reconnect. None when disconnected."""
         with self._lock:
-            if self._robot is None:
-                if self._clock() >= self._next_reconnect:
-                    try:
-                        self.connect()
-                    except RobotUnavailable:
-                        return None
-                else:
-                    return None
+            due = self._robot is None and not self._connecting and self._clock() >= self._next_reconnect
+        if due:
+            try:
+                self.connect()
+            except RobotUnavailable:
+                return None
+        with self._lock:
             robot = self._robot
+            if robot is None:
+                return None
             try:
                 state = robot.state
                 arm_state = ArmState(time.time(), np.array(state.q, dtype=float), np.array(state.dq, dtype=float),
@@ -359,17 +374,15 @@ class FrankaArm:
             return f"stopped command {cmd.id}" if was_moving else "no motion was running; robot holds"
 
     def recover(self) -> tuple[bool, str]:
-        """Run libfranka's automatic error recovery (reconnecting first if needed).
+        """Run libfranka's automatic error recovery (reconnecting is :meth:`update`'s job).
 
         Returns (success, text) where text names the errors the robot reported before recovery.
         """
         with self._lock:
-            if self._robot is None:
-                try:
-                    self.connect()
-                except RobotUnavailable as exc:
-                    return False, str(exc)
             robot = self._robot
+            if robot is None:
+                return False, (f"not connected to the Franka at {self.config.robot_ip} (reconnecting every "
+                               f"{self.config.reconnect_period_s:g} s): {self.last_error or 'connecting'}")
             try:
                 state = robot.state
                 before = str(state.current_errors)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 
@@ -116,8 +117,10 @@ class FrankaNode(Node):
             enforce_realtime=g("enforce_realtime").value,
         )
         self.rate_hz = float(g("rate_hz").value)
-        if not self.rate_hz > 0:
-            raise ValueError(f"rate_hz must be positive, got {self.rate_hz}")
+        for name in ("rate_hz", "goal_tolerance", "default_time_limit_s"):
+            value = float(g(name).value)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"parameter {name} must be a positive number, got {value}")
         self.arm = FrankaArm(self.config)  # validates the configuration
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -135,11 +138,9 @@ class FrankaNode(Node):
             cancel_callback=lambda handle: CancelResponse.ACCEPT, callback_group=self._cmd_group)
         self._problem = ""  # last rejected command / failure, shown on /diagnostics until the next success
 
-        try:
-            self.arm.connect()
-            self.get_logger().info(f"connected to the Franka at {self.config.robot_ip}")
-        except RobotUnavailable as exc:
-            self.get_logger().error(f"{exc}; retrying every {self.config.reconnect_period_s:.1f} s")
+        self._logged_error = ""
+        # The state thread connects (at once, then every reconnect_period_s): a connect to an
+        # unreachable host blocks for about a minute and must not hold up the node's start.
         # State reads and supervision run in their own thread on an absolute schedule: an rclpy timer
         # in a busy executor on a small machine loses ticks (measured about 50 of 100 Hz here).
         self._running = threading.Event()
@@ -194,12 +195,14 @@ class FrankaNode(Node):
         was_connected = self.arm.connected
         state = self.arm.update()
         if state is None:
-            if was_connected:
-                self.get_logger().error(self.arm.last_error)
+            if self.arm.last_error and self.arm.last_error != self._logged_error:
+                self._logged_error = self.arm.last_error
+                self.get_logger().error(f"{self.arm.last_error}; retrying every {self.config.reconnect_period_s:g} s")
                 self._publish_diagnostics()
             return
         if not was_connected:
-            self.get_logger().info(f"reconnected to the Franka at {self.config.robot_ip}")
+            self._logged_error = ""
+            self.get_logger().info(f"connected to the Franka at {self.config.robot_ip}")
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.name = list(JOINT_NAMES)
@@ -223,7 +226,7 @@ class FrankaNode(Node):
         cmd = self.arm.command
         if not self.arm.connected:
             status.level = DiagnosticStatus.ERROR
-            status.message = self.arm.last_error or "not connected"
+            status.message = self.arm.last_error or f"connecting to the Franka at {self.config.robot_ip}"
         elif state is not None and state.robot_mode not in ("Idle", "Move"):
             status.level = DiagnosticStatus.ERROR
             status.message = f"robot mode {state.robot_mode}; call /franka/recover"
@@ -357,6 +360,8 @@ class FrankaNode(Node):
             time.sleep(0.02)
 
     def destroy_node(self):
+        if not hasattr(self, "_running"):  # the constructor failed part-way
+            return super().destroy_node()
         self._running.clear()
         self._state_thread.join(timeout=5.0)
         self.arm.close()
@@ -373,7 +378,11 @@ def main(args=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
-            node = FrankaNode()
+            try:
+                node = FrankaNode()
+            except ValueError as exc:  # a bad parameter: one clear line, no traceback
+                print(f"franka: error: {exc}", file=sys.stderr)
+                return 2
             executor = MultiThreadedExecutor(num_threads=4)
             executor.add_node(node)
             try:

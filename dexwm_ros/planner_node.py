@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -301,7 +302,7 @@ class PlannerNode(Node):
         p("max_step_hand", 0.3, _descriptor("per-step cap on a hand joint change [rad]", float_range=(1e-3, 1.0)))
         p("keypoint_weight", 1e-3, _descriptor("weight of the 2D right-hand keypoint term", float_range=(0.0, 1.0)))
         p("orientation_weight", 0.0, _descriptor(
-            "weight of the end-effector orientation term (grasp); 0 off", float_range=(0.0, 100.0)))
+            "weight of the end-effector orientation term, grasp task only; 0 off", float_range=(0.0, 100.0)))
         p("context_frames", 8, _descriptor("observed frames kept as world-model context", int_range=(1, 32)))
         p("seed", 0, _descriptor("CEM random seed (per Execute goal)", int_range=(0, 2**31 - 1)))
         p("max_steps", 40, _descriptor("executed MPC steps per goal when the request gives 0", int_range=(1, 10000)))
@@ -331,10 +332,16 @@ class PlannerNode(Node):
                 return SetParametersResult(successful=False, reason=f"preset must be one of {', '.join(PRESETS)}")
             if param.name == "task" and param.value not in ("reach", "grasp", "place"):
                 return SetParametersResult(successful=False, reason="task must be reach, grasp or place")
+            if param.name == "goal_image" and param.value and hasattr(self, "planner"):
+                try:
+                    self._set_goal(Goal(load_goal_file(param.value), None, f"file {param.value}"))
+                except ValueError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
 
-    def _make_planner(self) -> MPCPlanner:
+    def _make_planner(self, task: str | None = None) -> MPCPlanner:
         g = lambda name: self.get_parameter(name).value  # noqa: E731
+        task = task or g("task")
         preset = g("preset")
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -345,7 +352,9 @@ class PlannerNode(Node):
         if "samples" in changes:
             changes["chunk"] = min(changes["samples"], max(cem.chunk, 1))
         cem = cem.with_(**changes)
-        objective = ObjectiveConfig(keypoint_weight=g("keypoint_weight"), orientation_weight=g("orientation_weight"))
+        # The orientation term only makes sense when grasping (keep the approach orientation).
+        objective = ObjectiveConfig(keypoint_weight=g("keypoint_weight"),
+                                    orientation_weight=g("orientation_weight") if task == "grasp" else 0.0)
         config = MPCConfig(cem=cem, objective=objective, context_frames=g("context_frames"))
         return MPCPlanner(self.model, self.actions_fn, self.lower, self.upper, config,
                           rotation_fn=self.rotation_fn, seed=g("seed"))
@@ -493,8 +502,13 @@ class PlannerNode(Node):
             return self._result(False, 0, f"bad_goal: {e}")
         max_steps = int(request.max_steps) or g("max_steps")
 
-        self.planner = self._make_planner()
-        self.planner.set_goal(goal.image, goal_joints=goal.joints)
+        self.planner = self._make_planner(task)
+        try:
+            self.planner.set_goal(goal.image, goal_joints=goal.joints)
+        except ValueError as e:   # e.g. an image the encoder cannot crop to its input size
+            self.get_logger().error(f"goal image refused by the world model: {e}")
+            goal_handle.abort()
+            return self._result(False, 0, f"bad_goal: {e}")
         self._task = task
         started = time.monotonic()
         self._last = {"step": 0, "current_cost": float("nan"), "best_cost": float("nan"),
@@ -526,10 +540,9 @@ class PlannerNode(Node):
                 self._set_state("failed")
                 goal_handle.abort()
                 return self._result(False, step, wait)
-            image, q, received = self._snapshot()
-            last_frame = received
+            image, q, _ = self._snapshot()
             self._set_state("planning")
-            self.planner.observe(image)
+            self.planner.observe(image, q)
             future = self._plan_pool.submit(self.planner.step, q, lambda: goal_handle.is_cancel_requested)
             plan = self._wait_future(future, goal_handle)
             if plan is None:
@@ -557,6 +570,8 @@ class PlannerNode(Node):
                 self._set_state("failed")
                 goal_handle.abort()
                 return self._result(False, step, f"driver_error: {moved}")
+            # The next plan must see the result of this move: only frames that arrive from now on.
+            last_frame = time.monotonic()
             step += 1
             goal_handle.publish_feedback(Execute.Feedback(step=step, current_cost=float(plan.current_cost),
                                                           best_cost=float(plan.cost),
@@ -764,7 +779,11 @@ def _wait(future, timeout: float, goal_handle) -> bool:
 def main(args=None) -> int:
     try:
         with rclpy.init(args=args):
-            node = PlannerNode()
+            try:
+                node = PlannerNode()
+            except (ValueError, RuntimeError, OSError) as e:   # bad checkpoint/parameters: say why
+                print(f"planner: cannot start: {e}", file=sys.stderr)
+                return 1
             executor = MultiThreadedExecutor(num_threads=4)
             executor.add_node(node)
             try:

@@ -19,11 +19,11 @@ import numpy as np
 # 1.6 m above the floor is z = 0.85. The camera stands across the table from the robot, a little to
 # its left, so that the arm never hides the hand from it.
 TABLE_HEIGHT = 0.75
-DEFAULT_LOOK_AT = (0.55, 0.0, 0.05)
+DEFAULT_LOOK_AT = (0.42, 0.0, 0.12)
 DEFAULT_PITCH_DEG = 60.0
 DEFAULT_AZIMUTH_DEG = 25.0   # direction from the look-at point to the camera, from +x towards +y
 DEFAULT_HEIGHT = 1.6 - TABLE_HEIGHT
-DEFAULT_FOVY_DEG = 50.0
+DEFAULT_FOVY_DEG = 58.0
 
 
 def _default_position() -> tuple[float, float, float]:

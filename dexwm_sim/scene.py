@@ -130,6 +130,11 @@ class SimEnv:
         adr = self.scene.object_qpos_adr[kind]
         return self.data.qpos[adr:adr + 3].copy()
 
+    def hide_target(self) -> None:
+        """Move the target marker under the table (exploration data has no target)."""
+        self.data.mocap_pos[self.scene.target_mocap] = (0.0, 0.0, -0.5)
+        mujoco.mj_forward(self.model, self.data)
+
     def target_position(self) -> np.ndarray:
         return self.data.mocap_pos[self.scene.target_mocap].copy()
 

@@ -274,43 +274,69 @@ def _move(env, palm_target, rot_target, hand, steps: int, segments: int = 5, unt
     return q
 
 
-_READY = None
+def _grasp_direction_candidates(env, episode: Episode):
+    """(finger direction, object spec as seen across that direction) pairs worth trying."""
+    obj = env.object_position(episode.object_kind)
+    spec = episode.object()
+    radial = obj[:2] / np.linalg.norm(obj[:2]) if np.linalg.norm(obj[:2]) > 1e-3 else np.array([1.0, 0.0])
+    if spec.kind != "box":
+        # Fingers across the radial direction keep the FR3 wrist far from its limits.
+        tangential = np.array([-radial[1], radial[0]])
+        return [(tangential, spec), (-tangential, spec), (radial, spec)]
+    # Boxes: squeeze across a pair of faces.
+    quat = env.object_poses()["box"][3:]
+    yaw = 2.0 * np.arctan2(quat[3], quat[0])
+    out = []
+    for k in range(4):
+        n = np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2)])
+        across = spec.size[k % 2]
+        out.append((n, ObjectSpec(kind="box", size=(across, across, spec.size[2]), rgba=spec.rgba,
+                                  position=spec.position, yaw=spec.yaw)))
+    return out
 
 
-def ready_posture(env) -> np.ndarray:
-    """Arm joints with the palm facing down 0.3 m above the middle of the table (computed once).
+@dataclass
+class GraspPlan:
+    """Where and how the scripted grasp takes an object (palm-down power grasp)."""
 
-    Grasps start from here: the hand is reoriented far from the objects, then short Cartesian moves
-    with small yaw changes stay on one IK branch.
-    """
-    global _READY
-    if _READY is None:
-        rot = palm_rotation((1.0, 0.0), palm_down=True)
-        pregrasp = np.r_[FINGERS_STRAIGHT, hand_joints.OPEN_POSE[12:]]
-        _READY, _ = env.solve_arm_ik_global(np.array([0.5, 0.0, 0.3]), rot, q_init=ARM_HOME, hand=pregrasp)
-    return _READY.copy()
+    rot: np.ndarray          # palm orientation
+    grasp_point: np.ndarray  # object centre in the palm frame
+    pregrasp: np.ndarray     # (16,) hand: fingers straight, thumb post in place
+    closed: np.ndarray       # (16,) hand: closing posture (beyond contact)
+    q_high: np.ndarray       # (7,) arm: palm 0.2 m above the grasp pose
+
+    def palm_target(self, object_center) -> np.ndarray:
+        return _palm_target(np.asarray(object_center, dtype=float), self.rot, self.grasp_point)
+
+
+def plan_grasp(env, episode: Episode) -> GraspPlan:
+    """Choose the finger direction (reachable, away from joint limits) and the hand postures."""
+    obj = env.object_position(episode.object_kind)
+    best = None
+    for direction, spec in _grasp_direction_candidates(env, episode):
+        thumb, gp = grasp_plan(env.kinematics, spec)
+        pregrasp = np.r_[FINGERS_STRAIGHT, thumb]
+        rot = palm_rotation(direction, palm_down=True)
+        q_high, err = env.solve_arm_ik_global(_palm_target(obj + [0, 0, 0.2], rot, gp), rot, hand=pregrasp)
+        margin = np.minimum(q_high - env.lower[:7], env.upper[:7] - q_high).min()
+        score = min(margin, 0.5) - 20.0 * err       # reachable first, then away from joint limits
+        if best is None or score > best[0]:
+            closed = np.r_[FINGERS_CLOSED, np.minimum(thumb + np.array([0.0, 0.0, 0.15, 0.15]),
+                                                      hand_joints.UPPER[12:])]
+            best = (score, GraspPlan(rot=rot, grasp_point=gp, pregrasp=pregrasp, closed=closed, q_high=q_high))
+    return best[1]
 
 
 def _grasp_and_lift(env, episode: Episode, lift: float = 0.12):
     """Scripted power grasp of the episode's object; returns (closed hand, grasp point, open hand, rot)."""
     obj = env.object_position(episode.object_kind)
-    spec = episode.object()
-    direction = obj[:2] / np.linalg.norm(obj[:2]) if np.linalg.norm(obj[:2]) > 1e-3 else np.array([1.0, 0.0])
-    if spec.kind == "box":
-        # Squeeze across a pair of faces: the box face normal closest to the radial direction.
-        quat = env.object_poses()["box"][3:]
-        yaw = 2.0 * np.arctan2(quat[3], quat[0])
-        normals = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2)]) for k in range(4)]
-        k = int(np.argmax([n @ direction for n in normals]))
-        direction = normals[k]
-        spec = ObjectSpec(kind="box", size=(spec.size[k % 2], spec.size[k % 2], spec.size[2]), rgba=spec.rgba,
-                          position=spec.position, yaw=spec.yaw)
-    thumb, gp = grasp_plan(env.kinematics, spec)
-    pregrasp = np.r_[FINGERS_STRAIGHT, thumb]
-    closed = np.r_[FINGERS_CLOSED, np.minimum(thumb + np.array([0.0, 0.0, 0.15, 0.15]), hand_joints.UPPER[12:])]
-    rot = palm_rotation(direction, palm_down=True)
-    _drive(env, ready_posture(env), np.r_[FINGERS_STRAIGHT, hand_joints.OPEN_POSE[12:]], 15)
-    _move(env, _palm_target(obj + [0, 0, 0.08], rot, gp), rot, pregrasp, 15, segments=3)
+    plan = plan_grasp(env, episode)
+    rot, gp, pregrasp, closed = plan.rot, plan.grasp_point, plan.pregrasp, plan.closed
+    here, _ = _palm_pose(env)
+    if here[2] < 0.25:     # clear the table before swinging the arm over to the object
+        _move(env, np.r_[here[:2], 0.3], _palm_pose(env)[1], None, 8, segments=2)
+    _drive(env, plan.q_high, pregrasp, 20)
+    _move(env, _palm_target(obj + [0, 0, 0.08], rot, gp), rot, pregrasp, 10, segments=3)
     _move(env, _palm_target(obj, rot, gp), rot, pregrasp, 8, segments=2)
     _drive(env, None, closed, 10)
     _move(env, _palm_target(obj + [0, 0, lift], rot, gp), rot, closed, 12, segments=3)
@@ -330,10 +356,22 @@ def solve(env, episode: Episode, hold_steps: int = 12) -> bool:
         closed, _, _, _ = _grasp_and_lift(env, episode)
         _drive(env, None, closed, hold_steps, until=lambda: env.status.success)
     else:
-        closed, gp, opened, rot = _grasp_and_lift(env, episode)
+        closed, gp, opened, rot = _grasp_and_lift(env, episode, lift=0.15)
         target = np.asarray(episode.target)
-        _move(env, _palm_target(target + [0, 0, 0.12], rot, gp), rot, closed, 20, segments=4)
-        _move(env, _palm_target(target + [0, 0, 0.01], rot, gp), rot, closed, 10, segments=2)
+        # Carry high, turning the hand about the vertical towards a comfortable posture at the target
+        # (the object's yaw does not matter for placing).
+        radial = target[:2] / np.linalg.norm(target[:2])
+        best = None
+        for direction in (np.array([-radial[1], radial[0]]), np.array([radial[1], -radial[0]])):
+            rot_c = palm_rotation(direction, palm_down=True)
+            q_c, err = env.solve_arm_ik_global(_palm_target(target + [0, 0, 0.15], rot_c, gp), rot_c, hand=closed)
+            margin = np.minimum(q_c - env.lower[:7], env.upper[:7] - q_c).min()
+            score = min(margin, 0.5) - 20.0 * err - 0.05 * np.linalg.norm(q_c - env.joint_positions()[:7])
+            if best is None or score > best[0]:
+                best = (score, q_c, rot_c)
+        _, q_c, rot = best
+        _drive(env, q_c, closed, 25)
+        _move(env, _palm_target(target + [0, 0, 0.01], rot, gp), rot, closed, 12, segments=3)
         _drive(env, None, opened, 8)
         here, _ = _palm_pose(env)
         _move(env, here + [0, 0, 0.12], rot, opened, hold_steps + 4, segments=2, until=lambda: env.status.success)

@@ -74,6 +74,16 @@ def test_missing_inputs_name_what_was_looked_for(tmp_path):
         RealSenseSource(serial="12345678").open()
 
 
+def test_make_source_needs_its_input():
+    from dexwm_ros.camera_sources import make_source
+    with pytest.raises(ValueError, match="file_path"):
+        make_source("file", path="")
+    with pytest.raises(ValueError, match="video_device"):
+        make_source("opencv", device="")
+    with pytest.raises(ValueError, match="unknown camera source"):
+        make_source("kinect")
+
+
 @pytest.mark.parametrize("text", ["640x480", "640x480x0", "axbxc", ""])
 def test_bad_profiles_are_refused(text):
     with pytest.raises(ValueError, match="WIDTHxHEIGHTxFPS"):

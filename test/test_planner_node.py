@@ -262,3 +262,52 @@ def test_stale_camera_pauses_and_holds_then_resumes(graph):
     robot.publish_images = True
     result = _call(handle.get_result_async(), 60).result
     assert result.reason == "budget" and result.steps == 4
+
+
+# ------------------------------------------------------------------------ ROS-free helpers
+def test_check_command_refuses_unsafe_targets():
+    from dexwm_ros.planner_node import check_command
+
+    lower, upper, cap = np.full(3, -1.0), np.full(3, 1.0), np.full(3, 0.2)
+    q = np.zeros(3)
+    assert check_command(np.array([0.1, -0.2, 0.0]), q, lower, upper, cap) is None
+    assert "per-step cap" in check_command(np.array([0.3, 0.0, 0.0]), q, lower, upper, cap)
+    assert "outside" in check_command(np.array([0.0, 0.0, 1.1]), np.array([0.0, 0.0, 0.95]), lower, upper, cap)
+    assert "NaN" in check_command(np.array([np.nan, 0.0, 0.0]), q, lower, upper, cap)
+    assert "entries" in check_command(np.zeros(2), q, lower, upper, cap)
+    # a joint measured past its limit may move back towards it, not further out
+    past = np.array([1.1, 0.0, 0.0])
+    assert check_command(np.array([1.05, 0.0, 0.0]), past, lower, upper, cap) is None
+    assert check_command(np.array([1.15, 0.0, 0.0]), past, lower, upper, cap) is not None
+
+
+def test_goal_image_fitting_and_rollout_strip():
+    from dexwm_ros.planner_node import fit_goal_image, model_view, rollout_strip
+
+    goal = np.zeros((240, 320, 3), np.uint8)
+    assert fit_goal_image(goal, (480, 640)).shape == (480, 640, 3)
+    assert fit_goal_image(goal, None) is goal
+    with pytest.raises(ValueError, match="aspect ratio"):
+        fit_goal_image(np.zeros((100, 300, 3), np.uint8), (480, 640))
+    view = model_view(np.zeros((480, 640, 3), np.uint8), (224, 224))
+    assert view.shape == (224, 224, 3)
+    kps = np.full((3, 12, 2), 100.0)
+    strip = rollout_strip(np.zeros((480, 640, 3), np.uint8), goal, kps, kps[0], (224, 224))
+    assert strip.shape == (224, 5 * 224 + 4 * 4, 3)          # current | 3 steps | goal
+    assert strip[100, 224 + 4 + 100].any()                    # a keypoint drawn on step 1
+
+
+def test_goal_image_parameter_loads_a_file_or_refuses(graph, tmp_path):
+    import cv2
+    from rclpy.parameter import Parameter
+
+    robot, client, planner = graph
+    path = tmp_path / "goal.png"
+    cv2.imwrite(str(path), np.full((48, 64, 3), (10, 20, 30), np.uint8))    # BGR on disk
+    result = planner.set_parameters([Parameter("goal_image", value=str(path))])[0]
+    assert result.successful, result.reason
+    assert planner._goal.image.shape == (96, 128, 3)                          # resized to the camera
+    assert tuple(planner._goal.image[0, 0]) == (30, 20, 10)                   # RGB
+    wait_for(lambda: client.goal_images, 5, what="the goal image topic")
+    result = planner.set_parameters([Parameter("goal_image", value=str(tmp_path / "missing.png"))])[0]
+    assert not result.successful and "not found" in result.reason

@@ -27,6 +27,30 @@ def sim_dir(tmp_path_factory):
     return str(d)
 
 
+@pytest.fixture(scope="module")
+def collected_dir(tmp_path_factory):
+    """Real dexwm-collect episodes (plus one broken file), as the training runs see them."""
+    from dexwm_sim import collect
+    d = tmp_path_factory.mktemp("collected")
+    assert collect.main(["--episodes", "4", "--steps", "12", "--out", str(d)]) == 0
+    (d / "episode_999999.h5").write_bytes(b"\x89HDF\r\n truncated")
+    return str(d)
+
+
+def test_collector_episodes_read_and_project_like_the_simulation(collected_dir):
+    import h5py
+    enc = FrozenEncoder(EncoderConfig(proj_dim=None))
+    episodes, skipped = load_episodes(collected_dir, "sim")
+    assert len(episodes) == 4 and skipped == 1
+    ep = episodes[0]
+    assert len(ep) == 12 and ep.dt == pytest.approx(0.2) and ep.image_hw == (224, 224)
+    uv, vis = heatmap_targets(ep, enc)
+    with h5py.File(ep.name) as f:  # the simulation's own projection of the same keypoints
+        uv_sim = f["keypoints_2d"][:, [0, 4, 8, 12, 16, 20]]
+    np.testing.assert_allclose(uv[:, :6], uv_sim, atol=1e-3)
+    assert vis[:, :6].all() == ep.visible[:, [0, 4, 8, 12, 16, 20]].all() and not vis[:, 6:].any()
+
+
 def test_sim_reader_and_broken_episode_is_skipped(sim_dir, caplog):
     episodes, skipped = load_episodes(sim_dir, "sim")
     assert len(episodes) == 6 and skipped == 1
@@ -89,7 +113,8 @@ def test_windows_have_variable_gaps(sim_dir):
     assert torch.isfinite(b["actions"]).all()
 
 
-def test_short_training_loss_falls_resume_and_evaluation(sim_dir, tmp_path):
+def test_short_training_loss_falls_resume_and_evaluation(collected_dir, tmp_path):
+    sim_dir = collected_dir
     from dexwm_planner import eval_wm, train
     from dexwm_planner.world_model import DexWM
     out = str(tmp_path / "run")
@@ -122,7 +147,7 @@ def test_short_training_loss_falls_resume_and_evaluation(sim_dir, tmp_path):
         os.chdir(cwd)
     res = json.load(open(os.path.join(ev, "metrics.json")))
     assert len(res["latent_error"]) == 5 and set(res["pck"]) == {"2.5", "5.0", "10.0", "20.0"}
-    assert res["episodes"] == 6 and res["skipped"] == 1
+    assert res["episodes"] == 4 and res["skipped"] == 1
     assert os.path.getsize(os.path.join(ev, "metrics.png")) > 0 and os.path.getsize(os.path.join(ev, "strip.png")) > 0
 
 
@@ -132,3 +157,23 @@ def test_bench_json_keys(capsys):
     res = json.loads(capsys.readouterr().out)
     for key in ("sample_steps_per_s", "predictor_flops_per_s", "matmul_flops_per_s"):
         assert res[key] > 0
+
+
+def test_ablation_writes_both_runs(sim_dir, tmp_path):
+    from dexwm_planner import ablation
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        rc = ablation.main(["config/wm_sim.yaml", f"cache_dir={tmp_path / 'cache'}",
+                            f"data=[{{kind: sim, path: {sim_dir}}}]", "train.steps=6", "train.batch_size=4",
+                            "model.encoder.proj_dim=16", "model.predictor.width=32", "model.predictor.depth=1",
+                            "model.hand_head.width=32", "train.context=3",
+                            "--eval-data", sim_dir, "--horizon", "3", "--out", str(tmp_path / "abl")])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0
+    res = json.load(open(tmp_path / "abl" / "ablation.json"))
+    for name in ("with_hc", "without_hc"):
+        assert 0.0 <= res[name]["pck20_last"] <= 1.0 and res[name]["latent_error_last"] > 0
+    assert (tmp_path / "abl" / "ablation.md").read_text().count("|") > 8

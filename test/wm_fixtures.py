@@ -67,12 +67,15 @@ def write_sim_episode(path, n=12, seed=0, hw=(120, 160), dt=0.2):
     K = np.array([[150.0, 0, hw[1] / 2], [0, 150.0, hw[0] / 2], [0, 0, 1]])
     kp = hand_trajectory(n, rng)
     rgb = np.stack([render(k, c2w, K, hw) for k in kp])
+    # The dexwm-collect layout (dexwm_sim/FORMAT.md), for reader tests that need exact keypoints.
     with h5py.File(path, "w") as f:
-        f["rgb"] = rgb
-        f["keypoints_world"] = kp
-        f["camera/world_to_camera"] = np.linalg.inv(c2w)
+        f["frames"] = rgb
+        f["timestamps"] = np.arange(n) * dt
+        f["keypoints_world"] = np.concatenate([kp, np.zeros_like(kp)], 1).astype(np.float32)
+        f["camera/extrinsics"] = np.linalg.inv(c2w)
+        f["camera/pose"] = c2w
         f["camera/intrinsics"] = K
-        f.attrs["frame_dt"] = dt
+        f.attrs["control_hz"] = 1.0 / dt
     return kp, c2w, K
 
 

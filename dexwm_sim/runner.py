@@ -1,0 +1,364 @@
+"""Real-time runner of the simulation: one thread owns the SimEnv (physics, rendering, resets).
+
+The ROS ``sim`` node is a thin adapter over this class: it forwards commands (thread-safe methods
+here) and publishes what the ``on_*`` callbacks hand it. Everything that touches MuJoCo happens in
+the runner's thread, because an OpenGL context belongs to the thread that made it current.
+
+Arm and hand commands are sequences of waypoints. Each waypoint is reached by a synchronised
+linear joint motion at ``arm_speed`` / ``hand_speed`` (or over the point's own duration); the next
+waypoint starts when the set-points reach the current one. A new command replaces (pre-empts) the
+running one; ``stop_*`` holds the current position.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .kinematics import ARM_DOF, DOF
+
+log = logging.getLogger("dexwm_sim.runner")
+
+# Command states
+MOVING, DONE, PREEMPTED, STOPPED, RESET = "moving", "done", "preempted", "stopped", "reset"
+
+
+@dataclass
+class Command:
+    """A waypoint sequence for the arm or the hand; ``status`` is updated by the runner."""
+
+    part: str                       # "arm" | "hand"
+    points: np.ndarray              # (N, n) joint targets
+    durations: np.ndarray           # (N,) seconds per segment; 0 = at the default speed
+    id: int = 0
+    status: str = MOVING
+    index: int = 0                  # waypoint being approached
+    note: str = ""
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.points[-1]
+
+
+@dataclass
+class Frame:
+    stamp: float                    # simulated time [s]
+    rgb: np.ndarray
+    depth: np.ndarray | None = None
+
+
+@dataclass
+class Snapshot:
+    stamp: float
+    position: np.ndarray
+    velocity: np.ndarray
+    effort: np.ndarray
+
+
+@dataclass
+class ResetResult:
+    ok: bool
+    message: str
+    goal_image: np.ndarray | None = None
+    episode: object = None
+
+
+@dataclass
+class RunnerConfig:
+    task: str = "grasp"
+    seed: int = 0
+    real_time_factor: float = 1.0
+    image_rate_hz: float = 10.0
+    image_size: tuple = (640, 480)
+    render_depth: bool = False
+    state_rate_hz: float = 50.0
+    arm_speed: float = 0.8          # default joint speed of arm motions [rad/s]
+    hand_speed: float = 3.0
+    goal_size: tuple | None = None  # goal image size; None: the camera image size
+    extra: dict = field(default_factory=dict)
+
+
+class SimRunner:
+    """Runs a SimEnv in (scaled) real time in its own thread."""
+
+    def __init__(self, config: RunnerConfig, on_state=None, on_frame=None, on_episode=None, on_goal=None,
+                 env=None):
+        if not (config.real_time_factor > 0 and np.isfinite(config.real_time_factor)):
+            raise ValueError(f"real_time_factor must be a positive number, got {config.real_time_factor}")
+        if config.image_rate_hz <= 0 or config.state_rate_hz <= 0:
+            raise ValueError("image_rate_hz and state_rate_hz must be positive")
+        from .scene import SimEnv
+        from .tasks import make_episode
+
+        make_episode(config.task, config.seed)            # fail early on a bad task/seed
+        self.config = config
+        self.env = env or SimEnv(render_size=tuple(config.image_size))
+        self.on_state, self.on_frame, self.on_episode, self.on_goal = on_state, on_frame, on_episode, on_goal
+        self._lock = threading.Lock()
+        self._requests: queue.Queue = queue.Queue()
+        self._ids = itertools.count(1)
+        self._commands: dict[str, Command | None] = {"arm": None, "hand": None}
+        self._snapshot: Snapshot | None = None
+        self._status = None
+        self._episode = None
+        self._goal_image = None
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.achieved_rtf = float("nan")
+        self.faults: list[str] = []
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> ResetResult:
+        """Start the thread and reset to the configured episode; returns that reset's result."""
+        self._running.set()
+        self._thread = threading.Thread(target=self._loop, name="sim_physics", daemon=True)
+        self._thread.start()
+        return self.reset(self.config.task, self.config.seed, timeout=timeout)
+
+    def close(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- thread-safe API --------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot | None:
+        with self._lock:
+            return self._snapshot
+
+    def episode_status(self):
+        with self._lock:
+            return self._status, self._episode
+
+    def goal_image(self):
+        with self._lock:
+            return self._goal_image
+
+    def command(self, part: str, points, durations=None) -> Command:
+        """Validate and queue a waypoint command (pre-empts the part's running command).
+
+        Raises ValueError (nothing changes) for wrong sizes or non-finite values; arm points outside
+        the joint limits are rejected, hand points are clamped (as the real drivers do) with a note.
+        """
+        n = ARM_DOF if part == "arm" else DOF - ARM_DOF
+        if part not in ("arm", "hand"):
+            raise ValueError(f"unknown part {part!r}")
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim == 1:
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[1] != n or len(pts) == 0:
+            raise ValueError(f"{part} command needs N x {n} positions, got shape {pts.shape}")
+        if not np.all(np.isfinite(pts)):
+            raise ValueError(f"{part} command has non-finite positions")
+        dur = np.zeros(len(pts)) if durations is None else np.asarray(durations, dtype=np.float64)
+        if dur.shape != (len(pts),) or not np.all(np.isfinite(dur)) or np.any(dur < 0):
+            raise ValueError("durations must be finite, non-negative, one per point")
+        sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+        lo, hi = self.env.lower[sl], self.env.upper[sl]
+        note = ""
+        if part == "arm":
+            bad = np.nonzero(np.any((pts < lo - 1e-9) | (pts > hi + 1e-9), axis=0))[0]
+            if len(bad):
+                raise ValueError(f"arm command outside the joint limits at joints {[int(b) + 1 for b in bad]}")
+        else:
+            clipped = np.clip(pts, lo, hi)
+            count = int(np.count_nonzero(clipped != pts))
+            if count:
+                note = f"{count} positions clamped to the joint limits"
+                log.warning("hand command: %s", note)
+            pts = clipped
+        cmd = Command(part=part, points=pts, durations=dur, id=next(self._ids), note=note)
+        self._requests.put(("command", cmd))
+        return cmd
+
+    def stop(self, part: str) -> None:
+        self._requests.put(("stop", part))
+
+    def reset(self, task: str, seed: int, timeout: float = 120.0) -> ResetResult:
+        """Reset to a seeded episode and render its goal image (blocks until done)."""
+        try:
+            from .tasks import make_episode
+            make_episode(task, seed)
+        except ValueError as exc:
+            return ResetResult(ok=False, message=str(exc))
+        if not self.alive:
+            return ResetResult(ok=False, message="the simulation thread is not running")
+        done = queue.Queue()
+        self._requests.put(("reset", (task, int(seed), done)))
+        try:
+            return done.get(timeout=timeout)
+        except queue.Empty:
+            return ResetResult(ok=False, message=f"reset did not finish within {timeout:.0f} s")
+
+    # --- the physics thread -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        env = self.env
+        chunk = 0.01                             # simulated seconds per loop iteration
+        rtf = self.config.real_time_factor
+        frame_period = 1.0 / self.config.image_rate_hz
+        state_period = 1.0 / self.config.state_rate_hz
+        wall0, sim0 = time.monotonic(), env.time
+        next_frame = next_state = 0.0
+        ticks_seen = 0
+        while self._running.is_set():
+            try:
+                restarted = self._serve_requests()
+                if restarted:
+                    wall0, sim0 = time.monotonic(), env.time
+                    next_frame = next_state = 0.0
+                    ticks_seen = 0
+                with self._lock:
+                    self._drive_commands()
+                faults_before = len(env.faults)
+                ticks = env.advance(chunk)
+                if len(env.faults) > faults_before:
+                    self.faults.append(env.faults[-1].message)
+                    with self._lock:
+                        for part, cmd in self._commands.items():
+                            if cmd is not None and cmd.status == MOVING:
+                                cmd.status, cmd.note = RESET, env.faults[-1].message
+                        self._commands = {"arm": None, "hand": None}
+                self._publish_state(env, ticks)
+                ticks_seen += ticks
+                now = time.monotonic()
+                if now >= next_state:
+                    next_state = now + state_period
+                    if self.on_state is not None:
+                        self.on_state(self.snapshot())
+                if now >= next_frame:
+                    next_frame = now + frame_period
+                    self._render_frame()
+                # Keep simulated time = real_time_factor x wall time; never burst to catch up.
+                wall_target = wall0 + (env.time - sim0) / rtf
+                delay = wall_target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -0.5:
+                    wall0, sim0 = time.monotonic(), env.time
+                elapsed = time.monotonic() - wall0
+                if elapsed > 1.0:
+                    self.achieved_rtf = (env.time - sim0) / elapsed
+            except Exception as exc:  # keep the simulation alive; report the surprise
+                log.exception("simulation loop error")
+                self.faults.append(f"simulation loop error: {exc!r}")
+                time.sleep(0.1)
+        # GL contexts belong to this thread: release them here, not in a finaliser elsewhere.
+        self.env.close()
+
+    def _serve_requests(self) -> bool:
+        restarted = False
+        while True:
+            try:
+                kind, payload = self._requests.get_nowait()
+            except queue.Empty:
+                return restarted
+            if kind == "command":
+                with self._lock:
+                    old = self._commands[payload.part]
+                    if old is not None and old.status == MOVING:
+                        old.status = PREEMPTED
+                    self._commands[payload.part] = payload
+                    self._start_segment(payload)
+            elif kind == "stop":
+                with self._lock:
+                    self._hold(payload, STOPPED)
+            elif kind == "reset":
+                task, seed, done = payload
+                done.put(self._do_reset(task, seed))
+                restarted = True
+
+    def _do_reset(self, task: str, seed: int) -> ResetResult:
+        from .tasks import make_goal
+
+        env = self.env
+        with self._lock:
+            for cmd in self._commands.values():
+                if cmd is not None and cmd.status == MOVING:
+                    cmd.status, cmd.note = RESET, "episode reset"
+            self._commands = {"arm": None, "hand": None}
+        try:
+            episode = env.reset(task, seed)
+            goal = make_goal(env, episode, sizes=(tuple(self.config.goal_size or self.config.image_size),))
+        except Exception as exc:
+            log.exception("reset failed")
+            return ResetResult(ok=False, message=f"reset failed: {exc}")
+        with self._lock:
+            self._goal_image = goal.image
+            self._episode = episode
+            self._status = replace(env.status)
+        msg = f"{task} episode {seed} ready" + ("" if goal.solved else
+                                                 " (the scripted solution did not meet the success rule)")
+        result = ResetResult(ok=True, message=msg, goal_image=goal.image, episode=episode)
+        if self.on_goal is not None:
+            self.on_goal(result)
+        self._publish_state(env, 1)
+        self._render_frame()
+        return result
+
+    def _start_segment(self, cmd: Command) -> None:
+        env = self.env
+        sl = slice(0, ARM_DOF) if cmd.part == "arm" else slice(ARM_DOF, DOF)
+        point = cmd.points[cmd.index]
+        current = env.data.ctrl[env.scene.actuator_ids][sl]
+        duration = cmd.durations[cmd.index]
+        if duration <= 0:
+            speed = self.config.arm_speed if cmd.part == "arm" else self.config.hand_speed
+            duration = float(np.max(np.abs(point - current))) / speed
+        kwargs = {"arm": point} if cmd.part == "arm" else {"hand": point}
+        env.command(duration=max(duration, env.physics_dt), **kwargs)
+
+    def _drive_commands(self) -> None:
+        """Advance waypoint sequences whose set-points reached the current waypoint."""
+        env = self.env
+        ctrl = env.data.ctrl[env.scene.actuator_ids]
+        for part, cmd in self._commands.items():
+            if cmd is None or cmd.status != MOVING:
+                continue
+            sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+            if np.max(np.abs(ctrl[sl] - cmd.points[cmd.index])) > 1e-9:
+                continue
+            if cmd.index + 1 < len(cmd.points):
+                cmd.index += 1
+                self._start_segment(cmd)
+            else:
+                cmd.status = DONE
+
+    def _hold(self, part: str, status: str) -> None:
+        env = self.env
+        cmd = self._commands[part]
+        if cmd is not None and cmd.status == MOVING:
+            cmd.status = status
+        q = env.joint_positions()
+        if part == "arm":
+            env.command(arm=np.clip(q[:ARM_DOF], env.lower[:ARM_DOF], env.upper[:ARM_DOF]), duration=env.physics_dt)
+        else:
+            env.command(hand=np.clip(q[ARM_DOF:], env.lower[ARM_DOF:], env.upper[ARM_DOF:]), duration=env.physics_dt)
+
+    def _publish_state(self, env, ticks: int) -> None:
+        snap = Snapshot(stamp=env.time, position=env.joint_positions(), velocity=env.joint_velocities(),
+                        effort=env.joint_efforts())
+        status = replace(env.status)
+        with self._lock:
+            self._snapshot = snap
+            self._status = status
+        if ticks and self.on_episode is not None:
+            self.on_episode(status, self._episode)
+
+    def _render_frame(self) -> None:
+        if self.on_frame is None:
+            return
+        w, h = self.config.image_size
+        if self.config.render_depth:
+            rgb, depth = self.env.render(w, h, depth=True)
+        else:
+            rgb, depth = self.env.render(w, h), None
+        self.on_frame(Frame(stamp=self.env.time, rgb=rgb, depth=depth))

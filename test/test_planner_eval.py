@@ -1,0 +1,80 @@
+"""dexwm-eval: Wilson interval, seeded in-process episodes, the JSON report and its plot."""
+import json
+
+import numpy as np
+import pytest
+
+from dexwm_ros import evaluate as ev
+
+
+def test_wilson_interval_known_values():
+    lo, hi = ev.wilson_interval(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    lo, hi = ev.wilson_interval(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775
+    lo, hi = ev.wilson_interval(50, 50)
+    assert round(lo, 4) == 0.9287 and hi == pytest.approx(1.0)
+    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_eval_seeds_are_disjoint_from_collection_seeds():
+    settings = ev.EvalSettings(episodes=3, seed=7)
+    assert settings.seeds() == [1_000_007, 1_000_008, 1_000_009]
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    import torch
+
+    from dexwm_planner.world_model import DexWM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wm") / "random.pt"
+    DexWM().save(str(path))
+    return path
+
+
+def test_episodes_are_reproducible_and_respect_the_budget():
+    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_sim.scene import SimEnv
+
+    env = SimEnv(render_size=ev.RENDER_SIZE)
+    kin = RobotKinematics.from_scene()
+    settings = ev.EvalSettings(task="reach", max_steps=3)
+    try:
+        a = ev.run_episode(env, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
+        b = ev.run_episode(env, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
+    finally:
+        env.close()
+    assert (a.steps, a.reason, a.success) == (3, "budget", False)
+    assert a.final_distance == b.final_distance          # same seed, same episode
+    assert np.isfinite(a.final_distance)
+
+
+def test_cli_writes_report_with_baselines(tmp_path, random_checkpoint, capsys):
+    out = tmp_path / "res.json"
+    rc = ev.main(["--task", "grasp", "--episodes", "2", "--max-steps", "2", "--checkpoint", str(random_checkpoint),
+                  "--out", str(out), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    for key in ("task", "episodes", "success_rate", "ci95", "replan_seconds_median", "baselines"):
+        assert key in data
+    assert data["task"] == "grasp" and data["episodes"] == 2
+    assert 0.0 <= data["ci95"][0] <= data["success_rate"] <= data["ci95"][1] <= 1.0
+    assert data["replan_seconds_median"] > 0
+    assert "random_shooting" in data["baselines"]
+    assert [o["seed"] for o in data["outcomes"]] == [1_000_000, 1_000_001]
+    assert all(o["steps"] <= 2 for o in data["outcomes"])
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "grasp: success" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--task", "fly", "--out", str(tmp_path / "x.json")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        ev.main(["--task", "reach", "--episodes", "0", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        ev.main(["--task", "reach", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
