@@ -363,7 +363,7 @@ class FrankaNode(Node):
         if not hasattr(self, "_running"):  # the constructor failed part-way
             return super().destroy_node()
         self._running.clear()
-        self._state_thread.join(timeout=5.0)
+        self._state_thread.join(timeout=2.0)  # may sit in a blocking connect: it is a daemon
         self.arm.close()
         super().destroy_node()
 

@@ -301,6 +301,7 @@ class SimEnv:
         # Let objects settle on the table before the episode starts (robot held still).
         self.advance(0.3)
         self.data.time = 0.0
+        mujoco.mj_forward(self.model, self.data)   # derived state (poses, contacts) of this exact qpos
         self.status = TaskStatus(task=episode.task, seed=episode.seed)
         self._since_tick = 0.0
         self._initial_state = self.get_state()
