@@ -51,7 +51,7 @@ def _load_model(checkpoint: str | None):
         return DexWM(), f"randomly initialised default config ({path} not usable: {e})"
 
 
-def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4) -> dict:
+def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, measure_s: float = 1.0) -> dict:
     from dexwm_sim.camera import HeadCamera
     from dexwm_sim.scene import SimEnv
 
@@ -96,11 +96,11 @@ def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4) -> 
         model.rollout(context, actions)
     flops = counter.get_total_flops()
     reps, t0 = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - t0 < 1.0:
+    while reps < 2 or time.perf_counter() - t0 < measure_s:
         model.rollout(context, actions)
         reps += 1
     rollout_s = (time.perf_counter() - t0) / reps
-    matmul = _matmul_flops_per_s()
+    matmul = _matmul_flops_per_s(seconds=measure_s)
     predictor = flops / rollout_s
     return {
         "replan_seconds_median": statistics.median(times),
@@ -124,10 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
     parser.add_argument("--checkpoint", default=None, help="world-model checkpoint (default: the shipped model)")
     parser.add_argument("--cycles", type=int, default=4, help="full 3 -> 2 -> 1 horizon cycles to time")
+    parser.add_argument("--measure-seconds", type=float, default=1.0,
+                        help="minimum time of the rollout and matmul timing loops")
     args = parser.parse_args(argv)
     if args.cycles < 1:
         parser.error("--cycles must be >= 1")
-    result = run(args.preset, args.checkpoint, args.cycles)
+    if not args.measure_seconds > 0:
+        parser.error("--measure-seconds must be positive")
+    result = run(args.preset, args.checkpoint, args.cycles, args.measure_seconds)
     if args.json:
         print(json.dumps(result))
     else:

@@ -193,9 +193,15 @@ class CDiTPredictor(nn.Module):
         return torch.cat([torch.ones(C * P, 1, dtype=torch.bool, device=device), allowed], 1)
 
     # ---- teacher forcing
-    def forward(self, z, actions, dt):
+    def forward(self, z, actions, dt, rollout_from: int | None = None):
         """z (B, C, P, d) frames 0..C-1; actions (B, C, A) and dt (B, C) from frame i to i+1.
-        Returns (B, C, P, d): the predictions of frames 1..C."""
+        Returns (B, C, P, d): the predictions of frames 1..C (teacher forcing).
+
+        With ``rollout_from=c``: only z[:, :c] is used as context and frames c..C are predicted
+        autoregressively from the actions (multistep training through the DDP wrapper)."""
+        if rollout_from is not None:
+            c = int(rollout_from)
+            return self.rollout(z[:, :c], actions[:, :c - 1], dt[:, :c - 1], actions[:, c - 1:], dt[:, c - 1:])
         self._check(z, actions, dt)
         B, C, P, _ = z.shape
         if C > self.cfg.max_frames:

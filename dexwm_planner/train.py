@@ -10,6 +10,8 @@ and ``config.yaml``. Losses: MSE(predicted latent, encoded next frame) + lambda 
 heatmap loss on the predicted latents; ``train.multistep=N`` replaces teacher forcing with an
 N-step autoregressive rollout loss. With ``train.hc=false`` the heatmap head is still trained
 (for PCK) but on detached predictions, so the predictor gets no hand-consistency gradient.
+``train.init=CHECKPOINT`` fine-tunes an existing model: its encoder projection, sizes and action
+statistics are kept (``model.*`` settings are then ignored).
 """
 from __future__ import annotations
 
@@ -166,9 +168,7 @@ def compute_losses(wm: DexWM, predictor, head, batch: dict, tcfg: dict, device):
     a = wm.normalizer.normalize(batch["actions"].to(device))
     dt = batch["dt"].to(device)
     if tcfg["multistep"]:
-        empty_a, empty_dt = a[:, :0], dt[:, :0]
-        pred = predictor.rollout(z[:, :1], empty_a, empty_dt, a, dt) if not hasattr(predictor, "module") \
-            else predictor.module.rollout(z[:, :1], empty_a, empty_dt, a, dt)
+        pred = predictor(z[:, :1], a, dt, rollout_from=1)
     else:
         pred = predictor(z[:, :-1], a, dt)
     target = z[:, 1:]

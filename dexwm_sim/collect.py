@@ -184,7 +184,11 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
     w, h = env.render_size
     kp = lambda key, shape, dtype: np.concatenate(   # noqa: E731  right hand, then zeros for the left
         [np.stack([r[key] for r in rows]).astype(dtype), np.zeros((T, 21, *shape), dtype=dtype)], axis=1)
-    last_targets = rows[-1].get("targets", rows[-1]["joints"])
+    # The last frame has no following step: it repeats the previous target (its joints if alone).
+    targets, last = [], rows[0]["joints"]
+    for r in rows:
+        last = r.get("targets", last)
+        targets.append(last)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
@@ -192,7 +196,7 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
                              compression="lzf")
             f["timestamps"] = np.array([r["time"] for r in rows], dtype=np.float64)
             f["joints"] = np.stack([r["joints"] for r in rows]).astype(np.float64)
-            f["targets"] = np.stack([r.get("targets", last_targets) for r in rows]).astype(np.float64)
+            f["targets"] = np.stack(targets).astype(np.float64)
             f["keypoints_world"] = kp("kp_world", (3,), np.float32)
             f["keypoints_camera"] = kp("kp_camera", (3,), np.float32)
             f["keypoints_2d"] = kp("kp_2d", (2,), np.float32)
@@ -261,16 +265,19 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     jobs = [(str(args.out), i, args.seed, args.steps, args.size) for i in pending]
-    with tqdm(total=count, initial=done, unit="episode", desc="collect", file=sys.stderr) as bar:
-        if args.workers == 1 or len(jobs) <= 1:
+    if args.workers == 1 or len(jobs) <= 1:
+        with tqdm(total=count, initial=done, unit="episode", desc="collect", file=sys.stderr) as bar:
             for job in jobs:
                 collect_episode(job)
                 bar.update(1)
-        else:
-            import multiprocessing as mp
+    else:
+        import multiprocessing as mp
 
-            # spawn: every worker builds its own MuJoCo model and GL context.
-            with mp.get_context("spawn").Pool(args.workers) as pool:
+        # fork, not spawn: spawned children would re-run the dexwm-collect entry script. The parent has
+        # no MuJoCo model or GL context at this point (the EGL probe terminates its display), and each
+        # worker builds its own. The pool is made before tqdm starts its monitor thread.
+        with mp.get_context("fork").Pool(min(args.workers, len(jobs))) as pool:
+            with tqdm(total=count, initial=done, unit="episode", desc="collect", file=sys.stderr) as bar:
                 for _ in pool.imap_unordered(collect_episode, jobs):
                     bar.update(1)
     print(f"{count} episodes in {args.out} ({done} were already there)")

@@ -154,7 +154,7 @@ def build_spec(camera: HeadCamera | None = None) -> mujoco.MjSpec:
         body = world.add_body(name=f"obj_{kind}", pos=[0.5, -0.2 + 0.2 * k, 0.05])
         body.add_freejoint(name=f"obj_{kind}")
         body.add_geom(name=f"obj_{kind}", type=geom_type, size=size, mass=0.08,
-                      rgba=[0.8, 0.2, 0.2, 1], friction=[1.2, 0.02, 0.001], condim=4, solref=[0.004, 1])
+                      rgba=[0.8, 0.2, 0.2, 1], friction=[1.2, 0.02, 0.002], condim=6, solref=[0.004, 1])
 
     # Target marker (reach: where the hand goes; place: where the object goes); visual only.
     target = world.add_body(name="target", mocap=True, pos=[0.5, 0.0, 0.2])

@@ -13,7 +13,7 @@ logged. A non-finite physics state (a blow-up) resets the episode and is reporte
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -189,9 +189,9 @@ def palm_rotation(direction_xy, palm_down: bool) -> np.ndarray:
     return np.stack([x, np.cross(z, x), z], axis=1)
 
 
-def _drive(env, arm, hand, steps: int, until=None) -> bool:
+def _drive(env, arm, hand, steps: int, until=None, duration: float | None = None) -> bool:
     """Command (arm, hand) and run ``steps`` control steps (stop early when ``until()`` is true)."""
-    env.command(arm, hand)
+    env.command(arm, hand, duration=duration)
     for _ in range(steps):
         env.step()
         if until is not None and until():
@@ -370,9 +370,9 @@ def solve(env, episode: Episode, hold_steps: int = 12) -> bool:
             if best is None or score > best[0]:
                 best = (score, q_c, rot_c)
         _, q_c, rot = best
-        _drive(env, q_c, closed, 25)
+        _drive(env, q_c, closed, 28, duration=2.5)   # a slow swing keeps the object in the hand
         _move(env, _palm_target(target + [0, 0, 0.01], rot, gp), rot, closed, 12, segments=3)
-        _drive(env, None, opened, 8)
+        _drive(env, None, opened, 10, duration=0.8)   # release slowly: a flick would roll the object away
         here, _ = _palm_pose(env)
         _move(env, here + [0, 0, 0.12], rot, opened, hold_steps + 4, segments=2, until=lambda: env.status.success)
     # Solved means the rule was met for the required streak and still holds in the final state.

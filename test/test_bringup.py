@@ -128,6 +128,8 @@ def test_grasp_sim_graph_offers_the_contract_and_stops_cleanly(node_env, rclpy_c
         node = rclpy.create_node("contract_probe", context=rclpy_context)
         try:
             def complete():
+                if up.poll() is not None:
+                    pytest.fail(f"dexwm-up exited with {up.returncode}:\n{log.read_text()[-3000:]}")
                 topics, services, actions = _graph_snapshot(node)
                 missing = [k for k, v in SIM_TOPICS.items() if topics.get(k) != v]
                 missing += [k for k, v in SIM_SERVICES.items() if services.get(k) != v]

@@ -14,7 +14,7 @@ def test_planner_bench_json(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "wm.pt"
     DexWM().save(str(ckpt))
-    r = subprocess.run([sys.executable, str(VENV_BIN / "dexwm-bench"), "planner", "--json", "--cycles", "1",
+    r = subprocess.run([sys.executable, str(VENV_BIN / "dexwm-bench"), "planner", "--json", "--cycles", "1", "--measure-seconds", "0.2",
                         "--checkpoint", str(ckpt)], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [line for line in r.stdout.splitlines() if line.strip()]

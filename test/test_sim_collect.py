@@ -46,14 +46,16 @@ def test_collect_three_episodes_readable_and_resumable(tmp_path):
             kinds.add(h.attrs["kind"])
     assert kinds == {"lift", "reach", "hand"}
 
-    # Resume: finished episodes are kept as they are, only the new one is written.
+    # Resume with 2 worker processes: finished episodes are kept as they are, only new ones written.
     mtimes = [f.stat().st_mtime_ns for f in files]
-    cmd[cmd.index("3")] = "4"
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    cmd[cmd.index("3")] = "5"
+    r = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "3 were already there" in r.stdout
     assert [f.stat().st_mtime_ns for f in files] == mtimes
-    assert (out / "episode_000003.h5").exists()
+    for i in (3, 4):
+        with h5py.File(out / f"episode_{i:06d}.h5", "r") as h:
+            assert h["frames"].shape == (12, 96, 96, 3) and h.attrs["episode_index"] == i
 
 
 def test_collect_rejects_bad_arguments(tmp_path):

@@ -99,3 +99,30 @@ def test_keys_and_joy_send_movejoints_goals(rclpy_context, kin):
         executor.shutdown()
         teleop.destroy_node()
         robot.destroy_node()
+
+
+def test_keyboard_reader_reads_keys_from_a_terminal_and_restores_it():
+    import os
+    import termios
+
+    from dexwm_ros.teleop_node import KeyboardReader
+
+    master, slave = os.openpty()
+    stream = os.fdopen(slave, "r")
+    before = termios.tcgetattr(slave)
+    try:
+        reader = KeyboardReader(stream)
+        assert reader.active
+        assert not termios.tcgetattr(slave)[3] & termios.ICANON      # cbreak: no line buffering
+        os.write(master, b"wr ")
+        keys = []
+        for _ in range(50):
+            keys += reader.read()
+            if len(keys) >= 3:
+                break
+        assert keys == ["w", "r", " "]
+        reader.close()
+        assert termios.tcgetattr(slave)[3] == before[3]
+    finally:
+        stream.close()
+        os.close(master)

@@ -264,3 +264,14 @@ def test_dinov2_encoder_from_local_directory(tmp_path):
     assert missing in str(err.value)
     with pytest.raises(ValueError, match="multiples of 14"):
         EncoderConfig(kind="dinov2", weights=missing, image_size=(30, 42))
+
+
+def test_rollout_mode_of_forward_matches_rollout():
+    m = randomised()
+    z, a, dt = torch.randn(2, 5, 6, 16), torch.randn(2, 5, ACTION_DIM), torch.full((2, 5), 0.2)
+    out = m(z[:, :2], a, dt, rollout_from=2)
+    ref = m.rollout(z[:, :2], a[:, :1], dt[:, :1], a[:, 1:], dt[:, 1:])
+    assert out.shape == (2, 4, 6, 16)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()  # differentiable: multistep training backpropagates through the rollout
+    assert m.blocks[0].qkv.weight.grad is not None
