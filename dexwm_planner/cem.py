@@ -68,7 +68,7 @@ class CEMConfig:
 # DexWM paper: horizon 3, 512 samples, 10 elites, 10 iterations, std 0.3 (arm) / 0.1 (fingers).
 PAPER = CEMConfig()
 # CPU preset: fewer samples and iterations, same horizon and noise (see planner_bench for timings).
-CPU = CEMConfig(samples=32, elites=4, iterations=3, chunk=32)
+CPU = CEMConfig(samples=48, elites=6, iterations=3, chunk=48)
 PRESETS = {"paper": PAPER, "cpu": CPU}
 
 

@@ -39,9 +39,9 @@ def _matmul_flops_per_s(n: int = 1024, seconds: float = 1.0) -> float:
 
 
 def _load_model(checkpoint: str | None):
-    from .world_model import DEFAULT_CHECKPOINT, DexWM
+    from .world_model import DexWM, default_checkpoint
 
-    path = checkpoint or DEFAULT_CHECKPOINT
+    path = checkpoint or default_checkpoint()
     try:
         return DexWM.load(path), path
     except Exception as e:  # noqa: BLE001 - any unusable checkpoint falls back, and says so

@@ -27,7 +27,7 @@ import rclpy  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
@@ -52,15 +52,13 @@ class DemoClient(Node):
     def __init__(self):
         super().__init__("dexwm_demo")
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.lock = threading.Lock()
         self.camera = None
         self.rollout = None
         self.episode = None
         self.frames = []
         self.create_subscription(Image, "/camera/camera/color/image_raw", self._on_camera, reliable)
-        self.create_subscription(Image, "/dexwm/predicted_rollout", self._on_rollout, latched)
+        self.create_subscription(Image, "/dexwm/predicted_rollout", self._on_rollout, reliable)
         self.create_subscription(EpisodeState, "/sim/episode", self._on_episode, 10)
         self.reset_client = self.create_client(ResetEpisode, "/sim/reset")
         self.execute_client = ActionClient(self, Execute, "/dexwm/execute")
@@ -140,7 +138,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
             costs.append((f.step, f.current_cost, f.best_cost, f.replan_seconds))
             with client.lock:
                 ep = client.episode
-            extra = f"  object distance {ep.distance:.3f} m" if ep is not None else ""
+            extra = f"  task distance {ep.distance:.3f} m" if ep is not None and np.isfinite(ep.distance) else ""
             print(f"[demo] step {f.step:3d}  cost {f.current_cost:.4f}  best {f.best_cost:.4f}  "
                   f"replan {f.replan_seconds:.2f} s{extra}", flush=True)
 
