@@ -343,7 +343,9 @@ def train(cfg: dict) -> dict:
             log.info("nothing to do: %s already trained for %d steps", out, steps)
         if tcfg["export"]:
             os.makedirs(os.path.dirname(os.path.abspath(tcfg["export"])), exist_ok=True)
-            shutil.copyfile(model_path, tcfg["export"])
+            tmp = f"{tcfg['export']}.tmp{os.getpid()}"
+            shutil.copyfile(model_path, tmp)
+            os.replace(tmp, tcfg["export"])  # readers never see a half-copied checkpoint
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
