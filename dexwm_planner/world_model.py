@@ -148,11 +148,14 @@ class DexWM(nn.Module):
     def rollout(self, context, actions, context_actions=None, dt=None, context_dt=None) -> torch.Tensor:
         """Autoregressive open-loop prediction.
 
-        context (C, P, d) shared by all samples, or (B, C, P, d); actions (B, T, 132) raw (this
+        context (C, P, d) shared by all samples (a single frame may be given as (P, d)), or
+        (B, C, P, d); actions (B, T, 132) raw (this
         normalises them) from the last context frame on; context_actions (C-1, 132) or
         (B, C-1, 132) between the context frames (default zeros: the hand was still); dt: time
         gap per step in seconds (scalar or (B, T); default ``frame_dt``). Returns (B, T, P, d)."""
         z = torch.as_tensor(context, dtype=torch.float32, device=self.device)
+        if z.ndim == 2:  # one frame (P, d)
+            z = z[None]
         if z.ndim == 3:
             z = z[None]
         if z.ndim != 4 or z.shape[-2:] != (self.num_patches, self.latent_dim):

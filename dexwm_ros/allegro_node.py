@@ -17,12 +17,12 @@ import threading
 import time
 
 import numpy as np
-import rclpy
+
+from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -147,6 +147,10 @@ class AllegroNode(Node):
                                f"{self._config.control_rate_hz:.0f} Hz")
 
     # --- shutdown ------------------------------------------------------------------------------
+    def destroy_node(self):
+        self.close()
+        super().destroy_node()
+
     def close(self) -> None:
         self.controller.close()  # zero torques, streaming off, servo off
         if self.emulator is not None:
@@ -437,24 +441,7 @@ def _interpolate(start: np.ndarray, points, t: float) -> np.ndarray:
 
 
 def main(args=None) -> int:
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = AllegroNode()
-            except (RuntimeError, ValueError) as exc:
-                rclpy.logging.get_logger("allegro").error(str(exc))
-                return 1
-            executor = MultiThreadedExecutor(num_threads=4)
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.close()
-                executor.shutdown()
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    return run_node("allegro", AllegroNode, args, startup_errors=(RuntimeError, ValueError), startup_exit_code=1)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,13 @@ for ``frame_timeout_s`` the node reports an error and reopens the source every
 """
 from __future__ import annotations
 
-import signal
-import sys
 import threading
 import time
 
-import rclpy
+
+from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import CameraInfo, Image
@@ -206,28 +203,8 @@ class CameraNode(Node):
         super().destroy_node()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
-    # Our own Ctrl-C/SIGTERM handling (not rclpy's) so that the node stops its worker thread and the
-    # robot/camera while the ROS context is still valid; rclpy's handler would invalidate it first.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
-            try:
-                node = CameraNode()
-            except ValueError as exc:  # a bad parameter: one clear line, no traceback
-                print(f"camera: error: {exc}", file=sys.stderr)
-                return 2
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    return run_node("camera", CameraNode, args, num_threads=1)
 
 
 if __name__ == "__main__":

@@ -20,19 +20,16 @@ Panda (FER) arms need franky built against libfranka 0.9.x (see dexwm_ros.franka
 from __future__ import annotations
 
 import math
-import signal
-import sys
 import threading
 import time
 
 import numpy as np
-import rclpy
+
+from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -368,30 +365,8 @@ class FrankaNode(Node):
         super().destroy_node()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
-    # Our own Ctrl-C/SIGTERM handling (not rclpy's) so that the node stops its worker thread and the
-    # robot/camera while the ROS context is still valid; rclpy's handler would invalidate it first.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
-            try:
-                node = FrankaNode()
-            except ValueError as exc:  # a bad parameter: one clear line, no traceback
-                print(f"franka: error: {exc}", file=sys.stderr)
-                return 2
-            executor = MultiThreadedExecutor(num_threads=4)
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    return run_node("franka", FrankaNode, args)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rclpy
+
+from dexwm_ros.node_main import run_node
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped, PoseStamped
@@ -45,7 +45,6 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
     SetParametersResult
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -777,22 +776,12 @@ def _wait(future, timeout: float, goal_handle) -> bool:
 
 
 def main(args=None) -> int:
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = PlannerNode()
-            except (ValueError, RuntimeError, OSError) as e:   # bad checkpoint/parameters: say why
-                print(f"planner: cannot start: {e}", file=sys.stderr)
-                return 1
-            executor = MultiThreadedExecutor(num_threads=4)
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                # Shutdown in the middle of a goal: no new command leaves this node; the drivers
-                # finish the last (capped) step and hold there.
-                executor.shutdown()
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    # Shutdown in the middle of a goal: no new command leaves this node; the drivers finish the
+    # last (capped) step and hold there.
+    return run_node("planner", PlannerNode, args, startup_errors=(ValueError, RuntimeError, OSError),
+                    startup_exit_code=1)
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

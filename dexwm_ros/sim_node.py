@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import sys
 import threading
 import time
 
 import numpy as np
-import rclpy
+
+from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
@@ -413,29 +410,9 @@ class SimNode(Node):
         super().destroy_node()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[sim] %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
-            try:
-                node = SimNode()
-            except ValueError as exc:  # a bad parameter (task, seed, rate): one clear line
-                print(f"sim: error: {exc}", file=sys.stderr)
-                return 2
-            executor = MultiThreadedExecutor(num_threads=4)
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    return run_node("sim", SimNode, args)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import threading
 import time
 
 import numpy as np
-import rclpy
+
+from dexwm_ros.node_main import run_node
 from builtin_interfaces.msg import Duration
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.action import ActionClient
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import JointState, Joy
@@ -325,15 +325,9 @@ def _by_name(msg: JointState, names) -> np.ndarray | None:
 
 
 def main(args=None) -> int:
-    node = None
-    try:
-        with rclpy.init(args=args):
-            node = TeleopNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()   # restores the terminal
-    except (KeyboardInterrupt, ExternalShutdownException):
-        if node is not None and node.keyboard is not None:
-            node.keyboard.close()
-    return 0
+    return run_node("teleop", TeleopNode, args, num_threads=1)
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

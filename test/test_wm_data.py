@@ -113,6 +113,7 @@ def test_windows_have_variable_gaps(sim_dir):
     assert torch.isfinite(b["actions"]).all()
 
 
+@pytest.mark.slow
 def test_short_training_loss_falls_resume_and_evaluation(collected_dir, tmp_path):
     sim_dir = collected_dir
     from dexwm_planner import eval_wm, train
@@ -159,6 +160,7 @@ def test_bench_json_keys(capsys):
         assert res[key] > 0
 
 
+@pytest.mark.slow
 def test_ablation_writes_both_runs(sim_dir, tmp_path):
     from dexwm_planner import ablation
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -211,6 +211,7 @@ def test_encode_and_input_validation(wm):
         wm.rollout(torch.zeros(1, 48, 16), np.zeros((2, 3, ACTION_DIM)))
     out = wm.rollout(ctx, np.zeros((5, 3, ACTION_DIM)))
     assert out.shape == (5, 3, 49, 16)
+    torch.testing.assert_close(wm.rollout(ctx[0], np.zeros((5, 3, ACTION_DIM))), out)  # one frame as (P, d)
     assert wm.keypoints_2d(out).shape == (5, 3, 12, 2)
 
 

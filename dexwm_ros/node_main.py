@@ -1,0 +1,46 @@
+"""The ``main()`` every node executable shares: start, spin, and stop cleanly on Ctrl-C/SIGTERM."""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_node(name: str, make_node: Callable[[], Node], args=None, *,
+             startup_errors: tuple[type[BaseException], ...] = (ValueError,), startup_exit_code: int = 2,
+             num_threads: int = 4) -> int:
+    """Create the node, spin it, and tear it down; returns the process exit code.
+
+    Ctrl-C and SIGTERM are handled here rather than by rclpy's handler, so that ``destroy_node``
+    (which stops worker threads, drivers and the robot) runs while the ROS context is still valid;
+    rclpy's own handler would invalidate the context first. A startup error of one of
+    ``startup_errors`` (a bad parameter, a missing device or checkpoint) is one line on stderr and
+    ``startup_exit_code``, without a traceback.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
+            try:
+                node = make_node()
+            except startup_errors as exc:
+                print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+                return startup_exit_code
+            executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
+                executor.spin()
+            finally:
+                executor.shutdown(timeout_sec=2.0)
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
