@@ -192,7 +192,8 @@ def test_move_joints_moves_the_simulated_arm_and_hand(sim):
     # cancel: the arm holds where it is
     far = q0 + np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     handle = client.move(client.arm_action, far)
-    time.sleep(0.5)
+    # Cancel as soon as the arm moves (a fixed sleep lets a starved test miss the motion).
+    wait_for(lambda: abs(client.q("arm")[0] - q0[0]) > 0.02, 10, 0.01, "the arm to start moving")
     client.done(handle.cancel_goal_async())
     res = client.done(handle.get_result_async()).result
     assert res.error_code == R.CANCELED
