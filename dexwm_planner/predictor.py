@@ -263,11 +263,14 @@ class CDiTPredictor(nn.Module):
             if cache is None or start != cache_start:
                 # Window moved (or first step): positions shifted, rebuild the prefix cache.
                 pre = frames[start:-1]
-                bp = max(f.shape[0] for f in pre) if pre else 1
+                pre_acts = acts[start:len(frames) - 1]
+                pre_gaps = gaps[start:len(frames) - 1]
+                # Shared (batch 1) context and per-sample predictions/actions mix in the window.
+                bp = max((x.shape[0] for x in (*pre, *pre_acts, *pre_gaps)), default=1)
                 if pre:
                     zp = torch.stack([f.expand(bp, -1, -1) for f in pre], 1)
-                    ap = torch.stack([a.expand(bp, -1) for a in acts[start:len(frames) - 1]], 1)
-                    gp = torch.stack([g.expand(bp) for g in gaps[start:len(frames) - 1]], 1)
+                    ap = torch.stack([a.expand(bp, -1) for a in pre_acts], 1)
+                    gp = torch.stack([g.expand(bp) for g in pre_gaps], 1)
                     cache = self.init_cache(zp, ap, gp)
                 else:
                     cache = [[] for _ in self.blocks]

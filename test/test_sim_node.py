@@ -193,7 +193,7 @@ def test_move_joints_moves_the_simulated_arm_and_hand(sim):
     far = q0 + np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     handle = client.move(client.arm_action, far)
     # Cancel as soon as the arm moves (a fixed sleep lets a starved test miss the motion).
-    wait_for(lambda: abs(client.q("arm")[0] - q0[0]) > 0.02, 10, 0.01, "the arm to start moving")
+    wait_for(lambda: abs(client.q("arm")[0] - q0[0]) > 0.1, 10, 0.01, "the arm to move 0.1 rad")
     client.done(handle.cancel_goal_async())
     res = client.done(handle.get_result_async()).result
     assert res.error_code == R.CANCELED
@@ -204,7 +204,8 @@ def test_move_joints_moves_the_simulated_arm_and_hand(sim):
     assert 0.05 < abs(q1[0] - q0[0]) < 0.95
 
     # pre-emption by a newer goal
-    h1 = client.move(client.arm_action, q0)
+    # h1 is a long move (over 1 rad), so h2 arrives while it is still under way.
+    h1 = client.move(client.arm_action, q0 - np.r_[0.8, np.zeros(6)])
     h2 = client.move(client.arm_action, q0 + 0.05)
     assert client.done(h1.get_result_async()).result.error_code == R.PREEMPTED
     assert client.done(h2.get_result_async(), 60).result.error_code == R.SUCCESSFUL
