@@ -36,7 +36,7 @@ def test_node_executables_are_installed(node):
     assert f"from dexwm_ros.{node}_node import main" in exe.read_text()
 
 
-@pytest.mark.parametrize("tool", ["dexwm-up", "dexwm-bench", "dexwm-eval", "dexwm-collect", "dexwm-train",
+@pytest.mark.parametrize("tool", ["dexwm-up", "dexwm-bench", "dexwm-eval", "dexwm-record", "dexwm-collect", "dexwm-train",
                                   "dexwm-eval-wm"])
 def test_tools_are_installed_and_answer_help(tool):
     exe = PREFIX / "bin" / tool
