@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 
-from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -32,6 +31,7 @@ from allegro_driver.controller import (CommandRejected, ControllerConfig, HandCo
                                        open_bus, validate_vector)
 from allegro_driver.emulator import HandEmulator
 from dexwm_ros.action import MoveJoints
+from dexwm_ros.node_main import run_node
 
 N = joints.NUM_JOINTS
 _LIVE_GAINS = ("kp", "kd")

@@ -19,7 +19,6 @@ import threading
 import time
 
 
-from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -28,6 +27,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from dexwm_ros.camera_sources import Intrinsics, SourceError, make_source, parse_profile
 from dexwm_ros.image_conversion import numpy_to_image, to_time_msg
+from dexwm_ros.node_main import run_node
 
 IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
 

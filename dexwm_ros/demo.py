@@ -31,19 +31,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
+from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
 from dexwm_ros.msg import EpisodeState  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
-
-
-def _to_numpy(msg: Image) -> np.ndarray:
-    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
-    if channels is None:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
-    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, : msg.width * channels]
-    arr = arr.reshape(msg.height, msg.width, channels)
-    if msg.encoding == "bgr8":
-        arr = arr[..., ::-1]
-    return np.repeat(arr, 3, axis=2) if channels == 1 else arr
 
 
 class DemoClient(Node):
@@ -65,11 +55,11 @@ class DemoClient(Node):
 
     def _on_camera(self, msg):
         with self.lock:
-            self.camera = _to_numpy(msg)
+            self.camera = image_to_numpy(msg)
 
     def _on_rollout(self, msg):
         with self.lock:
-            self.rollout = _to_numpy(msg)
+            self.rollout = image_to_numpy(msg)
 
     def _on_episode(self, msg):
         with self.lock:
@@ -129,7 +119,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
         reset = future.result()
         if not reset.success:
             raise RuntimeError(f"reset failed: {reset.message}")
-        goal = _to_numpy(reset.goal_image)
+        goal = image_to_numpy(reset.goal_image)
         print(f"[demo] episode grasp/{seed}: {reset.message}", flush=True)
         _wait(lambda: client.camera is not None, 30, "a camera frame")
 

@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 
-from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -39,6 +38,7 @@ from dexwm_ros.action import MoveJoints
 from dexwm_ros.franka_arm import (DONE, ERROR, FR3_JOINT_LIMITS, JOINT_NAMES, MOVING, N_JOINTS, PREEMPTED,
                                   STOPPED, WATCHDOG, CommandRejected, FrankaArm, FrankaConfig,
                                   RobotUnavailable)
+from dexwm_ros.node_main import run_node
 
 _R = MoveJoints.Result
 _CODES = {"invalid_goal": _R.INVALID_GOAL, "invalid_joints": _R.INVALID_JOINTS}

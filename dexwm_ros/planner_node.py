@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm_ros.node_main import run_node
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped, PoseStamped
@@ -60,6 +59,7 @@ from dexwm_planner.objective import ObjectiveConfig
 from dexwm_ros.action import Execute, MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
 from dexwm_ros.msg import EpisodeState, PlannerStatus
+from dexwm_ros.node_main import run_node
 
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
 HAND_NAMES = tuple(hand_joints.JOINT_NAMES)

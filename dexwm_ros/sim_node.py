@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 
-from dexwm_ros.node_main import run_node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -42,6 +41,7 @@ from dexwm_ros.action import MoveJoints
 from dexwm_ros.image_conversion import numpy_to_image
 from dexwm_ros.msg import EpisodeState
 from dexwm_ros.srv import ResetEpisode
+from dexwm_ros.node_main import run_node
 
 _R = MoveJoints.Result
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))

@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 
-from dexwm_ros.node_main import run_node
 from builtin_interfaces.msg import Duration
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.action import ActionClient
@@ -34,6 +33,7 @@ from trajectory_msgs.msg import JointTrajectoryPoint
 
 from allegro_driver import joints as hand_joints
 from dexwm_ros.action import MoveJoints
+from dexwm_ros.node_main import run_node
 
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
 HAND_NAMES = tuple(hand_joints.JOINT_NAMES)

@@ -4,9 +4,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from rosutil import node_command, process, wait_for
+from rosutil import node_command, process
 
 RECORD = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-record")]
 
