@@ -31,6 +31,7 @@ from allegro_driver.controller import (CommandRejected, ControllerConfig, HandCo
                                        open_bus, validate_vector)
 from allegro_driver.emulator import HandEmulator
 from dexwm_ros.action import MoveJoints
+from dexwm_ros.move_joints import end_goal
 from dexwm_ros.node_main import run_node
 
 N = joints.NUM_JOINTS
@@ -365,12 +366,8 @@ class AllegroNode(Node):
             self._preempted.pop(bytes(goal_handle.goal_id.uuid), None)
             if self._active_goal is goal_handle:
                 self._active_goal = None
-        if code == MoveJoints.Result.SUCCESSFUL:
-            goal_handle.succeed()
-        elif code == MoveJoints.Result.CANCELED:
-            goal_handle.canceled()
-        else:
-            goal_handle.abort()
+        end_goal(goal_handle, code)
+        if code not in (MoveJoints.Result.SUCCESSFUL, MoveJoints.Result.CANCELED):
             self.get_logger().info(f"move_joints ended: {message}")
         return result
 

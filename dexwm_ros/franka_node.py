@@ -38,6 +38,7 @@ from dexwm_ros.action import MoveJoints
 from dexwm_ros.franka_arm import (DONE, ERROR, FR3_JOINT_LIMITS, JOINT_NAMES, MOVING, N_JOINTS, PREEMPTED,
                                   STOPPED, WATCHDOG, CommandRejected, FrankaArm, FrankaConfig,
                                   RobotUnavailable)
+from dexwm_ros.move_joints import end_goal, is_deliberate
 from dexwm_ros.node_main import run_node
 
 _R = MoveJoints.Result
@@ -289,14 +290,9 @@ class FrankaNode(Node):
             result.error_code, result.message = code, message
             if error is not None:
                 result.final_error = [float(e) for e in error]
-            if code == _R.SUCCESSFUL:
-                goal_handle.succeed()
-            elif code == _R.CANCELED:
-                goal_handle.canceled()
-            else:
-                goal_handle.abort()
-                if code not in (_R.PREEMPTED, _R.STOPPED):  # those are someone's deliberate choice
-                    self._report(f"move_joints: {message}")
+            end_goal(goal_handle, code)
+            if code not in (_R.SUCCESSFUL, _R.CANCELED) and not is_deliberate(code):
+                self._report(f"move_joints: {message}")
             return result
 
         try:

@@ -41,6 +41,7 @@ from dexwm_ros.action import MoveJoints
 from dexwm_ros.image_conversion import numpy_to_image
 from dexwm_ros.msg import EpisodeState
 from dexwm_ros.srv import ResetEpisode
+from dexwm_ros.move_joints import end_goal, is_deliberate
 from dexwm_ros.node_main import run_node
 
 _R = MoveJoints.Result
@@ -313,14 +314,9 @@ class SimNode(Node):
             result.error_code, result.message = code, message
             if error is not None:
                 result.final_error = [float(e) for e in error]
-            if code == _R.SUCCESSFUL:
-                goal_handle.succeed()
-            elif code == _R.CANCELED:
-                goal_handle.canceled()
-            else:
-                goal_handle.abort()
-                if code not in (_R.PREEMPTED, _R.STOPPED):
-                    self._report(part, f"{'/franka' if part == 'arm' else '/allegro'}/move_joints: {message}")
+            end_goal(goal_handle, code)
+            if code not in (_R.SUCCESSFUL, _R.CANCELED) and not is_deliberate(code):
+                self._report(part, f"{'/franka' if part == 'arm' else '/allegro'}/move_joints: {message}")
             return result
 
         try:
