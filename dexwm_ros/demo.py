@@ -125,11 +125,12 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
 
         def on_feedback(fb):
             f = fb.feedback
-            costs.append((f.step, f.current_cost, f.best_cost, f.replan_seconds))
+            costs.append((f.step, f.current_cost, f.planned_cost, f.replan_seconds))
             with client.lock:
                 ep = client.episode
             extra = f"  task distance {ep.distance:.3f} m" if ep is not None and np.isfinite(ep.distance) else ""
             print(f"[demo] step {f.step:3d}  cost {f.current_cost:.4f}  best {f.best_cost:.4f}  "
+                  f"plan {f.planned_cost:.4f}  "
                   f"replan {f.replan_seconds:.2f} s{extra}", flush=True)
 
         goal_msg = Execute.Goal(goal_image=reset.goal_image, use_captured_goal=False, task="grasp",
@@ -184,8 +185,8 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
     if costs:
         steps = [c[0] for c in costs]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(steps, [c[1] for c in costs], "o-", label="current cost")
-        ax.plot(steps, [c[2] for c in costs], "--", label="best cost")
+        ax.plot(steps, [c[1] for c in costs], "o-", label="current frame to goal")
+        ax.plot(steps, [c[2] for c in costs], "--", label="planned cost (chosen plan)")
         ax.set_xlabel("MPC step")
         ax.set_ylabel("latent distance to goal")
         ax.set_title(f"grasp, seed {summary['seed']}: {summary.get('reason', '')}")

@@ -238,6 +238,7 @@ class PlannerNode(Node):
         self._busy = False
         self._state = "idle"
         self._last: dict = {"step": 0, "current_cost": float("nan"), "best_cost": float("nan"),
+                            "planned_cost": float("nan"),
                             "replan_seconds": float("nan")}
         self._plan_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dexwm-plan")
         self._move_handles: list = []
@@ -511,6 +512,7 @@ class PlannerNode(Node):
         self._task = task
         started = time.monotonic()
         self._last = {"step": 0, "current_cost": float("nan"), "best_cost": float("nan"),
+                      "planned_cost": float("nan"),
                       "replan_seconds": float("nan")}
         self.get_logger().info(f"executing {task} toward the goal from {goal.source}, at most {max_steps} steps")
         step = 0
@@ -546,8 +548,9 @@ class PlannerNode(Node):
             plan = self._wait_future(future, goal_handle)
             if plan is None:
                 return self._finish_canceled(goal_handle, step)
-            self._last.update(step=step + 1, current_cost=plan.current_cost, best_cost=plan.cost,
-                              replan_seconds=plan.replan_seconds)
+            best = float(np.nanmin([self._last["best_cost"], plan.current_cost]))
+            self._last.update(step=step + 1, current_cost=plan.current_cost, best_cost=best,
+                              planned_cost=plan.cost, replan_seconds=plan.replan_seconds)
             if g("success_cost") > 0 and plan.current_cost < g("success_cost"):
                 self._set_state("succeeded")
                 goal_handle.succeed()
@@ -573,7 +576,8 @@ class PlannerNode(Node):
             last_frame = time.monotonic()
             step += 1
             goal_handle.publish_feedback(Execute.Feedback(step=step, current_cost=float(plan.current_cost),
-                                                          best_cost=float(plan.cost),
+                                                          best_cost=float(self._last["best_cost"]),
+                                                          planned_cost=float(plan.cost),
                                                           replan_seconds=float(plan.replan_seconds)))
             self.get_logger().info(f"step {step}: cost {plan.current_cost:.4f} (plan {plan.cost:.4f}), "
                                    f"replan {plan.replan_seconds:.2f} s, horizon {plan.horizon}")
@@ -701,6 +705,7 @@ class PlannerNode(Node):
         msg.step = int(self._last["step"])
         msg.current_cost = float(self._last["current_cost"])
         msg.best_cost = float(self._last["best_cost"])
+        msg.planned_cost = float(self._last["planned_cost"])
         msg.replan_seconds = float(self._last["replan_seconds"])
         self.status_pub.publish(msg)
 

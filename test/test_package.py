@@ -18,7 +18,7 @@ def test_generated_interfaces_import_and_have_the_contract_fields():
 
     goal = Execute.Goal()
     assert {"goal_image", "use_captured_goal", "task", "max_steps"} <= set(goal.get_fields_and_field_types())
-    assert {"step", "current_cost", "best_cost"} <= set(Execute.Feedback.get_fields_and_field_types())
+    assert {"step", "current_cost", "best_cost", "planned_cost"} <= set(Execute.Feedback.get_fields_and_field_types())
     assert {"success", "steps", "final_cost", "reason"} <= set(Execute.Result.get_fields_and_field_types())
     mj = MoveJoints.Goal.get_fields_and_field_types()
     assert mj["trajectory"] == "trajectory_msgs/JointTrajectory" and "goal_tolerance" in mj and "time_limit" in mj
