@@ -179,9 +179,15 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
     import matplotlib.pyplot as plt
 
     if frames:
-        h, w = frames[0].shape[:2]
-        frames = [f for f in frames if f.shape[:2] == (h, w)]
-        imageio.mimsave(out_dir / "episode.gif", frames, duration=0.25, loop=0)
+        # Frames before the first predicted rollout have no strip: pad all to one size.
+        h = max(f.shape[0] for f in frames)
+        w = max(f.shape[1] for f in frames)
+        padded = []
+        for f in frames:
+            canvas = np.zeros((h, w, 3), np.uint8)
+            canvas[: f.shape[0], : f.shape[1]] = f
+            padded.append(canvas)
+        imageio.mimsave(out_dir / "episode.gif", padded, duration=0.25, loop=0)
     if costs:
         steps = [c[0] for c in costs]
         fig, ax = plt.subplots(figsize=(6, 3.5))
