@@ -1,6 +1,7 @@
 """The ``main()`` every node executable shares: start, spin, and stop cleanly on Ctrl-C/SIGTERM."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Callable
@@ -26,6 +27,8 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
     ``startup_errors`` (a bad parameter, a missing device or checkpoint) is one line on stderr and
     ``startup_exit_code``, without a traceback.
     """
+    # DDS discovery never leaves this host, however the node was started (DESIGN.md section 5).
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
