@@ -264,7 +264,9 @@ class SimRunner:
             if kind == "command":
                 with self._lock:
                     old = self._commands[payload.part]
-                    if old is not None and old.status == MOVING:
+                    # DONE too: a command can reach its set-point just before its server reports
+                    # success; superseded then, it must end as pre-empted rather than wait forever.
+                    if old is not None and old.status in (MOVING, DONE):
                         old.status = PREEMPTED
                     self._commands[payload.part] = payload
                     self._start_segment(payload)

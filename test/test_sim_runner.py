@@ -73,3 +73,13 @@ def test_bad_commands_and_resets(runner):
     res = runner.reset("grasp", 4)
     assert res.ok and res.episode.task == "grasp"
     wait_for(lambda: runner.episode_status()[0].task == "grasp", 5, what="the new episode")
+
+
+def test_a_done_command_superseded_before_it_is_reported_ends_preempted(runner):
+    """A server may not have reported a DONE command yet when the next one arrives: it must end."""
+    q0 = runner.snapshot().position[:7]
+    first = runner.command("arm", q0 + np.r_[0.02, np.zeros(6)])
+    wait_for(lambda: first.status == DONE, 10, what="the short move")
+    second = runner.command("arm", q0)
+    wait_for(lambda: first.status == PREEMPTED, 5, what="the superseded command to end")
+    wait_for(lambda: second.status == DONE, 10, what="the second move")
