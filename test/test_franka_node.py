@@ -152,7 +152,8 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
 
     # Stop: the goal ends STOPPED (not SUCCESSFUL: the stop came before the target) and the arm
     # comes to rest close to where it was when the stop was answered.
-    _, fut = client.send_goal([mid + 0.45], time_limit=15)
+    # Out and back (two waypoints): a long motion, so the stop surely lands while it runs.
+    _, fut = client.send_goal([mid + 0.45, mid], time_limit=15)
     time.sleep(0.3)
     reply = client.call(client.stop_srv)
     q_at_stop = client.q()
@@ -163,12 +164,14 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     client.wait_at_rest("arm at rest after stop")
     q_stop = client.q()
     time.sleep(0.5)
-    assert np.max(np.abs(client.q() - q_stop)) < 0.01, "arm kept moving after stop"
+    # franky-sim's idle arm creeps onto its last set-point (about 0.01-0.015 rad seen here); a motion
+    # that was not stopped would cover about 0.2 rad in these 0.5 s at this dynamics factor.
+    assert np.max(np.abs(client.q() - q_stop)) < 0.03, "arm kept moving after stop"
     assert np.max(np.abs(q_stop - q_at_stop)) < 0.15, "arm went on far after the stop"
 
     # Cancel: the goal ends CANCELED (not SUCCESSFUL) and the arm holds close to where it was.
     q_c = client.q()
-    handle, fut = client.send_goal([q_c - 0.45], time_limit=15)
+    handle, fut = client.send_goal([q_c - 0.45, q_c], time_limit=15)
     time.sleep(0.3)
     handle.cancel_goal_async()
     res = result_of(fut, 5)
