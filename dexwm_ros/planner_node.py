@@ -59,6 +59,7 @@ from dexwm_planner.objective import ObjectiveConfig
 from dexwm_ros.action import Execute, MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
 from dexwm_ros.msg import EpisodeState, PlannerStatus
+from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
@@ -370,18 +371,11 @@ class PlannerNode(Node):
             self._image = Stamped(image, time.monotonic())
 
     def _joint_vector(self, msg: JointState, names: tuple[str, ...]) -> np.ndarray | None:
-        if msg.name:
-            index = {n: i for i, n in enumerate(msg.name)}
-            if not all(n in index for n in names) or len(msg.position) != len(msg.name):
-                self.get_logger().warning(f"joint state without the joints {list(names)} ignored",
-                                       throttle_duration_sec=5.0)
-                return None
-            q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
-        elif len(msg.position) == len(names):
-            q = np.asarray(msg.position, dtype=np.float64)
-        else:
-            return None
-        return q if np.all(np.isfinite(q)) else None
+        q = joint_vector(msg, names)
+        if q is None:
+            self.get_logger().warning(f"joint state without finite positions of {list(names)} ignored",
+                                      throttle_duration_sec=5.0)
+        return q
 
     def _on_arm(self, msg: JointState):
         q = self._joint_vector(msg, ARM_NAMES)

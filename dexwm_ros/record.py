@@ -104,6 +104,7 @@ def run(args) -> int:
 
     from allegro_driver.joints import JOINT_NAMES as HAND_JOINTS
     from dexwm_ros.image_conversion import image_to_numpy
+    from dexwm_ros.joint_state import joint_vector
     from dexwm_ros.planner_node import model_view
 
     if args.sim_camera:
@@ -118,13 +119,6 @@ def run(args) -> int:
     lock = threading.Lock()
     latest: dict = {"image": None, "info": None, "arm": None, "hand": None}
     frames, stamps, joints = [], [], []
-
-    def positions(msg: JointState, names) -> np.ndarray | None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if any(n not in index for n in names) or len(msg.position) != len(msg.name):
-            return None
-        q = np.array([msg.position[index[n]] for n in names])
-        return q if np.all(np.isfinite(q)) else None
 
     rclpy.init()
     node = Node("dexwm_record")
@@ -141,9 +135,9 @@ def run(args) -> int:
     node.create_subscription(Image, "/camera/camera/color/image_raw", keep("image"), reliable)
     node.create_subscription(CameraInfo, "/camera/camera/color/camera_info", keep("info"), 10)
     node.create_subscription(JointState, "/franka/joint_states",
-                             keep("arm", lambda m: positions(m, ARM_JOINTS)), 10)
+                             keep("arm", lambda m: joint_vector(m, ARM_JOINTS)), 10)
     node.create_subscription(JointState, "/allegro/joint_states",
-                             keep("hand", lambda m: positions(m, HAND_JOINTS)), 10)
+                             keep("hand", lambda m: joint_vector(m, HAND_JOINTS)), 10)
     spin = threading.Thread(target=rclpy.spin, args=(node,), daemon=True)
     spin.start()
 

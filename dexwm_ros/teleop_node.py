@@ -33,6 +33,7 @@ from trajectory_msgs.msg import JointTrajectoryPoint
 
 from allegro_driver import joints as hand_joints
 from dexwm_ros.action import MoveJoints
+from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
@@ -192,13 +193,13 @@ class TeleopNode(Node):
 
     # ------------------------------------------------------------------------------ inputs
     def _on_arm(self, msg: JointState):
-        q = _by_name(msg, ARM_NAMES)
+        q = joint_vector(msg, ARM_NAMES)
         if q is not None:
             with self._lock:
                 self._arm, self._arm_t = q, time.monotonic()
 
     def _on_hand(self, msg: JointState):
-        q = _by_name(msg, HAND_NAMES)
+        q = joint_vector(msg, HAND_NAMES)
         if q is not None:
             with self._lock:
                 self._hand, self._hand_t = q, time.monotonic()
@@ -309,19 +310,6 @@ class TeleopNode(Node):
         if self.keyboard is not None:
             self.keyboard.close()
         super().destroy_node()
-
-
-def _by_name(msg: JointState, names) -> np.ndarray | None:
-    if msg.name:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if not all(n in index for n in names) or len(msg.position) != len(msg.name):
-            return None
-        q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
-    elif len(msg.position) == len(names):
-        q = np.asarray(msg.position, dtype=np.float64)
-    else:
-        return None
-    return q if np.all(np.isfinite(q)) else None
 
 
 def main(args=None) -> int:
