@@ -47,6 +47,18 @@ def _die_with_parent():
         pass
 
 
+def stop_graph(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a dexwm-up started in its own session: SIGINT (it stops its nodes), SIGKILL if it hangs."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class Bringup:
     """A set of node processes that live and die together."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
+from dexwm_ros.bringup import stop_graph  # noqa: E402
 from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
 from dexwm_ros.msg import EpisodeState  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
@@ -159,12 +159,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
         executor.shutdown()
         client.destroy_node()
         rclpy.try_shutdown()
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
+        stop_graph(up)
         log.close()
 
     _write_artifacts(out_dir, client.frames, costs, summary)

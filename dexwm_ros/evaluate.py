@@ -193,7 +193,6 @@ def run_in_process(policy, settings: EvalSettings, progress: bool = True) -> lis
 def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeout: float = 120.0,
                     log_path: Path | None = None) -> list[EpisodeOutcome]:
     """The same episodes through the ROS graph: dexwm-up (sim + planner) in separate processes."""
-    import signal
     import subprocess
     import threading
 
@@ -209,6 +208,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     from tqdm import tqdm
 
     from dexwm_ros.action import Execute
+    from dexwm_ros.bringup import stop_graph
     from dexwm_ros.msg import EpisodeState
     from dexwm_ros.srv import ResetEpisode
 
@@ -290,13 +290,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        if graph.poll() is None:
-            os.killpg(graph.pid, signal.SIGINT)
-            try:
-                graph.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(graph.pid, signal.SIGKILL)
-                graph.wait()
+        stop_graph(graph)
         if log_path:
             log.close()
     return outcomes
