@@ -221,7 +221,8 @@ def test_simulator_killed_mid_motion(franka_graph):
     R = MoveJoints.Result
     client, node_proc, sim_proc, host, log = franka_graph
     q0 = client.q()
-    _, fut = client.send_goal([q0 + 0.4], time_limit=20)
+    # Out and back: a long motion, so the simulator surely dies while it runs.
+    _, fut = client.send_goal([q0 + 0.4, q0], time_limit=20)
     time.sleep(0.5)
     os.killpg(sim_proc.pid, signal.SIGKILL)
     sim_proc.wait(5)
