@@ -215,7 +215,9 @@ def test_move_joints_moves_the_simulated_arm_and_hand(sim):
     closed = OPEN_POSE + np.r_[[0, 0.8, 0.6, 0.4] * 3, [0.4, 0.3, 0.3, 0.3]]
     res = client.done(client.move(client.hand_action, closed).get_result_async(), 30).result
     assert res.error_code == R.SUCCESSFUL, res.message
-    np.testing.assert_allclose(client.q("hand"), closed, atol=0.05)
+    assert np.max(np.abs(res.final_error)) <= 0.03  # the server's hand tolerance, at completion
+    # Afterwards flexed fingers may sag a little under contact; seen up to 0.062 rad once.
+    np.testing.assert_allclose(client.q("hand"), closed, atol=0.1)
     res = client.done(client.move(client.hand_action, np.full(16, 9.0), limit_s=3.0).get_result_async(), 30).result
     assert "clamped" in res.message or res.error_code == R.TIMEOUT
     from sensor_msgs.msg import JointState
