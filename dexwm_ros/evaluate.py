@@ -4,14 +4,19 @@
                [--through-ros] [--checkpoint PATH] [--max-steps K] [--preset cpu|paper]
 
 Episode i uses simulation seed ``EVAL_SEED_OFFSET + S + i``: evaluation seeds start at 1,000,000 so
-they never overlap the seeds used to collect training data (0, 1, 2, ...). Each episode: reset the
-simulation to the seeded task, render its goal image (the scripted solution's end state), then plan
-and act until the task's success rule has held for 10 control steps or the step budget is spent.
+they never overlap the seeds used to collect training data (``dexwm-collect`` seeds
+``seed * 1,000,003 + index``, shipped data: 0..194, 2,000,006.., 3,000,009..; see models/README.md).
+Each episode: reset the simulation to the seeded task, render its goal image (the scripted
+solution's end state), then plan and act until the task's success rule has held for 10 control
+steps or the step budget is spent.
 
-In-process (default) the planner and the simulation run in this process (``SimEnv``); with
-``--through-ros`` the same episodes run through the ROS graph (sim node + planner node, separate
-processes started by ``dexwm-up``): ``/sim/reset`` gives the goal image, ``/dexwm/execute`` plans and
-acts. Both modes use the same planner settings and per-episode CEM seeds.
+In-process (default) the planner and the simulation run in this process; with ``--through-ros`` the
+same episodes run through the ROS graph (sim node + planner node, separate processes started by
+``dexwm-up``): ``/sim/reset`` gives the goal image, ``/dexwm/execute`` plans and acts. The two modes
+are built to agree episode by episode: the graph's simulation runs in lock-step
+(``sim_lockstep:=true``: the world waits while the planner thinks), the in-process moves go through
+the same runner code (``SimRunner.move_now``), both see the camera's 640x480 frames and goal images,
+and both use the same planner settings and per-episode CEM seeds.
 
 Baselines, same episodes and step budget: ``random_shooting`` (a random feasible joint plan drawn
 from the planner's own sampling distribution, no world model, first step executed each step), and
@@ -38,7 +43,9 @@ import numpy as np
 
 EVAL_SEED_OFFSET = 1_000_000
 TASKS = ("reach", "grasp", "place")
-RENDER_SIZE = (224, 224)        # (width, height) of the frames the world model sees in-process
+# (width, height) of camera frames and goal images, as the sim node publishes them (config/sim.yaml);
+# the world model's encoder resizes and centre-crops them itself, in both modes.
+CAMERA_SIZE = (640, 480)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -134,36 +141,31 @@ class RandomShootingPolicy:
 
 
 # ------------------------------------------------------------------------------ in-process runs
-def run_episode(env, policy, task: str, seed: int, settings: EvalSettings) -> EpisodeOutcome:
-    """One episode in-process, mirroring the planner node: observe, replan, move (wait until the
-    targets are reached or the move time limit passes), check the success rule."""
+def run_episode(env, runner, policy, task: str, seed: int, settings: EvalSettings) -> EpisodeOutcome:
+    """One episode in-process, step for step as the planner node runs it against the lock-step
+    sim node: check success, observe, replan, move (``SimRunner.move_now``: arm and hand targets
+    start together; each part ends at its tolerance or time limit)."""
     from dexwm_sim import tasks
 
     t_start = time.perf_counter()
     episode = env.reset(task, seed)
-    goal = tasks.make_goal(env, episode, sizes=(RENDER_SIZE,))
+    goal = tasks.make_goal(env, episode, sizes=(CAMERA_SIZE,))
     policy.reset(goal.image, seed)
     replans, costs = [], []
     steps, reason = 0, "budget"
+    time_limit = max(settings.move_timeout_s, settings.move_duration_s)
     while True:
         if env.status.success:
             reason = "success"
             break
         if steps >= settings.max_steps:
             break
-        image = env.render(*RENDER_SIZE)
+        image = env.render(*CAMERA_SIZE)
         q = env.joint_positions()
         command, seconds, cost = policy.act(image, q)
         replans.append(seconds)
         costs.append(cost)
-        env.command(command[:7], command[7:], duration=settings.move_duration_s)
-        elapsed = 0.0
-        while elapsed < settings.move_timeout_s - 1e-9 and not env.status.success:
-            env.advance(env.control_dt)
-            elapsed += env.control_dt
-            if elapsed >= settings.move_duration_s - 1e-9 and \
-                    np.max(np.abs(env.joint_positions() - command)) < settings.goal_tolerance:
-                break
+        runner.move_now(command[:7], command[7:], settings.move_duration_s, time_limit, settings.goal_tolerance)
         steps += 1
     return EpisodeOutcome(seed=seed, success=reason == "success", steps=steps, reason=reason,
                           final_distance=float(env.status.distance),
@@ -174,15 +176,18 @@ def run_episode(env, policy, task: str, seed: int, settings: EvalSettings) -> Ep
 def run_in_process(policy, settings: EvalSettings, progress: bool = True) -> list[EpisodeOutcome]:
     from tqdm import tqdm
 
+    from dexwm_sim.runner import RunnerConfig, SimRunner
     from dexwm_sim.scene import SimEnv
 
-    env = SimEnv(render_size=RENDER_SIZE)
+    env = SimEnv(render_size=CAMERA_SIZE)
+    # Not started: its moves run in this thread (move_now), with the sim node's motion semantics.
+    runner = SimRunner(RunnerConfig(task=settings.task, lockstep=True, image_size=CAMERA_SIZE), env=env)
     outcomes = []
     try:
         bar = tqdm(settings.seeds(), desc=f"{policy.name} {settings.task}", unit="ep", disable=not progress,
                    file=sys.stderr)
         for seed in bar:
-            outcomes.append(run_episode(env, policy, settings.task, seed, settings))
+            outcomes.append(run_episode(env, runner, policy, settings.task, seed, settings))
             bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
     finally:
         env.close()
@@ -212,7 +217,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     from dexwm_ros.msg import EpisodeState
     from dexwm_ros.srv import ResetEpisode
 
-    cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), settings.task, "sim:=true"]
+    cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), settings.task, "sim:=true", "sim_lockstep:=true"]
     if settings.checkpoint:
         cmd.append(f"checkpoint:={settings.checkpoint}")
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL

@@ -169,6 +169,7 @@ def rollout_strip(current: np.ndarray, goal: np.ndarray, keypoints: np.ndarray |
 class Stamped:
     value: np.ndarray
     received: float          # time.monotonic() when it arrived
+    stamp: float = 0.0       # header stamp [s, ROS clock]; 0 = not stamped
 
 
 @dataclass
@@ -368,7 +369,7 @@ class PlannerNode(Node):
             self.get_logger().warning(f"camera image ignored: {e}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self._image = Stamped(image, time.monotonic())
+            self._image = Stamped(image, time.monotonic(), _seconds(msg.header.stamp))
 
     def _joint_vector(self, msg: JointState, names: tuple[str, ...]) -> np.ndarray | None:
         q = joint_vector(msg, names)
@@ -381,13 +382,13 @@ class PlannerNode(Node):
         q = self._joint_vector(msg, ARM_NAMES)
         if q is not None:
             with self._lock:
-                self._arm = Stamped(q, time.monotonic())
+                self._arm = Stamped(q, time.monotonic(), _seconds(msg.header.stamp))
 
     def _on_hand(self, msg: JointState):
         q = self._joint_vector(msg, HAND_NAMES)
         if q is not None:
             with self._lock:
-                self._hand = Stamped(q, time.monotonic())
+                self._hand = Stamped(q, time.monotonic(), _seconds(msg.header.stamp))
 
     def _on_episode(self, msg: EpisodeState):
         with self._lock:
@@ -510,7 +511,8 @@ class PlannerNode(Node):
                       "replan_seconds": float("nan")}
         self.get_logger().info(f"executing {task} toward the goal from {goal.source}, at most {max_steps} steps")
         step = 0
-        last_frame = -1.0
+        # Plan from data taken after the goal arrived (not, say, the previous episode's end).
+        last_frame, moved_at = -1.0, self.get_clock().now().nanoseconds * 1e-9
         while True:
             if goal_handle.is_cancel_requested:
                 return self._finish_canceled(goal_handle, step)
@@ -527,7 +529,7 @@ class PlannerNode(Node):
                 goal_handle.abort()
                 return self._result(False, step, "budget")
             # Fresh inputs, and a frame that shows the result of the last executed step.
-            wait = self._wait_for_inputs(goal_handle, newer_than=last_frame)
+            wait = self._wait_for_inputs(goal_handle, newer_than=last_frame, taken_after=moved_at)
             if wait == "canceled":
                 return self._finish_canceled(goal_handle, step)
             if wait != "ok":
@@ -535,6 +537,10 @@ class PlannerNode(Node):
                 self._set_state("failed")
                 goal_handle.abort()
                 return self._result(False, step, wait)
+            if self._sim_success(started):   # the episode state of the last move may come late
+                self._set_state("succeeded")
+                goal_handle.succeed()
+                return self._result(True, step, "success")
             image, q, _ = self._snapshot()
             self._set_state("planning")
             self.planner.observe(image, q)
@@ -566,8 +572,11 @@ class PlannerNode(Node):
                 self._set_state("failed")
                 goal_handle.abort()
                 return self._result(False, step, f"driver_error: {moved}")
-            # The next plan must see the result of this move: only frames that arrive from now on.
+            # The next plan must see the result of this move: only frames that arrive from now on
+            # and were taken from now on (a frame of the motion's last moments may still be on its
+            # way when the drivers report the move's end).
             last_frame = time.monotonic()
+            moved_at = self.get_clock().now().nanoseconds * 1e-9
             step += 1
             goal_handle.publish_feedback(Execute.Feedback(step=step, current_cost=float(plan.current_cost),
                                                           best_cost=float(self._last["best_cost"]),
@@ -587,8 +596,10 @@ class PlannerNode(Node):
             ep, received = self._episode, self._episode_received
         return ep is not None and received > started and bool(ep.success)
 
-    def _wait_for_inputs(self, goal_handle, newer_than: float) -> str:
-        """'ok' once all inputs are fresh and a frame newer than ``newer_than`` arrived."""
+    def _wait_for_inputs(self, goal_handle, newer_than: float, taken_after: float = 0.0) -> str:
+        """'ok' once all inputs are fresh, a frame arrived after ``newer_than`` (monotonic), and the
+        frame and both joint states carry header stamps not before ``taken_after`` (ROS clock;
+        unstamped messages count by arrival only)."""
         g = lambda name: self.get_parameter(name).value  # noqa: E731
         paused_since = None
         deadline_new_frame = time.monotonic() + g("stale_timeout_s")
@@ -598,13 +609,16 @@ class PlannerNode(Node):
             stale = self._stale_inputs()
             if not stale:
                 with self._lock:
-                    received = self._image.received
-                if received > newer_than:
+                    inputs = {"camera image": self._image, "arm joints": self._arm, "hand joints": self._hand}
+                arrived = inputs["camera image"].received > newer_than
+                early = [name for name, x in inputs.items() if 0.0 < x.stamp < taken_after]
+                if arrived and not early:
                     if paused_since is not None:
                         self.get_logger().info("inputs fresh again: resuming")
                     return "ok"
                 if time.monotonic() > deadline_new_frame:
-                    stale = ["camera image (no new frame)"]
+                    stale = [f"{', '.join(early)} (nothing stamped after the last move: check the clocks)"
+                             if arrived and early else "camera image (no new frame)"]
             if stale:
                 if paused_since is None:
                     paused_since = time.monotonic()
@@ -756,6 +770,10 @@ class PlannerNode(Node):
     def destroy_node(self):
         self._plan_pool.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
+
+
+def _seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def _duration(seconds: float) -> Duration:

@@ -101,6 +101,9 @@ class SimNode(Node):
         p("task", "grasp", _descriptor("episode task at start: reach, grasp or place"))
         p("seed", 0, _descriptor("episode seed at start"))
         p("real_time_factor", 1.0, _descriptor("simulated seconds per wall-clock second", read_only=True))
+        p("lockstep", False, _descriptor("simulated time advances only while a motion command is under way "
+                                         "(the world waits for the planner, as in an in-process evaluation)",
+                                         read_only=True))
         p("image_rate_hz", 10.0, _descriptor("camera image rate [Hz] (wall clock)", read_only=True))
         p("image_width", 640, _descriptor("camera image width [px]", read_only=True))
         p("image_height", 480, _descriptor("camera image height [px]", read_only=True))
@@ -145,7 +148,7 @@ class SimNode(Node):
                               image_rate_hz=float(g("image_rate_hz")), image_size=(width, height),
                               render_depth=bool(g("publish_depth")), state_rate_hz=float(g("state_rate_hz")),
                               arm_speed=float(g("arm_speed")), hand_speed=float(g("hand_speed")),
-                              goal_size=(width, height))
+                              goal_size=(width, height), lockstep=bool(g("lockstep")))
         # The runner validates task, seed and rates (ValueError -> clear message in main()).
         self.runner = SimRunner(config, on_state=self._on_state, on_frame=self._on_frame,
                                 on_episode=self._on_episode, on_goal=self._on_goal)
@@ -177,7 +180,7 @@ class SimNode(Node):
             self.runner.close()
             raise ValueError(start.message)
         self.get_logger().info(f"simulation running: {start.message}, real-time factor "
-                               f"{config.real_time_factor:g}, camera {width}x{height} at {config.image_rate_hz:g} Hz")
+                               f"{config.real_time_factor:g}{' (lock-step)' if config.lockstep else ''}, camera {width}x{height} at {config.image_rate_hz:g} Hz")
 
     # --- parameters -------------------------------------------------------------------------------
     def _on_set_parameters(self, params):
@@ -302,7 +305,7 @@ class SimNode(Node):
         return response
 
     def _execute(self, part: str, goal_handle):
-        from dexwm_sim.runner import DONE, MOVING, PREEMPTED, RESET, STOPPED
+        from dexwm_sim.runner import MOVING, PREEMPTED, REACHED, RESET, STOPPED, TIMED_OUT
 
         goal = goal_handle.request
         result = MoveJoints.Result()
@@ -322,24 +325,23 @@ class SimNode(Node):
         try:
             pts, durations = trajectory_points(goal.trajectory, names)
             tol = list(goal.goal_tolerance) or [self.get_parameter(f"{part}_goal_tolerance").value]
-            if len(tol) == 1:
-                tol = tol * n
-            tol = np.asarray(tol, dtype=float)
-            if tol.shape != (n,) or not np.all(np.isfinite(tol)) or np.any(tol <= 0):
+            if len(tol) not in (1, n) or not all(math.isfinite(t) and t > 0 for t in tol):
                 raise CommandError(_R.INVALID_GOAL, f"goal_tolerance needs 0, 1 or {n} positive values")
             limit = goal.time_limit.sec + goal.time_limit.nanosec * 1e-9
             if limit < 0:
                 raise CommandError(_R.INVALID_GOAL, "time_limit is negative")
             if limit == 0:
                 limit = float(self.get_parameter(f"{part}_time_limit_s").value)
-            cmd = self.runner.command(part, pts, durations)
+            # The runner judges the goal in simulated time (tolerance and time limit).
+            cmd = self.runner.command(part, pts, durations, tolerance=tol, time_limit=limit)
         except CommandError as exc:
             return finish(exc.code, str(exc))
         except ValueError as exc:
             return finish(_R.INVALID_GOAL, str(exc))
         self._problem[part] = cmd.note
-        # The limit is in simulated time: convert with the real-time factor.
-        deadline = time.monotonic() + limit / self.runner.config.real_time_factor
+        # Backstop in wall-clock time, should the physics thread stall: the runner's own limit
+        # (simulated time) normally ends the goal long before.
+        deadline = time.monotonic() + 2.0 * limit / self.runner.config.real_time_factor + 5.0
         feedback = MoveJoints.Feedback()
         error = None
         while True:
@@ -349,27 +351,28 @@ class SimNode(Node):
                 feedback.error = error.tolist()
                 feedback.max_abs_error = float(np.max(np.abs(error)))
                 goal_handle.publish_feedback(feedback)
+            status = cmd.status
             if goal_handle.is_cancel_requested:
-                if cmd.status == MOVING:
+                if cmd.under_way:
                     self.runner.stop(part)
                 return finish(_R.CANCELED, "canceled; holding position", error)
             if not goal_handle.is_active:
                 return result
-            if cmd.status == PREEMPTED:
+            if status == PREEMPTED:
                 return finish(_R.PREEMPTED, "preempted by a newer command", error)
-            if cmd.status == STOPPED:
+            if status == STOPPED:
                 return finish(_R.STOPPED, "stopped by the stop service", error)
-            if cmd.status == RESET:
+            if status == RESET:
                 return finish(_R.ROBOT_ERROR, f"simulation reset: {cmd.note}", error)
-            if cmd.status == DONE and error is not None and np.all(np.abs(error) <= tol):
+            if status == REACHED:
                 return finish(_R.SUCCESSFUL, "target reached" + (f" ({cmd.note})" if cmd.note else ""), error)
-            if time.monotonic() > deadline:
-                if cmd.status == MOVING:
+            if status == TIMED_OUT or time.monotonic() > deadline:
+                if status == MOVING:
                     self.runner.stop(part)
                 worst = float(np.max(np.abs(error))) if error is not None else float("nan")
                 return finish(_R.TIMEOUT, f"target not reached within {limit:.2f} s (max error {worst:.4f} rad); "
                                           "holding", error)
-            time.sleep(0.02)
+            time.sleep(0.005)
 
     # --- diagnostics --------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

@@ -8,6 +8,17 @@ Arm and hand commands are sequences of waypoints. Each waypoint is reached by a 
 linear joint motion at ``arm_speed`` / ``hand_speed`` (or over the point's own duration); the next
 waypoint starts when the set-points reach the current one. A new command replaces (pre-empts) the
 running one; ``stop_*`` holds the current position.
+
+A command may carry a goal: a per-joint ``tolerance`` (REACHED once the set-points are at the last
+waypoint and the measured joints are within it) and a ``time_limit`` in simulated seconds
+(TIMED_OUT after it; a motion still under way is stopped there). The runner checks both after every
+physics chunk, in simulated time, so a move ends at the same simulated instant however loaded the
+machine is.
+
+Lock-step mode (``RunnerConfig.lockstep``): simulated time advances only while a command is under
+way (moving, or waiting for its goal). Between moves the world stands still, as in an in-process
+evaluation where the simulation waits for the planner; in real-time mode (the default) the world
+keeps running while a planner thinks, as a real robot does.
 """
 from __future__ import annotations
 
@@ -26,6 +37,14 @@ log = logging.getLogger("dexwm_sim.runner")
 
 # Command states
 MOVING, DONE, PREEMPTED, STOPPED, RESET = "moving", "done", "preempted", "stopped", "reset"
+REACHED, TIMED_OUT = "reached", "timed_out"     # end states of a command with a goal
+
+# Simulated seconds per loop iteration of the physics thread (and the granularity of goal checks).
+CHUNK_S = 0.01
+# Lock-step: after a pause, the world resumes once both arm and hand have a command under way, or
+# this long (wall clock) after the first one arrived: a planner's arm and hand targets come as two
+# requests (two drivers), and they must start on the same physics step to move alike every time.
+LOCKSTEP_GATHER_S = 0.5
 
 
 @dataclass
@@ -39,10 +58,22 @@ class Command:
     status: str = MOVING
     index: int = 0                  # waypoint being approached
     note: str = ""
+    tolerance: np.ndarray | None = None   # per joint [rad]: REACHED when DONE and within it
+    time_limit: float | None = None       # simulated seconds after the start: TIMED_OUT
+    started: float = float("nan")         # simulated time the runner started the command
 
     @property
     def target(self) -> np.ndarray:
         return self.points[-1]
+
+    @property
+    def has_goal(self) -> bool:
+        return self.tolerance is not None or self.time_limit is not None
+
+    @property
+    def under_way(self) -> bool:
+        """Moving, or at its set-point and still waiting for its goal's verdict."""
+        return self.status == MOVING or (self.status == DONE and self.has_goal)
 
 
 @dataclass
@@ -80,6 +111,7 @@ class RunnerConfig:
     arm_speed: float = 0.8          # default joint speed of arm motions [rad/s]
     hand_speed: float = 3.0
     goal_size: tuple | None = None  # goal image size; None: the camera image size
+    lockstep: bool = False          # simulated time stands still while no command is under way
     extra: dict = field(default_factory=dict)
 
 
@@ -143,11 +175,13 @@ class SimRunner:
         with self._lock:
             return self._goal_image
 
-    def command(self, part: str, points, durations=None) -> Command:
+    def command(self, part: str, points, durations=None, tolerance=None, time_limit: float | None = None) -> Command:
         """Validate and queue a waypoint command (pre-empts the part's running command).
 
-        Raises ValueError (nothing changes) for wrong sizes or non-finite values; arm points outside
-        the joint limits are rejected, hand points are clamped (as the real drivers do) with a note.
+        ``tolerance`` (one value or one per joint, rad) and ``time_limit`` (simulated s) give the
+        command a goal; the runner then ends it as REACHED or TIMED_OUT. Raises ValueError (nothing
+        changes) for wrong sizes or non-finite values; arm points outside the joint limits are
+        rejected, hand points are clamped (as the real drivers do) with a note.
         """
         n = ARM_DOF if part == "arm" else DOF - ARM_DOF
         if part not in ("arm", "hand"):
@@ -162,6 +196,14 @@ class SimRunner:
         dur = np.zeros(len(pts)) if durations is None else np.asarray(durations, dtype=np.float64)
         if dur.shape != (len(pts),) or not np.all(np.isfinite(dur)) or np.any(dur < 0):
             raise ValueError("durations must be finite, non-negative, one per point")
+        tol = None
+        if tolerance is not None:
+            tol = np.asarray(tolerance, dtype=np.float64).ravel()
+            tol = np.full(n, tol[0]) if tol.size == 1 else tol
+            if tol.shape != (n,) or not np.all(np.isfinite(tol)) or np.any(tol <= 0):
+                raise ValueError(f"tolerance needs 1 or {n} positive values")
+        if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
         sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
         lo, hi = self.env.lower[sl], self.env.upper[sl]
         note = ""
@@ -176,7 +218,8 @@ class SimRunner:
                 note = f"{count} positions clamped to the joint limits"
                 log.warning("hand command: %s", note)
             pts = clipped
-        cmd = Command(part=part, points=pts, durations=dur, id=next(self._ids), note=note)
+        cmd = Command(part=part, points=pts, durations=dur, id=next(self._ids), note=note, tolerance=tol,
+                      time_limit=None if time_limit is None else float(time_limit))
         self._requests.put(("command", cmd))
         return cmd
 
@@ -202,41 +245,40 @@ class SimRunner:
     # --- the physics thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         env = self.env
-        chunk = 0.01                             # simulated seconds per loop iteration
         rtf = self.config.real_time_factor
         frame_period = 1.0 / self.config.image_rate_hz
         state_period = 1.0 / self.config.state_rate_hz
         wall0, sim0 = time.monotonic(), env.time
         next_frame = next_state = 0.0
-        ticks_seen = 0
+        paused = False
         while self._running.is_set():
             try:
                 restarted = self._serve_requests()
                 if restarted:
                     wall0, sim0 = time.monotonic(), env.time
                     next_frame = next_state = 0.0
-                    ticks_seen = 0
-                with self._lock:
-                    self._drive_commands()
-                faults_before = len(env.faults)
-                ticks = env.advance(chunk)
-                if len(env.faults) > faults_before:
-                    self.faults.append(env.faults[-1].message)
+                if self.config.lockstep:
                     with self._lock:
-                        for part, cmd in self._commands.items():
-                            if cmd is not None and cmd.status == MOVING:
-                                cmd.status, cmd.note = RESET, env.faults[-1].message
-                        self._commands = {"arm": None, "hand": None}
+                        idle = not any(c is not None and c.under_way for c in self._commands.values())
+                    if idle:
+                        if not paused:
+                            # The world stops here: show it at once, so that no frame of the
+                            # move's end is missed by whoever waits for the first still frame.
+                            paused = True
+                            self._publish_state(env, 0)
+                            self._render_frame()
+                            next_frame = time.monotonic() + frame_period
+                        next_state, next_frame = self._publish_periodic(next_state, next_frame, state_period,
+                                                                        frame_period)
+                        time.sleep(0.002)
+                        continue
+                    if paused:
+                        paused = False
+                        self._gather_move()
+                        wall0, sim0 = time.monotonic(), env.time
+                ticks = self._physics_chunk()
                 self._publish_state(env, ticks)
-                ticks_seen += ticks
-                now = time.monotonic()
-                if now >= next_state:
-                    next_state = now + state_period
-                    if self.on_state is not None:
-                        self.on_state(self.snapshot())
-                if now >= next_frame:
-                    next_frame = now + frame_period
-                    self._render_frame()
+                next_state, next_frame = self._publish_periodic(next_state, next_frame, state_period, frame_period)
                 # Keep simulated time = real_time_factor x wall time; never burst to catch up.
                 wall_target = wall0 + (env.time - sim0) / rtf
                 delay = wall_target - time.monotonic()
@@ -254,6 +296,65 @@ class SimRunner:
         # GL contexts belong to this thread: release them here, not in a finaliser elsewhere.
         self.env.close()
 
+    def _gather_move(self) -> None:
+        """Lock-step resume: wait (bounded) until both parts have a command under way."""
+        deadline = time.monotonic() + LOCKSTEP_GATHER_S
+        while time.monotonic() < deadline and self._running.is_set():
+            with self._lock:
+                if all(c is not None and c.under_way for c in self._commands.values()):
+                    return
+            time.sleep(0.001)
+            self._serve_requests()
+
+    def _physics_chunk(self) -> int:
+        """One chunk of physics with command bookkeeping; returns the control ticks it ran."""
+        env = self.env
+        with self._lock:
+            self._drive_commands()
+        faults_before = len(env.faults)
+        ticks = env.advance(CHUNK_S)
+        if len(env.faults) > faults_before:
+            self.faults.append(env.faults[-1].message)
+            with self._lock:
+                for cmd in self._commands.values():
+                    if cmd is not None and cmd.under_way:
+                        cmd.status, cmd.note = RESET, env.faults[-1].message
+                self._commands = {"arm": None, "hand": None}
+        with self._lock:
+            # Set-points that arrived, then goal verdicts, on this chunk's end state.
+            self._drive_commands()
+            self._check_goals()
+        return ticks
+
+    def move_now(self, arm, hand, duration: float, time_limit: float, tolerance: float) -> dict[str, Command]:
+        """One arm + hand move to its goals, run in the calling thread: the lock-step node's
+        semantics without the node (the in-process evaluation uses it, so both modes move alike).
+
+        Needs a runner whose thread is not running (construct it with ``env=``, do not start it).
+        Returns the two finished commands (REACHED, TIMED_OUT, or RESET on a physics fault).
+        """
+        if self.alive:
+            raise RuntimeError("move_now needs a runner whose thread is not running")
+        commands = {part: self.command(part, target, [duration], tolerance=tolerance, time_limit=time_limit)
+                    for part, target in (("arm", arm), ("hand", hand))}
+        self._serve_requests()
+        while any(cmd.under_way for cmd in commands.values()):
+            self._physics_chunk()
+        return commands
+
+    def _publish_periodic(self, next_state: float, next_frame: float, state_period: float,
+                          frame_period: float) -> tuple[float, float]:
+        """Joint states and camera frames at their wall-clock rates; returns the next due times."""
+        now = time.monotonic()
+        if now >= next_state:
+            next_state = now + state_period
+            if self.on_state is not None:
+                self.on_state(self.snapshot())
+        if now >= next_frame:
+            next_frame = now + frame_period
+            self._render_frame()
+        return next_state, next_frame
+
     def _serve_requests(self) -> bool:
         restarted = False
         while True:
@@ -268,6 +369,7 @@ class SimRunner:
                     # success; superseded then, it must end as pre-empted rather than wait forever.
                     if old is not None and old.status in (MOVING, DONE):
                         old.status = PREEMPTED
+                    payload.started = self.env.time
                     self._commands[payload.part] = payload
                     self._start_segment(payload)
             elif kind == "stop":
@@ -284,7 +386,7 @@ class SimRunner:
         env = self.env
         with self._lock:
             for cmd in self._commands.values():
-                if cmd is not None and cmd.status == MOVING:
+                if cmd is not None and cmd.under_way:
                     cmd.status, cmd.note = RESET, "episode reset"
             self._commands = {"arm": None, "hand": None}
         try:
@@ -334,10 +436,27 @@ class SimRunner:
             else:
                 cmd.status = DONE
 
+    def _check_goals(self) -> None:
+        """End commands with a goal: REACHED (set-points done, joints within tolerance) or TIMED_OUT."""
+        env = self.env
+        q = env.joint_positions()
+        for part, cmd in self._commands.items():
+            if cmd is None or not cmd.has_goal or cmd.status not in (MOVING, DONE):
+                continue
+            sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+            if cmd.status == DONE and (cmd.tolerance is None or np.all(np.abs(cmd.target - q[sl]) <= cmd.tolerance)):
+                cmd.status = REACHED
+            elif cmd.time_limit is not None and env.time - cmd.started >= cmd.time_limit - 1e-9:
+                if cmd.status == MOVING:
+                    self._hold(part, TIMED_OUT)     # a motion still under way stops where it is
+                # At its set-point but not within tolerance (a finger on an object): the target
+                # stays commanded, the hand keeps squeezing.
+                cmd.status = TIMED_OUT
+
     def _hold(self, part: str, status: str) -> None:
         env = self.env
         cmd = self._commands[part]
-        if cmd is not None and cmd.status == MOVING:
+        if cmd is not None and cmd.under_way:
             cmd.status = status
         q = env.joint_positions()
         if part == "arm":

@@ -38,12 +38,15 @@ def test_episodes_are_reproducible_and_respect_the_budget():
     from dexwm_sim.kinematics import RobotKinematics
     from dexwm_sim.scene import SimEnv
 
-    env = SimEnv(render_size=ev.RENDER_SIZE)
+    from dexwm_sim.runner import RunnerConfig, SimRunner
+
+    env = SimEnv(render_size=ev.CAMERA_SIZE)
+    runner = SimRunner(RunnerConfig(task="reach", lockstep=True), env=env)
     kin = RobotKinematics.from_scene()
     settings = ev.EvalSettings(task="reach", max_steps=3)
     try:
-        a = ev.run_episode(env, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
-        b = ev.run_episode(env, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
+        a = ev.run_episode(env, runner, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
+        b = ev.run_episode(env, runner, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
     finally:
         env.close()
     assert (a.steps, a.reason, a.success) == (3, "budget", False)

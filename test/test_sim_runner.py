@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from rosutil import wait_for
 
-from dexwm_sim.runner import DONE, PREEMPTED, STOPPED, RunnerConfig, SimRunner
+from dexwm_sim.runner import DONE, PREEMPTED, REACHED, STOPPED, TIMED_OUT, RunnerConfig, SimRunner
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,3 +83,64 @@ def test_a_done_command_superseded_before_it_is_reported_ends_preempted(runner):
     second = runner.command("arm", q0)
     wait_for(lambda: first.status == PREEMPTED, 5, what="the superseded command to end")
     wait_for(lambda: second.status == DONE, 10, what="the second move")
+
+
+def test_a_goal_is_judged_in_simulated_time(runner):
+    q0 = runner.snapshot().position[:7]
+    reach = runner.command("arm", q0 + np.r_[0.0, 0.1, np.zeros(5)], [0.4], tolerance=0.05, time_limit=2.0)
+    wait_for(lambda: not reach.under_way, 10, what="the goal's verdict")
+    assert reach.status == REACHED
+    assert np.max(np.abs(runner.snapshot().position[:7] - reach.target)) <= 0.05
+    # 1.5 rad at 0.5 rad/s takes 3 s: the 0.5 s limit (simulated) ends it, and the arm stops there.
+    far = runner.command("arm", q0 + np.r_[0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 0.0], tolerance=0.01, time_limit=0.5)
+    wait_for(lambda: not far.under_way, 10, what="the time limit")
+    assert far.status == TIMED_OUT
+    stopped_at = runner.snapshot().position[:7]
+    assert 0.05 < stopped_at[5] - q0[5] < 0.6
+    time.sleep(0.5)
+    assert np.max(np.abs(runner.snapshot().position[:7] - stopped_at)) < 0.02      # holding, not going on
+    with pytest.raises(ValueError):
+        runner.command("arm", q0, tolerance=[0.1, 0.1])
+    with pytest.raises(ValueError):
+        runner.command("arm", q0, time_limit=-1.0)
+
+
+def test_lockstep_world_waits_and_moves_exactly_like_move_now():
+    """The lock-step thread (what the sim node runs for dexwm-eval --through-ros) and move_now (what
+    the in-process evaluation runs) take the same start to the same state, bit for bit."""
+    from dexwm_sim import tasks
+    from dexwm_sim.scene import SimEnv
+
+    size = (160, 120)
+    env = SimEnv(render_size=size)
+    in_process = SimRunner(RunnerConfig(task="grasp", seed=7, lockstep=True, image_size=size), env=env)
+    tasks.make_goal(env, env.reset("grasp", 7), sizes=(size,))
+    frames = []
+    threaded = SimRunner(RunnerConfig(task="grasp", seed=7, lockstep=True, real_time_factor=4.0, image_size=size,
+                                      image_rate_hz=20.0), on_frame=frames.append)
+    try:
+        assert threaded.start().ok
+        still = threaded.snapshot()
+        time.sleep(0.3)
+        assert threaded.snapshot().stamp == still.stamp == env.time      # no command: time stands still
+        assert len(frames) >= 2                                           # ... while the camera goes on
+        assert np.array_equal(threaded.snapshot().position, env.joint_positions())
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            target = np.clip(env.joint_positions() + rng.normal(0.0, 0.15, 23), env.lower, env.upper)
+            done = in_process.move_now(target[:7], target[7:], 0.5, 1.0, 0.05)
+            arm = threaded.command("arm", target[:7], [0.5], tolerance=0.05, time_limit=1.0)
+            hand = threaded.command("hand", target[7:], [0.5], tolerance=0.05, time_limit=1.0)
+            wait_for(lambda: not (arm.under_way or hand.under_way), 10, what="the lock-step move")
+            assert (arm.status, hand.status) == (done["arm"].status, done["hand"].status)
+            assert arm.status in (REACHED, TIMED_OUT)
+            time.sleep(0.1)
+            snap = threaded.snapshot()
+            assert snap.stamp == env.time > still.stamp
+            assert np.array_equal(snap.position, env.joint_positions())
+        assert np.array_equal(frames[-1].rgb, env.render(*size))          # the camera shows the same world
+        with pytest.raises(RuntimeError):                                 # its thread owns the physics
+            threaded.move_now(np.zeros(7), np.zeros(16), 0.5, 1.0, 0.05)
+    finally:
+        threaded.close()
+        env.close()
