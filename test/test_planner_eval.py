@@ -81,3 +81,17 @@ def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         ev.main(["--task", "reach", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_in_process_and_through_ros_agree_step_for_step(random_checkpoint, domain_id, tmp_path):
+    """Same seeds, same episodes: the graph (lock-step sim node + planner node, separate processes)
+    and the in-process loop observe the same frames, plan the same steps and end the same way."""
+    settings = ev.EvalSettings(task="grasp", episodes=2, seed=3, max_steps=3, checkpoint=str(random_checkpoint))
+    local = ev.evaluate(settings, baselines=False, progress=False)
+    ros = ev.evaluate(settings, through_ros=True, baselines=False, progress=False, log_dir=tmp_path)
+    assert [o["seed"] for o in ros["outcomes"]] == [1_000_003, 1_000_004]
+    for a, b in zip(local["outcomes"], ros["outcomes"], strict=True):
+        assert (a["seed"], a["steps"], a["success"]) == (b["seed"], b["steps"], b["success"])
+        assert len(a["costs"]) == len(b["costs"]) == 3
+        np.testing.assert_allclose(b["costs"], a["costs"], rtol=1e-5)     # the feedback carries float32
+        assert abs(a["final_distance"] - b["final_distance"]) < 1e-5
