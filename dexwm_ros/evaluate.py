@@ -26,6 +26,12 @@ loss; ``models/dexwm_sim_no_pretrain.pt``: without pre-training; or ``--ablation
 Output JSON: ``task``, ``episodes``, ``success_rate``, ``ci95`` (Wilson), ``replan_seconds_median``,
 ``baselines`` (name -> success rate), ``baseline_ci95``, ``outcomes`` (per episode), settings; and a
 bar plot of the success table next to it (``.png``).
+
+    dexwm-eval --report DIR
+
+reads every result JSON in DIR and writes ``DIR/summary.md`` and ``DIR/summary.png``: the success
+table of all tasks with baselines, and for each ``--through-ros`` result the episode-by-episode
+agreement with the in-process result of the same task on their shared seeds.
 """
 from __future__ import annotations
 
@@ -335,6 +341,86 @@ def plot_success(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def agreement(a: dict, b: dict) -> dict:
+    """Episode-by-episode comparison of two results of one task on their shared seeds."""
+    left = {o["seed"]: o for o in a["outcomes"]}
+    right = {o["seed"]: o for o in b["outcomes"]}
+    shared = sorted(set(left) & set(right))
+    same_outcome = [s for s in shared if left[s]["success"] == right[s]["success"]]
+    same_steps = [s for s in same_outcome if left[s]["steps"] == right[s]["steps"]]
+    keys = ("max_steps", "preset", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance")
+    settings_differ = [k for k in keys if a.get("settings", {}).get(k) != b.get("settings", {}).get(k)]
+    return {"seeds": shared, "same_outcome": len(same_outcome), "same_steps": len(same_steps),
+            "differ": [s for s in shared if s not in same_outcome], "settings_differ": settings_differ}
+
+
+def write_report(folder: Path) -> tuple[Path, Path]:
+    """Success table of every result in ``folder`` (+ through-ROS agreement): summary.md / .png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and {"task", "outcomes", "success_rate", "ci95"} <= set(data):
+            results.append((path, data))
+    if not results:
+        raise ValueError(f"no dexwm-eval results (*.json) in {folder}")
+    pct = lambda r: f"{100 * r:.0f} %"  # noqa: E731
+    lines = ["| task | mode | episodes | DexWM | 95 % interval | baselines | replan median |", "|---|---|---|---|---|---|---|"]
+    local = {d["task"]: d for _, d in results if not d.get("through_ros")}
+    for path, d in results:
+        k = sum(o["success"] for o in d["outcomes"])
+        base = ", ".join(f"{name} {pct(rate)}" for name, rate in d["baselines"].items()) or "-"
+        lines.append(f"| {d['task']} | {'through ROS' if d.get('through_ros') else 'in-process'} | {d['episodes']} | "
+                     f"{pct(d['success_rate'])} ({k}/{d['episodes']}) | {pct(d['ci95'][0])}-{pct(d['ci95'][1])} | "
+                     f"{base} | {d['replan_seconds_median']:.2f} s |")
+    agree_lines = []
+    for path, d in results:
+        if d.get("through_ros") and d["task"] in local:
+            ag = agreement(local[d["task"]], d)
+            n = len(ag["seeds"])
+            agree_lines.append(f"- {d['task']} ({path.name}): same outcome on {ag['same_outcome']}/{n} shared seeds, "
+                               f"same outcome and step count on {ag['same_steps']}/{n}"
+                               + (f"; differ: {ag['differ']}" if ag["differ"] else "")
+                               + (f" (NOT comparable: {', '.join(ag['settings_differ'])} differ)"
+                                  if ag["settings_differ"] else ""))
+    md = folder / "summary.md"
+    md.write_text("# Task success (dexwm-eval)\n\n" + "\n".join(lines) + "\n"
+                  + ("\n## In-process vs through ROS\n\n" + "\n".join(agree_lines) + "\n" if agree_lines else ""))
+
+    tasks = [t for t in TASKS if t in local]
+    names = ["dexwm"] + sorted({b for t in tasks for b in local[t]["baselines"]})
+    fig, ax = plt.subplots(figsize=(2.0 + 2.2 * max(len(tasks), 1), 3.8))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        rates, errs = [], [[], []]
+        for t in tasks:
+            d = local[t]
+            rate, ci = ((d["success_rate"], d["ci95"]) if name == "dexwm"
+                        else (d["baselines"].get(name, float("nan")), d["baseline_ci95"].get(name, [np.nan, np.nan])))
+            rates.append(100 * rate)
+            errs[0].append(max(100 * (rate - ci[0]), 0))
+            errs[1].append(max(100 * (ci[1] - rate), 0))
+        xs = np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(xs, rates, width, yerr=errs, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(tasks)), [f"{t}\n(n={local[t]['episodes']})" for t in tasks])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("success [%] (95 % Wilson interval)")
+    ax.set_title("simulation task success, in-process")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = folder / "summary.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return md, png
+
+
 def default_ablations() -> dict[str, str]:
     from dexwm_planner import world_model
 
@@ -383,7 +469,21 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dexwm-eval", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--report":
+        if len(argv) != 2 or not Path(argv[1]).is_dir():
+            print("usage: dexwm-eval --report DIR (a folder of dexwm-eval results)", file=sys.stderr)
+            return 2
+        try:
+            md, png = write_report(Path(argv[1]))
+        except ValueError as e:
+            print(f"dexwm-eval: error: {e}", file=sys.stderr)
+            return 1
+        print(md.read_text())
+        print(f"wrote {md} and {png}")
+        return 0
+    parser = argparse.ArgumentParser(prog="dexwm-eval", description=__doc__.split("\n\n")[0],
+                                     epilog="dexwm-eval --report DIR: summary table, plot and agreement of saved results")
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help=f"first evaluation seed (offset by {EVAL_SEED_OFFSET:,})")

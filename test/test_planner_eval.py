@@ -95,3 +95,36 @@ def test_in_process_and_through_ros_agree_step_for_step(random_checkpoint, domai
         assert len(a["costs"]) == len(b["costs"]) == 3
         np.testing.assert_allclose(b["costs"], a["costs"], rtol=1e-5)     # the feedback carries float32
         assert abs(a["final_distance"] - b["final_distance"]) < 1e-5
+
+
+def _result(task, outcomes, through_ros=False, max_steps=40):
+    k = sum(s for _, s, _ in outcomes)
+    lo, hi = ev.wilson_interval(k, len(outcomes))
+    return {"task": task, "episodes": len(outcomes), "success_rate": k / len(outcomes), "ci95": [lo, hi],
+            "replan_seconds_median": 0.5, "through_ros": through_ros,
+            "baselines": {} if through_ros else {"random_shooting": 0.0},
+            "baseline_ci95": {} if through_ros else {"random_shooting": [0.0, 0.3]},
+            "settings": {"max_steps": max_steps, "preset": "cpu", "checkpoint": ""},
+            "outcomes": [{"seed": seed, "success": bool(ok), "steps": steps} for seed, ok, steps in outcomes]}
+
+
+def test_report_tables_all_tasks_and_the_through_ros_agreement(tmp_path, capsys):
+    (tmp_path / "reach.json").write_text(json.dumps(_result("reach", [(1, 1, 7), (2, 0, 40), (3, 1, 12)])))
+    (tmp_path / "grasp.json").write_text(json.dumps(_result("grasp", [(1, 0, 40), (2, 1, 20)])))
+    (tmp_path / "reach_ros.json").write_text(json.dumps(_result("reach", [(1, 1, 7), (2, 1, 33)], through_ros=True)))
+    (tmp_path / "notes.json").write_text("[1, 2]")                          # not a result: skipped
+    assert ev.main(["--report", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| reach | in-process | 3 | 67 % (2/3)" in summary
+    assert "| grasp | in-process | 2 | 50 % (1/2)" in summary
+    assert "same outcome on 1/2 shared seeds, same outcome and step count on 1/2; differ: [2]" in summary
+    assert "NOT comparable" not in summary
+    assert (tmp_path / "summary.png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+    (tmp_path / "reach_ros.json").write_text(json.dumps(_result("reach", [(1, 1, 7)], through_ros=True, max_steps=5)))
+    assert ev.main(["--report", str(tmp_path)]) == 0
+    assert "NOT comparable: max_steps differ" in (tmp_path / "summary.md").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ev.main(["--report", str(empty)]) == 1
+    assert ev.main(["--report", str(tmp_path / "missing")]) == 2
