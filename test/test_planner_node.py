@@ -38,6 +38,7 @@ class RobotDouble(Node):
         self.q = np.r_[ARM_HOME, hand_joints.OPEN_POSE]
         self.move_seconds = move_seconds
         self.publish_images = True
+        self.image_clock_offset = 0.0     # seconds added to image stamps (a camera on another clock)
         self.targets: list[tuple[str, np.ndarray, np.ndarray]] = []   # (driver, q before, target)
         self.stops = {"arm": 0, "hand": 0}
         self.lock = threading.Lock()
@@ -73,7 +74,10 @@ class RobotDouble(Node):
         self.arm_pub.publish(arm)
         self.hand_pub.publish(hand)
         if self.publish_images:
-            self.image_pub.publish(rgb_to_image_msg(self.image(), stamp))
+            image_stamp = stamp
+            if self.image_clock_offset:
+                image_stamp = self.get_clock().now().nanoseconds * 1e-9 + self.image_clock_offset
+            self.image_pub.publish(rgb_to_image_msg(self.image(), image_stamp))
 
     def _mover(self, name, sl):
         def execute(goal_handle):
@@ -262,6 +266,24 @@ def test_stale_camera_pauses_and_holds_then_resumes(graph):
     robot.publish_images = True
     result = _call(handle.get_result_async(), 60).result
     assert result.reason == "budget" and result.steps == 4
+
+
+def test_frames_stamped_before_the_last_move_are_not_planned_from(graph):
+    """A camera whose stamps lag the host clock: every frame looks older than the last move, so the
+    planner pauses (the robot holds) instead of planning from what may be a frame of the motion."""
+    robot, client, planner = graph
+    goal_img = rgb_to_image_msg(robot.image()[::-1].copy())
+    handle = send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=3))
+    wait_for(lambda: len(robot.targets) >= 2, 20, what="the first targets")
+    robot.image_clock_offset = -5.0
+    wait_for(lambda: any(s.state == "paused_stale_input" for s in client.statuses), 10, what="pause")
+    assert robot.stops["arm"] >= 1 and robot.stops["hand"] >= 1
+    paused = len(robot.targets)
+    time.sleep(1.0)
+    assert len(robot.targets) == paused
+    robot.image_clock_offset = 0.0
+    result = _call(handle.get_result_async(), 60).result
+    assert result.reason == "budget" and result.steps == 3
 
 
 # ------------------------------------------------------------------------ ROS-free helpers
