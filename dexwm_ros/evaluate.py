@@ -15,8 +15,8 @@ same episodes run through the ROS graph (sim node + planner node, separate proce
 ``dexwm-up``): ``/sim/reset`` gives the goal image, ``/dexwm/execute`` plans and acts. The two modes
 are built to agree episode by episode: the graph's simulation runs in lock-step
 (``sim_lockstep:=true``: the world waits while the planner thinks), the in-process moves go through
-the same runner code (``SimRunner.move_now``), both see the camera's 640x480 frames and goal images,
-and both use the same planner settings and per-episode CEM seeds.
+the same runner code (``SimRunner.move_now``), both see frames and goal images of the sim camera's
+size (config/sim.yaml), and both use the same planner settings and per-episode CEM seeds.
 
 Baselines, same episodes and step budget: ``random_shooting`` (a random feasible joint plan drawn
 from the planner's own sampling distribution, no world model, first step executed each step), and
@@ -49,9 +49,17 @@ import numpy as np
 
 EVAL_SEED_OFFSET = 1_000_000
 TASKS = ("reach", "grasp", "place")
-# (width, height) of camera frames and goal images, as the sim node publishes them (config/sim.yaml);
-# the world model's encoder resizes and centre-crops them itself, in both modes.
-CAMERA_SIZE = (640, 480)
+
+
+def sim_camera_size() -> tuple[int, int]:
+    """(width, height) of the sim node's camera frames and goal images (config/sim.yaml): the
+    in-process episodes render at the same size, so both modes feed the model the same pixels."""
+    import yaml
+
+    from dexwm_ros.graph import config_dir
+
+    params = yaml.safe_load((config_dir() / "sim.yaml").read_text())["/**"]["ros__parameters"]
+    return int(params["image_width"]), int(params["image_height"])
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -155,7 +163,8 @@ def run_episode(env, runner, policy, task: str, seed: int, settings: EvalSetting
 
     t_start = time.perf_counter()
     episode = env.reset(task, seed)
-    goal = tasks.make_goal(env, episode, sizes=(CAMERA_SIZE,))
+    size = tuple(env.render_size)
+    goal = tasks.make_goal(env, episode, sizes=(size,))
     policy.reset(goal.image, seed)
     replans, costs = [], []
     steps, reason = 0, "budget"
@@ -166,7 +175,7 @@ def run_episode(env, runner, policy, task: str, seed: int, settings: EvalSetting
             break
         if steps >= settings.max_steps:
             break
-        image = env.render(*CAMERA_SIZE)
+        image = env.render(*size)
         q = env.joint_positions()
         command, seconds, cost = policy.act(image, q)
         replans.append(seconds)
@@ -185,9 +194,10 @@ def run_in_process(policy, settings: EvalSettings, progress: bool = True) -> lis
     from dexwm_sim.runner import RunnerConfig, SimRunner
     from dexwm_sim.scene import SimEnv
 
-    env = SimEnv(render_size=CAMERA_SIZE)
+    size = sim_camera_size()
+    env = SimEnv(render_size=size)
     # Not started: its moves run in this thread (move_now), with the sim node's motion semantics.
-    runner = SimRunner(RunnerConfig(task=settings.task, lockstep=True, image_size=CAMERA_SIZE), env=env)
+    runner = SimRunner(RunnerConfig(task=settings.task, lockstep=True, image_size=size), env=env)
     outcomes = []
     try:
         bar = tqdm(settings.seeds(), desc=f"{policy.name} {settings.task}", unit="ep", disable=not progress,

@@ -105,8 +105,8 @@ class SimNode(Node):
                                          "(the world waits for the planner, as in an in-process evaluation)",
                                          read_only=True))
         p("image_rate_hz", 10.0, _descriptor("camera image rate [Hz] (wall clock)", read_only=True))
-        p("image_width", 640, _descriptor("camera image width [px]", read_only=True))
-        p("image_height", 480, _descriptor("camera image height [px]", read_only=True))
+        p("image_width", 224, _descriptor("camera image width [px] (up to 640)", read_only=True))
+        p("image_height", 224, _descriptor("camera image height [px] (up to 480)", read_only=True))
         p("publish_depth", False, _descriptor("also publish aligned depth (16UC1, mm)", read_only=True))
         p("state_rate_hz", 50.0, _descriptor("joint_states rate [Hz]", read_only=True))
         p("arm_speed", 0.8, _descriptor("joint speed of arm motions without timing [rad/s]", read_only=True))
@@ -364,6 +364,8 @@ class SimNode(Node):
                 return finish(_R.STOPPED, "stopped by the stop service", error)
             if status == RESET:
                 return finish(_R.ROBOT_ERROR, f"simulation reset: {cmd.note}", error)
+            if status in (REACHED, TIMED_OUT) and cmd.final_error is not None:
+                error = cmd.final_error      # the joints the verdict was based on
             if status == REACHED:
                 return finish(_R.SUCCESSFUL, "target reached" + (f" ({cmd.note})" if cmd.note else ""), error)
             if status == TIMED_OUT or time.monotonic() > deadline:

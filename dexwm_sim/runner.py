@@ -61,6 +61,7 @@ class Command:
     tolerance: np.ndarray | None = None   # per joint [rad]: REACHED when DONE and within it
     time_limit: float | None = None       # simulated seconds after the start: TIMED_OUT
     started: float = float("nan")         # simulated time the runner started the command
+    final_error: np.ndarray | None = None  # target - joints when the verdict (REACHED/TIMED_OUT) fell
 
     @property
     def target(self) -> np.ndarray:
@@ -444,13 +445,16 @@ class SimRunner:
             if cmd is None or not cmd.has_goal or cmd.status not in (MOVING, DONE):
                 continue
             sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
-            if cmd.status == DONE and (cmd.tolerance is None or np.all(np.abs(cmd.target - q[sl]) <= cmd.tolerance)):
+            error = cmd.target - q[sl]
+            if cmd.status == DONE and (cmd.tolerance is None or np.all(np.abs(error) <= cmd.tolerance)):
+                cmd.final_error = error
                 cmd.status = REACHED
             elif cmd.time_limit is not None and env.time - cmd.started >= cmd.time_limit - 1e-9:
                 if cmd.status == MOVING:
                     self._hold(part, TIMED_OUT)     # a motion still under way stops where it is
                 # At its set-point but not within tolerance (a finger on an object): the target
                 # stays commanded, the hand keeps squeezing.
+                cmd.final_error = error
                 cmd.status = TIMED_OUT
 
     def _hold(self, part: str, status: str) -> None:

@@ -40,7 +40,7 @@ def test_episodes_are_reproducible_and_respect_the_budget():
 
     from dexwm_sim.runner import RunnerConfig, SimRunner
 
-    env = SimEnv(render_size=ev.CAMERA_SIZE)
+    env = SimEnv(render_size=ev.sim_camera_size())
     runner = SimRunner(RunnerConfig(task="reach", lockstep=True), env=env)
     kin = RobotKinematics.from_scene()
     settings = ev.EvalSettings(task="reach", max_steps=3)

@@ -100,7 +100,8 @@ class Client:
 def sim(node_env, rclpy_context, tmp_path):
     log = tmp_path / "sim.log"
     cmd = node_command("sim", "--params-file", str(ROOT / "config" / "sim.yaml"), "-p", "task:=reach",
-                       "-p", "seed:=3", "-p", "image_rate_hz:=5.0")
+                       "-p", "seed:=3", "-p", "image_rate_hz:=5.0",
+                       "-p", "image_width:=640", "-p", "image_height:=480")   # a RealSense-sized camera
     with process(cmd, node_env, log) as proc:
         client = Client(rclpy_context)
         try:
