@@ -374,7 +374,7 @@ class SimNode(Node):
                 worst = float(np.max(np.abs(error))) if error is not None else float("nan")
                 return finish(_R.TIMEOUT, f"target not reached within {limit:.2f} s (max error {worst:.4f} rad); "
                                           "holding", error)
-            time.sleep(0.005)
+            time.sleep(0.02)     # feedback at 50 Hz; in lock-step the world waits regardless
 
     # --- diagnostics --------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
