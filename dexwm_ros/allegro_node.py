@@ -33,6 +33,7 @@ from allegro_driver.emulator import HandEmulator
 from dexwm_ros.action import MoveJoints
 from dexwm_ros.move_joints import end_goal
 from dexwm_ros.node_main import run_node
+from dexwm_ros.ros_time import seconds
 
 N = joints.NUM_JOINTS
 _LIVE_GAINS = ("kp", "kd")
@@ -330,7 +331,7 @@ class AllegroNode(Node):
             lim = joints.clamp(full)
             clamped += int(np.count_nonzero(lim != full))
             base = lim
-            points.append((lim, pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9))
+            points.append((lim, seconds(pt.time_from_start)))
         times = [t for _, t in points]
         if any(t != 0.0 for t in times) and any(b <= a for a, b in zip([0.0] + times, times)):
             raise GoalError(MoveJoints.Result.INVALID_GOAL,
@@ -349,7 +350,7 @@ class AllegroNode(Node):
                             f"goal_tolerance has {tol.size} values; expected 0, 1 or one per joint")
         if not np.all(np.isfinite(tol)) or np.any(tol <= 0):
             raise GoalError(MoveJoints.Result.INVALID_GOAL, "goal_tolerance values must be finite and > 0")
-        limit = goal.time_limit.sec + goal.time_limit.nanosec * 1e-9
+        limit = seconds(goal.time_limit)
         if not math.isfinite(limit) or limit < 0:
             raise GoalError(MoveJoints.Result.INVALID_GOAL, f"time_limit {limit} is negative")
         if limit == 0:

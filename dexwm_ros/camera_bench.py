@@ -84,6 +84,7 @@ def _subscriber(args) -> int:
 
     from dexwm_ros.camera_node import IMAGE_QOS
     from dexwm_ros.image_conversion import image_to_numpy
+    from dexwm_ros.ros_time import seconds
 
     seen, latencies = set(), []
 
@@ -91,7 +92,7 @@ def _subscriber(args) -> int:
         now = time.time()
         rgb = image_to_numpy(msg)
         k = int(np.frombuffer(rgb.reshape(-1)[:4].tobytes(), np.uint32)[0])
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = seconds(msg.header.stamp)
         if k not in seen:
             seen.add(k)
             latencies.append((now - stamp) * 1000.0)

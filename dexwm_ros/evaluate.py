@@ -155,12 +155,13 @@ class RandomShootingPolicy:
 
 
 # ------------------------------------------------------------------------------ in-process runs
-def run_episode(env, runner, policy, task: str, seed: int, settings: EvalSettings) -> EpisodeOutcome:
+def run_episode(runner, policy, task: str, seed: int, settings: EvalSettings) -> EpisodeOutcome:
     """One episode in-process, step for step as the planner node runs it against the lock-step
     sim node: check success, observe, replan, move (``SimRunner.move_now``: arm and hand targets
     start together; each part ends at its tolerance or time limit)."""
     from dexwm_sim import tasks
 
+    env = runner.env
     t_start = time.perf_counter()
     episode = env.reset(task, seed)
     size = tuple(env.render_size)
@@ -203,7 +204,7 @@ def run_in_process(policy, settings: EvalSettings, progress: bool = True) -> lis
         bar = tqdm(settings.seeds(), desc=f"{policy.name} {settings.task}", unit="ep", disable=not progress,
                    file=sys.stderr)
         for seed in bar:
-            outcomes.append(run_episode(env, runner, policy, settings.task, seed, settings))
+            outcomes.append(run_episode(runner, policy, settings.task, seed, settings))
             bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
     finally:
         env.close()

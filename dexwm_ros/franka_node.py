@@ -39,6 +39,7 @@ from dexwm_ros.franka_arm import (DONE, ERROR, FR3_JOINT_LIMITS, JOINT_NAMES, MO
                                   STOPPED, WATCHDOG, CommandRejected, FrankaArm, FrankaConfig,
                                   RobotUnavailable)
 from dexwm_ros.move_joints import end_goal, is_deliberate
+from dexwm_ros.ros_time import seconds
 from dexwm_ros.node_main import run_node
 
 _R = MoveJoints.Result
@@ -300,7 +301,7 @@ class FrankaNode(Node):
             tol = self._tolerance(goal.goal_tolerance)
         except CommandRejected as exc:
             return finish(_CODES[exc.code], str(exc))
-        limit = goal.time_limit.sec + goal.time_limit.nanosec * 1e-9
+        limit = seconds(goal.time_limit)
         if limit <= 0:
             limit = float(self.get_parameter("default_time_limit_s").value)
         try:

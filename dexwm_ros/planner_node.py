@@ -59,6 +59,7 @@ from dexwm_planner.objective import ObjectiveConfig
 from dexwm_ros.action import Execute, MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
 from dexwm_ros.msg import EpisodeState, PlannerStatus
+from dexwm_ros.ros_time import seconds
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 
@@ -369,7 +370,7 @@ class PlannerNode(Node):
             self.get_logger().warning(f"camera image ignored: {e}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self._image = Stamped(image, time.monotonic(), _seconds(msg.header.stamp))
+            self._image = Stamped(image, time.monotonic(), seconds(msg.header.stamp))
 
     def _joint_vector(self, msg: JointState, names: tuple[str, ...]) -> np.ndarray | None:
         q = joint_vector(msg, names)
@@ -382,13 +383,13 @@ class PlannerNode(Node):
         q = self._joint_vector(msg, ARM_NAMES)
         if q is not None:
             with self._lock:
-                self._arm = Stamped(q, time.monotonic(), _seconds(msg.header.stamp))
+                self._arm = Stamped(q, time.monotonic(), seconds(msg.header.stamp))
 
     def _on_hand(self, msg: JointState):
         q = self._joint_vector(msg, HAND_NAMES)
         if q is not None:
             with self._lock:
-                self._hand = Stamped(q, time.monotonic(), _seconds(msg.header.stamp))
+                self._hand = Stamped(q, time.monotonic(), seconds(msg.header.stamp))
 
     def _on_episode(self, msg: EpisodeState):
         with self._lock:
@@ -770,10 +771,6 @@ class PlannerNode(Node):
     def destroy_node(self):
         self._plan_pool.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
-
-
-def _seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def _duration(seconds: float) -> Duration:

@@ -106,6 +106,7 @@ def run(args) -> int:
     from dexwm_ros.image_conversion import image_to_numpy
     from dexwm_ros.joint_state import joint_vector
     from dexwm_ros.planner_node import model_view
+    from dexwm_ros.ros_time import seconds
 
     if args.sim_camera:
         from dexwm_sim.camera import HeadCamera
@@ -158,7 +159,7 @@ def run(args) -> int:
                 if K is None:
                     K = model_view_intrinsics(np.array(info.k), (image.width, image.height), args.size)
                 frames.append(model_view(rgb, (args.size, args.size)))
-                stamps.append(image.header.stamp.sec + 1e-9 * image.header.stamp.nanosec)
+                stamps.append(seconds(image.header.stamp))
                 joints.append(np.concatenate([arm, hand]))
                 last_image = image
                 if len(frames) % 25 == 0:

@@ -40,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dexwm_ros.action import MoveJoints
 from dexwm_ros.image_conversion import numpy_to_image
 from dexwm_ros.msg import EpisodeState
+from dexwm_ros.ros_time import seconds
 from dexwm_ros.srv import ResetEpisode
 from dexwm_ros.move_joints import end_goal, is_deliberate
 from dexwm_ros.node_main import run_node
@@ -77,7 +78,7 @@ def trajectory_points(traj: JointTrajectory, expected) -> tuple[np.ndarray, np.n
             raise CommandError(_R.INVALID_GOAL,
                                f"point {k} has {len(point.positions)} positions, expected {len(expected)}")
         rows.append([point.positions[i] for i in order])
-        times.append(point.time_from_start.sec + point.time_from_start.nanosec * 1e-9)
+        times.append(seconds(point.time_from_start))
     pts = np.asarray(rows, dtype=float)
     if not np.all(np.isfinite(pts)):
         raise CommandError(_R.INVALID_GOAL, "non-finite positions")
@@ -327,7 +328,7 @@ class SimNode(Node):
             tol = list(goal.goal_tolerance) or [self.get_parameter(f"{part}_goal_tolerance").value]
             if len(tol) not in (1, n) or not all(math.isfinite(t) and t > 0 for t in tol):
                 raise CommandError(_R.INVALID_GOAL, f"goal_tolerance needs 0, 1 or {n} positive values")
-            limit = goal.time_limit.sec + goal.time_limit.nanosec * 1e-9
+            limit = seconds(goal.time_limit)
             if limit < 0:
                 raise CommandError(_R.INVALID_GOAL, "time_limit is negative")
             if limit == 0:

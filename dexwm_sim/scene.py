@@ -119,10 +119,6 @@ class SimEnv:
         """(23,) latest accepted joint targets."""
         return self._goal.copy()
 
-    def setpoints(self) -> np.ndarray:
-        """(23,) position set-points now; they move to ``targets()`` at the commanded rate."""
-        return self.data.ctrl[self.scene.actuator_ids].copy()
-
     def object_poses(self) -> dict[str, np.ndarray]:
         """kind -> (7,) position + quaternion (w, x, y, z) in the world frame."""
         out = {}

@@ -45,8 +45,8 @@ def test_episodes_are_reproducible_and_respect_the_budget():
     kin = RobotKinematics.from_scene()
     settings = ev.EvalSettings(task="reach", max_steps=3)
     try:
-        a = ev.run_episode(env, runner, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
-        b = ev.run_episode(env, runner, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
+        a = ev.run_episode(runner, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
+        b = ev.run_episode(runner, ev.RandomShootingPolicy(kin), "reach", 1_000_000, settings)
     finally:
         env.close()
     assert (a.steps, a.reason, a.success) == (3, "budget", False)
