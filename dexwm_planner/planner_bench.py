@@ -60,9 +60,9 @@ def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, mea
     model, model_name = _load_model(checkpoint)
     env = SimEnv(render_size=(224, 224))
     try:
-        env.reset("grasp", 1_000_000)
+        env.reset("reach-grasp", 1_000_000)
         goal = env.render()
-        env.reset("grasp", 1_000_001)
+        env.reset("reach-grasp", 1_000_001)
         view = env.render()
         q = env.joint_positions()
         kin = env.kinematics

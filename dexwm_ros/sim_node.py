@@ -99,7 +99,7 @@ class SimNode(Node):
 
         self.hand_names = tuple(hand_joints.JOINT_NAMES)
         p = self.declare_parameter
-        p("task", "grasp", _descriptor("episode task at start: reach, grasp or place"))
+        p("task", "paper-grasp", _descriptor("episode task at start (dexwm_sim.tasks.TASKS)"))
         p("seed", 0, _descriptor("episode seed at start"))
         p("real_time_factor", 1.0, _descriptor("simulated seconds per wall-clock second", read_only=True))
         p("lockstep", False, _descriptor("simulated time advances only while a motion command is under way "

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import mujoco
 
     env = SimEnv()
-    env.reset("grasp", 0)
+    env.reset("reach-grasp", 0)
     rng = np.random.default_rng(0)
     q = env.joint_positions()
 

@@ -103,7 +103,7 @@ class _Recorder:
 def _lift(env, rng: np.random.Generator, seed: int, steps: int):
     from . import tasks
 
-    episode = tasks.make_episode("grasp", seed, env.kinematics)
+    episode = tasks.make_episode("reach-grasp", seed, env.kinematics)
     env.apply_episode(episode)
     rec = _Recorder(env, steps)
     plan = tasks.plan_grasp(env, episode)

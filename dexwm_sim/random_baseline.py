@@ -8,7 +8,7 @@ import argparse
 import json
 import logging
 
-from .tasks import TASKS, random_policy_success
+from .tasks import COMPOSITE_TASKS as TASKS, random_policy_success
 
 
 def main(argv=None) -> int:

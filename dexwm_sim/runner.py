@@ -102,7 +102,7 @@ class ResetResult:
 
 @dataclass
 class RunnerConfig:
-    task: str = "grasp"
+    task: str = "paper-grasp"
     seed: int = 0
     real_time_factor: float = 1.0
     image_rate_hz: float = 10.0

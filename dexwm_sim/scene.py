@@ -89,6 +89,7 @@ class SimEnv:
         self.faults: list[Fault] = []
         self.status = TaskStatus()
         self.episode = None           # tasks.Episode of the current reset
+        self.stage_goal_state = None  # paper-protocol stage: the demonstration's state at its end
         self._renderers: dict = {}
         self._goal = np.zeros(DOF)    # latest accepted targets
         self._rate = np.zeros(DOF)    # set-point speed towards the goal [rad/s]
@@ -284,9 +285,39 @@ class SimEnv:
         """Reset to the seeded episode of a task; returns the tasks.Episode."""
         from .tasks import make_episode
 
+        from .tasks import PAPER_TASKS, set_stage
+
         episode = make_episode(task, seed, self.kinematics)   # raises ValueError for unknown tasks / bad seeds
-        self.apply_episode(episode)
-        return episode
+        self.stage_goal_state = None
+        if task in PAPER_TASKS:
+            set_stage(self, episode)    # raises tasks.StageUnavailable when the demonstration fails
+        else:
+            self.apply_episode(episode)
+        return self.episode
+
+    def begin_stage(self, episode, start_state: dict, end_state: dict) -> None:
+        """Start a paper-protocol stage episode at a demonstration's state (time 0, no success
+        yet, no target marker shown); ``end_state`` is kept as the stage's goal state."""
+        self.set_state(start_state)
+        self.data.time = 0.0
+        self.data.mocap_pos[self.scene.target_mocap] = (0.0, 0.0, -0.5)
+        mujoco.mj_forward(self.model, self.data)
+        self.episode = episode
+        self.status = TaskStatus(task=episode.task, seed=episode.seed)
+        self._since_tick = 0.0
+        self.stage_goal_state = dict(end_state, time=0.0, mocap_pos=self.data.mocap_pos.copy())
+        self._initial_state = self.get_state()
+
+    def set_episode_target(self, target) -> None:
+        """Replace the current episode's target (the stage's reach target), keeping the rest."""
+        from dataclasses import replace
+
+        self.episode = replace(self.episode, target=tuple(float(v) for v in target))
+
+    @property
+    def initial_state(self) -> dict:
+        """The state the current episode started from."""
+        return self._initial_state
 
     def apply_episode(self, episode) -> None:
         mujoco.mj_resetData(self.model, self.data)

@@ -1,19 +1,36 @@
-"""Evaluation tasks of the paper (reach, grasp, place): seeded episodes, success rules, scripted solutions.
+"""Evaluation tasks in simulation: seeded episodes, success rules, scripted solutions, goal images.
 
-Success rules (DESIGN.md section 1), checked once per control step and counted as success when they
-hold for 10 consecutive steps:
-  reach  mean distance of the palm centre and the 4 fingertips to the target < 0.15 m
-  grasp  palm centre within 0.20 m of the object and the hand in contact with it
-  place  object centre within 0.10 m of the target
+Two families of tasks, named so that they cannot be confused:
 
-Episodes are a pure function of (task, seed). Difficulty constraints: the start is at least 0.25 m
-beyond the success threshold (reach: mean distance >= 0.40 m; grasp: palm >= 0.45 m from the object;
-place: object >= 0.35 m from the target), objects and targets are spread over a 40 x 40 cm table area
-(x 0.35..0.75 m, y -0.2..0.2 m in front of the robot).
+* **Paper protocol** (``paper-reach``, ``paper-grasp``, ``paper-place``): the stages of one scripted
+  pick-and-place demonstration, cut as the DexWM paper's simulation evaluation cuts its
+  demonstrations. The demonstration is a seeded pick-place scene (object >= 0.35 m from its target,
+  palm >= 0.45 m from the object at the start) solved by the scripted power grasp:
+    reach  episode start -> end of the approach (hand open, palm at the pre-grasp pose 8 cm above
+           the object); success: mean distance of palm + 4 fingertips to their mean position at the
+           stage's end < 0.15 m
+    grasp  pre-grasp pose -> end of the grasp (hand closed, object lifted 12 cm); success: palm
+           within 0.20 m of the object and the hand in contact with it
+    place  0.5 s into the carry (object held and lifted) -> end of the carry (object lowered onto
+           its target, still held); success: object within 0.10 m of the target
+  (The paper starts place 20 recorded frames into the transport stage; its recording rate differs.)
+  The start state is the demonstration's state at the stage's start; the goal image is rendered at
+  the stage's end. A seed whose demonstration fails (the scripted grasp slips) has no stage
+  episodes: ``StageUnavailable`` (the evaluation skips it and says so, as the paper hand-picks 50
+  successful demonstrations).
+* **Composite** (``reach``, ``reach-grasp``, ``pick-place``): whole tasks from a random start,
+  harder than anything the paper reports. Difficulty: the start is at least 0.25 m beyond the
+  success threshold (reach: mean distance >= 0.40 m to a random 3D target; reach-grasp: palm
+  >= 0.45 m from the object; pick-place: object >= 0.35 m from its target).
 
-Each task has a scripted solver that drives the simulation (through the same controller as any
-other command) to a solved state; ``make_goal`` renders that state as the episode's goal image, so a
-planner gets the kind of goal a lab user captures with the camera.
+Objects and targets are spread over a 40 x 40 cm table area (x 0.35..0.75 m, y -0.2..0.2 m in front
+of the robot). Episodes are a pure function of (task, seed). Success rules (the paper's) are checked
+once per control step; the simulation's ``TaskStatus.success`` latches when a rule held for 10
+consecutive steps (the paper's figure); ``strict_grasp`` adds the lift a grasp is for.
+
+The scripted solver drives the simulation through the same controller as any other command;
+``make_goal`` renders its end state as the episode's goal image, so a planner gets the kind of goal a
+lab user captures with the camera.
 """
 from __future__ import annotations
 
@@ -26,7 +43,17 @@ from allegro_driver import joints as hand_joints
 
 from .model import ARM_HOME, OBJECT_KINDS
 
-TASKS = ("reach", "grasp", "place")
+PAPER_TASKS = ("paper-reach", "paper-grasp", "paper-place")
+COMPOSITE_TASKS = ("reach", "reach-grasp", "pick-place")
+TASKS = COMPOSITE_TASKS + PAPER_TASKS
+# The planner's task kind (its task-specific cost terms and settings) of every simulation task.
+TASK_KIND = {"reach": "reach", "reach-grasp": "grasp", "pick-place": "place",
+             "paper-reach": "reach", "paper-grasp": "grasp", "paper-place": "place"}
+# Paper-protocol stages: (start mark, end mark) in the scripted pick-and-place demonstration.
+STAGES = {"paper-reach": ("start", "pregrasp"), "paper-grasp": ("pregrasp", "lifted"),
+          "paper-place": ("carrying", "lowered")}
+CARRY_START_S = 0.5            # the place stage starts this far into the carry
+STRICT_LIFT = 0.03             # strict grasp: object raised at least this much above its resting height
 REACH_THRESHOLD = 0.15
 GRASP_THRESHOLD = 0.20
 PLACE_THRESHOLD = 0.10
@@ -123,7 +150,10 @@ def make_episode(task: str, seed: int, kinematics=None) -> Episode:
         raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     seed = int(seed)
     kin = kinematics or _kinematics()
-    rng = np.random.default_rng([TASKS.index(task), seed])
+    # Paper stages share the pick-place scene of their seed (stream 2) when it also leaves the
+    # palm far from the object, so that the reach stage is a task.
+    stream = 2 if task in PAPER_TASKS else COMPOSITE_TASKS.index(task)
+    rng = np.random.default_rng([stream, seed])
     for _ in range(1000):
         objects = _random_objects(rng)
         kind = OBJECT_KINDS[int(rng.integers(len(OBJECT_KINDS)))]
@@ -134,7 +164,7 @@ def make_episode(task: str, seed: int, kinematics=None) -> Episode:
         if task == "reach":
             target = np.array([rng.uniform(*AREA_X), rng.uniform(*AREA_Y), rng.uniform(0.08, 0.30)])
             ok = np.linalg.norm(pts - target, axis=1).mean() >= REACH_THRESHOLD + DIFFICULTY_MARGIN
-        elif task == "grasp":
+        elif task == "reach-grasp":
             target = np.array([0.0, 0.0, -0.5])   # no marker: hidden under the table
             ok = np.linalg.norm(pts[0] - np.asarray(obj.position)) >= GRASP_THRESHOLD + DIFFICULTY_MARGIN
         else:
@@ -142,6 +172,8 @@ def make_episode(task: str, seed: int, kinematics=None) -> Episode:
             others = [np.asarray(o.position[:2]) for o in objects if o.kind != kind]
             ok = (np.linalg.norm(target - np.asarray(obj.position)) >= PLACE_THRESHOLD + DIFFICULTY_MARGIN
                   and all(np.linalg.norm(target[:2] - p) > 0.1 for p in others))
+            if task in PAPER_TASKS:
+                ok = ok and np.linalg.norm(pts[0] - np.asarray(obj.position)) >= GRASP_THRESHOLD + DIFFICULTY_MARGIN
         if ok:
             return Episode(task=task, seed=seed, object_kind=kind, objects=tuple(objects),
                            target=tuple(float(v) for v in target), arm_start=tuple(arm.tolist()),
@@ -164,15 +196,24 @@ def _kinematics():
 def evaluate(env, episode: Episode) -> tuple[bool, float]:
     """(rule holds now, task distance [m]) for the current state of ``env``."""
     pts = env.palm_and_tips()
-    if episode.task == "reach":
+    kind = TASK_KIND[episode.task]
+    if kind == "reach":
         dist = float(np.linalg.norm(pts - np.asarray(episode.target), axis=1).mean())
         return dist < REACH_THRESHOLD, dist
     obj = env.object_position(episode.object_kind)
-    if episode.task == "grasp":
+    if kind == "grasp":
         dist = float(np.linalg.norm(pts[0] - obj))
         return dist < GRASP_THRESHOLD and env.hand_touches(episode.object_kind), dist
     dist = float(np.linalg.norm(obj - np.asarray(episode.target)))
     return dist < PLACE_THRESHOLD, dist
+
+
+def strict_grasp(env, episode: Episode) -> bool:
+    """The object raised >= 3 cm above its resting height and the hand touching it: a grasp that
+    holds the object, not a touch (the paper's grasp rule accepts a touch)."""
+    resting = episode.object().position[2]
+    return bool(env.object_position(episode.object_kind)[2] - resting >= STRICT_LIFT
+                and env.hand_touches(episode.object_kind))
 
 
 # --- scripted solutions ---------------------------------------------------------------------------
@@ -190,8 +231,10 @@ def palm_rotation(direction_xy, palm_down: bool) -> np.ndarray:
 
 
 def _drive(env, arm, hand, steps: int, until=None, duration: float | None = None) -> bool:
-    """Command (arm, hand) and run ``steps`` control steps (stop early when ``until()`` is true)."""
-    env.command(arm, hand, duration=duration)
+    """Command (arm, hand) and run ``steps`` control steps (stop early when ``until()`` is true).
+    Neither given: the running command goes on unchanged (its speed too)."""
+    if arm is not None or hand is not None:
+        env.command(arm, hand, duration=duration)
     for _ in range(steps):
         env.step()
         if until is not None and until():
@@ -327,8 +370,17 @@ def plan_grasp(env, episode: Episode) -> GraspPlan:
     return best[1]
 
 
-def _grasp_and_lift(env, episode: Episode, lift: float = 0.12):
-    """Scripted power grasp of the episode's object; returns (closed hand, grasp point, open hand, rot)."""
+def _mark(marks: dict | None, name: str, env) -> None:
+    """Record the simulation state at a stage boundary of a scripted demonstration."""
+    if marks is not None:
+        marks[name] = env.get_state()
+
+
+def _grasp_and_lift(env, episode: Episode, lift: float = 0.12, marks: dict | None = None):
+    """Scripted power grasp of the episode's object; returns (closed hand, grasp point, open hand, rot).
+
+    ``marks`` (optional) receives the states at the end of the approach ("pregrasp": hand open,
+    palm 8 cm above its grasp pose) and of the grasp ("lifted")."""
     obj = env.object_position(episode.object_kind)
     plan = plan_grasp(env, episode)
     rot, gp, pregrasp, closed = plan.rot, plan.grasp_point, plan.pregrasp, plan.closed
@@ -337,14 +389,24 @@ def _grasp_and_lift(env, episode: Episode, lift: float = 0.12):
         _move(env, np.r_[here[:2], 0.3], _palm_pose(env)[1], None, 8, segments=2)
     _drive(env, plan.q_high, pregrasp, 20)
     _move(env, _palm_target(obj + [0, 0, 0.08], rot, gp), rot, pregrasp, 10, segments=3)
+    _drive(env, None, None, 5)      # settle: the stage boundary is a state at rest
+    _mark(marks, "pregrasp", env)
     _move(env, _palm_target(obj, rot, gp), rot, pregrasp, 8, segments=2)
     _drive(env, None, closed, 10)
     _move(env, _palm_target(obj + [0, 0, lift], rot, gp), rot, closed, 12, segments=3)
+    _drive(env, None, None, 3)
+    _mark(marks, "lifted", env)
     return closed, gp, pregrasp, rot
 
 
-def solve(env, episode: Episode, hold_steps: int = 12) -> bool:
-    """Drive ``env`` (already reset to ``episode``) to a solved state; True when the rule held."""
+def solve(env, episode: Episode, hold_steps: int = 12, marks: dict | None = None) -> bool:
+    """Drive ``env`` (already reset to ``episode``) to a solved state; True when the rule held.
+
+    Paper-protocol episodes are solved by running their demonstration from the current state's
+    stage boundary on (``set_stage`` put it there); ``marks`` receives the stage boundaries of a
+    pick-and-place demonstration."""
+    if episode.task in PAPER_TASKS:
+        return _solve_stage(env, episode)
     if episode.task == "reach":
         target = np.asarray(episode.target)
         direction = target[:2] if np.linalg.norm(target[:2]) > 1e-3 else np.array([1.0, 0.0])
@@ -352,11 +414,12 @@ def solve(env, episode: Episode, hold_steps: int = 12) -> bool:
         arm = env.solve_arm_ik(target, rot, points="palm_tips", hand=HAND_OPEN)
         _drive(env, arm, HAND_OPEN, 15)   # settle first, so the goal image shows the hand at rest
         _drive(env, arm, HAND_OPEN, 30, until=lambda: env.status.success)
-    elif episode.task == "grasp":
+    elif episode.task == "reach-grasp":
         closed, _, _, _ = _grasp_and_lift(env, episode)
         _drive(env, None, closed, hold_steps, until=lambda: env.status.success)
     else:
-        closed, gp, opened, rot = _grasp_and_lift(env, episode, lift=0.15)
+        _mark(marks, "start", env)
+        closed, gp, opened, rot = _grasp_and_lift(env, episode, lift=0.15, marks=marks)
         target = np.asarray(episode.target)
         # Carry high, turning the hand about the vertical towards a comfortable posture at the target
         # (the object's yaw does not matter for placing).
@@ -370,12 +433,73 @@ def solve(env, episode: Episode, hold_steps: int = 12) -> bool:
             if best is None or score > best[0]:
                 best = (score, q_c, rot_c)
         _, q_c, rot = best
-        _drive(env, q_c, closed, 28, duration=2.5)   # a slow swing keeps the object in the hand
+        # A slow swing keeps the object in the hand.
+        carry_start = int(round(CARRY_START_S / env.control_dt))
+        _drive(env, q_c, closed, carry_start, duration=2.5)
+        _mark(marks, "carrying", env)
+        _drive(env, None, None, 28 - carry_start)     # the swing goes on toward q_c
         _move(env, _palm_target(target + [0, 0, 0.01], rot, gp), rot, closed, 12, segments=3)
+        _drive(env, None, None, 3)
+        _mark(marks, "lowered", env)
         _drive(env, None, opened, 10, duration=0.8)   # release slowly: a flick would roll the object away
         here, _ = _palm_pose(env)
         _move(env, here + [0, 0, 0.12], rot, opened, hold_steps + 4, segments=2, until=lambda: env.status.success)
     # Solved means the rule was met for the required streak and still holds in the final state.
+    return bool(env.status.success and env.status.success_now)
+
+
+class StageUnavailable(ValueError):
+    """The seed's scripted demonstration failed, so it has no paper-protocol stage episodes."""
+
+
+def demonstration(env, episode: Episode) -> dict:
+    """Run the scripted pick-and-place demonstration of a paper-protocol episode from the scene's
+    start; returns the states at its stage boundaries (the scene is left at the demonstration's end).
+    Raises StageUnavailable when the demonstration does not place the object."""
+    base = Episode(task="pick-place", seed=episode.seed, object_kind=episode.object_kind,
+                   objects=episode.objects, target=episode.target, arm_start=episode.arm_start,
+                   hand_start=episode.hand_start)
+    env.apply_episode(base)
+    marks: dict = {}
+    placed = solve(env, base, marks=marks)
+    missing = [m for m in ("start", "pregrasp", "lifted", "carrying", "lowered") if m not in marks]
+    if not placed or missing:
+        raise StageUnavailable(f"the scripted demonstration of seed {episode.seed} fails"
+                               + (f" (no {', '.join(missing)})" if missing else " (object not placed)"))
+    return marks
+
+
+def set_stage(env, episode: Episode) -> None:
+    """Put ``env`` at the start of a paper-protocol stage (called by ``SimEnv.reset``): the
+    demonstration's state at the stage's start, with time and success bookkeeping restarted, and
+    the stage's end state kept for its goal (``env.stage_goal_state``)."""
+    marks = demonstration(env, episode)
+    start, end = STAGES[episode.task]
+    env.begin_stage(episode, marks[start], marks[end])
+    if TASK_KIND[episode.task] == "reach":
+        # The reach target: where the palm and fingertips are at the stage's end (the success rule
+        # measures the mean distance of the 5 points to it; no marker is shown).
+        saved = env.get_state()
+        env.set_state(marks[end])
+        target = env.palm_and_tips().mean(axis=0)
+        env.set_state(saved)
+        env.set_episode_target(target)
+    ok, _ = evaluate(env, env.episode)
+    if ok:
+        raise StageUnavailable(f"the {episode.task} stage of seed {episode.seed} succeeds at its start")
+    env.set_state(marks[end])
+    solved, _ = evaluate(env, env.episode)
+    env.set_state(env.initial_state)
+    if not solved:
+        raise StageUnavailable(f"the {episode.task} stage of seed {episode.seed} does not meet its rule at its end")
+
+
+def _solve_stage(env, episode: Episode) -> bool:
+    """A paper-protocol stage solved: its demonstration's end state, held for the success streak."""
+    env.set_state(env.stage_goal_state)    # its commands too: a closed hand keeps squeezing
+    env.status = type(env.status)(task=episode.task, seed=episode.seed)
+    for _ in range(env.status.required_streak):
+        env.step()
     return bool(env.status.success and env.status.success_now)
 
 

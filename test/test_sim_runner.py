@@ -70,9 +70,9 @@ def test_bad_commands_and_resets(runner):
     assert "clamped" in cmd.note
     res = runner.reset("juggle", 1)
     assert not res.ok and "unknown task" in res.message
-    res = runner.reset("grasp", 4)
-    assert res.ok and res.episode.task == "grasp"
-    wait_for(lambda: runner.episode_status()[0].task == "grasp", 5, what="the new episode")
+    res = runner.reset("reach-grasp", 4)
+    assert res.ok and res.episode.task == "reach-grasp"
+    wait_for(lambda: runner.episode_status()[0].task == "reach-grasp", 5, what="the new episode")
 
 
 def test_a_done_command_superseded_before_it_is_reported_ends_preempted(runner):
@@ -113,10 +113,10 @@ def test_lockstep_world_waits_and_moves_exactly_like_move_now():
 
     size = (160, 120)
     env = SimEnv(render_size=size)
-    in_process = SimRunner(RunnerConfig(task="grasp", seed=7, lockstep=True, image_size=size), env=env)
-    tasks.make_goal(env, env.reset("grasp", 7), sizes=(size,))
+    in_process = SimRunner(RunnerConfig(task="reach-grasp", seed=7, lockstep=True, image_size=size), env=env)
+    tasks.make_goal(env, env.reset("reach-grasp", 7), sizes=(size,))
     frames = []
-    threaded = SimRunner(RunnerConfig(task="grasp", seed=7, lockstep=True, real_time_factor=4.0, image_size=size,
+    threaded = SimRunner(RunnerConfig(task="reach-grasp", seed=7, lockstep=True, real_time_factor=4.0, image_size=size,
                                       image_rate_hz=20.0), on_frame=frames.append)
     try:
         assert threaded.start().ok

@@ -74,7 +74,7 @@ def test_out_of_range_targets_clamped_and_logged(env, caplog):
 
 
 def test_nan_state_detected_reset_and_reported(env):
-    env.reset("grasp", 4)
+    env.reset("reach-grasp", 4)
     start = env.joint_positions()
     env.step()
     env.data.qvel[0] = np.nan      # simulate a blow-up
@@ -85,7 +85,7 @@ def test_nan_state_detected_reset_and_reported(env):
 
 
 def test_render_sizes_and_depth(env):
-    env.reset("place", 5)
+    env.reset("pick-place", 5)
     small = env.render()
     assert small.shape == (224, 224, 3) and small.dtype == np.uint8
     big, depth = env.render(640, 480, depth=True)

@@ -14,7 +14,7 @@ def env():
     e.close()
 
 
-def _seed_for_kind(kind, task="grasp"):
+def _seed_for_kind(kind, task="reach-grasp"):
     for seed in range(200):
         if tasks.make_episode(task, seed).object_kind == kind:
             return seed
@@ -22,12 +22,12 @@ def _seed_for_kind(kind, task="grasp"):
 
 
 def test_episodes_are_deterministic_and_varied():
-    a = tasks.make_episode("place", 7)
-    assert a == tasks.make_episode("place", 7)
-    b = tasks.make_episode("place", 8)
+    a = tasks.make_episode("pick-place", 7)
+    assert a == tasks.make_episode("pick-place", 7)
+    b = tasks.make_episode("pick-place", 8)
     assert a != b
-    sizes = {tasks.make_episode("grasp", s).object("box").size for s in range(5)}
-    colours = {tasks.make_episode("grasp", s).object("box").rgba for s in range(5)}
+    sizes = {tasks.make_episode("reach-grasp", s).object("box").size for s in range(5)}
+    colours = {tasks.make_episode("reach-grasp", s).object("box").rgba for s in range(5)}
     assert len(sizes) == 5 and len(colours) == 5
 
 
@@ -40,10 +40,12 @@ def test_difficulty_constraints(env):
             pts = kin.palm_and_tips_world(np.r_[ep.arm_start, ep.hand_start])
             if task == "reach":
                 assert np.linalg.norm(pts - ep.target, axis=1).mean() >= 0.40
-            elif task == "grasp":
+            elif task == "reach-grasp":
                 assert np.linalg.norm(pts[0] - ep.object().position) >= 0.45
             else:
                 assert np.linalg.norm(np.subtract(ep.object().position, ep.target)) >= 0.35
+                if task in tasks.PAPER_TASKS:   # the demonstration's scene: the hand starts far away
+                    assert np.linalg.norm(pts[0] - ep.object().position) >= 0.45
                 xs.append(ep.target[0]); ys.append(ep.target[1])
             for o in ep.objects:
                 xs.append(o.position[0]); ys.append(o.position[1])
@@ -53,7 +55,7 @@ def test_difficulty_constraints(env):
 @pytest.mark.parametrize("kind", OBJECT_KINDS)
 def test_scripted_grasp_lifts_each_object_kind(env, kind):
     seed = _seed_for_kind(kind)
-    ep = env.reset("grasp", seed)
+    ep = env.reset("reach-grasp", seed)
     assert ep.object_kind == kind
     z0 = env.object_position(kind)[2]
     assert tasks.solve(env, ep)
@@ -64,6 +66,7 @@ def test_scripted_grasp_lifts_each_object_kind(env, kind):
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_success_fires_on_solved_not_initial_state(env, task):
     ep = env.reset(task, 11)
+    assert ep.task == task
     ok, dist = tasks.evaluate(env, ep)
     assert not ok
     for _ in range(12):                 # doing nothing never succeeds
@@ -96,8 +99,40 @@ def test_bad_task_and_seed():
             tasks.make_episode("reach", bad)
 
 
+def test_paper_stages_cut_one_demonstration(env):
+    """The three stages are consecutive pieces of one scripted pick-and-place: each starts where
+    the previous ended, grasp starts without contact and ends lifted, place starts with the object
+    held and lifted; no marker shows; a seed whose demonstration fails has no stages."""
+    seed = 11
+    reach = env.reset("paper-reach", seed)
+    reach_end = env.stage_goal_state["qpos"].copy()
+    assert env.target_position()[2] < 0               # no marker: the goal image is the only cue
+    grasp = env.reset("paper-grasp", seed)
+    np.testing.assert_allclose(env.get_state()["qpos"], reach_end, atol=1e-12)
+    assert grasp.object_kind == reach.object_kind
+    assert not env.hand_touches(grasp.object_kind) and not tasks.strict_grasp(env, grasp)
+    env.set_state(env.stage_goal_state)
+    assert tasks.strict_grasp(env, grasp)              # the grasp stage ends with the object lifted
+    env.reset("paper-place", seed)
+    place = env.episode
+    assert tasks.strict_grasp(env, place)              # held and lifted at the start of place
+    ok, dist = tasks.evaluate(env, place)
+    assert not ok and dist > 0.2
+    failing = next(s for s in range(1_000_000, 1_000_020) if _demo_fails(env, s))
+    with pytest.raises(tasks.StageUnavailable):
+        env.reset("paper-grasp", failing)
+
+
+def _demo_fails(env, seed) -> bool:
+    try:
+        env.reset("paper-reach", seed)
+    except tasks.StageUnavailable:
+        return True
+    return False
+
+
 @pytest.mark.slow
 def test_random_actions_rarely_succeed(env):
-    for task in tasks.TASKS:
+    for task in tasks.COMPOSITE_TASKS:
         rate = tasks.random_policy_success(env, task, episodes=20, steps=100, seed=1)
         assert rate < 0.10, f"{task}: random actions succeed in {100 * rate:.0f} % of episodes"
