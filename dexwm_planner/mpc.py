@@ -127,6 +127,14 @@ class MPCPlanner:
         actions = self.actions_fn(np.stack(list(self._context_q))[None])[0]
         return torch.as_tensor(np.asarray(actions), dtype=torch.float32)
 
+    def current_cost(self) -> float:
+        """Latent MSE between the newest observed frame and the goal (what the stop rule watches)."""
+        if self.goal_latent is None:
+            raise NoGoalError("no goal image: capture or load a goal before planning")
+        latest = self.context[-1]
+        with torch.no_grad():
+            return float(((latest - self.goal_latent.to(latest.dtype)) ** 2).mean())
+
     @property
     def context(self) -> torch.Tensor:
         if not self._context:
@@ -165,8 +173,7 @@ class MPCPlanner:
                                               should_stop=should_stop)
         stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)
         terms = objective.terms(context, q, result.plan[None], keep_keypoints=True, context_actions=context_actions)
-        with torch.no_grad():
-            current_cost = float(((context[-1] - self.goal_latent.to(context.dtype)) ** 2).mean())
+        current_cost = self.current_cost()
         self._advance(result, horizon)
         return PlanStep(command=result.plan[0].copy(), plan=result.plan, cost=result.cost,
                         current_cost=current_cost, horizon=horizon,

@@ -1,37 +1,59 @@
-"""dexwm-eval: task success of the DexWM planner in simulation, with baselines.
+"""dexwm-eval: task success of the DexWM planner in simulation, with baselines on the same episodes.
 
-    dexwm-eval --task reach|grasp|place --episodes N --seed S --out results.json
-               [--through-ros] [--checkpoint PATH] [--max-steps K] [--preset cpu|paper]
+    dexwm-eval --protocol paper|composite --task T --episodes N --seed S --out results.json
+               [--planner-seeds K] [--through-ros] [--checkpoint PATH] [--max-steps K] [--preset cpu|paper]
+    dexwm-eval --fit-stop [--checkpoint PATH]      fit the planner's stop thresholds (see below)
+    dexwm-eval --report DIR                         tables and plots of saved results
 
-Episode i uses simulation seed ``EVAL_SEED_OFFSET + S + i``: evaluation seeds start at 1,000,000 so
-they never overlap the seeds used to collect training data (``dexwm-collect`` seeds
-``seed * 1,000,003 + index``, shipped data: 0..194, 2,000,006.., 3,000,009..; see models/README.md).
-Each episode: reset the simulation to the seeded task, render its goal image (the scripted
-solution's end state), then plan and act until the task's success rule has held for 10 control
-steps or the step budget is spent.
+**Protocols** (dexwm_sim.tasks has the details):
+* ``paper`` (tasks ``reach``, ``grasp``, ``place``): the stages of a scripted pick-and-place
+  demonstration, cut as the DexWM paper's simulation evaluation cuts them; start state at the
+  stage's start, goal image at its end. Seeds whose demonstration fails are skipped (listed in the
+  JSON as ``skipped_seeds``), as the paper hand-picks 50 successful demonstrations.
+* ``composite`` (tasks ``reach``, ``reach-grasp``, ``pick-place``): whole tasks from a random start.
+
+**No oracle.** The policy sees the camera frame, the joint positions and the goal image, nothing
+else: it decides itself when it is done, by the planner's stop rule (dexwm_planner.stop_rule: latent
+cost below a threshold fitted on demonstrations, a plateau, or the step budget). Then the robot holds
+its last command for ``--hold-s`` (2 s) of simulated time, and the episode is judged:
+``success`` (``success_rule: final_hold_2s``): the task's rule held at every control step of that
+hold; ``success_paper_rule``: the paper's rule (10 consecutive control steps at any time of the
+episode); for grasp also ``success_strict``: object raised >= 3 cm above its resting height and in
+the hand at the end.
+
+**Baselines**, same episodes and step budget, in-process: ``random_shooting_wm`` (the world model
+and stop rule with one CEM iteration whose samples equal the CEM's total evaluations per replan),
+``oracle_goal_joints`` (PRIVILEGED upper bound: drives the joints straight to the goal state's
+joints under the same per-step cap), ``hold_still`` (never moves), ``random_joint_walk`` (ignores
+the goal and the model), and every ablation checkpoint that exists (``models/dexwm_sim_no_hc.pt``:
+without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without pre-training; or
+``--ablation NAME=PATH``).
+
+**Variance**: ``--planner-seeds K`` runs every episode with K CEM seeds (baselines with
+``--baseline-planner-seeds``, default 1); success is reported over episodes x seeds, with
+``flip_rate``: the fraction of episodes whose outcome differs between seeds.
+
+Episode seeds start at ``EVAL_SEED_OFFSET + S`` = 1,000,000 + S, disjoint from the seeds of the
+training data (``dexwm-collect``: ``seed * 1,000,003 + index``; see models/README.md) and from the
+stop-threshold fit (``FIT_SEED_OFFSET`` = 500,000).
 
 In-process (default) the planner and the simulation run in this process; with ``--through-ros`` the
 same episodes run through the ROS graph (sim node + planner node, separate processes started by
-``dexwm-up``): ``/sim/reset`` gives the goal image, ``/dexwm/execute`` plans and acts. The two modes
-are built to agree episode by episode: the graph's simulation runs in lock-step
-(``sim_lockstep:=true``: the world waits while the planner thinks), the in-process moves go through
-the same runner code (``SimRunner.move_now``), both see frames and goal images of the sim camera's
-size (config/sim.yaml), and both use the same planner settings and per-episode CEM seeds.
+``dexwm-up``), built to agree step for step with the in-process run (lock-step simulation, same
+frames, same planner settings, stop rule and CEM seeds). Through ROS, the outcome is judged from the
+simulation's episode state when the planner stops (no 2 s hold): ``success_rule: at_stop``.
 
-Baselines, same episodes and step budget: ``random_shooting`` (a random feasible joint plan drawn
-from the planner's own sampling distribution, no world model, first step executed each step), and
-every ablation checkpoint that exists (``models/dexwm_sim_no_hc.pt``: without the hand-consistency
-loss; ``models/dexwm_sim_no_pretrain.pt``: without pre-training; or ``--ablation NAME=PATH``).
+Output JSON: ``protocol``, ``task``, ``sim_task``, ``episodes``, ``planner_seeds``, ``success_rule``,
+``success_rate``, ``ci95`` (Wilson, over episodes x seeds), ``success_rate_paper_rule``,
+``success_rate_strict`` (grasp), ``flip_rate``, ``replan_seconds_median``, ``stop_reasons``,
+``baselines`` (name -> ``{"success_rate", "ci95", ...}``), ``outcomes`` (per run), ``skipped_seeds``,
+``settings``; and a bar plot next to it (``.png``).
 
-Output JSON: ``task``, ``episodes``, ``success_rate``, ``ci95`` (Wilson), ``replan_seconds_median``,
-``baselines`` (name -> success rate), ``baseline_ci95``, ``outcomes`` (per episode), settings; and a
-bar plot of the success table next to it (``.png``).
-
-    dexwm-eval --report DIR
-
-reads every result JSON in DIR and writes ``DIR/summary.md`` and ``DIR/summary.png``: the success
-table of all tasks with baselines, and for each ``--through-ros`` result the episode-by-episode
-agreement with the in-process result of the same task on their shared seeds.
+``--fit-stop`` fits the stop threshold of each task kind on the demonstrations of seeds from
+500,000: the latent cost to the stage's goal image of every frame of the stage, split by the task's
+rule (grasp: the strict rule), the largest threshold at which at most 1 % of the failing frames
+would stop the planner (a false stop ends an episode that could still succeed). It writes ``<checkpoint>.stop.json``, which the planner node and this
+evaluation read.
 """
 from __future__ import annotations
 
@@ -48,7 +70,23 @@ from pathlib import Path
 import numpy as np
 
 EVAL_SEED_OFFSET = 1_000_000
-TASKS = ("reach", "grasp", "place")
+FIT_SEED_OFFSET = 500_000
+PROTOCOL_TASKS = {"paper": ("reach", "grasp", "place"), "composite": ("reach", "reach-grasp", "pick-place")}
+# Executed MPC steps per episode unless --max-steps says otherwise: a paper stage is one piece of a
+# demonstration (the paper executes 3 large steps; our model's step is 0.2 s, see README), a
+# composite task is a whole pick or pick-and-place.
+DEFAULT_MAX_STEPS = {"paper": 12, "composite": 30}
+HOLD_S = 2.0
+# How long the stop rule waits for progress before it gives up (executed steps; 0 = off).
+PLATEAU_STEPS = 5
+
+
+def sim_task(protocol: str, task: str) -> str:
+    """The simulation's task name (dexwm_sim.tasks.TASKS) of a protocol's task."""
+    if protocol not in PROTOCOL_TASKS or task not in PROTOCOL_TASKS[protocol]:
+        raise ValueError(f"unknown task {task!r} for protocol {protocol!r}; choose one of "
+                         f"{', '.join(PROTOCOL_TASKS.get(protocol, ()))}")
+    return f"paper-{task}" if protocol == "paper" else task
 
 
 def sim_camera_size() -> tuple[int, int]:
@@ -76,13 +114,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 @dataclass
 class EpisodeOutcome:
     seed: int
-    success: bool
+    success: bool                   # the task's rule held through the 2 s hold after the stop
     steps: int
-    reason: str
+    reason: str                     # why the policy stopped: reached | plateau | budget | hold | ...
     final_distance: float
     replan_seconds_median: float
     wall_seconds: float
-    costs: list = field(default_factory=list)
+    costs: list = field(default_factory=list)   # latent cost before each replan
+    planner_seed: int = 0           # index k of the K planner seeds
+    success_paper_rule: bool = False  # the rule held 10 consecutive control steps at any time
+    success_strict: bool | None = None  # grasp: object raised >= 3 cm and in the hand at the end
+    success_at_stop: bool = False   # the rule held when the policy stopped
 
 
 @dataclass
@@ -90,125 +132,369 @@ class EvalSettings:
     task: str = "grasp"
     episodes: int = 10
     seed: int = 0
-    max_steps: int = 40
+    max_steps: int = 0             # 0 = DEFAULT_MAX_STEPS of the protocol
     preset: str = "cpu"
     checkpoint: str = ""
+    protocol: str = "paper"
+    planner_seeds: int = 1
+    hold_s: float = HOLD_S
+    plateau_steps: int = PLATEAU_STEPS
+    done_cost: float = -1.0        # < 0: the checkpoint's fitted threshold (0 when none)
     move_duration_s: float = 0.5   # the planner node's defaults (config/planner.yaml)
     move_timeout_s: float = 1.0
     goal_tolerance: float = 0.05
 
+    def __post_init__(self):
+        sim_task(self.protocol, self.task)          # raises on a bad pair
+        if self.max_steps <= 0:
+            self.max_steps = DEFAULT_MAX_STEPS[self.protocol]
+
+    @property
+    def sim_task(self) -> str:
+        return sim_task(self.protocol, self.task)
+
+    @property
+    def kind(self) -> str:
+        from dexwm_sim.tasks import TASK_KIND
+
+        return TASK_KIND[self.sim_task]
+
+    def candidate_seeds(self):
+        """Episode seeds in order (paper stages skip seeds whose demonstration fails)."""
+        s = EVAL_SEED_OFFSET + self.seed
+        while True:
+            yield s
+            s += 1
+
     def seeds(self) -> list[int]:
+        """The first ``episodes`` candidate seeds (composite tasks use exactly these)."""
         return [EVAL_SEED_OFFSET + self.seed + i for i in range(self.episodes)]
+
+    def cem_seed(self, episode_seed: int, k: int) -> int:
+        """CEM seed of planner seed k of an episode (k = 0: the episode seed, as the node uses)."""
+        return (int(episode_seed) + k * 1_000_003) % (2 ** 31 - 1)
+
+    def stop_rule(self, kind: str):
+        from dexwm_planner.stop_rule import StopRule, load_fitted
+        from dexwm_planner.world_model import DEFAULT_CHECKPOINT
+
+        done = self.done_cost
+        if done < 0:
+            fitted = load_fitted(self.checkpoint or DEFAULT_CHECKPOINT)
+            done = fitted.for_kind(kind) if fitted else 0.0
+        return StopRule(done_cost=float(done), plateau_steps=int(self.plateau_steps), max_steps=int(self.max_steps))
 
 
 # ------------------------------------------------------------------------------------ policies
+@dataclass
+class Decision:
+    command: np.ndarray | None     # (23,) joint target, None = stop here
+    cost: float                    # latent cost of the current frame to the goal (nan: not computed)
+    replan_seconds: float
+    reason: str = ""               # why it stopped (command None)
+
+
 class WorldModelPolicy:
-    """The planner node's MPC, in-process: same preset, caps, objective and seeding."""
+    """The planner node's MPC, in-process: same preset, caps, objective, stop rule and seeding."""
 
     name = "dexwm"
 
-    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu"):
+    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", stop_rule=None, cem_changes=None):
         from dexwm_planner.actions import allegro_actions
         from dexwm_planner.cem import PRESETS
         from dexwm_planner.mpc import MPCConfig
+        from dexwm_planner.stop_rule import StopRule
 
         self.model, self.kin = model, kinematics
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, world_to_camera, kinematics=kinematics)
         self.rotation_fn = lambda q: kinematics.ee_pose(q)[1]
         # Caps as config/planner.yaml ships them.
-        self.config = MPCConfig(cem=PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3))
+        cem = PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3, **(cem_changes or {}))
+        self.config = MPCConfig(cem=cem)
+        self.stop_rule = stop_rule or StopRule()
         self.planner = None
+        self.costs: list[float] = []
+        self.steps = 0
 
-    def reset(self, goal_image: np.ndarray, seed: int):
+    def reset(self, goal_image: np.ndarray, goal_joints: np.ndarray, seed: int):
         from dexwm_planner.mpc import MPCPlanner
 
         self.planner = MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
                                   rotation_fn=self.rotation_fn, seed=seed)
         self.planner.set_goal(goal_image)
+        self.costs, self.steps = [], 0
 
-    def act(self, image: np.ndarray, q: np.ndarray):
+    def act(self, image: np.ndarray, q: np.ndarray) -> Decision:
         self.planner.observe(image, q)
+        cost = self.planner.current_cost()
+        self.costs.append(cost)
+        why = self.stop_rule.decide(self.costs, self.steps)
+        if why is not None:
+            return Decision(None, cost, float("nan"), why)
         step = self.planner.step(q)
-        return step.command, step.replan_seconds, step.current_cost
+        self.steps += 1
+        return Decision(step.command, cost, step.replan_seconds)
 
 
-class RandomShootingPolicy:
-    """No world model: each step executes the first step of a random feasible plan drawn from the
-    planner's initial sampling distribution (the same std, limits and per-step cap)."""
+def random_shooting_wm(model, kinematics, world_to_camera, preset: str, stop_rule) -> WorldModelPolicy:
+    """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
+    total evaluations per replan (samples x iterations), the best sample executed."""
+    from dexwm_planner.cem import PRESETS
 
-    name = "random_shooting"
+    cem = PRESETS[preset]
+    total = cem.samples * cem.iterations
+    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, stop_rule,
+                              cem_changes=dict(samples=total, iterations=1, chunk=total))
+    policy.name = "random_shooting_wm"
+    return policy
 
-    def __init__(self, kinematics, preset: str = "cpu"):
+
+class OracleGoalJointsPolicy:
+    """PRIVILEGED upper bound: reads the goal state's joints (which no camera gives) and moves
+    straight toward them under the planner's per-step cap; stops within 0.02 rad or at the budget."""
+
+    name = "oracle_goal_joints"
+
+    def __init__(self, kinematics, max_steps: int, preset: str = "cpu"):
         from dexwm_planner.cem import CEM, PRESETS
 
         self.cem = CEM(PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3), kinematics.lower, kinematics.upper)
+        self.max_steps = max_steps
+
+    def reset(self, goal_image, goal_joints, seed: int):
+        self.goal, self.steps = np.asarray(goal_joints, dtype=np.float64), 0
+
+    def act(self, image, q) -> Decision:
+        if np.abs(self.goal - q).max() < 0.02:
+            return Decision(None, float("nan"), float("nan"), "reached")
+        if self.steps >= self.max_steps:
+            return Decision(None, float("nan"), float("nan"), "budget")
+        self.steps += 1
+        return Decision(self.cem.project(self.goal[None, None], q)[0, 0], float("nan"), 0.0)
+
+
+class HoldStillPolicy:
+    """Never moves: a stage that succeeds this way is not a task."""
+
+    name = "hold_still"
+
+    def reset(self, goal_image, goal_joints, seed: int):
+        pass
+
+    def act(self, image, q) -> Decision:
+        return Decision(None, float("nan"), float("nan"), "hold")
+
+
+class RandomJointWalkPolicy:
+    """Ignores the goal and the model: each step executes the first step of a random feasible plan
+    drawn from the planner's initial sampling distribution (same std, limits and per-step cap),
+    for the whole step budget."""
+
+    name = "random_joint_walk"
+
+    def __init__(self, kinematics, max_steps: int, preset: str = "cpu"):
+        from dexwm_planner.cem import CEM, PRESETS
+
+        self.cem = CEM(PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3), kinematics.lower, kinematics.upper)
+        self.max_steps = max_steps
         self.rng = np.random.default_rng(0)
 
-    def reset(self, goal_image: np.ndarray, seed: int):
-        self.rng = np.random.default_rng(seed)
+    def reset(self, goal_image, goal_joints, seed: int):
+        self.rng, self.steps = np.random.default_rng(seed), 0
 
-    def act(self, image: np.ndarray, q: np.ndarray):
+    def act(self, image, q) -> Decision:
+        if self.steps >= self.max_steps:
+            return Decision(None, float("nan"), float("nan"), "budget")
         t0 = time.perf_counter()
         mean, std = self.cem.initial_distribution(q, self.cem.config.horizon)
         plan = self.cem.project(mean + std * self.rng.standard_normal(mean.shape), q)
-        return plan[0], time.perf_counter() - t0, float("nan")
+        self.steps += 1
+        return Decision(plan[0], float("nan"), time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------ in-process runs
-def run_episode(runner, policy, task: str, seed: int, settings: EvalSettings) -> EpisodeOutcome:
+@dataclass
+class EpisodeStart:
+    """One seeded episode, reset once and replayed for every policy and planner seed."""
+
+    seed: int
+    episode: object
+    state: dict | None             # paper stages: replayed with set_state (bit-identical to a reset)
+    goal: object
+
+
+def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
+    """Reset to a seeded episode and render its goal; raises tasks.StageUnavailable for a paper
+    seed whose demonstration fails."""
+    from dexwm_sim import tasks
+
+    episode = env.reset(settings.sim_task, seed)
+    goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),))
+    state = env.initial_state if settings.sim_task in tasks.PAPER_TASKS else None
+    return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal)
+
+
+def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int = 0) -> EpisodeOutcome:
     """One episode in-process, step for step as the planner node runs it against the lock-step
-    sim node: check success, observe, replan, move (``SimRunner.move_now``: arm and hand targets
-    start together; each part ends at its tolerance or time limit)."""
+    sim node: observe, decide (stop or replan), move (``SimRunner.move_now``: arm and hand targets
+    start together; each part ends at its tolerance or time limit); after the stop the robot holds
+    its last command for ``settings.hold_s`` of simulated time and the outcome is judged."""
     from dexwm_sim import tasks
 
     env = runner.env
     t_start = time.perf_counter()
-    episode = env.reset(task, seed)
+    if start.state is not None:
+        env.set_state(start.state)
+        env.episode = start.episode        # its success rule and target (the env keeps the last reset's)
+    else:
+        env.reset(settings.sim_task, start.seed)
+    episode = env.episode
     size = tuple(env.render_size)
-    goal = tasks.make_goal(env, episode, sizes=(size,))
-    policy.reset(goal.image, seed)
+    policy.reset(start.goal.image, start.goal.joints, settings.cem_seed(start.seed, k))
     replans, costs = [], []
-    steps, reason = 0, "budget"
+    steps = 0
     time_limit = max(settings.move_timeout_s, settings.move_duration_s)
     while True:
-        if env.status.success:
-            reason = "success"
+        decision = policy.act(env.render(*size), env.joint_positions())
+        costs.append(decision.cost)
+        if decision.command is None:
+            reason = decision.reason
             break
-        if steps >= settings.max_steps:
-            break
-        image = env.render(*size)
-        q = env.joint_positions()
-        command, seconds, cost = policy.act(image, q)
-        replans.append(seconds)
-        costs.append(cost)
-        runner.move_now(command[:7], command[7:], settings.move_duration_s, time_limit, settings.goal_tolerance)
+        replans.append(decision.replan_seconds)
+        runner.move_now(decision.command[:7], decision.command[7:], settings.move_duration_s, time_limit,
+                        settings.goal_tolerance)
         steps += 1
-    return EpisodeOutcome(seed=seed, success=reason == "success", steps=steps, reason=reason,
+    at_stop = bool(env.status.success_now)
+    held = []
+    for _ in range(int(round(settings.hold_s / env.control_dt))):
+        env.advance(env.control_dt)        # no new command: the robot holds its last one
+        held.append(bool(env.status.success_now))
+    strict = tasks.strict_grasp(env, episode) if tasks.TASK_KIND[episode.task] == "grasp" else None
+    return EpisodeOutcome(seed=start.seed, success=bool(held) and all(held), steps=steps, reason=reason,
                           final_distance=float(env.status.distance),
                           replan_seconds_median=float(np.median(replans)) if replans else float("nan"),
-                          wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in costs])
+                          wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in costs],
+                          planner_seed=k, success_paper_rule=bool(env.status.success), success_strict=strict,
+                          success_at_stop=at_stop)
 
 
-def run_in_process(policy, settings: EvalSettings, progress: bool = True) -> list[EpisodeOutcome]:
-    from tqdm import tqdm
-
+def make_runner(settings: EvalSettings):
     from dexwm_sim.runner import RunnerConfig, SimRunner
     from dexwm_sim.scene import SimEnv
 
     size = sim_camera_size()
     env = SimEnv(render_size=size)
     # Not started: its moves run in this thread (move_now), with the sim node's motion semantics.
-    runner = SimRunner(RunnerConfig(task=settings.task, lockstep=True, image_size=size), env=env)
+    return SimRunner(RunnerConfig(task=settings.sim_task, lockstep=True, image_size=size), env=env)
+
+
+def collect_starts(runner, settings: EvalSettings, progress: bool = True) -> tuple[list[EpisodeStart], list[dict]]:
+    """The evaluation's episodes: the first ``settings.episodes`` seeds that have one."""
+    from tqdm import tqdm
+
+    from dexwm_sim.tasks import StageUnavailable
+
+    starts, skipped = [], []
+    bar = tqdm(total=settings.episodes, desc=f"episodes {settings.sim_task}", unit="ep", disable=not progress,
+               file=sys.stderr)
+    for seed in settings.candidate_seeds():
+        if len(starts) >= settings.episodes:
+            break
+        if len(skipped) > 4 * settings.episodes + 20:
+            raise RuntimeError(f"too many seeds without a {settings.sim_task} episode ({len(skipped)})")
+        try:
+            starts.append(prepare_episode(runner.env, settings, seed))
+            bar.update(1)
+        except StageUnavailable as e:
+            skipped.append({"seed": seed, "why": str(e)})
+    bar.close()
+    return starts, skipped
+
+
+def run_in_process(policy, settings: EvalSettings, starts: list[EpisodeStart], runner, planner_seeds: int = 1,
+                   progress: bool = True) -> list[EpisodeOutcome]:
+    from tqdm import tqdm
+
     outcomes = []
+    runs = [(start, k) for start in starts for k in range(planner_seeds)]
+    bar = tqdm(runs, desc=f"{policy.name} {settings.sim_task}", unit="run", disable=not progress, file=sys.stderr)
+    for start, k in bar:
+        outcomes.append(run_episode(runner, policy, start, settings, k))
+        bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
+    return outcomes
+
+
+# ------------------------------------------------------------------------------ stop threshold fit
+def fit_stop(checkpoint: str = "", episodes: int = 12, progress: bool = True, max_false_stop: float = 0.01) -> dict:
+    """Fit the stop threshold of each task kind on demonstrations of seeds from FIT_SEED_OFFSET
+    (disjoint from the evaluation's and the training data's): every frame of each paper stage,
+    labelled by the task's rule (grasp: the strict rule, as its goal shows the object lifted),
+    against the stage's goal image."""
+    import torch
+    from tqdm import tqdm
+
+    from dexwm_planner.stop_rule import FittedStop, best_threshold, stop_file
+    from dexwm_planner.world_model import DEFAULT_CHECKPOINT, DexWM
+    from dexwm_sim import tasks
+    from dexwm_sim.scene import SimEnv
+
+    path = checkpoint or DEFAULT_CHECKPOINT
+    model = DexWM.load(path)
+    size = sim_camera_size()
+    env = SimEnv(render_size=size)
+    costs = {kind: ([], []) for kind in ("reach", "grasp", "place")}
+    seeds_used = []
     try:
-        bar = tqdm(settings.seeds(), desc=f"{policy.name} {settings.task}", unit="ep", disable=not progress,
-                   file=sys.stderr)
-        for seed in bar:
-            outcomes.append(run_episode(runner, policy, settings.task, seed, settings))
-            bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
+        seed = FIT_SEED_OFFSET
+        bar = tqdm(total=episodes, desc="fit stop thresholds", unit="demo", disable=not progress, file=sys.stderr)
+        while len(seeds_used) < episodes and seed < FIT_SEED_OFFSET + 20 * episodes:
+            seed += 1
+            episode = tasks.make_episode("paper-reach", seed, env.kinematics)
+            trace: list = []
+            try:
+                marks = tasks.demonstration(env, episode, trace=trace)
+            except tasks.StageUnavailable:
+                continue
+            seeds_used.append(seed)
+            bar.update(1)
+            for task in tasks.PAPER_TASKS:
+                try:
+                    stage = env.reset(task, seed)
+                except tasks.StageUnavailable:
+                    continue
+                goal = tasks.make_goal(env, stage, sizes=(size,))
+                first, last = (marks[m]["trace_index"] for m in tasks.STAGES[task])
+                frames, labels = [], []
+                for state in trace[max(first - 1, 0):last]:
+                    env.set_state(dict(state, mocap_pos=env.initial_state["mocap_pos"]))
+                    ok, _ = tasks.evaluate(env, stage)
+                    if tasks.TASK_KIND[task] == "grasp":
+                        ok = tasks.strict_grasp(env, stage)
+                    frames.append(env.render(*size))
+                    labels.append(ok)
+                with torch.no_grad():
+                    goal_latent = model.encode(goal.image[None])[0]
+                    latents = model.encode(np.stack(frames))
+                    c = ((latents - goal_latent) ** 2).mean(dim=tuple(range(1, latents.dim()))).numpy()
+                kind = tasks.TASK_KIND[task]
+                costs[kind][0].extend(c[np.asarray(labels)].tolist())
+                costs[kind][1].extend(c[~np.asarray(labels)].tolist())
+        bar.close()
     finally:
         env.close()
-    return outcomes
+    details, done = {}, {}
+    for kind, (pos, neg) in costs.items():
+        fit = best_threshold(np.asarray(pos), np.asarray(neg), max_false_stop=max_false_stop)
+        details[kind] = fit
+        done[kind] = fit["threshold"]
+    details["costs_success"] = {kind: [round(c, 5) for c in pos] for kind, (pos, _) in costs.items()}
+    details["costs_failure"] = {kind: [round(c, 5) for c in neg] for kind, (_, neg) in costs.items()}
+    details["seeds"] = seeds_used
+    details["max_false_stop"] = max_false_stop
+    fitted = FittedStop(done_cost=done, details=details)
+    out = stop_file(path)
+    fitted.save(out)
+    return {"path": str(out), "done_cost": done, "details": details}
 
 
 # ---------------------------------------------------------------------------- through the graph
@@ -234,7 +520,8 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     from dexwm_ros.msg import EpisodeState
     from dexwm_ros.srv import ResetEpisode
 
-    cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), settings.task, "sim:=true", "sim_lockstep:=true"]
+    graph_name = "composite-reach" if settings.sim_task == "reach" else settings.sim_task
+    cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), graph_name, "sim:=true", "sim_lockstep:=true"]
     if settings.checkpoint:
         cmd.append(f"checkpoint:={settings.checkpoint}")
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
@@ -268,21 +555,40 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.05)
 
+    def set_parameters(**values):
+        msgs = []
+        for name, value in values.items():
+            if isinstance(value, int):
+                v = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+            else:
+                v = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
+            msgs.append(ParameterMsg(name=name, value=v))
+        fut = params.call_async(SetParameters.Request(parameters=msgs))
+        wait(fut.done, 30, "the planner's parameters")
+        refused = [r.reason for r in fut.result().results if not r.successful]
+        if refused:
+            raise RuntimeError(f"the planner refused its parameters: {'; '.join(refused)}")
+
+    stop = settings.stop_rule(settings.kind)
     try:
         wait(lambda: reset.service_is_ready() and execute.server_is_ready() and params.service_is_ready(),
              startup_timeout, "/sim/reset, /dexwm/execute and the planner's parameters")
-        bar = tqdm(settings.seeds(), desc=f"ros {settings.task}", unit="ep", disable=not progress, file=sys.stderr)
-        for seed in bar:
+        # The in-process stop rule, exactly.
+        set_parameters(done_cost=stop.done_cost, plateau_steps=stop.plateau_steps, plateau_rel=stop.plateau_rel)
+        bar = tqdm(total=settings.episodes, desc=f"ros {settings.sim_task}", unit="ep", disable=not progress,
+                   file=sys.stderr)
+        for seed in settings.candidate_seeds():
+            if len(outcomes) >= settings.episodes:
+                break
             t0 = time.perf_counter()
-            # Per-episode CEM seed, as in-process.
-            req = SetParameters.Request(parameters=[ParameterMsg(name="seed", value=ParameterValue(
-                type=ParameterType.PARAMETER_INTEGER, integer_value=int(seed) % (2**31 - 1)))])
-            fut = params.call_async(req)
-            wait(fut.done, 30, "the planner's seed parameter")
-            fut = reset.call_async(ResetEpisode.Request(task=settings.task, seed=int(seed) % 2**32))
+            # Per-episode CEM seed, as in-process (planner seed 0).
+            set_parameters(seed=settings.cem_seed(seed, 0))
+            fut = reset.call_async(ResetEpisode.Request(task=settings.sim_task, seed=int(seed) % 2**32))
             wait(fut.done, 120, "the episode reset")
             res = fut.result()
             if not res.success:
+                if "demonstration of seed" in res.message or "stage of seed" in res.message:
+                    continue     # no stage episode for this seed: skipped in-process too
                 raise RuntimeError(f"/sim/reset failed for seed {seed}: {res.message}")
             replans = []
             costs = []
@@ -290,7 +596,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
             def on_feedback(fb):
                 replans.append(fb.feedback.replan_seconds)
                 costs.append(fb.feedback.current_cost)
-            send = execute.send_goal_async(Execute.Goal(goal_image=res.goal_image, task=settings.task,
+            send = execute.send_goal_async(Execute.Goal(goal_image=res.goal_image, task=settings.kind,
                                                         max_steps=settings.max_steps),
                                            feedback_callback=on_feedback)
             wait(send.done, 30, "the planner to accept the goal")
@@ -302,11 +608,15 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
             result = result_future.result().result
             with lock:
                 ep = episode_state.get("msg")
+            # Judged on the simulation's episode state when the planner stopped (no hold here).
+            at_stop = ep is not None and bool(ep.success_now)
             outcomes.append(EpisodeOutcome(
-                seed=seed, success=bool(result.success), steps=int(result.steps), reason=result.reason,
+                seed=seed, success=at_stop, steps=int(result.steps), reason=result.reason,
                 final_distance=float(ep.distance) if ep is not None else float("nan"),
                 replan_seconds_median=float(np.median(replans)) if replans else float("nan"),
-                wall_seconds=time.perf_counter() - t0, costs=[float(c) for c in costs]))
+                wall_seconds=time.perf_counter() - t0, costs=[float(c) for c in costs] + [float(result.final_cost)],
+                success_paper_rule=ep is not None and bool(ep.success), success_at_stop=at_stop))
+            bar.update(1)
             bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
     finally:
         executor.shutdown()
@@ -320,12 +630,49 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
 
 # --------------------------------------------------------------------------------------- report
 def summarize(outcomes: list[EpisodeOutcome]) -> dict:
+    """Success over all runs (episodes x planner seeds), its Wilson interval, the other rules'
+    figures and the fraction of episodes whose outcome differs between planner seeds."""
     n = len(outcomes)
     k = sum(o.success for o in outcomes)
     lo, hi = wilson_interval(k, n)
     replans = [o.replan_seconds_median for o in outcomes if np.isfinite(o.replan_seconds_median)]
-    return {"success_rate": k / n if n else 0.0, "ci95": [lo, hi], "successes": k, "episodes": n,
-            "replan_seconds_median": float(statistics.median(replans)) if replans else float("nan")}
+    by_seed: dict[int, set] = {}
+    for o in outcomes:
+        by_seed.setdefault(o.seed, set()).add(o.success)
+    multi = [v for s, v in by_seed.items() if sum(1 for o in outcomes if o.seed == s) > 1]
+    reasons: dict[str, int] = {}
+    for o in outcomes:
+        reasons[o.reason] = reasons.get(o.reason, 0) + 1
+    strict = [o.success_strict for o in outcomes if o.success_strict is not None]
+    paper = sum(o.success_paper_rule for o in outcomes)
+    out = {"success_rate": k / n if n else 0.0, "ci95": [lo, hi], "successes": k, "runs": n,
+           "success_rate_paper_rule": paper / n if n else 0.0,
+           "ci95_paper_rule": list(wilson_interval(paper, n)),
+           "success_rate_strict": (sum(strict) / len(strict)) if strict else None,
+           "ci95_strict": list(wilson_interval(sum(strict), len(strict))) if strict else None,
+           "flip_rate": (sum(len(v) > 1 for v in multi) / len(multi)) if multi else None,
+           "stop_reasons": reasons,
+           "replan_seconds_median": float(statistics.median(replans)) if replans else float("nan")}
+    return out
+
+
+def _pct(r) -> str:
+    return "-" if r is None else f"{100 * r:.0f} %"
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[tuple[float, list]]], title: str) -> None:
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        rates = [100 * (r if r is not None else np.nan) for r, _ in values]
+        errs = [[max(100 * (r - c[0]), 0) if c else 0 for r, c in values],
+                [max(100 * (c[1] - r), 0) if c else 0 for r, c in values]]
+        xs = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        ax.bar(xs, rates, width, yerr=errs, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("success [%] (95 % Wilson interval)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
 
 
 def plot_success(results: dict, path: Path) -> None:
@@ -335,38 +682,40 @@ def plot_success(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = ["dexwm"] + list(results["baselines"])
-    rates = [results["success_rate"]] + [results["baselines"][b] for b in results["baselines"]]
-    cis = [results["ci95"]] + [results["baseline_ci95"][b] for b in results["baselines"]]
-    err = np.array([[r - c[0] for r, c in zip(rates, cis)], [c[1] - r for r, c in zip(rates, cis)]])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.6))
-    bars = ax.bar(names, [100 * r for r in rates], yerr=100 * np.maximum(err, 0), capsize=5,
-                  color=["tab:blue"] + ["tab:gray"] * (len(names) - 1))
-    for bar, r in zip(bars, rates):
-        ax.text(bar.get_x() + bar.get_width() / 2, 100 * r + 2, f"{100 * r:.0f}%", ha="center")
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("success [%] (95 % Wilson interval)")
-    mode = "through ROS" if results.get("through_ros") else "in-process"
-    ax.set_title(f"{results['task']}: {results['episodes']} episodes, {mode}")
+    entries = [results] + [results["baselines"][b] for b in results["baselines"]]
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(names), 3.8))
+    _bars(ax, names, {"success (final 2 s hold)": [(e["success_rate"], e["ci95"]) for e in entries],
+                      "paper rule (10 steps, any time)": [(e.get("success_rate_paper_rule"),
+                                                           e.get("ci95_paper_rule")) for e in entries]},
+          f"{results['protocol']} {results['task']}: {results['episodes']} episodes x "
+          f"{results.get('planner_seeds', 1)} planner seeds, {'through ROS' if results.get('through_ros') else 'in-process'}")
+    ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def agreement(a: dict, b: dict) -> dict:
-    """Episode-by-episode comparison of two results of one task on their shared seeds."""
-    left = {o["seed"]: o for o in a["outcomes"]}
-    right = {o["seed"]: o for o in b["outcomes"]}
+    """Episode-by-episode comparison of two results of one task on their shared seeds (planner seed 0)."""
+    left = {o["seed"]: o for o in a["outcomes"] if o.get("planner_seed", 0) == 0}
+    right = {o["seed"]: o for o in b["outcomes"] if o.get("planner_seed", 0) == 0}
     shared = sorted(set(left) & set(right))
-    same_outcome = [s for s in shared if left[s]["success"] == right[s]["success"]]
-    same_steps = [s for s in same_outcome if left[s]["steps"] == right[s]["steps"]]
-    keys = ("max_steps", "preset", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance")
+    same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
+    same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
+    keys = ("protocol", "max_steps", "preset", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance",
+            "plateau_steps", "done_cost")
     settings_differ = [k for k in keys if a.get("settings", {}).get(k) != b.get("settings", {}).get(k)]
-    return {"seeds": shared, "same_outcome": len(same_outcome), "same_steps": len(same_steps),
-            "differ": [s for s in shared if s not in same_outcome], "settings_differ": settings_differ}
+    return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
+            "differ": [s for s in shared if s not in same_costs], "settings_differ": settings_differ}
 
 
-def write_report(folder: Path) -> tuple[Path, Path]:
-    """Success table of every result in ``folder`` (+ through-ROS agreement): summary.md / .png."""
+def _is_result(data) -> bool:
+    return isinstance(data, dict) and {"task", "outcomes", "success_rate", "ci95", "protocol"} <= set(data)
+
+
+def write_report(folder: Path) -> tuple[Path, list[Path]]:
+    """Tables of every result in ``folder`` (paper protocol first, then composite), the through-ROS
+    agreement, and one plot per protocol: summary.md, summary_<protocol>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,58 +727,65 @@ def write_report(folder: Path) -> tuple[Path, Path]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and {"task", "outcomes", "success_rate", "ci95"} <= set(data):
+        if _is_result(data):
             results.append((path, data))
     if not results:
-        raise ValueError(f"no dexwm-eval results (*.json) in {folder}")
-    pct = lambda r: f"{100 * r:.0f} %"  # noqa: E731
-    lines = ["| task | mode | episodes | DexWM | 95 % interval | baselines | replan median |", "|---|---|---|---|---|---|---|"]
-    local = {d["task"]: d for _, d in results if not d.get("through_ros")}
-    for path, d in results:
-        k = sum(o["success"] for o in d["outcomes"])
-        base = ", ".join(f"{name} {pct(rate)}" for name, rate in d["baselines"].items()) or "-"
-        lines.append(f"| {d['task']} | {'through ROS' if d.get('through_ros') else 'in-process'} | {d['episodes']} | "
-                     f"{pct(d['success_rate'])} ({k}/{d['episodes']}) | {pct(d['ci95'][0])}-{pct(d['ci95'][1])} | "
-                     f"{base} | {d['replan_seconds_median']:.2f} s |")
-    agree_lines = []
-    for path, d in results:
-        if d.get("through_ros") and d["task"] in local:
-            ag = agreement(local[d["task"]], d)
-            n = len(ag["seeds"])
-            agree_lines.append(f"- {d['task']} ({path.name}): same outcome on {ag['same_outcome']}/{n} shared seeds, "
-                               f"same outcome and step count on {ag['same_steps']}/{n}"
-                               + (f"; differ: {ag['differ']}" if ag["differ"] else "")
-                               + (f" (NOT comparable: {', '.join(ag['settings_differ'])} differ)"
-                                  if ag["settings_differ"] else ""))
-    md = folder / "summary.md"
-    md.write_text("# Task success (dexwm-eval)\n\n" + "\n".join(lines) + "\n"
-                  + ("\n## In-process vs through ROS\n\n" + "\n".join(agree_lines) + "\n" if agree_lines else ""))
+        raise ValueError(f"no dexwm-eval results (*.json with a protocol) in {folder}")
+    md_lines = ["# Task success in simulation (dexwm-eval)", ""]
+    pngs = []
+    for protocol in ("paper", "composite"):
+        local = {d["task"]: d for _, d in results if d["protocol"] == protocol and not d.get("through_ros")}
+        if not local:
+            continue
+        tasks = [t for t in PROTOCOL_TASKS[protocol] if t in local]
+        baselines = sorted({b for t in tasks for b in local[t]["baselines"]})
+        md_lines += [f"## {protocol} protocol", "",
+                     "Success = the rule held through a 2 s hold after the planner stopped by its own rule; "
+                     "paper rule = 10 consecutive control steps at any time; strict (grasp) = object raised "
+                     ">= 3 cm and in the hand at the end. Rates over episodes x planner seeds.", "",
+                     "| policy | " + " | ".join(f"{t} (n={local[t]['episodes']}x{local[t].get('planner_seeds', 1)})"
+                                               for t in tasks) + " |",
+                     "|---|" + "---|" * len(tasks)]
 
-    tasks = [t for t in TASKS if t in local]
-    names = ["dexwm"] + sorted({b for t in tasks for b in local[t]["baselines"]})
-    fig, ax = plt.subplots(figsize=(2.0 + 2.2 * max(len(tasks), 1), 3.8))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        rates, errs = [], [[], []]
-        for t in tasks:
-            d = local[t]
-            rate, ci = ((d["success_rate"], d["ci95"]) if name == "dexwm"
-                        else (d["baselines"].get(name, float("nan")), d["baseline_ci95"].get(name, [np.nan, np.nan])))
-            rates.append(100 * rate)
-            errs[0].append(max(100 * (rate - ci[0]), 0))
-            errs[1].append(max(100 * (ci[1] - rate), 0))
-        xs = np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width
-        ax.bar(xs, rates, width, yerr=errs, capsize=3, label=name)
-    ax.set_xticks(np.arange(len(tasks)), [f"{t}\n(n={local[t]['episodes']})" for t in tasks])
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("success [%] (95 % Wilson interval)")
-    ax.set_title("simulation task success, in-process")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = folder / "summary.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return md, png
+        def cell(e):
+            if e is None:
+                return "-"
+            text = f"{_pct(e['success_rate'])} [{_pct(e['ci95'][0])}-{_pct(e['ci95'][1])}]"
+            text += f"; paper rule {_pct(e.get('success_rate_paper_rule'))}"
+            if e.get("success_rate_strict") is not None:
+                text += f"; strict {_pct(e['success_rate_strict'])}"
+            if e.get("flip_rate") is not None:
+                text += f"; flips {_pct(e['flip_rate'])}"
+            return text
+        md_lines.append("| dexwm | " + " | ".join(cell(local[t]) for t in tasks) + " |")
+        for b in baselines:
+            md_lines.append(f"| {b} | " + " | ".join(cell(local[t]["baselines"].get(b)) for t in tasks) + " |")
+        md_lines.append("")
+        fig, ax = plt.subplots(figsize=(2.5 + 2.4 * len(tasks), 4.0))
+        series = {"dexwm": [(local[t]["success_rate"], local[t]["ci95"]) for t in tasks]}
+        for b in baselines:
+            series[b] = [((local[t]["baselines"].get(b) or {}).get("success_rate"),
+                          (local[t]["baselines"].get(b) or {}).get("ci95")) for t in tasks]
+        _bars(ax, [f"{t}\n(n={local[t]['episodes']}x{local[t].get('planner_seeds', 1)})" for t in tasks], series,
+              f"{protocol} protocol, in-process: success after the planner's own stop (final 2 s hold)")
+        fig.tight_layout()
+        png = folder / f"summary_{protocol}.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        pngs.append(png)
+        for path, d in results:
+            if d.get("through_ros") and d["protocol"] == protocol and d["task"] in local:
+                ag = agreement(local[d["task"]], d)
+                n = len(ag["seeds"])
+                md_lines.append(
+                    f"- through ROS, {protocol} {d['task']} ({path.name}): same stop (steps and reason) on "
+                    f"{ag['same_stop']}/{n} shared seeds, same per-step costs on {ag['same_costs']}/{n}"
+                    + (f"; differ: {ag['differ']}" if ag["differ"] else "")
+                    + (f" (NOT comparable: {', '.join(ag['settings_differ'])} differ)" if ag["settings_differ"] else ""))
+        md_lines.append("")
+    md = folder / "summary.md"
+    md.write_text("\n".join(md_lines) + "\n")
+    return md, pngs
 
 
 def default_ablations() -> dict[str, str]:
@@ -443,40 +799,78 @@ def default_ablations() -> dict[str, str]:
     return found
 
 
+BASELINES = ("random_shooting_wm", "oracle_goal_joints", "hold_still", "random_joint_walk")
+
+
 def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[str, str] | None = None,
-             baselines: bool = True, progress: bool = True, log_dir: Path | None = None) -> dict:
+             baselines=True, progress: bool = True, log_dir: Path | None = None,
+             baseline_planner_seeds: int = 1) -> dict:
+    """Run the evaluation; ``baselines``: True (all), False (none) or a list of names."""
     from dexwm_planner.world_model import DexWM
     from dexwm_sim.camera import HeadCamera
     from dexwm_sim.kinematics import RobotKinematics
 
     kin = RobotKinematics.from_scene()
     w2c = HeadCamera().world_to_camera
-    if through_ros:
-        log_path = (log_dir / f"graph_{settings.task}.log") if log_dir else None
-        outcomes = run_through_ros(settings, progress=progress, log_path=log_path)
-    else:
-        model = DexWM.load(settings.checkpoint or None)
-        outcomes = run_in_process(WorldModelPolicy(model, kin, w2c, settings.preset), settings, progress)
-    main = summarize(outcomes)
-    results = {"task": settings.task, "episodes": len(outcomes), "success_rate": main["success_rate"],
-               "ci95": main["ci95"], "replan_seconds_median": main["replan_seconds_median"],
-               "through_ros": through_ros, "seeds": settings.seeds(), "settings": asdict(settings),
-               "baselines": {}, "baseline_ci95": {}, "baseline_outcomes": {},
-               "outcomes": [asdict(o) for o in outcomes]}
-    if baselines:
-        policies = [RandomShootingPolicy(kin, settings.preset)]
-        for name, path in (ablations if ablations is not None else default_ablations()).items():
-            policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset)
-            policy.name = name
-            policies.append(policy)
-        for policy in policies:
-            # Baselines run in-process: they compare planners, not transports.
-            base = run_in_process(policy, settings, progress)
-            s = summarize(base)
-            results["baselines"][policy.name] = s["success_rate"]
-            results["baseline_ci95"][policy.name] = s["ci95"]
-            results["baseline_outcomes"][policy.name] = [asdict(o) for o in base]
-    return results
+    stop = settings.stop_rule(settings.kind)
+    skipped: list[dict] = []
+    runner = None
+    try:
+        if through_ros:
+            log_path = (log_dir / f"graph_{settings.protocol}_{settings.task}.log") if log_dir else None
+            outcomes = run_through_ros(settings, progress=progress, log_path=log_path)
+            planner_seeds = 1
+        else:
+            runner = make_runner(settings)
+            starts, skipped = collect_starts(runner, settings, progress)
+            model = DexWM.load(settings.checkpoint or None)
+            policy = WorldModelPolicy(model, kin, w2c, settings.preset, stop)
+            planner_seeds = settings.planner_seeds
+            outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
+        main = summarize(outcomes)
+        results = {"protocol": settings.protocol, "task": settings.task, "sim_task": settings.sim_task,
+                   "episodes": len({o.seed for o in outcomes}), "planner_seeds": planner_seeds,
+                   "success_rule": "at_stop" if through_ros else f"final_hold_{settings.hold_s:g}s",
+                   **main, "through_ros": through_ros, "stop_rule": asdict(stop),
+                   "seeds": sorted({o.seed for o in outcomes}), "skipped_seeds": skipped,
+                   "settings": asdict(settings), "baselines": {}, "baseline_outcomes": {},
+                   "outcomes": [asdict(o) for o in outcomes]}
+        if baselines and not through_ros:
+            wanted = BASELINES if baselines is True else tuple(baselines)
+            policies = []
+            if "random_shooting_wm" in wanted:
+                policies.append(random_shooting_wm(model, kin, w2c, settings.preset, stop))
+            if "oracle_goal_joints" in wanted:
+                policies.append(OracleGoalJointsPolicy(kin, settings.max_steps, settings.preset))
+            if "hold_still" in wanted:
+                policies.append(HoldStillPolicy())
+            if "random_joint_walk" in wanted:
+                policies.append(RandomJointWalkPolicy(kin, settings.max_steps, settings.preset))
+            for name, path in (ablations if ablations is not None else default_ablations()).items():
+                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, stop)
+                policy.name = name
+                policies.append(policy)
+            for policy in policies:
+                deterministic = isinstance(policy, (OracleGoalJointsPolicy, HoldStillPolicy))
+                base = run_in_process(policy, settings, starts, runner,
+                                      1 if deterministic else baseline_planner_seeds, progress)
+                s = summarize(base)
+                results["baselines"][policy.name] = {k: s[k] for k in (
+                    "success_rate", "ci95", "success_rate_paper_rule", "ci95_paper_rule", "success_rate_strict",
+                    "ci95_strict", "flip_rate", "stop_reasons", "runs")}
+                results["baseline_outcomes"][policy.name] = [asdict(o) for o in base]
+        import torch
+
+        results["torch_threads"] = torch.get_num_threads()
+        results["notes"] = {
+            "oracle_goal_joints": "PRIVILEGED upper bound: reads the goal state's joints",
+            "dexwm_no_pretrain": "the shipped model itself has no pre-training (no human video, no other "
+                                 "embodiment): it is the no-pre-training row",
+        }
+        return results
+    finally:
+        if runner is not None:
+            runner.env.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,34 +880,64 @@ def main(argv: list[str] | None = None) -> int:
             print("usage: dexwm-eval --report DIR (a folder of dexwm-eval results)", file=sys.stderr)
             return 2
         try:
-            md, png = write_report(Path(argv[1]))
+            md, pngs = write_report(Path(argv[1]))
         except ValueError as e:
             print(f"dexwm-eval: error: {e}", file=sys.stderr)
             return 1
         print(md.read_text())
-        print(f"wrote {md} and {png}")
+        print(f"wrote {md} and {', '.join(map(str, pngs))}")
         return 0
     parser = argparse.ArgumentParser(prog="dexwm-eval", description=__doc__.split("\n\n")[0],
-                                     epilog="dexwm-eval --report DIR: summary table, plot and agreement of saved results")
-    parser.add_argument("--task", choices=TASKS, required=True)
+                                     epilog="dexwm-eval --report DIR: tables, plots and agreement of saved results")
+    parser.add_argument("--fit-stop", action="store_true", help="fit the stop thresholds of the checkpoint and exit")
+    parser.add_argument("--protocol", choices=tuple(PROTOCOL_TASKS), default="paper")
+    parser.add_argument("--task", help="paper: reach | grasp | place; composite: reach | reach-grasp | pick-place")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help=f"first evaluation seed (offset by {EVAL_SEED_OFFSET:,})")
+    parser.add_argument("--planner-seeds", type=int, default=1, help="CEM seeds per episode (reports: 2)")
+    parser.add_argument("--baseline-planner-seeds", type=int, default=1,
+                        help="CEM seeds per episode of the stochastic baselines")
     parser.add_argument("--out", type=Path, default=Path("out/eval/results.json"))
     parser.add_argument("--through-ros", action="store_true", help="run the episodes through the ROS graph")
     parser.add_argument("--checkpoint", default="", help="world-model checkpoint (default: the shipped model)")
-    parser.add_argument("--max-steps", type=int, default=40, help="executed MPC steps per episode")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help=f"executed MPC steps per episode (default {DEFAULT_MAX_STEPS})")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
+    parser.add_argument("--hold-s", type=float, default=HOLD_S, help="simulated hold after the stop before judging")
+    parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
+    parser.add_argument("--done-cost", type=float, default=-1.0,
+                        help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
                         help="extra world-model checkpoint evaluated as a baseline (repeatable)")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    parser.add_argument("--baselines", default="all",
+                        help=f"comma-separated baselines to run ({', '.join(BASELINES)}), 'all' or 'none'")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines (= --baselines none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error("--episodes must be >= 1")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        parser.error(f"checkpoint not found: {args.checkpoint}")
+    if args.fit_stop:
+        result = fit_stop(args.checkpoint, progress=not args.quiet)
+        result["details"] = {k: v for k, v in result["details"].items() if not k.startswith("costs_")}
+        print(json.dumps(result, indent=2))
+        return 0
+    if not args.task:
+        parser.error("--task is required")
+    if args.task not in PROTOCOL_TASKS[args.protocol]:
+        parser.error(f"--task for the {args.protocol} protocol: one of {', '.join(PROTOCOL_TASKS[args.protocol])}")
+    for name in ("episodes", "planner_seeds", "baseline_planner_seeds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    if args.max_steps < 1:
-        parser.error("--max-steps must be >= 1")
+    if args.max_steps < 0:
+        parser.error("--max-steps must be >= 1 (or 0 for the protocol's default)")
+    if not (np.isfinite(args.hold_s) and 0 < args.hold_s <= 60):
+        parser.error("--hold-s must be in (0, 60]")
+    if args.plateau_steps < 0:
+        parser.error("--plateau-steps must be >= 0")
+    if not np.isfinite(args.done_cost):
+        parser.error("--done-cost must be finite")
     ablations = None
     if args.ablation:
         ablations = {}
@@ -522,26 +946,45 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not name or not Path(path).is_file():
                 parser.error(f"--ablation needs NAME=PATH of an existing checkpoint, got {item!r}")
             ablations[name] = path
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        parser.error(f"checkpoint not found: {args.checkpoint}")
+    if args.no_baselines or args.baselines == "none":
+        baselines = False
+    elif args.baselines == "all":
+        baselines = True
+    else:
+        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            parser.error(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     if args.through_ros and args.preset != "cpu":
         parser.error("--through-ros uses the planner node's configured preset (config/planner.yaml)")
-    settings = EvalSettings(task=args.task, episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
-                            preset=args.preset, checkpoint=args.checkpoint)
+    if args.through_ros and args.planner_seeds != 1:
+        parser.error("--through-ros runs one planner seed per episode")
+    settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
+                            max_steps=args.max_steps, preset=args.preset, checkpoint=args.checkpoint,
+                            planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
+                            done_cost=args.done_cost)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        results = evaluate(settings, through_ros=args.through_ros, ablations=ablations,
-                           baselines=not args.no_baselines, progress=not args.quiet, log_dir=args.out.parent)
+        results = evaluate(settings, through_ros=args.through_ros, ablations=ablations, baselines=baselines,
+                           progress=not args.quiet, log_dir=args.out.parent,
+                           baseline_planner_seeds=args.baseline_planner_seeds)
     except (RuntimeError, TimeoutError, ValueError) as e:
         print(f"dexwm-eval: error: {e}", file=sys.stderr)
         return 1
     args.out.write_text(json.dumps(results, indent=2))
     plot_success(results, args.out.with_suffix(".png"))
     lo, hi = results["ci95"]
-    print(f"{args.task}: success {100 * results['success_rate']:.0f} % ({results['episodes']} episodes, "
-          f"95 % CI {100 * lo:.0f}-{100 * hi:.0f} %), replan {results['replan_seconds_median']:.2f} s median")
-    for name, rate in results["baselines"].items():
-        print(f"  baseline {name}: {100 * rate:.0f} %")
+    print(f"{args.protocol} {args.task}: success {_pct(results['success_rate'])} ({results['episodes']} episodes x "
+          f"{results['planner_seeds']} planner seeds, 95 % CI {_pct(lo)}-{_pct(hi)}, rule {results['success_rule']}); "
+          f"paper rule {_pct(results['success_rate_paper_rule'])}"
+          + (f"; strict {_pct(results['success_rate_strict'])}" if results["success_rate_strict"] is not None else "")
+          + (f"; flip rate {_pct(results['flip_rate'])}" if results["flip_rate"] is not None else "")
+          + f"; replan {results['replan_seconds_median']:.2f} s median; stops {results['stop_reasons']}")
+    for name, b in results["baselines"].items():
+        print(f"  baseline {name}: {_pct(b['success_rate'])} [{_pct(b['ci95'][0])}-{_pct(b['ci95'][1])}], "
+              f"paper rule {_pct(b['success_rate_paper_rule'])}")
+    if results["skipped_seeds"]:
+        print(f"  skipped {len(results['skipped_seeds'])} seeds without a demonstration")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

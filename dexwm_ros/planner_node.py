@@ -56,9 +56,10 @@ from allegro_driver import joints as hand_joints
 from dexwm_planner.cem import PRESETS
 from dexwm_planner.mpc import MPCConfig, MPCPlanner, PlanStep
 from dexwm_planner.objective import ObjectiveConfig
+from dexwm_planner.stop_rule import REACHED, StopRule, load_fitted
 from dexwm_ros.action import Execute, MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
-from dexwm_ros.msg import EpisodeState, PlannerStatus
+from dexwm_ros.msg import PlannerStatus
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
@@ -226,6 +227,7 @@ class PlannerNode(Node):
         else:
             self.world_to_camera = HeadCamera().world_to_camera
         self.model = model if model is not None else load_world_model(g("checkpoint"))
+        self._fitted_stop = self._load_fitted_stop(g("checkpoint") or (None if model is not None else ""))
         self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
         kin, w2c_matrix = self.kin, self.world_to_camera
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, w2c_matrix, kinematics=kin)
@@ -235,8 +237,6 @@ class PlannerNode(Node):
         self._image: Stamped | None = None
         self._arm: Stamped | None = None
         self._hand: Stamped | None = None
-        self._episode: EpisodeState | None = None
-        self._episode_received = 0.0
         self._goal: Goal | None = None
         self._busy = False
         self._state = "idle"
@@ -253,8 +253,6 @@ class PlannerNode(Node):
         self.create_subscription(Image, g("image_topic"), self._on_image, image_qos, callback_group=sensors)
         self.create_subscription(JointState, g("arm_state_topic"), self._on_arm, 10, callback_group=sensors)
         self.create_subscription(JointState, g("hand_state_topic"), self._on_hand, 10, callback_group=sensors)
-        if g("episode_topic"):
-            self.create_subscription(EpisodeState, g("episode_topic"), self._on_episode, 10, callback_group=sensors)
         self.create_subscription(PoseStamped, "/goal_pose", lambda _m: self._capture_from("/goal_pose"), 10,
                                  callback_group=self._work)
         self.create_subscription(PointStamped, "/clicked_point", lambda _m: self._capture_from("/clicked_point"),
@@ -318,12 +316,19 @@ class PlannerNode(Node):
                                               float_range=(0.05, 60.0)))
         p("stale_abort_s", 10.0, _descriptor("abort a goal when inputs stay stale this long [s]",
                                              float_range=(0.1, 600.0)))
-        p("success_cost", 0.0, _descriptor("declare success when the latent distance to the goal drops below "
-                                           "this (hardware has no ground truth); 0 off", float_range=(0.0, 1e6)))
+        # The stop rule (dexwm_planner.stop_rule): the planner decides itself when it is done, from
+        # the camera, as on hardware; nothing reads the simulator's success.
+        p("done_cost", -1.0, _descriptor(
+            "stop as reached when the latent distance to the goal drops below this; -1 = the threshold fitted "
+            "for the checkpoint and task (<checkpoint>.stop.json, 0 when there is none); 0 off",
+            float_range=(-1.0, 1e3)))
+        p("plateau_steps", 5, _descriptor("stop when the best latent distance did not improve (by plateau_rel) "
+                                          "over this many executed steps; 0 off", int_range=(0, 1000)))
+        p("plateau_rel", 0.02, _descriptor("relative improvement that counts as progress for plateau_steps",
+                                           float_range=(0.0, 0.99)))
         p("image_topic", "/camera/camera/color/image_raw", _descriptor("colour image topic", read_only=True))
         p("arm_state_topic", "/franka/joint_states", _descriptor("arm JointState topic", read_only=True))
         p("hand_state_topic", "/allegro/joint_states", _descriptor("hand JointState topic", read_only=True))
-        p("episode_topic", "/sim/episode", _descriptor("simulation episode state (success); empty off", read_only=True))
         p("frame_id", "world", _descriptor("frame of the keypoint markers (robot base / world)"))
         p("world_to_camera", [0.0] * 0, ParameterDescriptor(
             type=S.PARAMETER_DOUBLE_ARRAY, read_only=True,
@@ -390,11 +395,6 @@ class PlannerNode(Node):
         if q is not None:
             with self._lock:
                 self._hand = Stamped(q, time.monotonic(), seconds(msg.header.stamp))
-
-    def _on_episode(self, msg: EpisodeState):
-        with self._lock:
-            self._episode = msg
-            self._episode_received = time.monotonic()
 
     def _stale_inputs(self) -> list[str]:
         """Names of the inputs that are missing or older than stale_timeout_s."""
@@ -479,6 +479,31 @@ class PlannerNode(Node):
         cost = self._last.get("current_cost", float("nan"))
         return Execute.Result(success=success, steps=int(steps), final_cost=float(cost), reason=reason)
 
+    def _load_fitted_stop(self, checkpoint):
+        """The stop thresholds fitted for the checkpoint (``dexwm-eval --fit-stop``), or None."""
+        if checkpoint is None:          # a model object without a file: nothing fitted
+            return None
+        from dexwm_planner import world_model
+
+        path = checkpoint or world_model.default_checkpoint()
+        try:
+            fitted = load_fitted(path)
+        except (OSError, ValueError) as e:
+            self.get_logger().error(f"stop thresholds of {path} unusable ({e}): stopping only at plateau or budget")
+            return None
+        if fitted is None:
+            self.get_logger().warning(f"no fitted stop thresholds beside {path} (dexwm-eval --fit-stop): "
+                                      "stopping only at plateau or budget unless done_cost is set")
+        return fitted
+
+    def _stop_rule(self, task: str, max_steps: int) -> StopRule:
+        g = lambda name: self.get_parameter(name).value  # noqa: E731
+        done = float(g("done_cost"))
+        if done < 0:
+            done = self._fitted_stop.for_kind(task) if self._fitted_stop is not None else 0.0
+        return StopRule(done_cost=done, plateau_steps=int(g("plateau_steps")), plateau_rel=float(g("plateau_rel")),
+                        max_steps=int(max_steps))
+
     def _run_goal(self, goal_handle):
         request = goal_handle.request
         g = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -497,6 +522,7 @@ class PlannerNode(Node):
             goal_handle.abort()
             return self._result(False, 0, f"bad_goal: {e}")
         max_steps = int(request.max_steps) or g("max_steps")
+        stop_rule = self._stop_rule(task, max_steps)
 
         self.planner = self._make_planner(task)
         try:
@@ -506,12 +532,13 @@ class PlannerNode(Node):
             goal_handle.abort()
             return self._result(False, 0, f"bad_goal: {e}")
         self._task = task
-        started = time.monotonic()
         self._last = {"step": 0, "current_cost": float("nan"), "best_cost": float("nan"),
                       "planned_cost": float("nan"),
                       "replan_seconds": float("nan")}
-        self.get_logger().info(f"executing {task} toward the goal from {goal.source}, at most {max_steps} steps")
+        self.get_logger().info(f"executing {task} toward the goal from {goal.source}, at most {max_steps} steps, "
+                               f"stop below latent distance {stop_rule.done_cost:.3f}")
         step = 0
+        costs: list[float] = []
         # Plan from data taken after the goal arrived (not, say, the previous episode's end).
         last_frame, moved_at = -1.0, self.get_clock().now().nanoseconds * 1e-9
         while True:
@@ -521,14 +548,6 @@ class PlannerNode(Node):
                 self._hold("shutdown")
                 goal_handle.abort()
                 return self._result(False, step, "shutdown")
-            if self._sim_success(started):
-                self._set_state("succeeded")
-                goal_handle.succeed()
-                return self._result(True, step, "success")
-            if step >= max_steps:
-                self._set_state("failed")
-                goal_handle.abort()
-                return self._result(False, step, "budget")
             # Fresh inputs, and a frame that shows the result of the last executed step.
             wait = self._wait_for_inputs(goal_handle, newer_than=last_frame, taken_after=moved_at)
             if wait == "canceled":
@@ -538,24 +557,30 @@ class PlannerNode(Node):
                 self._set_state("failed")
                 goal_handle.abort()
                 return self._result(False, step, wait)
-            if self._sim_success(started):   # the episode state of the last move may come late
+            image, q, _ = self._snapshot()
+            self.planner.observe(image, q)
+            cost = self.planner.current_cost()
+            costs.append(cost)
+            best = float(np.nanmin([self._last["best_cost"], cost]))
+            self._last.update(current_cost=cost, best_cost=best)
+            # Done? The robot then holds its last targets (the drivers keep them).
+            why = stop_rule.decide(costs, step)
+            if why == REACHED:
+                self.get_logger().info(f"goal reached after {step} steps: latent distance {cost:.4f}")
                 self._set_state("succeeded")
                 goal_handle.succeed()
-                return self._result(True, step, "success")
-            image, q, _ = self._snapshot()
+                return self._result(True, step, why)
+            if why is not None:
+                self.get_logger().info(f"stopped after {step} steps ({why}): latent distance {cost:.4f}")
+                self._set_state("failed")
+                goal_handle.abort()
+                return self._result(False, step, why)
             self._set_state("planning")
-            self.planner.observe(image, q)
             future = self._plan_pool.submit(self.planner.step, q, lambda: goal_handle.is_cancel_requested)
             plan = self._wait_future(future, goal_handle)
             if plan is None:
                 return self._finish_canceled(goal_handle, step)
-            best = float(np.nanmin([self._last["best_cost"], plan.current_cost]))
-            self._last.update(step=step + 1, current_cost=plan.current_cost, best_cost=best,
-                              planned_cost=plan.cost, replan_seconds=plan.replan_seconds)
-            if g("success_cost") > 0 and plan.current_cost < g("success_cost"):
-                self._set_state("succeeded")
-                goal_handle.succeed()
-                return self._result(True, step, "success")
+            self._last.update(step=step + 1, planned_cost=plan.cost, replan_seconds=plan.replan_seconds)
             reason = check_command(plan.command, q, self.lower, self.upper, self.planner.cem.max_step)
             if reason is not None:  # never expected: the optimizer projects every sample
                 self.get_logger().error(f"planned command refused: {reason}")
@@ -591,11 +616,6 @@ class PlannerNode(Node):
         self._set_state("canceled")
         goal_handle.canceled()
         return self._result(False, step, "canceled")
-
-    def _sim_success(self, started: float) -> bool:
-        with self._lock:
-            ep, received = self._episode, self._episode_received
-        return ep is not None and received > started and bool(ep.success)
 
     def _wait_for_inputs(self, goal_handle, newer_than: float, taken_after: float = 0.0) -> str:
         """'ok' once all inputs are fresh, a frame arrived after ``newer_than`` (monotonic), and the

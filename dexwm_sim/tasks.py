@@ -230,6 +230,11 @@ def palm_rotation(direction_xy, palm_down: bool) -> np.ndarray:
     return np.stack([x, np.cross(z, x), z], axis=1)
 
 
+# States after every control step of the demonstration being traced (``demonstration(trace=...)``):
+# a module-level list because every scripted motion goes through ``_drive``.
+_TRACE: list | None = None
+
+
 def _drive(env, arm, hand, steps: int, until=None, duration: float | None = None) -> bool:
     """Command (arm, hand) and run ``steps`` control steps (stop early when ``until()`` is true).
     Neither given: the running command goes on unchanged (its speed too)."""
@@ -237,6 +242,8 @@ def _drive(env, arm, hand, steps: int, until=None, duration: float | None = None
         env.command(arm, hand, duration=duration)
     for _ in range(steps):
         env.step()
+        if _TRACE is not None:
+            _TRACE.append(env.get_state())
         if until is not None and until():
             return True
     return False
@@ -374,6 +381,8 @@ def _mark(marks: dict | None, name: str, env) -> None:
     """Record the simulation state at a stage boundary of a scripted demonstration."""
     if marks is not None:
         marks[name] = env.get_state()
+        if _TRACE is not None:
+            marks[name]["trace_index"] = len(_TRACE)
 
 
 def _grasp_and_lift(env, episode: Episode, lift: float = 0.12, marks: dict | None = None):
@@ -452,16 +461,23 @@ class StageUnavailable(ValueError):
     """The seed's scripted demonstration failed, so it has no paper-protocol stage episodes."""
 
 
-def demonstration(env, episode: Episode) -> dict:
+def demonstration(env, episode: Episode, trace: list | None = None) -> dict:
     """Run the scripted pick-and-place demonstration of a paper-protocol episode from the scene's
     start; returns the states at its stage boundaries (the scene is left at the demonstration's end).
-    Raises StageUnavailable when the demonstration does not place the object."""
+    ``trace`` (optional) receives the state after every control step; each mark then holds its
+    position in it (``"trace_index"``). Raises StageUnavailable when the demonstration does not
+    place the object."""
+    global _TRACE
     base = Episode(task="pick-place", seed=episode.seed, object_kind=episode.object_kind,
                    objects=episode.objects, target=episode.target, arm_start=episode.arm_start,
                    hand_start=episode.hand_start)
     env.apply_episode(base)
     marks: dict = {}
-    placed = solve(env, base, marks=marks)
+    _TRACE = trace
+    try:
+        placed = solve(env, base, marks=marks)
+    finally:
+        _TRACE = None
     missing = [m for m in ("start", "pregrasp", "lifted", "carrying", "lowered") if m not in marks]
     if not placed or missing:
         raise StageUnavailable(f"the scripted demonstration of seed {episode.seed} fails"

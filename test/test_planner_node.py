@@ -134,7 +134,7 @@ def graph(rclpy_context):
     planner = PlannerNode(model=DexWM(), context=rclpy_context, parameter_overrides=[
         rclpy.parameter.Parameter("samples", value=8), rclpy.parameter.Parameter("elites", value=2),
         rclpy.parameter.Parameter("iterations", value=1), rclpy.parameter.Parameter("stale_timeout_s", value=0.5),
-        rclpy.parameter.Parameter("stale_abort_s", value=30.0), rclpy.parameter.Parameter("episode_topic", value=""),
+        rclpy.parameter.Parameter("stale_abort_s", value=30.0),
         rclpy.parameter.Parameter("move_duration_s", value=0.05)])
     executor = MultiThreadedExecutor(num_threads=6, context=rclpy_context)
     for node in (robot, client, planner):
@@ -210,6 +210,34 @@ def test_bad_goal_images_are_refused_or_resized(graph):
     result = _call(send_goal(client, Execute.Goal(goal_image=big, max_steps=1)).get_result_async()).result
     assert result.reason == "budget" and result.steps == 1
     assert planner._goal.image.shape == (96, 128, 3)
+
+
+def test_goal_captured_from_the_current_frame_stops_at_once_without_moving(graph):
+    """The stop rule, not a simulator flag: the current frame is the goal, so the latent distance
+    is 0, below any threshold, and the planner ends as reached before planning or moving."""
+    robot, client, planner = graph
+    resp = _call(client.capture.call_async(Trigger.Request()))
+    assert resp.success, resp.message
+    planner.set_parameters([rclpy.parameter.Parameter("done_cost", value=0.01)])
+    handle = send_goal(client, Execute.Goal(use_captured_goal=True, task="grasp", max_steps=5))
+    result = _call(handle.get_result_async(), 60).result
+    assert (result.success, result.steps, result.reason) == (True, 0, "reached")
+    assert result.final_cost == pytest.approx(0.0, abs=1e-6)
+    assert robot.targets == []
+    # Off (0): the same goal is planned toward, so the threshold is what stopped it.
+    planner.set_parameters([rclpy.parameter.Parameter("done_cost", value=0.0)])
+    result = _call(send_goal(client, Execute.Goal(use_captured_goal=True, task="grasp", max_steps=1))
+                   .get_result_async(), 60).result
+    assert (result.steps, result.reason) == (1, "budget") and robot.targets
+
+
+def test_planner_reads_no_simulator_ground_truth(graph):
+    """Nothing the planner subscribes to comes from the simulation (no /sim/* topic)."""
+    robot, client, planner = graph
+    subscribed = [sub.topic_name for sub in planner.subscriptions]
+    assert subscribed and not [t for t in subscribed if t.startswith("/sim")], subscribed
+    assert set(subscribed) <= {"/camera/camera/color/image_raw", "/franka/joint_states", "/allegro/joint_states",
+                               "/goal_pose", "/clicked_point", "/parameter_events"}
 
 
 def test_execute_runs_to_budget_within_limits_and_cap(graph):
