@@ -45,6 +45,10 @@ ARM_TORQUE = np.array([87, 87, 87, 87, 12, 12, 12], dtype=float)
 HAND_KP = 3.0
 HAND_KV = 0.08
 HAND_TORQUE = 0.7
+# Joint speed limits [rad/s] (not part of the MuJoCo model; the URDF needs them): FR3 data sheet;
+# the hand's is the simulation's set-point speed cap (SimEnv max_hand_speed).
+ARM_VELOCITY = np.array([2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26])
+HAND_VELOCITY = 6.0
 
 # Where the Allegro sits on the FR3 flange (107 mm along link 7) and how it is turned about the
 # flange axis (like Franka's own hand: 45 degrees, so the palm faces the robot's x axis at q7=pi/4).
