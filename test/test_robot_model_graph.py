@@ -191,3 +191,17 @@ def test_dexwm_up_starts_robot_state_publisher_with_the_urdf_and_calibration(nod
     r = subprocess.run(DEXWM_UP + ["reach", f"extrinsics:={bad}"], env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "camera calibration" in r.stderr
+
+
+def test_rviz_config_shows_the_robot_model_and_tf():
+    from dexwm_sim.urdf import ROOT_LINK
+
+    config = yaml.safe_load((graph.config_dir() / "dexwm.rviz").read_text())
+    manager = config["Visualization Manager"]
+    displays = {d["Class"]: d for d in manager["Displays"]}
+    robot = displays["rviz_default_plugins/RobotModel"]
+    # robot_state_publisher latches /robot_description: RViz must ask for transient-local.
+    assert robot["Description Source"] == "Topic" and robot["Description Topic"]["Value"] == "/robot_description"
+    assert robot["Description Topic"]["Durability Policy"] == "Transient Local"
+    assert displays["rviz_default_plugins/TF"]["Frames"][CAMERA_FRAME]["Value"] is True
+    assert manager["Global Options"]["Fixed Frame"] == ROOT_LINK
