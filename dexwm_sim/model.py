@@ -195,10 +195,13 @@ class SceneModel:
     target_mocap: int
 
 
-def build_model(camera: HeadCamera | None = None) -> SceneModel:
-    """Compile the scene and look up the indices of robot joints, actuators and objects."""
+def build_model(camera: HeadCamera | None = None, spec: mujoco.MjSpec | None = None) -> SceneModel:
+    """Compile the scene and look up the indices of robot joints, actuators and objects.
+
+    ``spec``: a variant of ``build_spec(camera)`` to compile instead (the calibration scene).
+    """
     camera = camera or HeadCamera()
-    model = build_spec(camera).compile()
+    model = (spec or build_spec(camera)).compile()
     jids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ALL_JOINTS]
     if min(jids) < 0:
         raise RuntimeError("scene is missing robot joints")
