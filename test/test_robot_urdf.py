@@ -21,6 +21,7 @@ from dexwm_sim.model import ALL_JOINTS, build_model
 from dexwm_sim.urdf import CAMERA_FRAME, robot_urdf
 
 ROOT = Path(__file__).resolve().parents[1]
+DEXWM_URDF = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-urdf")]
 # The frames the planner's keypoints are made of, in RobotKinematics' MANO order (palm, then per
 # finger 3 joint frames and the tip); the little finger repeats the ring finger.
 POINT_FRAMES = ["allegro_palm_center"] + [f"allegro_{f}_{p}" for f in MANO_FINGERS
@@ -106,7 +107,7 @@ def test_cli_writes_the_urdf_with_a_calibration_file(tmp_path, scene):
     calib = tmp_path / "calib.yaml"
     calib.write_text(yaml.safe_dump(moved.world_to_camera.tolist()))
     out = tmp_path / "robot.urdf"
-    r = subprocess.run([sys.executable, "-m", "dexwm_sim.urdf", "--out", str(out), "--camera-pose", str(calib)],
+    r = subprocess.run(DEXWM_URDF + ["--out", str(out), "--camera-pose", str(calib)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     model = pin.buildModelFromXML(out.read_text())
@@ -116,6 +117,6 @@ def test_cli_writes_the_urdf_with_a_calibration_file(tmp_path, scene):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("[[1, 0], [0, 1]]")
-    r = subprocess.run([sys.executable, "-m", "dexwm_sim.urdf", "--camera-pose", str(bad)],
+    r = subprocess.run(DEXWM_URDF + ["--camera-pose", str(bad)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "4x4" in r.stderr
