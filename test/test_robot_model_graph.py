@@ -3,12 +3,10 @@ robot_state_publisher, started by dexwm-up only when installed, with the generat
 camera calibration as its robot_description."""
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
