@@ -172,7 +172,7 @@ def test_dexwm_up_starts_robot_state_publisher_with_the_urdf_and_calibration(nod
     calib = tmp_path / "calib.yaml"
     calib.write_text(yaml.safe_dump(camera.world_to_camera.tolist()))
     env = dict(node_env, DEXWM_CONFIG_DIR=str(_robot_model_config(tmp_path)), AMENT_PREFIX_PATH=str(prefix))
-    r = subprocess.run(DEXWM_UP + ["reach", f"extrinsics:={calib}", "--duration", "6"], env=env,
+    r = subprocess.run(DEXWM_UP + ["reach", f"extrinsics:={calib}", "--duration", "10"], env=env,
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "is not installed" not in r.stderr
