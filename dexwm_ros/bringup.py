@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from dexwm_ros.graph import GraphError, NodeSpec, graph_names, load_description, parse_assignments, resolve_graph
+from dexwm_ros.graph import (PACKAGE, GraphError, NodeSpec, graph_names, installed_executable, load_description,
+                             parse_assignments, resolve_graph)
 
 STOP_TIMEOUT_S = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -81,6 +82,12 @@ class Bringup:
 
     def start(self, extra: list[tuple[str, list[str], bool]] = ()):
         for spec in self.nodes:
+            if spec.package != PACKAGE:   # another ROS package's executable (C++ or Python): run as is
+                exe = installed_executable(spec.package, spec.executable)
+                if exe is None:
+                    raise GraphError(f"node executable not found: {spec.package}/{spec.executable}")
+                self._spawn(spec.full_name, [str(exe), *spec.ros_args()], spec)
+                continue
             exe = node_executable(spec.executable)
             if not exe.is_file():
                 raise GraphError(f"node executable not found: {exe} (run `make setup`)")
@@ -144,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.graph not in graph_names(description):
             raise GraphError(f"unknown graph '{args.graph}' (choose from: {', '.join(graph_names(description))})")
         arguments = parse_assignments(args.assignments)
-        nodes = resolve_graph(args.graph, arguments, description)
+        notices: list[str] = []
+        nodes = resolve_graph(args.graph, arguments, description, notices)
     except GraphError as e:
         print(f"dexwm-up: error: {e}", file=sys.stderr)
         return 2
+    for notice in notices:
+        print(f"dexwm-up: {notice}", file=sys.stderr)
 
     extra = []
     use_rviz = arguments.get("use_rviz", "false").lower() in ("true", "1", "yes", "on")

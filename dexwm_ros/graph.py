@@ -40,6 +40,7 @@ class NodeSpec:
     params_file: Path
     parameters: dict[str, Any] = field(default_factory=dict)
     required: bool = True
+    package: str = PACKAGE
 
     @property
     def full_name(self) -> str:
@@ -130,8 +131,13 @@ def _yaml_scalar(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        # Quote strings YAML would read as another type ("012345" must stay a serial number).
-        if value == "" or not isinstance(yaml.safe_load(value), str):
+        # Quote strings YAML would read as another type ("012345" must stay a serial number) or
+        # cannot read at all (a URDF: its newlines fold to spaces inside the quotes, harmless in XML).
+        try:
+            plain = isinstance(yaml.safe_load(value), str)
+        except yaml.YAMLError:
+            plain = False
+        if value == "" or not plain:
             return "'" + value.replace("'", "''") + "'"
         return value
     return yaml.safe_dump(value, default_flow_style=True).strip()
@@ -170,9 +176,39 @@ def _typed(value: str, like: Any, key: str, node: str) -> Any:
     return parsed
 
 
+def installed_executable(package: str, executable: str) -> Path | None:
+    """The executable of another ROS package (lib/PACKAGE/EXECUTABLE in its ament prefix), or None."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:
+        return None
+    try:
+        path = Path(get_package_prefix(package)) / "lib" / package / executable
+    except (PackageNotFoundError, OSError, ValueError):   # OSError: no AMENT_PREFIX_PATH (no ROS install)
+        return None
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def robot_description(extrinsics: str) -> str:
+    """The robot's URDF (dexwm_sim.urdf) with the camera at the calibration file ``extrinsics``
+    (empty: the simulated head camera)."""
+    from dexwm_sim.camera import load_extrinsics
+    from dexwm_sim.urdf import robot_urdf
+
+    try:
+        world_to_camera = load_extrinsics(Path(extrinsics)) if extrinsics else None
+    except ValueError as e:
+        raise GraphError(f"camera calibration: {e}") from e
+    return robot_urdf(world_to_camera=world_to_camera)
+
+
 def resolve_graph(graph: str, arguments: dict[str, str] | None = None,
-                  description: dict | None = None) -> list[NodeSpec]:
-    """The nodes a graph starts for the given launch arguments (unknown names are an error)."""
+                  description: dict | None = None, notices: list[str] | None = None) -> list[NodeSpec]:
+    """The nodes a graph starts for the given launch arguments (unknown names are an error).
+
+    A node marked ``if_installed`` whose executable is missing is left out; ``notices`` (when given)
+    receives one line saying so, for the caller to log.
+    """
     description = description or load_description()
     graphs = description["graphs"]
     if graph not in graphs:
@@ -191,6 +227,12 @@ def resolve_graph(graph: str, arguments: dict[str, str] | None = None,
             continue
         if "unless" in entry and _truthy(values[entry["unless"]], entry["unless"]):
             continue
+        package = entry.get("package", PACKAGE)
+        if entry.get("if_installed") and installed_executable(package, entry["executable"]) is None:
+            if notices is not None:
+                notices.append(f"{package} is not installed: not starting node '{entry['name']}'"
+                               + (f" ({entry['if_missing']})" if entry.get("if_missing") else ""))
+            continue
         params_file = cfg_dir / entry["config"]
         if not params_file.is_file():
             raise GraphError(f"config file for node '{entry['name']}' not found: {params_file}")
@@ -206,8 +248,17 @@ def resolve_graph(graph: str, arguments: dict[str, str] | None = None,
                 if raw == "":  # an empty launch argument keeps the value in the node's YAML
                     continue
             parameters[key] = _typed(raw, defaults.get(key), key, entry["name"])
+        if "robot_description" in entry:
+            # The URDF is generated here, at launch, so it always matches the installed model and the
+            # calibration file given now ("$(argument)" names that file).
+            source = str(entry["robot_description"])
+            ref = _ARG_REF.match(source)
+            if ref and ref.group(1) not in values:
+                raise GraphError(f"node '{entry['name']}' refers to unknown argument '{ref.group(1)}'")
+            parameters["robot_description"] = robot_description(values[ref.group(1)] if ref else source)
         nodes.append(NodeSpec(
             executable=entry["executable"], name=entry["name"], namespace=entry.get("namespace", ""),
             params_file=params_file, parameters=parameters, required=bool(entry.get("required", True)),
+            package=package,
         ))
     return nodes

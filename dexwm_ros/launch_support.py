@@ -6,7 +6,7 @@ graph description without them.
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -19,8 +19,9 @@ def _truthy(text: str) -> bool:
 
 def _graph_actions(context, graph: str, description: dict):
     arguments = {name: LaunchConfiguration(name).perform(context) for name in description["arguments"]}
-    actions = []
-    nodes = resolve_graph(graph, arguments, description)
+    notices = []
+    nodes = resolve_graph(graph, arguments, description, notices)
+    actions = [LogInfo(msg=notice) for notice in notices]
     for spec in nodes:
         kwargs = {}
         if spec.namespace.strip("/"):
@@ -28,7 +29,7 @@ def _graph_actions(context, graph: str, description: dict):
         if spec.required:
             kwargs["on_exit"] = Shutdown(reason=f"required node {spec.full_name} exited")
         actions.append(Node(
-            package=PACKAGE, executable=spec.executable, name=spec.name,
+            package=spec.package, executable=spec.executable, name=spec.name,
             parameters=[str(spec.params_file), spec.parameters],
             output="screen", emulate_tty=True, **kwargs,
         ))

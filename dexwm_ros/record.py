@@ -31,24 +31,9 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 FORMAT_VERSION = 1
 ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
 
-
-def load_extrinsics(path: Path) -> np.ndarray:
-    """A 4x4 world->camera transform from .npy, .yaml or .json; a clear error otherwise."""
-    if not path.is_file():
-        raise ValueError(f"extrinsics file not found: {path}")
-    if path.suffix == ".npy":
-        T = np.load(path)
-    else:
-        import yaml
-
-        T = np.asarray(yaml.safe_load(path.read_text()), dtype=np.float64)
-    T = np.asarray(T, dtype=np.float64)
-    if T.shape != (4, 4) or not np.all(np.isfinite(T)) or not np.allclose(T[3], [0, 0, 0, 1]):
-        raise ValueError(f"{path}: extrinsics must be a finite 4x4 homogeneous transform, got shape {T.shape}")
-    R = T[:3, :3]
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-4):
-        raise ValueError(f"{path}: the rotation part of the extrinsics is not orthonormal")
-    return T
+# The calibration file reader lives with the camera model (dexwm-calibrate, dexwm-urdf and the
+# launch graph read the same file); re-exported here for the recorder's callers.
+from dexwm_sim.camera import load_extrinsics  # noqa: E402,F401
 
 
 def next_episode_path(out: Path) -> Path:

@@ -11,6 +11,7 @@ the projections here agree (checked in test_sim_kinematics.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -118,3 +119,27 @@ class HeadCamera:
         uv = np.stack([u, v], axis=-1)
         visible = (depth > 1e-3) & (u >= -0.5) & (u <= width - 0.5) & (v >= -0.5) & (v <= height - 0.5)
         return uv, depth, visible
+
+
+def load_extrinsics(path: Path) -> np.ndarray:
+    """A 4x4 world->camera transform (the hand-eye calibration file) from .npy, .yaml or .json.
+
+    The format ``dexwm-calibrate`` writes and ``dexwm-record --extrinsics``, ``dexwm-urdf`` and the
+    launch graph read; a clear ValueError otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"extrinsics file not found: {path}")
+    if path.suffix == ".npy":
+        T = np.load(path)
+    else:
+        import yaml
+
+        T = np.asarray(yaml.safe_load(path.read_text()), dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)) or not np.allclose(T[3], [0, 0, 0, 1]):
+        raise ValueError(f"{path}: extrinsics must be a finite 4x4 homogeneous transform, got shape {T.shape}")
+    R = T[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-4):
+        raise ValueError(f"{path}: the rotation part of the extrinsics is not orthonormal")
+    return T

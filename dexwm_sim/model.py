@@ -45,6 +45,10 @@ ARM_TORQUE = np.array([87, 87, 87, 87, 12, 12, 12], dtype=float)
 HAND_KP = 3.0
 HAND_KV = 0.08
 HAND_TORQUE = 0.7
+# Joint speed limits [rad/s] (not part of the MuJoCo model; the URDF needs them): FR3 data sheet;
+# the hand's is the simulation's set-point speed cap (SimEnv max_hand_speed).
+ARM_VELOCITY = np.array([2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26])
+HAND_VELOCITY = 6.0
 
 # Where the Allegro sits on the FR3 flange (107 mm along link 7) and how it is turned about the
 # flange axis (like Franka's own hand: 45 degrees, so the palm faces the robot's x axis at q7=pi/4).
@@ -191,10 +195,13 @@ class SceneModel:
     target_mocap: int
 
 
-def build_model(camera: HeadCamera | None = None) -> SceneModel:
-    """Compile the scene and look up the indices of robot joints, actuators and objects."""
+def build_model(camera: HeadCamera | None = None, spec: mujoco.MjSpec | None = None) -> SceneModel:
+    """Compile the scene and look up the indices of robot joints, actuators and objects.
+
+    ``spec``: a variant of ``build_spec(camera)`` to compile instead (the calibration scene).
+    """
     camera = camera or HeadCamera()
-    model = build_spec(camera).compile()
+    model = (spec or build_spec(camera)).compile()
     jids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ALL_JOINTS]
     if min(jids) < 0:
         raise RuntimeError("scene is missing robot joints")

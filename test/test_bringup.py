@@ -33,6 +33,7 @@ SIM_TOPICS = {
     "/clicked_point": "geometry_msgs/msg/PointStamped",
     "/sim/episode": "dexwm_ros/msg/EpisodeState",
     "/sim/goal_image": "sensor_msgs/msg/Image",
+    "/joint_states": "sensor_msgs/msg/JointState",
 }
 SIM_SERVICES = {
     "/franka/stop": "std_srvs/srv/Trigger",
@@ -141,7 +142,7 @@ def test_grasp_sim_graph_offers_the_contract_and_stops_cleanly(node_env, rclpy_c
             except TimeoutError:
                 pytest.fail(f"missing or wrong type: {complete.missing}\n--- log:\n{log.read_text()[-3000:]}")
             names = {("/" + ns.strip("/") + "/" + n).replace("//", "/") for n, ns in node.get_node_names_and_namespaces()}
-            assert {"/sim", "/dexwm/planner"} <= names
+            assert {"/sim", "/dexwm/planner", "/joint_state_merger"} <= names
         finally:
             node.destroy_node()
         t0 = time.monotonic()
@@ -150,3 +151,5 @@ def test_grasp_sim_graph_offers_the_contract_and_stops_cleanly(node_env, rclpy_c
         stopped_in = time.monotonic() - t0
     assert code == 0, log.read_text()[-3000:]
     assert stopped_in < 12
+    # No ROS 2 distribution here: one line says robot_state_publisher is not started.
+    assert log.read_text().count("robot_state_publisher is not installed") == 1

@@ -43,6 +43,7 @@ def launch_stand_ins(monkeypatch):
     actions.DeclareLaunchArgument = type("DeclareLaunchArgument", (_Recorded,), {})
     actions.OpaqueFunction = type("OpaqueFunction", (_Recorded,), {})
     actions.Shutdown = type("Shutdown", (_Recorded,), {})
+    actions.LogInfo = type("LogInfo", (_Recorded,), {})
     subs = types.ModuleType("launch.substitutions")
     subs.LaunchConfiguration = _LaunchConfiguration
     launch_ros = types.ModuleType("launch_ros")
@@ -77,14 +78,20 @@ def test_launch_file_nodes_equal_graph(launch_stand_ins, graph, sim):
     opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
     assert len(opaque) == 1
     configs = dict(declared, sim=sim)
-    nodes = opaque[0].kwargs["function"](_Context(configs), *opaque[0].kwargs["args"])
-    expected = resolve_graph(graph, configs, description)
-    got = [(n.kwargs["executable"], n.kwargs.get("namespace", ""), n.kwargs["name"],
+    actions = opaque[0].kwargs["function"](_Context(configs), *opaque[0].kwargs["args"])
+    nodes = [a for a in actions if type(a).__name__ == "Node"]
+    notices = []
+    expected = resolve_graph(graph, configs, description, notices)
+    got = [(n.kwargs["package"], n.kwargs["executable"], n.kwargs.get("namespace", ""), n.kwargs["name"],
             n.kwargs["parameters"]) for n in nodes]
-    want = [(s.executable, s.namespace, s.name, [str(s.params_file), s.parameters]) for s in expected]
+    want = [(s.package, s.executable, s.namespace, s.name, [str(s.params_file), s.parameters]) for s in expected]
     assert got == want
-    assert all(n.kwargs["package"] == "dexwm_ros" for n in nodes)
-    assert all(type(n.kwargs["on_exit"]).__name__ == "Shutdown" for n in nodes)
+    # Required nodes stop the launch when they exit; display helpers do not.
+    assert all(("on_exit" in n.kwargs) == s.required for n, s in zip(nodes, expected))
+    assert all(type(n.kwargs["on_exit"]).__name__ == "Shutdown" for n in nodes if "on_exit" in n.kwargs)
+    # robot_state_publisher is not installed here: the launch logs the graph's one line about it.
+    assert [a.kwargs["msg"] for a in actions if type(a).__name__ == "LogInfo"] == notices
+    assert any("robot_state_publisher is not installed" in n for n in notices)
 
 
 def test_use_rviz_adds_rviz(launch_stand_ins):
@@ -93,7 +100,8 @@ def test_use_rviz_adds_rviz(launch_stand_ins):
     opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
     configs = {n: str(s.get("default", "")) for n, s in description["arguments"].items()}
     configs["use_rviz"] = "true"
-    nodes = opaque.kwargs["function"](_Context(configs), *opaque.kwargs["args"])
+    nodes = [a for a in opaque.kwargs["function"](_Context(configs), *opaque.kwargs["args"])
+             if type(a).__name__ == "Node"]
     rviz = nodes[-1]
     assert rviz.kwargs["package"] == "rviz2"
     assert rviz.kwargs["arguments"][1].endswith("dexwm.rviz")
