@@ -19,7 +19,7 @@ executor. JSON keys: ``latency_ms_p50``, ``latency_ms_p99``, ``published``, ``de
 ``bare_latency_ms_p99``, ``bare_dropped`` and ``bare_over_camera_p50``; ``load_average_1min`` and
 ``cpus`` (the figures are only comparable under similar load).
 
-    dexwm-bench camera [--json] [--seconds 5] [--rate 30] [--rounds 2] [--no-bare]
+    dexwm-bench camera [--json] [--seconds 5] [--rate 30] [--rounds 2] [--no-bare] [--bare-env NAME=VALUE]
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the two paths")
     ap.add_argument("--no-bare", action="store_true", help="measure the camera path only")
+    ap.add_argument("--bare-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of the bare publisher, e.g. FASTDDS_BUILTIN_TRANSPORTS=SHM (repeatable): "
+                         "how the README's transport table was measured")
     ap.add_argument("--role", choices=["publisher", "subscriber"], help=argparse.SUPPRESS)
     ap.add_argument("--path", choices=PATHS, default="camera", help=argparse.SUPPRESS)
     return ap
@@ -161,6 +164,7 @@ def _run_pair(args, path: str, domain_id: int) -> dict:
     if path == "bare":
         for name in ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
             pub_env.pop(name, None)
+        pub_env.update(item.split("=", 1) for item in args.bare_env)
     base = [sys.executable, "-m", "dexwm_ros.camera_bench", "--seconds", str(args.seconds), "--rate", str(args.rate),
             "--width", str(args.width), "--height", str(args.height)]
     sub = subprocess.Popen(base + ["--role", "subscriber"], env=sub_env, stdout=subprocess.PIPE, text=True)
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return _publisher(args)
     if args.role == "subscriber":
         return _subscriber(args)
+    if any("=" not in item for item in args.bare_env):
+        print("dexwm-bench camera: error: --bare-env takes NAME=VALUE", file=sys.stderr)
+        return 2
     if args.seconds <= 0 or args.rate <= 0 or args.width <= 0 or args.height <= 0 or args.rounds <= 0:
         print("dexwm-bench camera: error: --seconds, --rate, --width, --height and --rounds must be positive",
               file=sys.stderr)
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
            "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     if "bare" in runs:
         bare = _summary(runs["bare"])
-        out.update({f"bare_{k}": v for k, v in bare.items()})
+        out.update({f"bare_{k}": v for k, v in bare.items()}, bare_env=args.bare_env)
         if bare["latency_ms_p50"] and camera["latency_ms_p50"]:
             out["bare_over_camera_p50"] = round(bare["latency_ms_p50"] / camera["latency_ms_p50"], 2)
     if args.json:

@@ -1,8 +1,8 @@
 """Fast DDS settings of processes that publish camera images (ROS-free: only the environment).
 
-A 640x480 rgb8 frame does not fit into Fast DDS's default 512 KB shared-memory segment: fragments
-are dropped and re-sent after a negative acknowledgement, which costs about 10 ms per frame (see
-config/fastdds_large_images.xml for the measurements). The shipped profile gives the publishing
+A 640x480 rgb8 frame (921 KB) does not fit into Fast DDS's default 512 KB shared-memory segment,
+and such frames took about 10 ms longer to arrive than images below 512 KB, whatever the builtin
+transport choice (see config/fastdds_large_images.xml and the README's "Image transport"). The shipped profile gives the publishing
 participant a 16 MB segment. Fast DDS reads the profile when the ROS context starts, so
 :func:`use_large_image_profile` must run before ``rclpy.init``.
 """

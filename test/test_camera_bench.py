@@ -34,6 +34,7 @@ def test_camera_bench_rejects_bad_arguments():
     from dexwm_ros.camera_bench import main
     assert main(["--seconds", "0"]) == 2
     assert main(["--rounds", "0"]) == 2
+    assert main(["--bare-env", "NO_VALUE"]) == 2
 
 
 def test_the_large_image_profile_is_loaded_unless_the_user_has_one():
