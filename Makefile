@@ -9,15 +9,19 @@ export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
 export PYTHONUNBUFFERED := 1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-viz demo test bench clean
 
 setup:
 	@bash scripts/setup.sh
 
+# The tests also cover the optional viewer (dexwm-viz): rerun-sdk and Debian's chromium.
+setup-viz:
+	@bash scripts/setup.sh --with-viz
+
 demo: setup
 	$(PY) -m dexwm_ros.demo
 
-test: setup
+test: setup-viz
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

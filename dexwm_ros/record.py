@@ -26,6 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dexwm_ros.model_view import model_view, model_view_intrinsics  # noqa: F401  (re-exported)
+# The model's frame step is the collector's control rate (5 Hz = the paper's 0.2 s): recorded and
+# imported episodes use the same one.
+from dexwm_sim.collect import CONTROL_HZ as FRAME_RATE_HZ
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 FORMAT_VERSION = 1
@@ -43,8 +48,12 @@ def next_episode_path(out: Path) -> Path:
 
 
 def write_episode(path: Path, frames, stamps, joints, K: np.ndarray, world_to_camera: np.ndarray,
-                  joint_names: list[str], rate_hz: float) -> None:
-    """Write one recorded episode atomically (temporary file in the same folder, then rename)."""
+                  joint_names: list[str], rate_hz: float, extra_attrs: dict | None = None) -> None:
+    """Write one recorded episode atomically (temporary file in the same folder, then rename).
+
+    ``extra_attrs`` adds provenance attributes (``dexwm-import-bag`` names the source bag); the
+    datasets stay those of dexwm_sim/FORMAT.md, so the training reader sees no difference.
+    """
     import h5py
 
     frames = np.stack(frames)
@@ -61,24 +70,11 @@ def write_episode(path: Path, frames, stamps, joints, K: np.ndarray, world_to_ca
             cam["pose"] = np.linalg.inv(world_to_camera)
             f.attrs.update(format_version=FORMAT_VERSION, kind="recorded", control_hz=rate_hz,
                            image_size=(w, h), joint_names=list(joint_names))
+            f.attrs.update(extra_attrs or {})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def model_view_intrinsics(K: np.ndarray, src_wh: tuple[int, int], size: int) -> np.ndarray:
-    """Intrinsics of ``model_view``'s output: resize to ``size`` rows, centre-crop ``size`` columns."""
-    w, h = src_wh
-    scale = size / h
-    new_w = max(size, int(round(w * scale)))
-    x0 = (new_w - size) // 2
-    K = np.array(K, dtype=np.float64).reshape(3, 3)
-    K[:2] *= scale
-    K[:2, 2] += 0.5 * scale - 0.5   # pixel centres sit at integer coordinates
-    K[0, 2] -= x0
-    K[2] = (0.0, 0.0, 1.0)
-    return K
 
 
 def run(args) -> int:
@@ -90,7 +86,6 @@ def run(args) -> int:
     from allegro_driver.joints import JOINT_NAMES as HAND_JOINTS
     from dexwm_ros.image_conversion import image_to_numpy
     from dexwm_ros.joint_state import joint_vector
-    from dexwm_ros.planner_node import model_view
     from dexwm_ros.ros_time import seconds
 
     if args.sim_camera:
@@ -173,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--extrinsics", type=Path, help="4x4 world->camera transform (.npy/.yaml/.json)")
     source.add_argument("--sim-camera", action="store_true", help="use the simulation's head camera")
     parser.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C)")
-    parser.add_argument("--rate", type=float, default=5.0, help="frames per second (default 5, the paper's 0.2 s)")
+    parser.add_argument("--rate", type=float, default=FRAME_RATE_HZ,
+                        help=f"frames per second (default {FRAME_RATE_HZ:g}, the model's frame step)")
     parser.add_argument("--size", type=int, default=224, help="stored frame size in pixels (square)")
     args = parser.parse_args(argv)
     if not (args.rate > 0 and args.size > 0):

@@ -2,7 +2,16 @@
 # Brings this checkout to a runnable state: Debian packages, .venv (Python 3.11) with the pinned
 # Python packages, and the dexwm_ros package (interfaces + Python + executables) built into .venv.
 # Every step is skipped when its inputs have not changed, so a re-run on a set-up machine is quick.
+# --with-viz also installs the optional viewer (requirements-viz.txt: rerun-sdk, about 170 MB) and
+# Debian's chromium, which its test uses to open the served page; `make test` passes it.
 set -euo pipefail
+WITH_VIZ=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-viz) WITH_VIZ=1 ;;
+    *) echo "[setup] unknown option: $arg (known: --with-viz)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv
@@ -11,6 +20,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # --- Debian packages (the machines run as root; elsewhere ask the user) -------------------------
 DEB_PACKAGES=(libusb-1.0-0 libegl1 libgl1 libgles2 libosmesa6 libglvnd0)
+if ((WITH_VIZ)); then DEB_PACKAGES+=(chromium); fi
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -47,6 +57,15 @@ if [ "$(cat "$STAMP/requirements" 2>/dev/null)" != "$req_hash" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
   echo "$req_hash" > "$STAMP/requirements"
   rm -f "$STAMP/cmake-paths"
+fi
+
+if ((WITH_VIZ)); then
+  viz_hash=$(sha256sum requirements-viz.txt | cut -d' ' -f1)
+  if [ "$(cat "$STAMP/requirements-viz" 2>/dev/null)" != "$viz_hash" ]; then
+    log "installing the optional viewer packages (requirements-viz.txt)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-viz.txt
+    echo "$viz_hash" > "$STAMP/requirements-viz"
+  fi
 fi
 
 # --- Make the ROS wheels' CMake exports point at this Python -----------------------------------

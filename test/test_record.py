@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rosutil import node_command, process
+from rosutil import node_command, process, wait_for
 
 RECORD = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-record")]
 
@@ -17,6 +17,9 @@ def test_record_a_simulated_episode_readable_by_the_training_reader(node_env, tm
 
     out = tmp_path / "episodes"
     with process(node_command("sim", "-p", "task:=reach", "-p", "seed:=3"), node_env, tmp_path / "sim.log"):
+        # The sim node publishes its default posture until the seeded episode is set up; the recorder
+        # (which starts in about a second) must only see the episode.
+        wait_for(lambda: "simulation running" in (tmp_path / "sim.log").read_text(), 90, what="the sim episode")
         r = subprocess.run(RECORD + ["--out", str(out), "--sim-camera", "--duration", "6"], env=node_env,
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr + (tmp_path / "sim.log").read_text()[-2000:]
