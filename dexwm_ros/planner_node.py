@@ -59,6 +59,7 @@ from dexwm_planner.objective import ObjectiveConfig
 from dexwm_planner.stop_rule import REACHED, StopRule, load_fitted
 from dexwm_ros.action import Execute, MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
+from dexwm_ros.model_view import model_view
 from dexwm_ros.msg import PlannerStatus
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.joint_state import joint_vector
@@ -127,18 +128,6 @@ def check_command(command: np.ndarray, q: np.ndarray, lower: np.ndarray, upper: 
         bad = int(np.argmax(step - max_step))
         return f"joint {bad} would move {step[bad]:.4f} rad, above the per-step cap {max_step[bad]:.4f}"
     return None
-
-
-def model_view(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """The encoder's view of a frame: resize to the model height, centre-crop the model width."""
-    import cv2
-
-    H, W = image_size
-    scale = H / image.shape[0]
-    new_w = max(W, int(round(image.shape[1] * scale)))
-    resized = cv2.resize(image, (new_w, H), interpolation=cv2.INTER_AREA)
-    x0 = (new_w - W) // 2
-    return np.ascontiguousarray(resized[:, x0:x0 + W])
 
 
 def rollout_strip(current: np.ndarray, goal: np.ndarray, keypoints: np.ndarray | None,

@@ -144,15 +144,6 @@ def test_the_importer_does_not_need_rclpy():
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], timeout=60).returncode == 0
 
 
-def test_the_stored_view_is_the_planners_view():
-    """Imported and recorded frames are cropped like the frames the planner feeds the model."""
-    from dexwm_ros.model_view import model_view
-    from dexwm_ros.planner_node import model_view as planner_view
-
-    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(model_view(image, (224, 224)), planner_view(image, (224, 224)))
-
-
 def _identity(tmp_path: Path) -> Path:
     path = tmp_path / "extrinsics.npy"
     np.save(path, np.eye(4))

@@ -29,7 +29,7 @@ def test_generated_interfaces_import_and_have_the_contract_fields():
     assert "goal_image" in ResetEpisode.Response.get_fields_and_field_types()
 
 
-@pytest.mark.parametrize("node", ["sim", "camera", "franka", "allegro", "planner", "teleop"])
+@pytest.mark.parametrize("node", ["sim", "camera", "franka", "allegro", "planner", "teleop", "joint_state_merger"])
 def test_node_executables_are_installed(node):
     exe = PREFIX / "lib" / "dexwm_ros" / node
     assert exe.is_file() and os.access(exe, os.X_OK)
@@ -37,7 +37,7 @@ def test_node_executables_are_installed(node):
 
 
 @pytest.mark.parametrize("tool", ["dexwm-up", "dexwm-bench", "dexwm-eval", "dexwm-record", "dexwm-collect", "dexwm-train",
-                                  "dexwm-eval-wm"])
+                                  "dexwm-eval-wm", "dexwm-import-bag", "dexwm-viz", "dexwm-calibrate", "dexwm-urdf"])
 def test_tools_are_installed_and_answer_help(tool):
     exe = PREFIX / "bin" / tool
     assert exe.is_file()
