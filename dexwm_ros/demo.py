@@ -1,9 +1,16 @@
-"""`make demo`: the simulated Franka + Allegro grasp, driven by the shipped world model through the
-ROS graph (each node in its own process, exactly as `dexwm-up grasp` starts them).
+"""`make demo`: a simulated Franka + Allegro task, driven by the shipped world model through the ROS
+graph (each node in its own process, exactly as `dexwm-up <task>` starts them).
 
-Steps: start the graph; reset the simulation to a seeded grasp episode (its goal image is rendered
-from a scripted solution); send that goal to /dexwm/execute; print the cost of every MPC step and the
-outcome; write out/demo/episode.gif (camera | goal | predicted rollout), cost.png and summary.json.
+    dexwm-demo [--task place|grasp|reach] [--seed S] [--max-steps K] [--real-time]
+
+The task is a paper-protocol stage (dexwm_sim.tasks; default: place, the object already held and
+lifted, to be carried to its place). Steps: start the graph; reset the simulation to the seeded
+stage (its goal image is the scripted demonstration's end of the stage); send that goal to
+/dexwm/execute; print the cost of every MPC step; the planner stops by its own rule (it never reads
+the simulator's success); then the demo, as judge, reads the simulation's episode state and prints
+whether the task's rule holds. Writes out/demo/episode.gif (camera | goal | predicted rollout),
+cost.png and summary.json. The simulation runs in lock-step (the world waits while the planner
+thinks, so a run is reproducible); ``--real-time`` lets the world run on, as a robot does.
 """
 from __future__ import annotations
 
@@ -34,6 +41,10 @@ from dexwm_ros.bringup import stop_graph  # noqa: E402
 from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
 from dexwm_ros.msg import EpisodeState  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
+
+
+# An evaluation seed of the place stage (dexwm-eval --protocol paper --task place, docs/eval/paper).
+DEMO_SEED = 1_000_000
 
 
 class DemoClient(Node):
@@ -92,11 +103,14 @@ def _wait(predicate, timeout, what):
         time.sleep(0.1)
 
 
-def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int:
+def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: str = "place",
+        real_time: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "graph.log"
-    print(f"[demo] starting the simulated grasp graph (log: {log_path})", flush=True)
-    up_cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), "grasp", "sim:=true", f"seed:={seed}"]
+    sim_task = f"paper-{task}"
+    print(f"[demo] starting the simulated {task} graph (log: {log_path})", flush=True)
+    up_cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), sim_task, "sim:=true", f"seed:={seed}",
+              f"sim_lockstep:={'false' if real_time else 'true'}"]
     log = open(log_path, "wb")
     up = subprocess.Popen(up_cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rclpy.init()
@@ -106,7 +120,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     costs = []
-    summary = {"seed": seed, "task": "grasp"}
+    summary = {"seed": seed, "task": task, "sim_task": sim_task, "lockstep": not real_time}
     try:
         _wait(lambda: client.reset_client.service_is_ready() or up.poll() is not None, startup_timeout,
               "/sim/reset")
@@ -114,13 +128,13 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
               "/dexwm/execute")
         if up.poll() is not None:
             raise RuntimeError(f"the graph exited with code {up.returncode}; see {log_path}")
-        future = client.reset_client.call_async(ResetEpisode.Request(task="grasp", seed=seed))
+        future = client.reset_client.call_async(ResetEpisode.Request(task=sim_task, seed=seed))
         _wait(future.done, 60, "the episode reset")
         reset = future.result()
         if not reset.success:
             raise RuntimeError(f"reset failed: {reset.message}")
         goal = image_to_numpy(reset.goal_image)
-        print(f"[demo] episode grasp/{seed}: {reset.message}", flush=True)
+        print(f"[demo] episode {sim_task}/{seed}: {reset.message}", flush=True)
         _wait(lambda: client.camera is not None, 30, "a camera frame")
 
         def on_feedback(fb):
@@ -133,7 +147,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
                   f"plan {f.planned_cost:.4f}  "
                   f"replan {f.replan_seconds:.2f} s{extra}", flush=True)
 
-        goal_msg = Execute.Goal(goal_image=reset.goal_image, use_captured_goal=False, task="grasp",
+        goal_msg = Execute.Goal(goal_image=reset.goal_image, use_captured_goal=False, task=task,
                                 max_steps=max_steps)
         send = client.execute_client.send_goal_async(goal_msg, feedback_callback=on_feedback)
         _wait(send.done, 30, "the planner to accept the goal")
@@ -148,13 +162,23 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
                 raise RuntimeError(f"the graph exited with code {up.returncode}; see {log_path}")
         client.snapshot(goal)
         result = result_future.result().result
+        print(f"[demo] the planner stopped after {result.steps} steps ({result.reason}), final latent distance "
+              f"{result.final_cost:.4f}", flush=True)
+        # The judge (not the planner) reads the simulation: the newest episode state after the stop.
+        stopped = time.monotonic()
+        time.sleep(1.0)
         with client.lock:
             ep = client.episode
-        summary.update(success=bool(result.success), steps=int(result.steps), final_cost=float(result.final_cost),
-                       reason=result.reason, sim_success=bool(ep.success) if ep else None,
-                       replan_seconds=[c[3] for c in costs])
-        print(f"[demo] outcome: {'SUCCESS' if result.success else 'no success'} after {result.steps} steps "
-              f"({result.reason}), final cost {result.final_cost:.4f}", flush=True)
+        judged = ep is not None and bool(ep.success_now)
+        summary.update(success=judged, planner_reason=result.reason, steps=int(result.steps),
+                       final_cost=float(result.final_cost), task_distance_m=float(ep.distance) if ep else None,
+                       judged_after_s=round(time.monotonic() - stopped, 2), replan_seconds=[c[3] for c in costs])
+        rule = {"reach": "palm and fingertips within 0.15 m of the target",
+                "grasp": "palm within 0.20 m of the object and touching it",
+                "place": "object within 0.10 m of its target"}[task]
+        distance = f"{ep.distance:.3f} m" if ep is not None else "unknown"
+        print(f"[demo] outcome: {'SUCCESS' if judged else 'no success'} ({rule}: task distance {distance})",
+              flush=True)
     finally:
         executor.shutdown()
         client.destroy_node()
@@ -190,7 +214,8 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
         ax.plot(steps, [c[2] for c in costs], "--", label="planned cost (chosen plan)")
         ax.set_xlabel("MPC step")
         ax.set_ylabel("latent distance to goal")
-        ax.set_title(f"grasp, seed {summary['seed']}: {summary.get('reason', '')}")
+        ax.set_title(f"{summary['sim_task']}, seed {summary['seed']}: {summary.get('planner_reason', '')}, "
+                     f"{'success' if summary.get('success') else 'no success'}")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / "cost.png", dpi=100)
@@ -202,12 +227,15 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--seed", type=int, default=1_000_003, help="episode seed (disjoint from training seeds)")
-    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--task", choices=("reach", "grasp", "place"), default="place",
+                        help="paper-protocol stage to run (default: place)")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="episode seed (disjoint from training seeds)")
+    parser.add_argument("--max-steps", type=int, default=12, help="step budget (the evaluation's)")
+    parser.add_argument("--real-time", action="store_true", help="the world runs on while the planner thinks")
     parser.add_argument("--startup-timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     try:
-        return run(args.out, args.seed, args.max_steps, args.startup_timeout)
+        return run(args.out, args.seed, args.max_steps, args.startup_timeout, args.task, args.real_time)
     except (RuntimeError, TimeoutError) as e:
         print(f"[demo] error: {e}", file=sys.stderr)
         return 1
