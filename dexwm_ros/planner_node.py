@@ -431,12 +431,19 @@ class PlannerNode(Node):
 
     def _on_capture(self, request, response):
         response.success, response.message = self.capture_goal("/dexwm/capture_goal")
-        (self.get_logger().info if response.success else self.get_logger().warning)(response.message)
+        self._log_capture(response.success, response.message)
         return response
 
     def _capture_from(self, topic: str):
         ok, message = self.capture_goal(topic)
-        (self.get_logger().info if ok else self.get_logger().warning)(message)
+        self._log_capture(ok, message)
+
+    def _log_capture(self, ok: bool, message: str):
+        # One call site per severity: rclpy raises ValueError when a call site changes severity.
+        if ok:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().warning(message)
 
     def _resolve_goal(self, request) -> Goal:
         if request.goal_image.height > 0 and not request.use_captured_goal:
