@@ -169,13 +169,16 @@ class AllegroNode(Node):
         super().destroy_node()
 
     def close(self) -> None:
-        self.controller.close()  # zero torques, streaming off, servo off
-        if self.emulator is not None:
+        # getattr: a constructor interrupted part-way (Ctrl-C during start-up) leaves a partial node.
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            controller.close()  # zero torques, streaming off, servo off
+        if getattr(self, "emulator", None) is not None:
             self.emulator.close()
         self._close_buses()
 
     def _close_buses(self) -> None:
-        for bus in self._buses:
+        for bus in getattr(self, "_buses", []):
             try:
                 bus.shutdown()
             except Exception:  # shutting down anyway
