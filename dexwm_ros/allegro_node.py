@@ -65,8 +65,8 @@ class GoalError(Exception):
 
 
 class AllegroNode(Node):
-    def __init__(self) -> None:
-        super().__init__("allegro")
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("allegro", **node_kwargs)
         defaults = ControllerConfig()
         p = self.declare_parameter
         p("can_interface", "socketcan", _desc("python-can interface: socketcan, pcan, virtual, ...", True))
