@@ -122,7 +122,9 @@ class SimNode(Node):
         p = self.declare_parameter
         # Start-up values only (read-only): later episodes come from /sim/reset.
         p("task", "grasp", _descriptor(f"episode task at start: {', '.join(TASKS)}", read_only=True))
-        p("seed", 0, _descriptor(f"episode seed at start, 0 .. {MAX_SEED}", read_only=True,
+        # dynamic_typing: a seed too large for an int64 arrives as a double, which rclpy would
+        # otherwise drop in favour of the default (episode 0) without a word; it is refused below.
+        p("seed", 0, _descriptor(f"episode seed at start, 0 .. {MAX_SEED}", read_only=True, dynamic_typing=True,
                                  integer_range=[IntegerRange(from_value=0, to_value=MAX_SEED, step=1)]))
         p("real_time_factor", 1.0, _descriptor("simulated seconds per wall-clock second", read_only=True))
         p("lockstep", False, _descriptor("simulated time advances only while a motion command is under way "
@@ -153,6 +155,9 @@ class SimNode(Node):
         g = lambda name: self.get_parameter(name).value  # noqa: E731
         if g("task") not in TASKS:
             raise ValueError(f"unknown task {g('task')!r}; choose one of {', '.join(TASKS)}")
+        seed = g("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
         for name in ("real_time_factor", "image_rate_hz", "state_rate_hz", "arm_speed", "hand_speed",
                      "arm_goal_tolerance", "hand_goal_tolerance", "arm_time_limit_s", "hand_time_limit_s"):
             v = float(g(name))
