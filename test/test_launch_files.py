@@ -43,6 +43,7 @@ def launch_stand_ins(monkeypatch):
     actions.DeclareLaunchArgument = type("DeclareLaunchArgument", (_Recorded,), {})
     actions.OpaqueFunction = type("OpaqueFunction", (_Recorded,), {})
     actions.Shutdown = type("Shutdown", (_Recorded,), {})
+    actions.LogInfo = type("LogInfo", (_Recorded,), {})
     subs = types.ModuleType("launch.substitutions")
     subs.LaunchConfiguration = _LaunchConfiguration
     launch_ros = types.ModuleType("launch_ros")
@@ -84,16 +85,29 @@ def test_launch_file_nodes_equal_graph(launch_stand_ins, graph, sim):
     want = [(s.executable, s.namespace, s.name, [str(s.params_file), s.parameters]) for s in expected]
     assert got == want
     assert all(n.kwargs["package"] == "dexwm_ros" for n in nodes)
-    assert all(type(n.kwargs["on_exit"]).__name__ == "Shutdown" for n in nodes)
+    # a required node's exit raises inside launch (ros2 launch then shuts down and exits 1) ...
+    from dexwm_ros.launch_support import RequiredNodeExited
+    for n in nodes:
+        with pytest.raises(RequiredNodeExited, match=f"exited with code 3"):
+            n.kwargs["on_exit"](types.SimpleNamespace(returncode=3), types.SimpleNamespace(is_shutdown=False))
+        # ... but not while the graph is already being shut down (Ctrl-C)
+        assert n.kwargs["on_exit"](types.SimpleNamespace(returncode=0), types.SimpleNamespace(is_shutdown=True)) is None
 
 
-def test_use_rviz_adds_rviz(launch_stand_ins):
+@pytest.mark.parametrize("installed", [True, False])
+def test_use_rviz_adds_rviz_or_says_it_is_missing(launch_stand_ins, monkeypatch, installed):
     description = load_description()
     entities = _load_launch_file(ROOT / "launch" / "grasp.launch.py").generate_launch_description()
     opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
     configs = {n: str(s.get("default", "")) for n, s in description["arguments"].items()}
     configs["use_rviz"] = "true"
+    import dexwm_ros.launch_support as support
+    monkeypatch.setattr(support, "rviz_available", lambda: installed)
     nodes = opaque.kwargs["function"](_Context(configs), *opaque.kwargs["args"])
-    rviz = nodes[-1]
-    assert rviz.kwargs["package"] == "rviz2"
-    assert rviz.kwargs["arguments"][1].endswith("dexwm.rviz")
+    last = nodes[-1]
+    if installed:
+        assert last.kwargs["package"] == "rviz2"
+        assert last.kwargs["arguments"][1].endswith("dexwm.rviz")
+    else:   # one line, and every node of the graph still starts
+        assert type(last).__name__ == "LogInfo" and "rviz2 is not installed" in last.kwargs["msg"]
+        assert len(nodes) == len(resolve_graph("grasp", configs, description)) + 1
