@@ -30,7 +30,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
-from dexwm_ros.bringup import stop_graph  # noqa: E402
+from dexwm_ros.bringup import stop_graph, tool_executable  # noqa: E402
 from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
 from dexwm_ros.msg import EpisodeState  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
@@ -96,7 +96,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float) -> int
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "graph.log"
     print(f"[demo] starting the simulated grasp graph (log: {log_path})", flush=True)
-    up_cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), "grasp", "sim:=true", f"seed:={seed}"]
+    up_cmd = [sys.executable, str(tool_executable("dexwm-up")), "grasp", "sim:=true", f"seed:={seed}"]
     log = open(log_path, "wb")
     up = subprocess.Popen(up_cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rclpy.init()
