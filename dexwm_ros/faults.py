@@ -156,8 +156,16 @@ class Probe:
         self.hand_pub = self.node.create_publisher(JointState, "/allegro/joint_command", 10)
         self.executor = MultiThreadedExecutor(num_threads=3, context=context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._closing = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:
+            if not self._closing:   # a late callback racing the shutdown is not a fault
+                raise
 
     def _state(self, part, msg):
         self.states[part] = np.asarray(msg.position, dtype=float)
@@ -167,7 +175,9 @@ class Probe:
         del self.diagnostics[:-200]
 
     def close(self):
+        self._closing = True
         self.executor.shutdown()
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
 
     def q(self, part: str) -> np.ndarray | None:
