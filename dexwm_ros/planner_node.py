@@ -344,7 +344,9 @@ class PlannerNode(Node):
             description="camera extrinsic world->camera, 16 values row-major (OpenCV axes); empty = sim head camera"))
 
     def _on_set_parameters(self, params):
-        problem = self._cem_problem(params)
+        problem = next((f"{p.name} must be finite, got {p.value}" for p in params
+                        if isinstance(p.value, float) and not math.isfinite(p.value)), None)
+        problem = problem or self._cem_problem(params)
         if problem:
             self.get_logger().warning(f"parameter change refused: {problem}")
             return SetParametersResult(successful=False, reason=problem)
