@@ -4,7 +4,12 @@ Publishes /allegro/joint_states (16 joints, names and order from allegro_driver.
 /diagnostics; takes position targets on /allegro/joint_command (sensor_msgs/JointState, by name or
 all 16 in order) and the /allegro/move_joints action; /allegro/stop (std_srvs/Trigger) holds the
 current position (stop_mode "hold") or switches the torques off until the next command
-("torque_off"). kp/kd are parameters that can be changed live (validated).
+("torque_off"). kp/kd are parameters that can be changed live, within their bounds.
+
+Targets outside the joint limits, stale or badly timed goals and absurd tolerances are refused with
+the reason (dexwm_ros.move_joints has the rules every driver applies), never clamped. When the hand
+enters its error state (encoder silence, a wrong hand) the torques are zero, the cause goes on
+/diagnostics at once, and the node recovers by itself when the encoders return.
 
 The 333 Hz PD loop runs in the controller's own thread, never in the executor. With
 can_interface:=virtual emulate_hand:=true the node starts the hand firmware emulator in-process on

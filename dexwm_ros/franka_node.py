@@ -12,8 +12,10 @@ Interfaces (node name ``franka`` at the root namespace):
 
 Commands outside the joint limits, with NaN/inf, of the wrong size or moving a joint more than
 ``max_joint_step`` are rejected with the reason (logged, on /diagnostics and in the action result)
-and never reach the robot. Losing the robot (network, simulator killed) aborts the running goal with
-ROBOT_ERROR; the node stays up and reconnects every ``reconnect_period_s``.
+and never reach the robot; so are goals and commands stamped more than ``max_command_age_s`` ago and
+goals with bad timing, tolerance or time limit (dexwm_ros.move_joints). Losing the robot (network,
+simulator killed) aborts the running goal with ROBOT_ERROR; the node stays up and reconnects every
+``reconnect_period_s``.
 
 Panda (FER) arms need franky built against libfranka 0.9.x (see dexwm_ros.franka_arm).
 """
