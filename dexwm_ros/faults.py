@@ -604,17 +604,17 @@ def planner_cases(r: Runner) -> None:
     def call(future, timeout=30):
         return future.result() if _wait(future.done, timeout) else None
 
-    def capture_fails_then_succeeds():
-        first = call(capture.call_async(Trigger.Request()))      # before the sim has sent any frame
-        r.processes.node("sim", "sim", "--params-file", str(_config("sim.yaml")))
-        _wait(lambda: p.q("arm") is not None, 90)
-        second = _wait(lambda: (lambda res: res if res is not None and res.success else None)(
-            call(capture.call_async(Trigger.Request()))), 60, interval=1.0)
-        alive = r.processes.alive("planner")
-        return (first is not None and not first.success and second is not None and alive,
-                f"first: {first.message if first else None}; then: {second.message if second else None}; "
-                f"planner alive: {alive}")
-    r.check(g, "capture_fails_then_succeeds", "bad goal", capture_fails_then_succeeds)
+    # Set-up of every planner case, and a case itself: a capture before the first frame fails (it
+    # used to kill the planner at the next, successful capture), and one after it succeeds.
+    first = call(capture.call_async(Trigger.Request()))
+    r.processes.node("sim", "sim", "--params-file", str(_config("sim.yaml")))
+    _wait(lambda: p.q("arm") is not None, 90)
+    second = _wait(lambda: (lambda res: res if res is not None and res.success else None)(
+        call(capture.call_async(Trigger.Request()))), 60, interval=1.0)
+    r.check(g, "capture_fails_then_succeeds", "bad goal",
+            lambda: (first is not None and not first.success and second is not None and r.processes.alive("planner"),
+                     f"first: {first.message if first else None}; then: {second.message if second else None}; "
+                     f"planner alive: {r.processes.alive('planner')}"))
 
     def execute_refused(name, goal, expect):
         def run():
@@ -635,6 +635,23 @@ def planner_cases(r: Runner) -> None:
                     "max_steps 4294967295")
     r.refused(g, "param_elites_over_samples", "bad runtime parameter", "arm", "planner",
               lambda: p.set_parameter("/dexwm/planner", "elites", 1000), "elites")
+
+    def planner_killed_mid_goal():
+        """kill -9 of the planner while it executes: no new command comes, the robot holds."""
+        handle = call(execute.send_goal_async(Execute.Goal(use_captured_goal=True, max_steps=50)))
+        if handle is None or not handle.accepted:
+            return False, "goal not accepted"
+        start = p.q("arm")
+        moving = _wait(lambda: float(np.max(np.abs(p.q("arm") - start))) > 0.005, 120, interval=0.1)
+        if not moving:
+            return False, "the planner never moved the arm"
+        os.killpg(r.processes.procs["planner"].pid, signal.SIGKILL)
+        time.sleep(2.0)     # the step under way ends (move_duration_s) and nothing follows
+        held = p.q("arm")
+        time.sleep(2.0)
+        drift = float(np.max(np.abs(p.q("arm") - held)))
+        return drift < 0.005 and r.processes.alive("sim"), f"arm drift {drift:.4f} rad in the 2 s after the kill"
+    r.check(g, "planner_killed_mid_goal_robot_holds", "kill", planner_killed_mid_goal)
 
 
 def _config(name: str) -> Path:
