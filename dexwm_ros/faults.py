@@ -636,6 +636,36 @@ def planner_cases(r: Runner) -> None:
     r.refused(g, "param_elites_over_samples", "bad runtime parameter", "arm", "planner",
               lambda: p.set_parameter("/dexwm/planner", "elites", 1000), "elites")
 
+    def sim_paused_mid_goal():
+        """The simulation freezes (SIGSTOP) while the planner executes, then resumes: the planner has
+        given up by then (driver_error), and nothing it sent before is executed late."""
+        handle = call(execute.send_goal_async(Execute.Goal(use_captured_goal=True, max_steps=50)))
+        if handle is None or not handle.accepted:
+            return False, "goal not accepted"
+        start = p.q("arm")
+        if not _wait(lambda: float(np.max(np.abs(p.q("arm") - start))) > 0.005, 120, interval=0.1):
+            return False, "the planner never moved the arm"
+        sim = r.processes.procs["sim"]
+        os.killpg(sim.pid, signal.SIGSTOP)
+        try:
+            frozen = p.q("arm")
+            time.sleep(10.0)    # longer than the planner waits for a driver (move_timeout_s + 5 s)
+        finally:
+            os.killpg(sim.pid, signal.SIGCONT)
+        result = call(handle.get_result_async(), 60)
+        reason = result.result.reason if result else "no result"
+        time.sleep(3.0)
+        held = p.q("arm")
+        time.sleep(2.0)
+        drift = float(np.max(np.abs(p.q("arm") - held)))
+        after = float(np.max(np.abs(held - frozen)))
+        stale = "stale goal" in r.processes.log("sim")
+        # at most the step that was under way when the world froze (the planner's cap is 0.25 rad)
+        ok = reason.startswith(("driver_error", "stale_input")) and drift < 0.005 and after <= 0.26
+        return ok, (f"planner: {reason}; moved {after:.3f} rad after the resume, then drift {drift:.4f} rad; "
+                    f"stale goal refused by the sim: {stale}")
+    r.check(g, "sim_paused_mid_goal_nothing_late_executed", "pause", sim_paused_mid_goal)
+
     def planner_killed_mid_goal():
         """kill -9 of the planner while it executes: no new command comes, the robot holds."""
         handle = call(execute.send_goal_async(Execute.Goal(use_captured_goal=True, max_steps=50)))
