@@ -10,7 +10,10 @@ Joint order: the one of ``allegro_driver.joints`` (index-first). CAN finger bloc
 published order is the identity per block; ``BLOCK_SLICES`` is the single place that says so.
 
 Safety behaviour:
-- targets are validated (16 finite values or named joints) and clamped to the joint limits;
+- targets are validated (16 finite values or named joints); a target outside the joint limits is
+  refused (CommandRejected, nothing changes), never clamped: a far-off value is a sender's bug;
+- PD gains are bounded (``GAIN_BOUNDS``): a gain far above the defaults makes a joint oscillate at
+  the torque limit;
 - the set-point moves towards the target at most ``max_joint_velocity`` rad/s, so a far target is
   approached smoothly instead of with a saturated torque step;
 - encoder watchdog: when any finger block has not reported for ``encoder_timeout_s`` the loop sends
@@ -49,6 +52,9 @@ DEFAULT_PWM_LIMIT = _PWM_FINGER * 3 + _PWM_THUMB
 DEFAULT_TORQUE_LIMIT = (0.7,) * N  # [Nm] datasheet stall torque of a V4 joint
 DEFAULT_KP = (1.0, 1.2, 1.0, 0.8) * 3 + (1.2, 1.0, 0.8, 0.8)  # [Nm/rad]
 DEFAULT_KD = (0.03,) * N  # [Nm s/rad]
+# Allowed gain ranges (per joint). About 5x the defaults: kp = 1000 made a 0.1 rad step oscillate at
+# the torque limit on the emulated hand.
+GAIN_BOUNDS = {"kp": (0.0, 5.0), "kd": (0.0, 0.3)}
 
 
 def open_bus(interface: str, channel: str, bitrate: int = 1_000_000, **kwargs) -> can.BusABC:
@@ -73,6 +79,15 @@ def validate_vector(name: str, values, *, nonnegative: bool = True, positive: bo
         raise ValueError(f"{name}: values must be > 0, got {arr.tolist()}")
     if nonnegative and np.any(arr < 0):
         raise ValueError(f"{name}: values must be >= 0, got {arr.tolist()}")
+    return arr
+
+
+def validate_gains(name: str, values) -> np.ndarray:
+    """16 gains within GAIN_BOUNDS[name] (a single value is broadcast), or ValueError."""
+    arr = validate_vector(name, values)
+    low, high = GAIN_BOUNDS[name]
+    if np.any(arr < low) or np.any(arr > high):
+        raise ValueError(f"{name}: values must be within [{low:g}, {high:g}], got {arr.tolist()}")
     return arr
 
 
@@ -120,8 +135,8 @@ class ControllerConfig:
         if not 0 < self.velocity_filter <= 1:
             raise ValueError(f"velocity_filter must be in (0, 1], got {self.velocity_filter}")
         out = dataclasses.replace(self)
-        out.kp = validate_vector("kp", self.kp)
-        out.kd = validate_vector("kd", self.kd)
+        out.kp = validate_gains("kp", self.kp)
+        out.kd = validate_gains("kd", self.kd)
         out.torque_limit = validate_vector("torque_limit", self.torque_limit)
         out.pwm_limit = validate_vector("pwm_limit", self.pwm_limit)
         if np.any(out.pwm_limit > protocol.INT16_MAX):
@@ -270,8 +285,8 @@ class HandController:
     # --- commands ----------------------------------------------------------------------------
     def set_target(self, positions, names=None) -> np.ndarray:
         """Set position targets [rad]: 16 values in joints.JOINT_NAMES order, or values for the
-        named joints (others keep their target). Clamped to the joint limits; returns the applied
-        16-vector. Raises CommandRejected (and changes nothing) on bad input."""
+        named joints (others keep their target); returns the applied 16-vector. Raises
+        CommandRejected (and changes nothing) on bad input or a target outside the joint limits."""
         try:
             full = self._resolve_target(positions, names)
         except CommandRejected as exc:
@@ -315,7 +330,10 @@ class HandController:
                                       f"allegro_driver.joints.JOINT_NAMES")
             for n, v in zip(names, values):
                 full[joints.JOINT_NAMES.index(n)] = v
-        return joints.clamp(full)
+        problem = joints.outside_limits(full)
+        if problem:
+            raise CommandRejected(f"target refused: {problem}")
+        return full
 
     def hold(self) -> None:
         """Hold the measured position (used by stop and by action cancel)."""
@@ -340,9 +358,9 @@ class HandController:
         raise ValueError(f"stop mode must be 'hold' or 'torque_off', got {mode!r}")
 
     def set_gains(self, kp=None, kd=None) -> None:
-        """Change PD gains live; ValueError (nothing changed) for wrong size, NaN or negative."""
-        new_kp = validate_vector("kp", kp) if kp is not None else None
-        new_kd = validate_vector("kd", kd) if kd is not None else None
+        """Change PD gains live; ValueError (nothing changed) for wrong size, NaN or out of GAIN_BOUNDS."""
+        new_kp = validate_gains("kp", kp) if kp is not None else None
+        new_kd = validate_gains("kd", kd) if kd is not None else None
         with self._lock:
             if new_kp is not None:
                 self._kp = new_kp

@@ -57,3 +57,14 @@ def from_thumb_first(q: np.ndarray) -> np.ndarray:
 def clamp(q: np.ndarray) -> np.ndarray:
     """Clamp joint positions (last axis, 16 joints) to the hand's limits."""
     return np.clip(q, LOWER, UPPER)
+
+
+def outside_limits(q: np.ndarray, eps: float = 1e-9) -> str | None:
+    """Why a 16-joint target must be refused (the first joint outside its limits), or None."""
+    q = np.asarray(q, dtype=np.float64)
+    bad = np.flatnonzero((q < LOWER - eps) | (q > UPPER + eps))
+    if bad.size == 0:
+        return None
+    j = int(bad[0])
+    return (f"{JOINT_NAMES[j]} = {q[j]:.4f} rad is outside its limits [{LOWER[j]:.4f}, {UPPER[j]:.4f}]"
+            + (f" ({bad.size} joints outside)" if bad.size > 1 else ""))

@@ -34,15 +34,36 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "dexwm_sim.pt"
 
 
+def _installed_share_dirs() -> list[str]:
+    """share/dexwm_ros of the install prefix this package was installed into, then the ament index's."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    dirs = []
+    # <prefix>/lib/pythonX.Y/site-packages/dexwm_planner -> <prefix>: a colcon install of its own prefix
+    # (install/dexwm_ros), whichever Python runs it; also the venv install of `make setup`.
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(here))))
+    dirs.append(os.path.join(prefix, "share", "dexwm_ros"))
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        try:
+            dirs.append(get_package_share_directory("dexwm_ros"))
+        except (PackageNotFoundError, ValueError, LookupError, OSError):  # OSError: no AMENT_PREFIX_PATH
+            pass
+    except ImportError:  # no ament_index_python: not in a ROS environment
+        pass
+    return dirs
+
+
 def default_checkpoint() -> str:
     """The shipped checkpoint: $DEXWM_CHECKPOINT, else models/ of the source checkout, else the
-    installed copy in <prefix>/share/dexwm_ros/models (where CMakeLists.txt installs models/)."""
+    installed copy in share/dexwm_ros/models (where CMakeLists.txt installs models/) of the prefix
+    this package is installed in, of the ament index (a sourced ROS workspace), or of sys.prefix."""
     import sys
     env = os.environ.get("DEXWM_CHECKPOINT")
     if env:
         return env
-    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", CHECKPOINT_NAME),
-                  os.path.join(sys.prefix, "share", "dexwm_ros", "models", CHECKPOINT_NAME)]
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", CHECKPOINT_NAME)]
+    candidates += [os.path.join(d, "models", CHECKPOINT_NAME) for d in _installed_share_dirs()]
+    candidates.append(os.path.join(sys.prefix, "share", "dexwm_ros", "models", CHECKPOINT_NAME))
     for c in candidates:
         if os.path.isfile(c):
             return c
@@ -54,6 +75,33 @@ DEFAULT_CHECKPOINT = default_checkpoint()
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (missing, corrupt, wrong format or mismatched)."""
+
+
+def _first_non_finite(value, where: str = "") -> str | None:
+    """The key path of the first tensor/array/number with NaN or inf inside ``value``, or None."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_non_finite(item, f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_non_finite(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, torch.Tensor):
+        ok = not value.is_floating_point() or bool(torch.isfinite(value).all())
+    elif isinstance(value, np.ndarray):
+        ok = value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    elif isinstance(value, float):
+        ok = np.isfinite(value)
+    else:
+        return None
+    return None if ok else (where or "value")
 
 
 def code_version() -> str:
@@ -249,6 +297,12 @@ class DexWM(nn.Module):
                    if k not in ckpt]
         if missing:
             raise CheckpointError(f"{path} lacks the entries {missing}")
+        for entry in ("normalizer", "encoder_projection", "predictor", "hand_head"):
+            bad = _first_non_finite(ckpt[entry])
+            if bad is not None:
+                # Caught here, not at the first goal (where NaN latents surface as an unrelated error).
+                raise CheckpointError(f"{path}: {entry} has NaN/inf values (first in {bad}): the checkpoint "
+                                      "is corrupt or came from a diverged training")
         return ckpt
 
     @classmethod

@@ -4,7 +4,12 @@ Publishes /allegro/joint_states (16 joints, names and order from allegro_driver.
 /diagnostics; takes position targets on /allegro/joint_command (sensor_msgs/JointState, by name or
 all 16 in order) and the /allegro/move_joints action; /allegro/stop (std_srvs/Trigger) holds the
 current position (stop_mode "hold") or switches the torques off until the next command
-("torque_off"). kp/kd are parameters that can be changed live (validated).
+("torque_off"). kp/kd are parameters that can be changed live, within their bounds.
+
+Targets outside the joint limits, stale or badly timed goals and absurd tolerances are refused with
+the reason (dexwm_ros.move_joints has the rules every driver applies), never clamped. When the hand
+enters its error state (encoder silence, a wrong hand) the torques are zero, the cause goes on
+/diagnostics at once, and the node recovers by itself when the encoders return.
 
 The 333 Hz PD loop runs in the controller's own thread, never in the executor. With
 can_interface:=virtual emulate_hand:=true the node starts the hand firmware emulator in-process on
@@ -27,16 +32,27 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
 from allegro_driver import joints
-from allegro_driver.controller import (CommandRejected, ControllerConfig, HandController, State,
-                                       open_bus, validate_vector)
+from allegro_driver.controller import (GAIN_BOUNDS, CommandRejected, ControllerConfig, HandController, State,
+                                       open_bus, validate_gains)
 from allegro_driver.emulator import HandEmulator
 from dexwm_ros.action import MoveJoints
-from dexwm_ros.move_joints import end_goal
+from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE,
+                                   MAX_TIME_LIMIT_S, GoalRefused, check_command_age, check_time_limit,
+                                   check_timing, check_tolerance, end_goal)
+from dexwm_ros.parameter_bounds import first_problem, ranged
 from dexwm_ros.node_main import run_node
 from dexwm_ros.ros_time import seconds
 
 N = joints.NUM_JOINTS
 _LIVE_GAINS = ("kp", "kd")
+# Live parameters with bounds (declared and checked on every set); gains are checked per joint.
+LIVE_BOUNDS = {
+    **GAIN_BOUNDS,
+    "goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
+    "goal_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "max_command_age_s": COMMAND_AGE_RANGE,
+    "temperature_warn_c": (20.0, 120.0),
+}
 
 
 def _desc(text: str, read_only: bool = False, **kw) -> ParameterDescriptor:
@@ -54,8 +70,8 @@ class GoalError(Exception):
 
 
 class AllegroNode(Node):
-    def __init__(self) -> None:
-        super().__init__("allegro")
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("allegro", **node_kwargs)
         defaults = ControllerConfig()
         p = self.declare_parameter
         p("can_interface", "socketcan", _desc("python-can interface: socketcan, pcan, virtual, ...", True))
@@ -70,8 +86,8 @@ class AllegroNode(Node):
                                         "rtprio permission, as set up for libfranka", True))
         p("publish_rate_hz", 100.0, _positive("joint_states rate [Hz]", 1.0, 333.0, True))
         p("diagnostics_rate_hz", 1.0, _positive("/diagnostics rate [Hz]", 0.1, 10.0, True))
-        p("kp", list(defaults.kp), _desc("proportional gains [Nm/rad], 16 values >= 0 (live)"))
-        p("kd", list(defaults.kd), _desc("derivative gains [Nm s/rad], 16 values >= 0 (live)"))
+        p("kp", list(defaults.kp), ranged("proportional gains [Nm/rad], 16 values (live)", *LIVE_BOUNDS["kp"]))
+        p("kd", list(defaults.kd), ranged("derivative gains [Nm s/rad], 16 values (live)", *LIVE_BOUNDS["kd"]))
         p("torque_limit", list(defaults.torque_limit), _desc("torque caps [Nm], 16 values", True))
         p("pwm_limit", list(defaults.pwm_limit), _desc("PWM caps, 16 values (pwm = torque x 1200)", True))
         p("encoder_direction", list(defaults.encoder_direction),
@@ -86,11 +102,15 @@ class AllegroNode(Node):
           _positive("no encoder data for this long -> zero torques, error", 0.005, 1.0, True))
         p("command_timeout_s", defaults.command_timeout_s,
           _positive("no command for this long -> flagged stale (the last target is held)", 0.01, 3600.0, True))
-        p("goal_tolerance", 0.03, _positive("default MoveJoints tolerance [rad]", 1e-4, 1.0))
-        p("goal_time_limit_s", 5.0, _positive("default MoveJoints time limit [s]", 0.1, 600.0))
+        p("goal_tolerance", 0.03, ranged("default MoveJoints tolerance [rad]", *LIVE_BOUNDS["goal_tolerance"]))
+        p("goal_time_limit_s", 5.0, ranged("default MoveJoints time limit [s]", *LIVE_BOUNDS["goal_time_limit_s"]))
+        p("max_command_age_s", DEFAULT_MAX_COMMAND_AGE_S,
+          ranged("refuse commands whose header stamp is older than this (unstamped ones are accepted) [s]",
+                 *LIVE_BOUNDS["max_command_age_s"]))
         p("stop_mode", "hold", _desc("what ~/stop does: hold (keep the current position) or "
                                      "torque_off (zero torques until the next command)"))
-        p("temperature_warn_c", 60.0, _positive("diagnostics warn above this motor temperature", 20.0, 120.0))
+        p("temperature_warn_c", 60.0, ranged("diagnostics warn above this motor temperature",
+                                             *LIVE_BOUNDS["temperature_warn_c"]))
 
         gp = self.get_parameter
         interface = gp("can_interface").value
@@ -154,13 +174,16 @@ class AllegroNode(Node):
         super().destroy_node()
 
     def close(self) -> None:
-        self.controller.close()  # zero torques, streaming off, servo off
-        if self.emulator is not None:
+        # getattr: a constructor interrupted part-way (Ctrl-C during start-up) leaves a partial node.
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            controller.close()  # zero torques, streaming off, servo off
+        if getattr(self, "emulator", None) is not None:
             self.emulator.close()
         self._close_buses()
 
     def _close_buses(self) -> None:
-        for bus in self._buses:
+        for bus in getattr(self, "_buses", []):
             try:
                 bus.shutdown()
             except Exception:  # shutting down anyway
@@ -177,13 +200,18 @@ class AllegroNode(Node):
     # --- parameters ----------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
         gains = {}
+        problem = first_problem([prm for prm in params if prm.name not in _LIVE_GAINS], LIVE_BOUNDS)
+        if problem:
+            self.get_logger().warning(f"parameter change refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
         for prm in params:
             if prm.name in _LIVE_GAINS:
                 try:
-                    arr = validate_vector(prm.name, prm.value)
                     if np.asarray(prm.value).size != N:
                         raise ValueError(f"{prm.name}: expected {N} values, got {np.asarray(prm.value).size}")
+                    arr = validate_gains(prm.name, prm.value)
                 except (ValueError, TypeError) as exc:
+                    self.get_logger().warning(f"parameter change refused: {exc}")
                     return SetParametersResult(successful=False, reason=str(exc))
                 gains[prm.name] = arr
             elif prm.name == "stop_mode" and prm.value not in ("hold", "torque_off"):
@@ -198,8 +226,7 @@ class AllegroNode(Node):
     def _publish_state(self) -> None:
         st = self.controller.status()
         if st.state is not self._last_state:  # log transitions (error entry/exit) once
-            log = self.get_logger().error if st.state is State.ERROR else self.get_logger().info
-            log(f"hand state {st.state.value}" + (f": {st.reason}" if st.reason else ""))
+            self._log_transition(st)
             self._last_state = st.state
         if st.stamp == 0.0:
             return  # no encoder reading yet: publish nothing rather than zeros
@@ -210,6 +237,17 @@ class AllegroNode(Node):
         msg.velocity = st.velocity.tolist()
         msg.effort = st.effort.tolist()
         self._state_pub.publish(msg)
+
+    def _log_transition(self, st) -> None:
+        # One call site per severity: rclpy raises ValueError when a call site changes severity.
+        text = f"hand state {st.state.value}" + (f": {st.reason}" if st.reason else "")
+        if st.state is State.ERROR:
+            self.get_logger().error(text)
+            self._publish_diagnostics()  # the cause goes out at once, not at the next 1 Hz tick
+        elif self._last_state is State.ERROR:
+            self.get_logger().info(f"{text} (recovered from the error)")
+        else:
+            self.get_logger().info(text)
 
     def _publish_diagnostics(self) -> None:
         st = self.controller.status()
@@ -267,7 +305,12 @@ class AllegroNode(Node):
         # under the goal lock so that a running goal cannot overwrite this target after the check
         with self._goal_lock:
             try:
+                self._check_age(msg.header.stamp, "joint_command")
                 self.controller.set_target(list(msg.position), list(msg.name))
+            except GoalRefused as exc:
+                self.controller.note_rejected(str(exc))
+                self._warn(f"joint_command rejected, hand keeps its target: {exc}")
+                return
             except CommandRejected as exc:
                 self._warn(f"joint_command rejected, hand keeps its target: {exc}")
                 return
@@ -301,9 +344,18 @@ class AllegroNode(Node):
             self._active_goal = goal_handle
         goal_handle.execute()
 
+    def _check_age(self, stamp, what: str) -> None:
+        check_command_age(seconds(stamp), self.get_clock().now().nanoseconds * 1e-9,
+                          float(self.get_parameter("max_command_age_s").value), what)
+
     def _parse_goal(self, goal):
         """-> (list of (16 targets, t_from_start)), tolerance (16), time limit [s], note."""
         traj = goal.trajectory
+        try:
+            self._check_age(traj.header.stamp, "goal")
+            times = check_timing(seconds(pt.time_from_start) for pt in traj.points)
+        except GoalRefused as exc:
+            raise GoalError(exc.code, str(exc)) from None
         names = list(traj.joint_names)
         if not traj.points:
             raise GoalError(MoveJoints.Result.INVALID_GOAL, "trajectory has no points")
@@ -315,7 +367,7 @@ class AllegroNode(Node):
                 raise GoalError(MoveJoints.Result.INVALID_JOINTS, f"unknown joint names {unknown}")
         width = len(names) if names else N
         base = self.controller.status().target
-        points, clamped = [], 0
+        points = []
         for i, pt in enumerate(traj.points):
             pos = np.asarray(pt.positions, dtype=np.float64)
             if pos.size != width:
@@ -328,35 +380,27 @@ class AllegroNode(Node):
                 full[[joints.JOINT_NAMES.index(n) for n in names]] = pos
             else:
                 full = pos.copy()
-            lim = joints.clamp(full)
-            clamped += int(np.count_nonzero(lim != full))
-            base = lim
-            points.append((lim, seconds(pt.time_from_start)))
-        times = [t for _, t in points]
-        if any(t != 0.0 for t in times) and any(b <= a for a, b in zip([0.0] + times, times)):
-            raise GoalError(MoveJoints.Result.INVALID_GOAL,
-                            "time_from_start must be all zero or strictly increasing from > 0")
+            # Out-of-limit targets are refused, never clamped (one rule for every driver).
+            problem = joints.outside_limits(full)
+            if problem:
+                raise GoalError(MoveJoints.Result.INVALID_JOINTS, f"point {i}: {problem}")
+            base = full
+            points.append((full, float(times[i])))
+        default_tol = float(self.get_parameter("goal_tolerance").value)
         tol = np.asarray(goal.goal_tolerance, dtype=np.float64)
-        if tol.size == 0:
-            tol = np.full(N, self.get_parameter("goal_tolerance").value)
-        elif tol.size == 1:
-            tol = np.full(N, tol[0])
-        elif names and tol.size == len(names):
-            full_tol = np.full(N, self.get_parameter("goal_tolerance").value)
-            full_tol[[joints.JOINT_NAMES.index(n) for n in names]] = tol
-            tol = full_tol
-        elif tol.size != N:
-            raise GoalError(MoveJoints.Result.INVALID_GOAL,
-                            f"goal_tolerance has {tol.size} values; expected 0, 1 or one per joint")
-        if not np.all(np.isfinite(tol)) or np.any(tol <= 0):
-            raise GoalError(MoveJoints.Result.INVALID_GOAL, "goal_tolerance values must be finite and > 0")
-        limit = seconds(goal.time_limit)
-        if not math.isfinite(limit) or limit < 0:
-            raise GoalError(MoveJoints.Result.INVALID_GOAL, f"time_limit {limit} is negative")
+        try:
+            if names and tol.size == len(names) and tol.size not in (1, N):
+                # one tolerance per named joint; the others keep the default
+                full_tol = np.full(N, default_tol)
+                full_tol[[joints.JOINT_NAMES.index(n) for n in names]] = tol
+                tol = full_tol
+            tol = check_tolerance(tol, N, default_tol)
+            limit = check_time_limit(seconds(goal.time_limit))
+        except GoalRefused as exc:
+            raise GoalError(exc.code, str(exc)) from None
         if limit == 0:
-            limit = times[-1] + self.get_parameter("goal_time_limit_s").value
-        note = f" ({clamped} positions clamped to the joint limits)" if clamped else ""
-        return points, tol, limit, note
+            limit = float(times[-1]) + self.get_parameter("goal_time_limit_s").value
+        return points, tol, limit, ""
 
     def _finish(self, goal_handle, code: int, message: str, target=None):
         st = self.controller.status()

@@ -27,8 +27,39 @@ STOP_TIMEOUT_S = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
+def install_prefixes() -> list[Path]:
+    """Prefixes that may hold this package's executables, best first: the prefix the dexwm_ros package
+    in use was installed into (<prefix>/lib/pythonX.Y/site-packages/dexwm_ros; a colcon install or
+    the venv), the ament index (a sourced ROS workspace), then sys.prefix."""
+    import dexwm_ros
+
+    prefixes = []
+    for package_dir in map(Path, dexwm_ros.__path__):
+        if package_dir.parent.name in ("site-packages", "dist-packages"):
+            prefixes.append(package_dir.parents[3])
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        prefixes.append(Path(get_package_prefix("dexwm_ros")))
+    except Exception:  # no ROS environment, or the package is not in the index
+        pass
+    prefixes.append(Path(sys.prefix))
+    return list(dict.fromkeys(prefixes))
+
+
+def _find(relative: Path) -> Path:
+    candidates = [prefix / relative for prefix in install_prefixes()]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
 def node_executable(name: str) -> Path:
-    return Path(sys.prefix) / "lib" / "dexwm_ros" / name
+    """lib/dexwm_ros/NAME of the prefix this package is installed in (first that has it)."""
+    return _find(Path("lib") / "dexwm_ros" / name)
+
+
+def tool_executable(name: str) -> Path:
+    """bin/NAME (dexwm-up, ...) of the prefix this package is installed in (first that has it)."""
+    return _find(Path("bin") / name)
 
 
 def ros_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -90,7 +121,9 @@ class Bringup:
                 continue
             exe = node_executable(spec.executable)
             if not exe.is_file():
-                raise GraphError(f"node executable not found: {exe} (run `make setup`)")
+                raise GraphError(f"node executable not found: {exe} (looked in "
+                                 f"{', '.join(str(p) for p in install_prefixes())}; run `make setup` or "
+                                 "build the workspace)")
             self._spawn(spec.full_name, [sys.executable, str(exe), *spec.ros_args()], spec)
         for label, cmd, _required in extra:
             self._spawn(label, cmd, None)

@@ -37,7 +37,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
-from dexwm_ros.bringup import stop_graph  # noqa: E402
+from dexwm_ros.bringup import stop_graph, tool_executable  # noqa: E402
 from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
 from dexwm_ros.msg import EpisodeState  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
@@ -109,7 +109,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
     log_path = out_dir / "graph.log"
     sim_task = f"paper-{task}"
     print(f"[demo] starting the simulated {task} graph (log: {log_path})", flush=True)
-    up_cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), sim_task, "sim:=true", f"seed:={seed}",
+    up_cmd = [sys.executable, str(tool_executable("dexwm-up")), sim_task, "sim:=true", f"seed:={seed}",
               f"sim_lockstep:={'false' if real_time else 'true'}"]
     log = open(log_path, "wb")
     up = subprocess.Popen(up_cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -516,12 +516,12 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     from tqdm import tqdm
 
     from dexwm_ros.action import Execute
-    from dexwm_ros.bringup import stop_graph
+    from dexwm_ros.bringup import stop_graph, tool_executable
     from dexwm_ros.msg import EpisodeState
     from dexwm_ros.srv import ResetEpisode
 
     graph_name = "composite-reach" if settings.sim_task == "reach" else settings.sim_task
-    cmd = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up"), graph_name, "sim:=true", "sim_lockstep:=true"]
+    cmd = [sys.executable, str(tool_executable("dexwm-up")), graph_name, "sim:=true", "sim_lockstep:=true"]
     if settings.checkpoint:
         cmd.append(f"checkpoint:={settings.checkpoint}")
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL

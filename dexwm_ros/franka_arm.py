@@ -27,6 +27,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+# The limit and step-cap check is shared with the simulation, which must refuse exactly what this
+# driver refuses; CommandRejected is re-exported from here for the driver's callers.
+from dexwm_sim.command_limits import CommandRejected, check_joint_command  # noqa: F401
+
 JOINT_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
 N_JOINTS = 7
 
@@ -42,16 +46,20 @@ PANDA_JOINT_LIMITS = (
 )
 
 
-class CommandRejected(ValueError):
-    """A command that was not forwarded to the robot; ``code`` says why (see MoveJoints codes)."""
-
-    def __init__(self, message: str, code: str = "invalid_goal"):
-        super().__init__(message)
-        self.code = code
-
-
 class RobotUnavailable(RuntimeError):
     """The robot cannot be reached (not connected, connection lost)."""
+
+
+# Bounds of the settings that decide how far and how fast the arm may move, and how soon it stops
+# on its own: checked at start (FrankaConfig.validate) and on every live change (the node).
+SETTING_BOUNDS = {
+    "relative_dynamics_factor": (0.001, 1.0),
+    # The largest step the planner may ask for (its max_step_arm) is 0.5 rad; more is a mistake.
+    "max_joint_step": (0.001, 0.5),
+    # A motion without a newer command stops after this; the watchdog cannot be switched off.
+    "watchdog_timeout_s": (0.05, 10.0),
+    "reconnect_period_s": (0.1, 60.0),
+}
 
 
 @dataclass
@@ -70,7 +78,7 @@ class FrankaConfig:
     # Largest change of any joint in one command: current position -> first point and between
     # consecutive waypoints [rad].
     max_joint_step: float = 0.5
-    # A motion that got no new command for this long is stopped and the arm holds (0 disables) [s].
+    # A motion that got no new command for this long is stopped and the arm holds [s].
     watchdog_timeout_s: float = 2.0
     # Seconds between reconnect attempts after the connection to the robot was lost.
     reconnect_period_s: float = 1.0
@@ -78,8 +86,6 @@ class FrankaConfig:
     enforce_realtime: bool = False
 
     def validate(self) -> None:
-        if not 0.0 < self.relative_dynamics_factor <= 1.0:
-            raise ValueError(f"relative_dynamics_factor must be in (0, 1], got {self.relative_dynamics_factor}")
         for name, n in (("lower_torque_thresholds", 7), ("upper_torque_thresholds", 7),
                         ("lower_force_thresholds", 6), ("upper_force_thresholds", 6),
                         ("joint_lower_limits", 7), ("joint_upper_limits", 7)):
@@ -92,10 +98,10 @@ class FrankaConfig:
                 raise ValueError(f"{name} must be positive")
         if np.any(np.asarray(self.joint_lower_limits) >= np.asarray(self.joint_upper_limits)):
             raise ValueError("joint_lower_limits must be below joint_upper_limits")
-        if not self.max_joint_step > 0:
-            raise ValueError(f"max_joint_step must be positive, got {self.max_joint_step}")
-        if self.watchdog_timeout_s < 0 or self.reconnect_period_s <= 0:
-            raise ValueError("watchdog_timeout_s must be >= 0 and reconnect_period_s > 0")
+        for name, (low, high) in SETTING_BOUNDS.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
+                raise ValueError(f"{name} must be within [{low:g}, {high:g}], got {value}")
 
 
 @dataclass
@@ -280,33 +286,7 @@ class FrankaArm:
     # ---- commands -----------------------------------------------------------------------------------
     def check_points(self, points, current: Optional[np.ndarray] = None) -> np.ndarray:
         """Validate (N, 7) joint positions; return them as float array or raise CommandRejected."""
-        try:
-            pts = np.array(points, dtype=float)
-        except (TypeError, ValueError) as exc:
-            raise CommandRejected(f"joint positions are not numbers: {exc}") from None
-        if pts.ndim == 1:
-            pts = pts[None, :]
-        if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] != N_JOINTS:
-            raise CommandRejected(f"expected one or more points of {N_JOINTS} joint positions, got shape {pts.shape}")
-        if not np.all(np.isfinite(pts)):
-            raise CommandRejected("joint positions contain NaN or inf")
-        bad = (pts < self.lower) | (pts > self.upper)
-        if bad.any():
-            k, j = map(int, np.argwhere(bad)[0])
-            raise CommandRejected(
-                f"point {k}: {JOINT_NAMES[j]} = {pts[k, j]:.4f} rad is outside its limits "
-                f"[{self.lower[j]:.4f}, {self.upper[j]:.4f}]", code="invalid_joints")
-        chain = pts if current is None else np.vstack([current[None, :], pts])
-        if len(chain) > 1:
-            steps = np.abs(np.diff(chain, axis=0))
-            if steps.max() > self.config.max_joint_step:
-                k, j = map(int, np.unravel_index(np.argmax(steps), steps.shape))
-                where = ("from the current position to point 0" if current is not None and k == 0
-                         else f"between points {k - (current is not None)} and {k + (current is None)}")
-                raise CommandRejected(
-                    f"{JOINT_NAMES[j]} would move {steps[k, j]:.4f} rad {where}, more than the per-command "
-                    f"cap max_joint_step = {self.config.max_joint_step:.4f} rad", code="invalid_joints")
-        return pts
+        return check_joint_command(points, self.lower, self.upper, JOINT_NAMES, self.config.max_joint_step, current)
 
     def move(self, points, source: str = "command", keepalive_s: Optional[float] = None) -> Command:
         """Validate and start a joint motion through the points, pre-empting the running one.

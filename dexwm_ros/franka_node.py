@@ -12,8 +12,10 @@ Interfaces (node name ``franka`` at the root namespace):
 
 Commands outside the joint limits, with NaN/inf, of the wrong size or moving a joint more than
 ``max_joint_step`` are rejected with the reason (logged, on /diagnostics and in the action result)
-and never reach the robot. Losing the robot (network, simulator killed) aborts the running goal with
-ROBOT_ERROR; the node stays up and reconnects every ``reconnect_period_s``.
+and never reach the robot; so are goals and commands stamped more than ``max_command_age_s`` ago and
+goals with bad timing, tolerance or time limit (dexwm_ros.move_joints). Losing the robot (network,
+simulator killed) aborts the running goal with ROBOT_ERROR; the node stays up and reconnects every
+``reconnect_period_s``.
 
 Panda (FER) arms need franky built against libfranka 0.9.x (see dexwm_ros.franka_arm).
 """
@@ -36,14 +38,24 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexwm_ros.action import MoveJoints
 from dexwm_ros.franka_arm import (DONE, ERROR, FR3_JOINT_LIMITS, JOINT_NAMES, MOVING, N_JOINTS, PREEMPTED,
-                                  STOPPED, WATCHDOG, CommandRejected, FrankaArm, FrankaConfig,
+                                  SETTING_BOUNDS, STOPPED, WATCHDOG, CommandRejected, FrankaArm, FrankaConfig,
                                   RobotUnavailable)
-from dexwm_ros.move_joints import end_goal, is_deliberate
+from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE,
+                                   MAX_TIME_LIMIT_S, GoalRefused, check_command_age, check_time_limit,
+                                   check_timing, check_tolerance, end_goal, is_deliberate)
+from dexwm_ros.parameter_bounds import first_problem, ranged
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.node_main import run_node
 
 _R = MoveJoints.Result
 _CODES = {"invalid_goal": _R.INVALID_GOAL, "invalid_joints": _R.INVALID_JOINTS}
+# Every live parameter that bounds a motion, with its allowed range (declared and checked on set).
+LIVE_BOUNDS = {
+    **SETTING_BOUNDS,
+    "goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
+    "default_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "max_command_age_s": COMMAND_AGE_RANGE,
+}
 
 
 def trajectory_to_points(traj: JointTrajectory) -> np.ndarray:
@@ -79,7 +91,8 @@ class FrankaNode(Node):
                                                read_only=True))
         p("rate_hz", 100.0, _descriptor("joint_states publishing rate [Hz]", read_only=True))
         p("relative_dynamics_factor", d.relative_dynamics_factor,
-          _descriptor("scales franky's max velocity/acceleration/jerk, (0, 1]; slow by default"))
+          ranged("scales franky's max velocity/acceleration/jerk; slow by default",
+                 *LIVE_BOUNDS["relative_dynamics_factor"]))
         p("lower_torque_thresholds", list(d.lower_torque_thresholds),
           _descriptor("collision behaviour: lower joint torque thresholds [Nm] (7)", read_only=True))
         p("upper_torque_thresholds", list(d.upper_torque_thresholds),
@@ -91,14 +104,22 @@ class FrankaNode(Node):
         p("joint_lower_limits", list(FR3_JOINT_LIMITS[0]), _descriptor("lower joint limits [rad] (7)", read_only=True))
         p("joint_upper_limits", list(FR3_JOINT_LIMITS[1]), _descriptor("upper joint limits [rad] (7)", read_only=True))
         p("max_joint_step", d.max_joint_step,
-          _descriptor("largest joint change per command (current -> first point, between points) [rad]"))
+          ranged("largest joint change per command (current -> first point, between points) [rad]",
+                 *LIVE_BOUNDS["max_joint_step"]))
         p("watchdog_timeout_s", d.watchdog_timeout_s,
-          _descriptor("stop and hold when a topic-commanded motion gets no new command for this long; 0 off [s]"))
-        p("reconnect_period_s", d.reconnect_period_s, _descriptor("seconds between reconnect attempts"))
+          ranged("stop and hold when a topic-commanded motion gets no new command for this long [s]",
+                 *LIVE_BOUNDS["watchdog_timeout_s"]))
+        p("reconnect_period_s", d.reconnect_period_s,
+          ranged("seconds between reconnect attempts", *LIVE_BOUNDS["reconnect_period_s"]))
         p("enforce_realtime", d.enforce_realtime,
           _descriptor("require a realtime kernel (libfranka RealtimeConfig.Enforce)", read_only=True))
-        p("goal_tolerance", 0.01, _descriptor("default per-joint goal tolerance of move_joints [rad]"))
-        p("default_time_limit_s", 30.0, _descriptor("move_joints time limit when the goal gives none [s]"))
+        p("goal_tolerance", 0.01, ranged("default per-joint goal tolerance of move_joints [rad]",
+                                         *LIVE_BOUNDS["goal_tolerance"]))
+        p("default_time_limit_s", 30.0, ranged("move_joints time limit when the goal gives none [s]",
+                                               *LIVE_BOUNDS["default_time_limit_s"]))
+        p("max_command_age_s", DEFAULT_MAX_COMMAND_AGE_S,
+          ranged("refuse commands whose header stamp is older than this (unstamped ones are accepted) [s]",
+                 *LIVE_BOUNDS["max_command_age_s"]))
 
         g = self.get_parameter
         self.config = FrankaConfig(
@@ -116,10 +137,9 @@ class FrankaNode(Node):
             enforce_realtime=g("enforce_realtime").value,
         )
         self.rate_hz = float(g("rate_hz").value)
-        for name in ("rate_hz", "goal_tolerance", "default_time_limit_s"):
-            value = float(g(name).value)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"parameter {name} must be a positive number, got {value}")
+        value = float(g("rate_hz").value)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"parameter rate_hz must be a positive number, got {value}")
         self.arm = FrankaArm(self.config)  # validates the configuration
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -170,15 +190,10 @@ class FrankaNode(Node):
     def _on_set_parameters(self, params):
         from rcl_interfaces.msg import SetParametersResult
 
-        for param in params:
-            v = param.value
-            if param.name == "relative_dynamics_factor" and not (isinstance(v, float) and 0.0 < v <= 1.0):
-                return SetParametersResult(successful=False, reason="relative_dynamics_factor must be in (0, 1]")
-            if param.name in ("max_joint_step", "reconnect_period_s", "goal_tolerance", "default_time_limit_s") \
-                    and not (isinstance(v, float) and v > 0 and math.isfinite(v)):
-                return SetParametersResult(successful=False, reason=f"{param.name} must be a positive number")
-            if param.name == "watchdog_timeout_s" and not (isinstance(v, float) and v >= 0):
-                return SetParametersResult(successful=False, reason="watchdog_timeout_s must be >= 0")
+        problem = first_problem(params, LIVE_BOUNDS)
+        if problem:
+            self.get_logger().warning(f"parameter change refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
         for param in params:
             if param.name == "relative_dynamics_factor":
                 try:
@@ -196,7 +211,11 @@ class FrankaNode(Node):
         if state is None:
             if self.arm.last_error and self.arm.last_error != self._logged_error:
                 self._logged_error = self.arm.last_error
-                self.get_logger().error(f"{self.arm.last_error}; retrying every {self.config.reconnect_period_s:g} s")
+                # Each attempt blocks until libfranka gives up (about a minute for an unreachable
+                # host): say so, rather than promise a retry every reconnect_period_s.
+                self.get_logger().error(f"{self.arm.last_error}; retrying {self.config.reconnect_period_s:g} s "
+                                        "after each failed attempt (an attempt to an unreachable host "
+                                        "blocks for about 60 s)")
                 self._publish_diagnostics()
             return
         if not was_connected:
@@ -247,12 +266,18 @@ class FrankaNode(Node):
         self.diag_pub.publish(msg)
 
     # ---- commands ------------------------------------------------------------------------------
+    def _check_age(self, traj: JointTrajectory, what: str) -> None:
+        check_command_age(seconds(traj.header.stamp), self.get_clock().now().nanoseconds * 1e-9,
+                          float(self.get_parameter("max_command_age_s").value), what)
+
     def _on_joint_command(self, msg: JointTrajectory):
         try:
+            self._check_age(msg, "joint_command")
+            check_timing(seconds(p.time_from_start) for p in msg.points)
             points = trajectory_to_points(msg)
             self.arm.move(points, source="joint_command")
             self._problem = ""
-        except (CommandRejected, RobotUnavailable) as exc:
+        except (CommandRejected, GoalRefused, RobotUnavailable) as exc:
             self._report(f"joint_command rejected: {exc}")
 
     def _on_stop(self, request, response):
@@ -272,17 +297,6 @@ class FrankaNode(Node):
         self._publish_diagnostics()
         return response
 
-    def _tolerance(self, values) -> np.ndarray:
-        values = list(values)
-        if not values:
-            values = [self.get_parameter("goal_tolerance").value]
-        if len(values) == 1:
-            values = values * N_JOINTS
-        tol = np.asarray(values, dtype=float)
-        if tol.shape != (N_JOINTS,) or not np.all(np.isfinite(tol)) or np.any(tol <= 0):
-            raise CommandRejected(f"goal_tolerance needs 0, 1 or {N_JOINTS} positive values, got {list(values)}")
-        return tol
-
     def _execute(self, goal_handle):
         goal = goal_handle.request
         result = MoveJoints.Result()
@@ -297,12 +311,18 @@ class FrankaNode(Node):
             return result
 
         try:
+            self._check_age(goal.trajectory, "goal")
             points = trajectory_to_points(goal.trajectory)
-            tol = self._tolerance(goal.goal_tolerance)
+            # franky times the motion itself (relative_dynamics_factor); the timing fields are still
+            # checked so that every driver refuses the same goals.
+            check_timing(seconds(p.time_from_start) for p in goal.trajectory.points)
+            tol = check_tolerance(goal.goal_tolerance, N_JOINTS, float(self.get_parameter("goal_tolerance").value))
+            limit = check_time_limit(seconds(goal.time_limit))
         except CommandRejected as exc:
             return finish(_CODES[exc.code], str(exc))
-        limit = seconds(goal.time_limit)
-        if limit <= 0:
+        except GoalRefused as exc:
+            return finish(exc.code, str(exc))
+        if limit == 0:
             limit = float(self.get_parameter("default_time_limit_s").value)
         try:
             # The goal's own time limit is its watchdog: its client is waiting on the result.

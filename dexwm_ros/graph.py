@@ -165,11 +165,16 @@ def _typed(value: str, like: Any, key: str, node: str) -> Any:
         return _truthy(value, key)
     try:
         if isinstance(like, int):
-            return int(value)
-        if isinstance(like, float):
+            number = int(value)
+        elif isinstance(like, float):
             return float(value)
     except ValueError as e:
         raise GraphError(f"parameter {key} of node {node}: '{value}' is not a {type(like).__name__}") from e
+    if isinstance(like, int):
+        # rcl reads a larger literal as a double and then silently keeps the YAML's integer.
+        if not -2 ** 63 <= number < 2 ** 63:
+            raise GraphError(f"parameter {key} of node {node}: {value} does not fit a 64-bit integer")
+        return number
     if isinstance(like, str) or like is None:
         return value
     parsed = yaml.safe_load(value)

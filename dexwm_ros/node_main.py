@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 import rclpy
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -25,8 +26,11 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
     (which stops worker threads, drivers and the robot) runs while the ROS context is still valid;
     rclpy's own handler would invalidate the context first. A startup error of one of
     ``startup_errors`` (a bad parameter, a missing device or checkpoint) is one line on stderr and
-    ``startup_exit_code``, without a traceback.
+    ``startup_exit_code``, without a traceback; so is a parameter value outside its declared range
+    or of the wrong type. Ctrl-C during start-up ends the process quietly: a node whose constructor
+    was interrupted is torn down by its own ``destroy_node``, which copes with a partial object.
     """
+    startup_errors = tuple(startup_errors) + (ParameterException, InvalidParameterTypeException)
     # DDS discovery never leaves this host, however the node was started (DESIGN.md section 5).
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     signal.signal(signal.SIGTERM, _interrupt)

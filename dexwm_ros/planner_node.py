@@ -70,6 +70,12 @@ HAND_NAMES = tuple(hand_joints.JOINT_NAMES)
 # A goal image whose aspect ratio differs from the camera's by more than this is refused: resizing
 # it would distort the scene and the latent distance would compare different geometry.
 MAX_ASPECT_MISMATCH = 0.05
+# A goal image smaller than this (px per side), or less than half the camera's size in either
+# direction, is refused: upscaling it invents the detail the latent distance is computed on.
+MIN_GOAL_SIDE = 32
+MIN_GOAL_FRACTION = 0.5
+# Executed MPC steps per goal: the max_steps parameter's range, and the bound of a request's value.
+MAX_STEPS_RANGE = (1, 10000)
 
 
 # ---------------------------------------------------------------------------- ROS-free helpers
@@ -83,9 +89,13 @@ def rgb_to_image_msg(image: np.ndarray, stamp=None, frame_id: str = "") -> Image
 
 
 def fit_goal_image(goal: np.ndarray, reference_hw: tuple[int, int] | None) -> np.ndarray:
-    """Bring a goal image to the camera's size; ValueError when the aspect ratios differ."""
+    """Bring a goal image to the camera's size; ValueError when the aspect ratios differ or the goal
+    is too small to stand for a camera frame."""
     import cv2
 
+    gh, gw = goal.shape[:2]
+    if min(gh, gw) < MIN_GOAL_SIDE:
+        raise ValueError(f"goal image {gw}x{gh} is too small: at least {MIN_GOAL_SIDE} px per side")
     if reference_hw is None or tuple(goal.shape[:2]) == tuple(reference_hw):
         return goal
     h, w = reference_hw
@@ -94,6 +104,9 @@ def fit_goal_image(goal: np.ndarray, reference_hw: tuple[int, int] | None) -> np
     if abs(aspect_goal / aspect_cam - 1.0) > MAX_ASPECT_MISMATCH:
         raise ValueError(f"goal image {goal.shape[1]}x{goal.shape[0]} has aspect ratio {aspect_goal:.3f}, the "
                          f"camera's {w}x{h} has {aspect_cam:.3f}: refusing to distort it")
+    if gh < MIN_GOAL_FRACTION * h or gw < MIN_GOAL_FRACTION * w:
+        raise ValueError(f"goal image {gw}x{gh} is too small for the camera's {w}x{h}: at least "
+                         f"{MIN_GOAL_FRACTION:g} x its size, so that resizing does not invent detail")
     interp = cv2.INTER_AREA if goal.shape[0] > h else cv2.INTER_LINEAR
     return cv2.resize(goal, (w, h), interpolation=interp)
 
@@ -295,7 +308,8 @@ class PlannerNode(Node):
             "weight of the end-effector orientation term, grasp task only; 0 off", float_range=(0.0, 100.0)))
         p("context_frames", 8, _descriptor("observed frames kept as world-model context", int_range=(1, 32)))
         p("seed", 0, _descriptor("CEM random seed (per Execute goal)", int_range=(0, 2**31 - 1)))
-        p("max_steps", 40, _descriptor("executed MPC steps per goal when the request gives 0", int_range=(1, 10000)))
+        p("max_steps", 40, _descriptor("executed MPC steps per goal when the request gives 0",
+                                       int_range=MAX_STEPS_RANGE))
         p("move_duration_s", 0.5, _descriptor("time given to the drivers to reach each step's targets [s]",
                                               float_range=(0.01, 30.0)))
         p("move_timeout_s", 1.0, _descriptor("MoveJoints time limit per step (contact may stop a finger) [s]",
@@ -324,6 +338,12 @@ class PlannerNode(Node):
             description="camera extrinsic world->camera, 16 values row-major (OpenCV axes); empty = sim head camera"))
 
     def _on_set_parameters(self, params):
+        problem = next((f"{p.name} must be finite, got {p.value}" for p in params
+                        if isinstance(p.value, float) and not math.isfinite(p.value)), None)
+        problem = problem or self._cem_problem(params)
+        if problem:
+            self.get_logger().warning(f"parameter change refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
         for param in params:
             if param.name == "preset" and param.value not in PRESETS:
                 return SetParametersResult(successful=False, reason=f"preset must be one of {', '.join(PRESETS)}")
@@ -335,6 +355,19 @@ class PlannerNode(Node):
                 except ValueError as e:
                     return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
+
+    def _cem_problem(self, params) -> str | None:
+        """Why the CEM settings after this change would be unusable (refused now, not at the next goal)."""
+        new = {p.name: p.value for p in params}
+        value = lambda name: new.get(name, self.get_parameter(name).value)  # noqa: E731
+        preset = PRESETS.get(value("preset"))
+        if preset is None:
+            return None   # reported by the preset check
+        samples = value("samples") or preset.samples
+        elites = value("elites") or preset.elites
+        if elites > samples:
+            return f"elites ({elites}) must not exceed samples ({samples})"
+        return None
 
     def _make_planner(self, task: str | None = None) -> MPCPlanner:
         g = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -420,12 +453,19 @@ class PlannerNode(Node):
 
     def _on_capture(self, request, response):
         response.success, response.message = self.capture_goal("/dexwm/capture_goal")
-        (self.get_logger().info if response.success else self.get_logger().warning)(response.message)
+        self._log_capture(response.success, response.message)
         return response
 
     def _capture_from(self, topic: str):
         ok, message = self.capture_goal(topic)
-        (self.get_logger().info if ok else self.get_logger().warning)(message)
+        self._log_capture(ok, message)
+
+    def _log_capture(self, ok: bool, message: str):
+        # One call site per severity: rclpy raises ValueError when a call site changes severity.
+        if ok:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().warning(message)
 
     def _resolve_goal(self, request) -> Goal:
         if request.goal_image.height > 0 and not request.use_captured_goal:
@@ -451,7 +491,22 @@ class PlannerNode(Node):
         self.get_logger().info("cancel requested")
         return CancelResponse.ACCEPT
 
+    def _refusal(self, request) -> str | None:
+        """Why an Execute request is refused before anything is planned (None: go ahead)."""
+        low, high = MAX_STEPS_RANGE
+        if request.max_steps != 0 and not low <= request.max_steps <= high:
+            return (f"bad_goal: max_steps {request.max_steps} is outside {low}..{high} "
+                    "(0 uses the max_steps parameter)")
+        return None
+
     def _execute(self, goal_handle):
+        refusal = self._refusal(goal_handle.request)
+        if refusal is not None:
+            self.get_logger().error(f"Execute goal refused: {refusal}")
+            with self._lock:
+                self._busy = False
+            goal_handle.abort()
+            return self._result(False, 0, refusal)
         try:
             return self._run_goal(goal_handle)
         except Exception as e:  # never leave the robot moving on an unexpected error
@@ -660,9 +715,13 @@ class PlannerNode(Node):
         duration = g("move_duration_s")
         time_limit = max(g("move_timeout_s"), duration)
         goals = []
+        # Stamped: a driver refuses a goal older than its max_command_age_s, so a step that reaches
+        # it late (a stalled process, a congested network) is never executed out of its context.
+        stamp = self.get_clock().now().to_msg()
         for client, names, target in ((self.arm_client, ARM_NAMES, command[:7]),
                                       (self.hand_client, HAND_NAMES, command[7:])):
             goal = MoveJoints.Goal()
+            goal.trajectory.header.stamp = stamp
             goal.trajectory.joint_names = list(names)
             goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in target],
                                                            time_from_start=_duration(duration))]
@@ -672,9 +731,11 @@ class PlannerNode(Node):
         handles = self._move_handles = []   # _hold cancels whatever was accepted so far
         for name, fut in zip(("arm", "hand"), goals):
             if not _wait(fut, 5.0, goal_handle):
+                self._cancel_when_accepted(goals, handles)
                 return "canceled" if goal_handle.is_cancel_requested else f"{name} driver did not answer"
             handle = fut.result()
             if not handle.accepted:
+                self._cancel_when_accepted(goals, handles)
                 return f"{name} driver rejected the target"
             handles.append(handle)
         results = [h.get_result_async() for h in handles]
@@ -689,6 +750,27 @@ class PlannerNode(Node):
                 return f"{name}: error {res.error_code} ({res.message})"
         self._move_handles = []
         return "ok"
+
+    def _cancel_when_accepted(self, futures, handled) -> None:
+        """The planner gave up on these goals: cancel each one a driver accepts, now or later.
+
+        A driver that stalls (a paused process) may accept a goal long after the planner stopped
+        waiting; without this it would then execute a step computed for a world that has moved on.
+        Goals in ``handled`` were accepted in time: _hold cancels those.
+        """
+        for fut in futures:
+            if fut.done() and fut.exception() is None and any(fut.result() is h for h in handled):
+                continue
+            fut.add_done_callback(self._cancel_late_goal)
+
+    def _cancel_late_goal(self, fut) -> None:
+        try:
+            handle = fut.result()
+        except Exception:  # the request failed: nothing was accepted
+            return
+        if handle is not None and handle.accepted:
+            self.get_logger().warning("a MoveJoints goal was accepted after the planner gave up on it: canceling it")
+            handle.cancel_goal_async()
 
     def _hold(self, why: str):
         """Leave the robot holding: cancel running moves and ask both drivers to stop."""
@@ -778,7 +860,9 @@ class PlannerNode(Node):
         return out
 
     def destroy_node(self):
-        self._plan_pool.shutdown(wait=False, cancel_futures=True)
+        pool = getattr(self, "_plan_pool", None)   # None: the constructor was interrupted before it
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
 

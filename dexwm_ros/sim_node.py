@@ -14,9 +14,11 @@ difference, plus the evaluation interfaces of the simulation:
 - simulation: service ``/sim/reset`` (ResetEpisode: seeded episode + goal image), topic
   ``/sim/episode`` (EpisodeState, every control step), ``/sim/goal_image`` (transient local).
 
-Bad commands (wrong size, unknown joint names, NaN/inf; arm targets outside the limits) are rejected
-with the reason (logged, on /diagnostics, in the action result) and never reach the physics; hand
-targets outside the limits are clamped, as the Allegro driver does.
+Bad commands (wrong size, unknown joint names, NaN/inf, targets outside the limits, arm steps over
+``max_joint_step``, stale stamps, bad timing/tolerance/time limit) are refused with the reason
+(logged, on /diagnostics, in the action result) and never reach the physics: the simulation refuses
+exactly what the franka and allegro drivers refuse (same checks, dexwm_sim.command_limits and
+dexwm_ros.move_joints).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -42,11 +44,25 @@ from dexwm_ros.image_conversion import numpy_to_image
 from dexwm_ros.msg import EpisodeState
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.srv import ResetEpisode
-from dexwm_ros.move_joints import end_goal, is_deliberate
+from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE,
+                                   MAX_TIME_LIMIT_S, GoalRefused, check_command_age, check_time_limit,
+                                   check_timing, check_tolerance, end_goal, is_deliberate)
 from dexwm_ros.node_main import run_node
+from dexwm_ros.parameter_bounds import first_problem, ranged
+from dexwm_sim.command_limits import CommandRejected
 
 _R = MoveJoints.Result
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
+_CODES = {"invalid_goal": _R.INVALID_GOAL, "invalid_joints": _R.INVALID_JOINTS}
+# Live parameters with bounds (declared and checked on set); the arm's step cap has the real
+# franka driver's bounds.
+LIVE_BOUNDS = {
+    "arm_goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
+    "hand_goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
+    "arm_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "hand_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "max_command_age_s": COMMAND_AGE_RANGE,
+}
 
 
 class CommandError(ValueError):
@@ -82,8 +98,11 @@ def trajectory_points(traj: JointTrajectory, expected) -> tuple[np.ndarray, np.n
     pts = np.asarray(rows, dtype=float)
     if not np.all(np.isfinite(pts)):
         raise CommandError(_R.INVALID_GOAL, "non-finite positions")
-    t = np.asarray(times)
-    durations = np.diff(np.r_[0.0, t]) if np.all(t > 0) and np.all(np.diff(t) > 0) else np.zeros(len(t))
+    try:
+        t = check_timing(times)     # all zero (default speed) or strictly increasing from > 0
+    except GoalRefused as exc:
+        raise CommandError(exc.code, str(exc)) from None
+    durations = np.diff(np.r_[0.0, t]) if np.all(t > 0) else np.zeros(len(t))
     return pts, durations
 
 
@@ -95,12 +114,18 @@ class SimNode(Node):
     def __init__(self):
         super().__init__("sim")
         from allegro_driver import joints as hand_joints
+        from dexwm_ros.franka_arm import SETTING_BOUNDS, FrankaConfig
         from dexwm_sim.runner import RunnerConfig, SimRunner
+        from dexwm_sim.tasks import MAX_SEED, TASKS
 
         self.hand_names = tuple(hand_joints.JOINT_NAMES)
         p = self.declare_parameter
-        p("task", "paper-grasp", _descriptor("episode task at start (dexwm_sim.tasks.TASKS)"))
-        p("seed", 0, _descriptor("episode seed at start"))
+        # Start-up values only (read-only): later episodes come from /sim/reset.
+        p("task", "paper-grasp", _descriptor(f"episode task at start: {', '.join(TASKS)}", read_only=True))
+        # dynamic_typing: a seed too large for an int64 arrives as a double, which rclpy would
+        # otherwise drop in favour of the default (episode 0) without a word; it is refused below.
+        p("seed", 0, _descriptor(f"episode seed at start, 0 .. {MAX_SEED}", read_only=True, dynamic_typing=True,
+                                 integer_range=[IntegerRange(from_value=0, to_value=MAX_SEED, step=1)]))
         p("real_time_factor", 1.0, _descriptor("simulated seconds per wall-clock second", read_only=True))
         p("lockstep", False, _descriptor("simulated time advances only while a motion command is under way "
                                          "(the world waits for the planner, as in an in-process evaluation)",
@@ -112,12 +137,27 @@ class SimNode(Node):
         p("state_rate_hz", 50.0, _descriptor("joint_states rate [Hz]", read_only=True))
         p("arm_speed", 0.8, _descriptor("joint speed of arm motions without timing [rad/s]", read_only=True))
         p("hand_speed", 3.0, _descriptor("joint speed of hand motions without timing [rad/s]", read_only=True))
-        p("arm_goal_tolerance", 0.01, _descriptor("default move_joints tolerance of the arm [rad]"))
-        p("hand_goal_tolerance", 0.03, _descriptor("default move_joints tolerance of the hand [rad]"))
-        p("arm_time_limit_s", 30.0, _descriptor("arm move_joints time limit when the goal gives none [s]"))
-        p("hand_time_limit_s", 5.0, _descriptor("hand move_joints time limit when the goal gives none [s]"))
+        p("arm_goal_tolerance", 0.01, ranged("default move_joints tolerance of the arm [rad]",
+                                             *LIVE_BOUNDS["arm_goal_tolerance"]))
+        p("hand_goal_tolerance", 0.03, ranged("default move_joints tolerance of the hand [rad]",
+                                              *LIVE_BOUNDS["hand_goal_tolerance"]))
+        p("arm_time_limit_s", 30.0, ranged("arm move_joints time limit when the goal gives none [s]",
+                                           *LIVE_BOUNDS["arm_time_limit_s"]))
+        p("hand_time_limit_s", 5.0, ranged("hand move_joints time limit when the goal gives none [s]",
+                                           *LIVE_BOUNDS["hand_time_limit_s"]))
+        p("max_command_age_s", DEFAULT_MAX_COMMAND_AGE_S,
+          ranged("refuse commands whose header stamp is older than this (unstamped ones are accepted) [s]",
+                 *LIVE_BOUNDS["max_command_age_s"]))
+        p("max_joint_step", FrankaConfig().max_joint_step,
+          ranged("largest arm joint change per command, enforced as the franka driver does [rad]",
+                 *SETTING_BOUNDS["max_joint_step"], read_only=True))
         p("frame_id", "camera_color_optical_frame", _descriptor("camera frame id", read_only=True))
         g = lambda name: self.get_parameter(name).value  # noqa: E731
+        if g("task") not in TASKS:
+            raise ValueError(f"unknown task {g('task')!r}; choose one of {', '.join(TASKS)}")
+        seed = g("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
         for name in ("real_time_factor", "image_rate_hz", "state_rate_hz", "arm_speed", "hand_speed",
                      "arm_goal_tolerance", "hand_goal_tolerance", "arm_time_limit_s", "hand_time_limit_s"):
             v = float(g(name))
@@ -149,7 +189,8 @@ class SimNode(Node):
                               image_rate_hz=float(g("image_rate_hz")), image_size=(width, height),
                               render_depth=bool(g("publish_depth")), state_rate_hz=float(g("state_rate_hz")),
                               arm_speed=float(g("arm_speed")), hand_speed=float(g("hand_speed")),
-                              goal_size=(width, height), lockstep=bool(g("lockstep")))
+                              goal_size=(width, height), lockstep=bool(g("lockstep")),
+                              arm_max_joint_step=float(g("max_joint_step")))
         # The runner validates task, seed and rates (ValueError -> clear message in main()).
         self.runner = SimRunner(config, on_state=self._on_state, on_frame=self._on_frame,
                                 on_episode=self._on_episode, on_goal=self._on_goal)
@@ -185,14 +226,10 @@ class SimNode(Node):
 
     # --- parameters -------------------------------------------------------------------------------
     def _on_set_parameters(self, params):
-        for param in params:
-            if param.name in ("arm_goal_tolerance", "hand_goal_tolerance", "arm_time_limit_s", "hand_time_limit_s"):
-                v = param.value
-                if not (isinstance(v, float) and v > 0 and math.isfinite(v)):
-                    return SetParametersResult(successful=False, reason=f"{param.name} must be a positive number")
-            if param.name in ("task", "seed"):
-                # Start-up values only; later episodes come from /sim/reset.
-                continue
+        problem = first_problem(params, LIVE_BOUNDS)
+        if problem:
+            self.get_logger().warning(f"parameter change refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)
 
     # --- runner callbacks (physics thread) ---------------------------------------------------------
@@ -262,8 +299,13 @@ class SimNode(Node):
         self._problem[part] = problem
         self.get_logger().warning(problem)
 
+    def _check_age(self, stamp, what: str) -> None:
+        check_command_age(seconds(stamp), self.get_clock().now().nanoseconds * 1e-9,
+                          float(self.get_parameter("max_command_age_s").value), what)
+
     def _on_arm_command(self, msg: JointTrajectory) -> None:
         try:
+            self._check_age(msg.header.stamp, "joint_command")
             pts, durations = trajectory_points(msg, ARM_NAMES)
             self.runner.command("arm", pts, durations)
             self._problem["arm"] = ""
@@ -272,6 +314,7 @@ class SimNode(Node):
 
     def _on_hand_command(self, msg: JointState) -> None:
         try:
+            self._check_age(msg.header.stamp, "joint_command")
             order = _order(msg.name, self.hand_names)
             if len(msg.position) != len(self.hand_names):
                 raise CommandError(_R.INVALID_GOAL, f"{len(msg.position)} positions, expected {len(self.hand_names)}")
@@ -324,19 +367,18 @@ class SimNode(Node):
             return result
 
         try:
+            self._check_age(goal.trajectory.header.stamp, "goal")
             pts, durations = trajectory_points(goal.trajectory, names)
-            tol = list(goal.goal_tolerance) or [self.get_parameter(f"{part}_goal_tolerance").value]
-            if len(tol) not in (1, n) or not all(math.isfinite(t) and t > 0 for t in tol):
-                raise CommandError(_R.INVALID_GOAL, f"goal_tolerance needs 0, 1 or {n} positive values")
-            limit = seconds(goal.time_limit)
-            if limit < 0:
-                raise CommandError(_R.INVALID_GOAL, "time_limit is negative")
+            tol = check_tolerance(goal.goal_tolerance, n, float(self.get_parameter(f"{part}_goal_tolerance").value))
+            limit = check_time_limit(seconds(goal.time_limit))
             if limit == 0:
                 limit = float(self.get_parameter(f"{part}_time_limit_s").value)
             # The runner judges the goal in simulated time (tolerance and time limit).
             cmd = self.runner.command(part, pts, durations, tolerance=tol, time_limit=limit)
-        except CommandError as exc:
+        except (CommandError, GoalRefused) as exc:
             return finish(exc.code, str(exc))
+        except CommandRejected as exc:
+            return finish(_CODES[exc.code], str(exc))
         except ValueError as exc:
             return finish(_R.INVALID_GOAL, str(exc))
         self._problem[part] = cmd.note

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .command_limits import check_joint_command
 from .kinematics import ARM_DOF, DOF
 
 log = logging.getLogger("dexwm_sim.runner")
@@ -113,6 +114,9 @@ class RunnerConfig:
     hand_speed: float = 3.0
     goal_size: tuple | None = None  # goal image size; None: the camera image size
     lockstep: bool = False          # simulated time stands still while no command is under way
+    # Per-command cap on an arm joint's change [rad], enforced as the real franka driver enforces
+    # its max_joint_step (same check, dexwm_sim.command_limits); None: no cap.
+    arm_max_joint_step: float | None = 0.5
     extra: dict = field(default_factory=dict)
 
 
@@ -181,8 +185,9 @@ class SimRunner:
 
         ``tolerance`` (one value or one per joint, rad) and ``time_limit`` (simulated s) give the
         command a goal; the runner then ends it as REACHED or TIMED_OUT. Raises ValueError (nothing
-        changes) for wrong sizes or non-finite values; arm points outside the joint limits are
-        rejected, hand points are clamped (as the real drivers do) with a note.
+        changes) for wrong sizes, non-finite values, points outside the joint limits, and arm steps
+        over ``arm_max_joint_step`` (from the measured joints to point 0 and between points): the
+        real drivers refuse the same commands.
         """
         n = ARM_DOF if part == "arm" else DOF - ARM_DOF
         if part not in ("arm", "hand"):
@@ -208,17 +213,12 @@ class SimRunner:
         sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
         lo, hi = self.env.lower[sl], self.env.upper[sl]
         note = ""
+        names = self.joint_names(part)
         if part == "arm":
-            bad = np.nonzero(np.any((pts < lo - 1e-9) | (pts > hi + 1e-9), axis=0))[0]
-            if len(bad):
-                raise ValueError(f"arm command outside the joint limits at joints {[int(b) + 1 for b in bad]}")
+            pts = check_joint_command(pts, lo, hi, names, self.config.arm_max_joint_step,
+                                      current=self._measured()[sl])
         else:
-            clipped = np.clip(pts, lo, hi)
-            count = int(np.count_nonzero(clipped != pts))
-            if count:
-                note = f"{count} positions clamped to the joint limits"
-                log.warning("hand command: %s", note)
-            pts = clipped
+            pts = check_joint_command(pts, lo, hi, names)
         cmd = Command(part=part, points=pts, durations=dur, id=next(self._ids), note=note, tolerance=tol,
                       time_limit=None if time_limit is None else float(time_limit))
         self._requests.put(("command", cmd))
@@ -226,6 +226,19 @@ class SimRunner:
 
     def stop(self, part: str) -> None:
         self._requests.put(("stop", part))
+
+    @staticmethod
+    def joint_names(part: str) -> tuple[str, ...]:
+        """Joint names of a part, in the drivers' order (for messages that name a joint)."""
+        from allegro_driver.joints import JOINT_NAMES as HAND_NAMES
+
+        return tuple(f"fr3_joint{i}" for i in range(1, 8)) if part == "arm" else tuple(HAND_NAMES)
+
+    def _measured(self) -> np.ndarray:
+        """The joints as last measured: the published snapshot while the physics thread runs (the env
+        belongs to that thread), the env itself when it does not (move_now)."""
+        snap = self.snapshot() if self.alive else None
+        return snap.position if snap is not None else self.env.joint_positions()
 
     def reset(self, task: str, seed: int, timeout: float = 120.0) -> ResetResult:
         """Reset to a seeded episode and render its goal image (blocks until done)."""

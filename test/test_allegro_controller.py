@@ -58,13 +58,34 @@ def test_pd_reaches_targets(rig):
     assert st.timing.ticks > 100 and st.frames["ok"] > 400
 
 
-def test_target_beyond_limits_is_clamped(rig):
+def test_target_beyond_limits_is_refused_and_nothing_moves(rig):
     ctl, emu, _ = rig
     _running(ctl)
-    wanted = np.full(16, 5.0)
-    applied = ctl.set_target(wanted)
-    np.testing.assert_array_equal(applied, joints.UPPER)
-    wait_for(lambda: np.max(np.abs(emu.position - joints.UPPER)) < 0.02, 3.0, what="joints at upper limits")
+    before_target = ctl.status().target
+    before = emu.position
+    for wanted in (np.full(16, 5.0), np.r_[joints.UPPER[:15], joints.UPPER[15] + 0.01]):
+        with pytest.raises(CommandRejected, match="outside its limits"):
+            ctl.set_target(wanted)
+    with pytest.raises(CommandRejected, match="allegro_thumb_3"):
+        ctl.set_target([1e6], ["allegro_thumb_3"])
+    np.testing.assert_array_equal(ctl.status().target, before_target)
+    time.sleep(0.3)
+    assert np.max(np.abs(emu.position - before)) < 0.02
+    assert ctl.status().commands_rejected == 3
+    # exactly at the limits is allowed
+    np.testing.assert_array_equal(ctl.set_target(joints.UPPER), joints.UPPER)
+
+
+def test_gains_outside_their_bounds_are_refused(rig):
+    ctl, _, _ = rig
+    kp, kd = ctl.gains
+    for bad in ([1000.0] * 16, [1e6], [float("inf")] * 16, [-0.1] * 16):
+        with pytest.raises(ValueError):
+            ctl.set_gains(kp=bad)
+    with pytest.raises(ValueError, match="kd"):
+        ctl.set_gains(kd=[1.0] * 16)
+    np.testing.assert_array_equal(ctl.gains[0], kp)
+    np.testing.assert_array_equal(ctl.gains[1], kd)
 
 
 def test_named_partial_target(rig):
@@ -119,7 +140,7 @@ def test_torque_and_pwm_caps():
 def test_pwm_sent_on_the_bus_respects_caps(rig):
     ctl, emu, _ = rig
     _running(ctl)
-    ctl.set_gains(kp=[50.0] * 16)  # a saturating gain
+    ctl.set_gains(kp=[5.0] * 16)  # the highest gain allowed saturates on a far target
     ctl.set_target(joints.UPPER)
     caps = np.asarray(ctl.config.pwm_limit)
     peak = np.zeros(16)

@@ -57,7 +57,7 @@ class Client:
         msg.position = [float(p) for p in positions]
         self.cmd.publish(msg)
 
-    def move(self, target, tolerance=(), time_limit=0.0, names=(), feedback=None, times=None):
+    def move(self, target, tolerance=(), time_limit=0.0, names=(), feedback=None, times=None, age=None):
         """Goal with one point (``target``) or, with ``times``, timed points (``target`` = list)."""
         from builtin_interfaces.msg import Duration
         from trajectory_msgs.msg import JointTrajectoryPoint
@@ -66,6 +66,10 @@ class Client:
 
         goal = MoveJoints.Goal()
         goal.trajectory.joint_names = list(names)
+        if age is not None:   # stamped this many seconds ago
+            now = self.node.get_clock().now().nanoseconds * 1e-9 - age
+            goal.trajectory.header.stamp.sec = int(now)
+            goal.trajectory.header.stamp.nanosec = int((now % 1) * 1e9)
         if times is None:
             goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in target])]
         else:
@@ -139,6 +143,27 @@ def test_allegro_node_end_to_end(client, node_env, tmp_path):
         bad = client.call(client.move([0.1] * 3).get_result_async()).result
         assert bad.error_code == MoveJoints.Result.INVALID_JOINTS
 
+        # out-of-limit targets, stale stamps, bad timing, absurd tolerances, negative time limits are
+        # refused (one rule for every driver) and nothing moves
+        R = MoveJoints.Result
+        held = client.position()
+        for kwargs, code, why in (
+                ({"target": np.r_[target[:15], 1e6]}, R.INVALID_JOINTS, "outside its limits"),
+                ({"target": target, "age": 16.0}, R.INVALID_GOAL, "stale goal"),
+                ({"target": target, "age": -30.0}, R.INVALID_GOAL, "in the future"),
+                ({"target": [target, OPEN], "times": [0.5, 0.2]}, R.INVALID_GOAL, "strictly increasing"),
+                ({"target": target, "tolerance": [1e9]}, R.INVALID_GOAL, "goal_tolerance"),
+                ({"target": target, "time_limit": -1.0}, R.INVALID_GOAL, "time_limit")):
+            res = client.call(client.move(**kwargs).get_result_async()).result
+            assert res.error_code == code and why in res.message, (kwargs, res.message)
+        client.send_command(np.r_[target[:15], 5.0])
+        client.send_command([5.0], names=["allegro_thumb_3"])
+        time.sleep(0.5)
+        assert np.max(np.abs(client.position() - held)) < 0.03
+        for name, value in (("kp", [1000.0] * 16), ("kp", [1e6] * 16), ("kd", [5.0] * 16)):
+            r = client.set_param(name, value)
+            assert not r.successful and "within" in r.reason, r.reason
+
         # a topic command by name moves just that joint
         client.send_command([0.9], names=["allegro_thumb_3"])
         wait_for(lambda: abs(client.position()[15] - 0.9) < 0.03, 5.0, what="named command")
@@ -204,3 +229,48 @@ def test_allegro_node_reports_a_missing_bus(node_env, tmp_path):
     text = log.read_text()
     assert proc.returncode == 1, text
     assert "cannot open CAN bus" in text and "no_such_interface" in text and "can7" in text
+
+
+def test_error_state_is_reported_and_recovered_without_killing_the_node(rclpy_context, domain_id):
+    """Encoder silence puts the hand in its error state: the node logs it (error), puts the cause on
+    /diagnostics and keeps running; when encoders return it recovers (info) and holds. A log call
+    site used at two severities used to raise ValueError in rclpy here and kill the node."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.executors import SingleThreadedExecutor
+
+    from allegro_driver.controller import State
+    from dexwm_ros.allegro_node import AllegroNode
+
+    node = AllegroNode(context=rclpy_context, parameter_overrides=[
+        rclpy.parameter.Parameter("can_interface", value="virtual"),
+        rclpy.parameter.Parameter("can_channel", value=f"allegro-err-{domain_id}"),
+        rclpy.parameter.Parameter("emulate_hand", value=True)])
+    probe = Node("allegro_error_probe", context=rclpy_context)
+    diags = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    executor.add_node(probe)
+
+    def spin_until(predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            executor.spin_once(timeout_sec=0.05)   # a callback that raises fails the test here
+
+    try:
+        spin_until(lambda: node.controller.status().state is State.RUNNING, 10, "the hand running")
+        for _ in range(2):   # enter and leave the error state twice: every transition is logged
+            node.emulator.streaming_enabled = False
+            spin_until(lambda: any(s.level == DiagnosticStatus.ERROR and "no encoder data" in s.message
+                                   for d in diags for s in d.status), 10, "the error on /diagnostics")
+            assert node._last_state is State.ERROR
+            diags.clear()
+            node.emulator.streaming_enabled = True
+            spin_until(lambda: node._last_state is State.RUNNING and diags and
+                       diags[-1].status[0].level == DiagnosticStatus.OK, 10, "recovery")
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        node.destroy_node()

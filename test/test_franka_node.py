@@ -58,7 +58,7 @@ class Client:
             return np.max(np.abs(self.q() - q1)) < 0.003
         wait_for(still, timeout, interval=0.0, what=what)
 
-    def send_goal(self, points, tolerance=(), time_limit=0.0):
+    def send_goal(self, points, tolerance=(), time_limit=0.0, times=None, age=None):
         from builtin_interfaces.msg import Duration
         from trajectory_msgs.msg import JointTrajectoryPoint
 
@@ -66,6 +66,11 @@ class Client:
 
         goal = MoveJoints.Goal()
         goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in p]) for p in points]
+        for point, t in zip(goal.trajectory.points, times or ()):
+            point.time_from_start = Duration(sec=int(t) if t >= 0 else -1, nanosec=int((t % 1) * 1e9))
+        if age is not None:   # stamped this many seconds ago
+            now = self.node.get_clock().now().nanoseconds * 1e-9 - age
+            goal.trajectory.header.stamp.sec, goal.trajectory.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
         goal.goal_tolerance = list(tolerance)
         goal.time_limit = Duration(sec=int(time_limit), nanosec=int((time_limit % 1) * 1e9))
         future = self.action.send_goal_async(goal)
@@ -78,6 +83,17 @@ class Client:
         assert client.wait_for_service(timeout_sec=10)
         future = client.call_async(Trigger.Request())
         return wait_for(lambda: future.result() if future.done() else None, 10, what="service reply")
+
+    def set_param(self, name, value):
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        client = self.node.create_client(SetParameters, "/franka/set_parameters")
+        assert client.wait_for_service(timeout_sec=10)
+        req = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE, double_value=float(value)))])
+        future = client.call_async(req)
+        return wait_for(lambda: future.result() if future.done() else None, 10, what="set_parameters").results[0]
 
     def close(self):
         self.executor.shutdown()
@@ -194,6 +210,20 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     assert result_of(fut, 5).error_code == R.INVALID_GOAL
     _, fut = client.send_goal([list(q_before[:6]) + [float("nan")]])
     assert result_of(fut, 5).error_code == R.INVALID_GOAL
+    # One rule for every driver: stale stamps, bad timing, absurd tolerances, negative time limits.
+    for kwargs, why in (({"age": 16.0}, "stale goal"), ({"times": [-0.5]}, "time_from_start"),
+                        ({"tolerance": [1e9]}, "goal_tolerance"), ({"time_limit": -1.0}, "time_limit")):
+        _, fut = client.send_goal([q_before + 0.05], **kwargs)
+        res = result_of(fut, 5)
+        assert res.error_code == R.INVALID_GOAL and why in res.message, (kwargs, res.message)
+    # Live limits are bounded: a larger step cap, an endless watchdog, an absurd tolerance are refused.
+    for name, value in (("max_joint_step", 5.0), ("max_joint_step", 1.0), ("watchdog_timeout_s", float("inf")),
+                        ("watchdog_timeout_s", 0.0), ("goal_tolerance", 1e9), ("relative_dynamics_factor", 2.0)):
+        r = client.set_param(name, value)
+        assert not r.successful, (name, value)
+    _, fut = client.send_goal([q_before + 0.8])
+    res = result_of(fut, 5)
+    assert res.error_code == R.INVALID_JOINTS and "max_joint_step = 0.5000" in res.message, res.message
     time.sleep(0.3)
     assert np.max(np.abs(client.q() - q_before)) < 0.01
 

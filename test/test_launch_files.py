@@ -88,20 +88,35 @@ def test_launch_file_nodes_equal_graph(launch_stand_ins, graph, sim):
     assert got == want
     # Required nodes stop the launch when they exit; display helpers do not.
     assert all(("on_exit" in n.kwargs) == s.required for n, s in zip(nodes, expected))
-    assert all(type(n.kwargs["on_exit"]).__name__ == "Shutdown" for n in nodes if "on_exit" in n.kwargs)
     # robot_state_publisher is not installed here: the launch logs the graph's one line about it.
     assert [a.kwargs["msg"] for a in actions if type(a).__name__ == "LogInfo"] == notices
     assert any("robot_state_publisher is not installed" in n for n in notices)
+    # a required node's exit raises inside launch (ros2 launch then shuts down and exits 1) ...
+    from dexwm_ros.launch_support import RequiredNodeExited
+    for n in nodes:
+        if "on_exit" not in n.kwargs:
+            continue
+        with pytest.raises(RequiredNodeExited, match="exited with code 3"):
+            n.kwargs["on_exit"](types.SimpleNamespace(returncode=3), types.SimpleNamespace(is_shutdown=False))
+        # ... but not while the graph is already being shut down (Ctrl-C)
+        assert n.kwargs["on_exit"](types.SimpleNamespace(returncode=0), types.SimpleNamespace(is_shutdown=True)) is None
 
 
-def test_use_rviz_adds_rviz(launch_stand_ins):
+@pytest.mark.parametrize("installed", [True, False])
+def test_use_rviz_adds_rviz_or_says_it_is_missing(launch_stand_ins, monkeypatch, installed):
     description = load_description()
     entities = _load_launch_file(ROOT / "launch" / "grasp.launch.py").generate_launch_description()
     opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
     configs = {n: str(s.get("default", "")) for n, s in description["arguments"].items()}
     configs["use_rviz"] = "true"
-    nodes = [a for a in opaque.kwargs["function"](_Context(configs), *opaque.kwargs["args"])
-             if type(a).__name__ == "Node"]
-    rviz = nodes[-1]
-    assert rviz.kwargs["package"] == "rviz2"
-    assert rviz.kwargs["arguments"][1].endswith("dexwm.rviz")
+    import dexwm_ros.launch_support as support
+    monkeypatch.setattr(support, "rviz_available", lambda: installed)
+    actions = opaque.kwargs["function"](_Context(configs), *opaque.kwargs["args"])
+    last = actions[-1]
+    if installed:
+        assert last.kwargs["package"] == "rviz2"
+        assert last.kwargs["arguments"][1].endswith("dexwm.rviz")
+    else:   # one line, and every node of the graph still starts
+        assert type(last).__name__ == "LogInfo" and "rviz2 is not installed" in last.kwargs["msg"]
+        nodes = [a for a in actions if type(a).__name__ == "Node"]
+        assert len(nodes) == len(resolve_graph("grasp", configs, description))

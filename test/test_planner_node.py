@@ -40,6 +40,9 @@ class RobotDouble(Node):
         self.publish_images = True
         self.image_clock_offset = 0.0     # seconds added to image stamps (a camera on another clock)
         self.targets: list[tuple[str, np.ndarray, np.ndarray]] = []   # (driver, q before, target)
+        self.stamps: list[float] = []        # trajectory header stamps of the goals received [s]
+        self.accept_delay = 0.0              # seconds a driver takes to accept a goal (a stalled driver)
+        self.canceled = 0                    # goals that ended canceled before moving
         self.stops = {"arm": 0, "hand": 0}
         self.lock = threading.Lock()
         group = ReentrantCallbackGroup()
@@ -51,7 +54,8 @@ class RobotDouble(Node):
         for name, sl in (("arm", slice(0, 7)), ("hand", slice(7, 23))):
             prefix = "/franka" if name == "arm" else "/allegro"
             ActionServer(self, MoveJoints, f"{prefix}/move_joints", self._mover(name, sl),
-                         cancel_callback=lambda _g: CancelResponse.ACCEPT, callback_group=group)
+                         goal_callback=self._accept, cancel_callback=lambda _g: CancelResponse.ACCEPT,
+                         callback_group=group)
             self.create_service(Trigger, f"{prefix}/stop", self._stopper(name), callback_group=group)
 
     def image(self) -> np.ndarray:
@@ -79,8 +83,27 @@ class RobotDouble(Node):
                 image_stamp = self.get_clock().now().nanoseconds * 1e-9 + self.image_clock_offset
             self.image_pub.publish(rgb_to_image_msg(self.image(), image_stamp))
 
+    def _accept(self, goal):
+        from rclpy.action import GoalResponse
+
+        time.sleep(self.accept_delay)
+        with self.lock:
+            self.stamps.append(goal.trajectory.header.stamp.sec + goal.trajectory.header.stamp.nanosec * 1e-9)
+        return GoalResponse.ACCEPT
+
     def _mover(self, name, sl):
         def execute(goal_handle):
+            if goal_handle.is_cancel_requested:     # canceled while it was being accepted
+                with self.lock:
+                    self.canceled += 1
+                goal_handle.canceled()
+                return MoveJoints.Result(error_code=MoveJoints.Result.CANCELED, message="canceled")
+            time.sleep(0.1)                         # a cancel right after the acceptance is still in time
+            if goal_handle.is_cancel_requested:
+                with self.lock:
+                    self.canceled += 1
+                goal_handle.canceled()
+                return MoveJoints.Result(error_code=MoveJoints.Result.CANCELED, message="canceled")
             goal = goal_handle.request
             names = list(goal.trajectory.joint_names)
             order = ARM_NAMES if name == "arm" else HAND_NAMES
@@ -312,6 +335,71 @@ def test_frames_stamped_before_the_last_move_are_not_planned_from(graph):
     robot.image_clock_offset = 0.0
     result = _call(handle.get_result_async(), 60).result
     assert result.reason == "budget" and result.steps == 3
+
+
+def test_a_failed_capture_then_a_good_one_does_not_kill_the_planner(graph):
+    """Capture logged at two severities from one call site crashed rclpy (issue: logger severity)."""
+    robot, client, planner = graph
+    robot.publish_images = False
+    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale")
+    assert not _call(client.capture.call_async(Trigger.Request())).success
+    client.pose_pub.publish(PoseStamped())                 # the RViz tools' path fails too
+    time.sleep(0.3)
+    robot.publish_images = True
+    wait_for(lambda: planner._stale_inputs() == [], 5, what="fresh inputs")
+    assert _call(client.capture.call_async(Trigger.Request())).success
+    client.point_pub.publish(PointStamped())
+    wait_for(lambda: planner._goal is not None and planner._goal.source == "/clicked_point", 5,
+             what="capture from /clicked_point")
+    robot.publish_images = False
+    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale again")
+    assert not _call(client.capture.call_async(Trigger.Request())).success   # still serving
+
+
+def test_degenerate_requests_are_refused_with_a_reason(graph):
+    robot, client, planner = graph
+    tiny = rgb_to_image_msg(np.zeros((1, 1, 3), np.uint8))
+    result = _call(send_goal(client, Execute.Goal(goal_image=tiny, max_steps=1)).get_result_async()).result
+    assert result.reason.startswith("bad_goal") and "too small" in result.reason
+    small = rgb_to_image_msg(np.zeros((36, 48, 3), np.uint8))      # camera 128x96: under half its size
+    result = _call(send_goal(client, Execute.Goal(goal_image=small, max_steps=1)).get_result_async()).result
+    assert result.reason.startswith("bad_goal") and "too small for the camera" in result.reason
+    ok_img = rgb_to_image_msg(robot.image()[::-1].copy())
+    result = _call(send_goal(client, Execute.Goal(goal_image=ok_img, max_steps=4294967295)).get_result_async()).result
+    assert result.reason.startswith("bad_goal") and "max_steps 4294967295" in result.reason
+    assert robot.targets == []
+    from rcl_interfaces.msg import Parameter as P, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    params = client.create_client(SetParameters, "/dexwm/planner/set_parameters")
+    assert params.wait_for_service(timeout_sec=5.0)
+    def set_int(name, value):
+        req = SetParameters.Request(parameters=[
+            P(name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value))])
+        return _call(params.call_async(req)).results[0]
+
+    res = set_int("elites", 100)
+    assert not res.successful and "elites (100) must not exceed samples (8)" in res.reason
+    res = set_int("samples", 1)
+    assert not res.successful and "elites (2) must not exceed samples (1)" in res.reason
+    assert planner.get_parameter("elites").value == 2 and planner.get_parameter("samples").value == 8
+
+
+def test_goals_are_stamped_and_one_accepted_after_the_planner_gave_up_is_canceled(graph):
+    robot, client, planner = graph
+    goal_img = rgb_to_image_msg(robot.image()[::-1].copy())
+    before = planner.get_clock().now().nanoseconds * 1e-9
+    result = _call(send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=1)).get_result_async(), 60).result
+    assert result.reason == "budget"
+    assert len(robot.stamps) == 2 and all(before <= t <= before + 60 for t in robot.stamps)
+    # a driver that takes longer to accept than the planner waits (5 s): the planner aborts, and
+    # cancels the goal the moment it is accepted, so the late step never runs
+    robot.accept_delay = 6.0
+    moved = len(robot.targets)
+    result = _call(send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=1)).get_result_async(), 60).result
+    assert result.reason.startswith("driver_error") and "did not answer" in result.reason
+    wait_for(lambda: robot.canceled >= 2, 15, what="both late goals canceled")
+    assert len(robot.targets) == moved
 
 
 # ------------------------------------------------------------------------ ROS-free helpers

@@ -47,9 +47,10 @@ def test_waypoints_are_followed_and_done(runner):
 
 def test_preempt_and_stop(runner):
     q0 = runner.snapshot().position[:7]
-    first = runner.command("arm", q0 + np.r_[0.8, np.zeros(6)])
+    # Two 0.4 rad moves (under the 0.5 rad per-command cap), the first slow enough to pre-empt.
+    first = runner.command("arm", q0 + np.r_[0.4, np.zeros(6)], [4.0])
     time.sleep(0.05)
-    second = runner.command("arm", q0 + np.r_[-1.5, np.zeros(6)])
+    second = runner.command("arm", q0 + np.r_[-0.4, np.zeros(6)], [4.0])
     wait_for(lambda: first.status == PREEMPTED, 5, what="pre-emption")
     runner.stop("arm")
     wait_for(lambda: second.status == STOPPED, 5, what="the stop")
@@ -62,12 +63,13 @@ def test_preempt_and_stop(runner):
 def test_bad_commands_and_resets(runner):
     with pytest.raises(ValueError, match="non-finite"):
         runner.command("arm", [np.nan] * 7)
-    with pytest.raises(ValueError, match="joint limits"):
+    with pytest.raises(ValueError, match="outside its limits"):
         runner.command("arm", np.full(7, 5.0))
     with pytest.raises(ValueError, match="N x 16"):
         runner.command("hand", np.zeros(5))
-    cmd = runner.command("hand", np.full(16, 9.0))
-    assert "clamped" in cmd.note
+    # out-of-limit hand targets are refused as the allegro driver refuses them (never clamped)
+    with pytest.raises(ValueError, match="allegro_index_0 = 9.0000 rad is outside its limits"):
+        runner.command("hand", np.full(16, 9.0))
     res = runner.reset("juggle", 1)
     assert not res.ok and "unknown task" in res.message
     res = runner.reset("reach-grasp", 4)
@@ -91,18 +93,41 @@ def test_a_goal_is_judged_in_simulated_time(runner):
     wait_for(lambda: not reach.under_way, 10, what="the goal's verdict")
     assert reach.status == REACHED
     assert np.max(np.abs(reach.final_error)) <= 0.05                        # what the verdict saw
-    # 1.5 rad at 0.5 rad/s takes 3 s: the 0.5 s limit (simulated) ends it, and the arm stops there.
-    far = runner.command("arm", q0 + np.r_[0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 0.0], tolerance=0.01, time_limit=0.5)
+    # 0.45 rad over 3 s: the 0.5 s limit (simulated) ends it, and the arm stops there.
+    far = runner.command("arm", q0 + np.r_[0.0, 0.0, 0.0, 0.0, 0.0, 0.45, 0.0], [3.0], tolerance=0.01,
+                         time_limit=0.5)
     wait_for(lambda: not far.under_way, 10, what="the time limit")
     assert far.status == TIMED_OUT
     stopped_at = runner.snapshot().position[:7]
-    assert 0.05 < stopped_at[5] - q0[5] < 0.6
+    assert 0.03 < stopped_at[5] - q0[5] < 0.3
     time.sleep(0.5)
     assert np.max(np.abs(runner.snapshot().position[:7] - stopped_at)) < 0.02      # holding, not going on
     with pytest.raises(ValueError):
         runner.command("arm", q0, tolerance=[0.1, 0.1])
     with pytest.raises(ValueError):
         runner.command("arm", q0, time_limit=-1.0)
+
+
+def test_arm_step_cap_is_enforced_exactly_as_the_franka_driver_does(runner):
+    """Same check as dexwm_ros.franka_arm (dexwm_sim.command_limits): the simulation refuses a step the
+    real driver would refuse, from the measured joints to point 0 and between points."""
+    from dexwm_sim.command_limits import CommandRejected, check_joint_command
+
+    q0 = runner.snapshot().position[:7]
+    for points in (q0 + np.r_[1.0, np.zeros(6)], q0 + np.r_[0.0, 0.0, -1.2, np.zeros(4)],
+                   np.stack([q0 + np.r_[0.3, np.zeros(6)], q0 + np.r_[0.9, np.zeros(6)]])):
+        with pytest.raises(CommandRejected, match="max_joint_step = 0.5000") as sim_error:
+            runner.command("arm", points)
+        with pytest.raises(CommandRejected) as driver_error:
+            check_joint_command(points, runner.env.lower[:7], runner.env.upper[:7],
+                                runner.joint_names("arm"), 0.5, current=q0)
+        assert str(sim_error.value) == str(driver_error.value)
+    time.sleep(0.3)
+    assert np.max(np.abs(runner.snapshot().position[:7] - q0)) < 0.01                 # nothing moved
+    cmd = runner.command("arm", q0 + np.r_[0.45, np.zeros(6)])                          # under the cap
+    wait_for(lambda: cmd.status == DONE, 20, what="the capped move")
+    back = runner.command("arm", q0)
+    wait_for(lambda: back.status == DONE, 20, what="the move back")
 
 
 def test_lockstep_world_waits_and_moves_exactly_like_move_now():

@@ -246,6 +246,20 @@ def test_checkpoint_round_trip_and_errors(wm, tmp_path):
     torch.save({"a": 1}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a DexWM checkpoint"):
         DexWM.load(str(tmp_path / "foreign.pt"))
+    # all-NaN (or one inf) weights: refused at load with one line naming the entry
+    nan = dict(ck)
+    nan["predictor"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                        for k, v in ck["predictor"].items()}
+    torch.save(nan, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="predictor has NaN/inf") as err:
+        DexWM.load(str(tmp_path / "nan.pt"))
+    assert "\n" not in str(err.value)
+    inf = dict(ck)
+    key = next(k for k, v in ck["hand_head"].items() if v.is_floating_point())
+    inf["hand_head"] = {**ck["hand_head"], key: ck["hand_head"][key].clone().fill_(float("inf"))}
+    torch.save(inf, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match=f"hand_head has NaN/inf values \\(first in {key}\\)"):
+        DexWM.load(str(tmp_path / "inf.pt"))
 
 
 def test_dinov2_encoder_from_local_directory(tmp_path):
