@@ -155,10 +155,10 @@ def test_graph_camera_episode_and_reset(sim):
     from dexwm_ros.srv import ResetEpisode
     bad = client.done(client.reset.call_async(ResetEpisode.Request(task="juggle", seed=1)))
     assert not bad.success and "unknown task" in bad.message
-    ok = client.done(client.reset.call_async(ResetEpisode.Request(task="place", seed=2)), 60)
+    ok = client.done(client.reset.call_async(ResetEpisode.Request(task="pick-place", seed=2)), 60)
     assert ok.success, ok.message
     assert (ok.goal_image.width, ok.goal_image.height) == (640, 480)
-    wait_for(lambda: client.msgs["episode"][-1].task == "place", 5, what="the place episode state")
+    wait_for(lambda: client.msgs["episode"][-1].task == "pick-place", 5, what="the place episode state")
 
     # Ctrl-C ends the node cleanly
     proc.send_signal(signal.SIGINT)
