@@ -344,8 +344,9 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
     env = runner.env
     t_start = time.perf_counter()
     if start.state is not None:
-        env.set_state(start.state)
-        env.episode = start.episode        # its success rule and target (the env keeps the last reset's)
+        # The objects' shapes, colours and masses live in the model, not in the state: put this
+        # episode's back before its state (another episode's reset changed them).
+        env.restore_episode(start.episode, start.state)
     else:
         env.reset(settings.sim_task, start.seed)
     episode = env.episode

@@ -308,6 +308,14 @@ class SimEnv:
         self.stage_goal_state = dict(end_state, time=0.0, mocap_pos=self.data.mocap_pos.copy())
         self._initial_state = self.get_state()
 
+    def restore_episode(self, episode, state: dict) -> None:
+        """Back to a state of an earlier episode: its objects (shape, colour and mass are model
+        parameters, which a later reset changed), its success rule and target, then its state."""
+        for spec in episode.objects:
+            self._place_object(spec)
+        self.episode = episode
+        self.set_state(state)
+
     def set_episode_target(self, target) -> None:
         """Replace the current episode's target (the stage's reach target), keeping the rest."""
         from dataclasses import replace
