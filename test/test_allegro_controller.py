@@ -144,11 +144,12 @@ def test_pwm_sent_on_the_bus_respects_caps(rig):
     ctl.set_target(joints.UPPER)
     caps = np.asarray(ctl.config.pwm_limit)
     peak = np.zeros(16)
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 3.0     # a loaded machine may start the loop late
+    while time.monotonic() < deadline and not np.any(peak == caps):
         peak = np.maximum(peak, np.abs(emu.pwm))
+        assert np.all(peak <= caps), peak
         time.sleep(0.005)
-    assert np.all(peak <= caps) and np.any(peak == caps)
+    assert np.any(peak == caps), peak
 
 
 def test_encoder_watchdog_zero_torque_then_recovers(rig):

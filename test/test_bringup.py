@@ -56,7 +56,8 @@ def _run_up(args, env, timeout=30):
 def test_unknown_graph_is_a_one_line_error(node_env):
     r = _run_up(["fly"], node_env)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["dexwm-up: error: unknown graph 'fly' (choose from: grasp, reach, place)"]
+    assert r.stderr.strip().splitlines() == ["dexwm-up: error: unknown graph 'fly' (choose from: grasp, reach, place, paper-grasp, paper-reach, "
+                                             "paper-place, reach-grasp, composite-reach, pick-place)"]
 
 
 def test_unknown_argument_is_a_one_line_error(node_env):

@@ -99,7 +99,7 @@ def test_projection_matches_rendered_image(scene, size):
     from dexwm_sim.scene import SimEnv
 
     env = SimEnv(scene=scene)
-    env.reset("grasp", 3)
+    env.reset("reach-grasp", 3)
     w, h = size
     r = env._renderer(w, h)
     r.enable_segmentation_rendering()
