@@ -97,16 +97,20 @@ class _Recorder:
         return len(self.rows) >= self.steps
 
     def _record(self) -> None:
+        self.rows.append(self.snapshot())
+
+    def snapshot(self) -> dict:
+        """What is recorded of the current state (one row)."""
         env = self.env
         kp = env.keypoints()
         poses = env.object_poses()
-        self.rows.append({
+        return {
             "frame": env.render(),
             "time": env.time,
             "joints": env.joint_positions(),
             "kp_world": kp.world, "kp_camera": kp.camera, "kp_2d": kp.uv, "kp_visible": kp.visible,
             "objects": np.stack([poses[k] for k in sorted(poses)]),
-        })
+        }
 
     def step(self, arm, hand) -> None:
         if self.full:
@@ -122,8 +126,6 @@ class _Recorder:
 
 class _Full(Exception):
     """The episode has all its frames: ends a scripted motion in the middle."""
-
-
 
 
 class _RecordingEnv:
@@ -209,13 +211,18 @@ def _carry(env, rng: np.random.Generator, seed: int, steps: int):
             ep = dataclasses.replace(episode, object_kind=kind)
             taken.append(kind)
             obj = env.object_position(kind)
-            _clear_table(renv)
             plan = tasks.plan_grasp(env, ep)
-            need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
-                               / (env.max_speed[0] * env.control_dt)))
-            tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
+            if len(taken) == 1:
+                # The first pick starts at rest above its object (frames go to moving objects).
+                env.reset_robot(plan.q_high, plan.pregrasp)
+                rec.rows[-1] = rec.snapshot()
+            else:
+                _clear_table(renv)
+                need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
+                                   / (env.max_speed[0] * env.control_dt)))
+                tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
             # Straight down onto the object (the fingers are straight: nothing to knock over).
-            tasks._move(renv, plan.palm_target(obj), plan.rot, plan.pregrasp, 4, segments=2)
+            _line(renv, plan.palm_target(obj), plan.rot, plan.pregrasp, 3)
             tasks._drive(renv, None, plan.closed, 2)
             lift = rng.uniform(0.06, 0.2)
             _line(renv, plan.palm_target(obj + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(3, 6)))
