@@ -84,6 +84,7 @@ def test_object_episodes_move_objects_and_the_mix_reaches_its_fraction(tmp_path)
     from dexwm_sim import collect
     assert collect.MIX[0] == "carry" and collect.MIX[1] == "push" and collect.MIX[7] == "poke"
     out = tmp_path / "data"
+    out.mkdir()
     for index in (0, 1, 7):
         collect.collect_episode((str(out), index, 3, 30, 96))
     stats = collect.moving_stats(sorted(out.glob("episode_*.h5")))
