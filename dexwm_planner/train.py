@@ -45,7 +45,8 @@ DEFAULTS = {
     "data": [{"kind": "sim", "path": "data/sim", "target_dt": None}],
     "val_fraction": 0.1,
     "model": {
-        "encoder": {"kind": "efficientnet_lite0", "image_size": [224, 224], "proj_dim": 64, "weights": None},
+        "encoder": {"kind": "efficientnet_lite0", "image_size": [224, 224], "proj_dim": 64, "weights": None,
+                    "projection": "pca", "crop": None, "zoom": None, "features": "final", "per_position": False},
         "predictor": {"width": 128, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "max_frames": 8},
         "hand_head": {"width": 96, "depth": 1, "heads": 4, "cells_per_patch": 8, "sigma": 2.0},
         "frame_dt": None,     # seconds between model frames; None: the data's frame step
@@ -141,7 +142,9 @@ def data_frame_step(items, configured=None) -> float:
 # ------------------------------------------------------------------------------------------------
 # data
 def encode_sources(cfg: dict, encoder, rank: int = 0):
-    """Read every data source, encode (cached) -> list of (episode, backbone tokens)."""
+    """Read every data source, encode (cached) -> list of (episode, backbone tokens). With a cache
+    folder the tokens are not kept: each item holds a function that reads them back, so memory
+    holds one episode's tokens at a time (4 h of data at 49 x 2560 float tokens would be ~36 GB)."""
     from tqdm import tqdm
     eps, skipped = [], 0
     for src in cfg["data"]:
@@ -153,11 +156,29 @@ def encode_sources(cfg: dict, encoder, rank: int = 0):
     out = []
     for ep in tqdm(eps, desc="encode", disable=rank != 0, unit="ep"):
         try:
-            out.append((ep, cached_tokens(ep, encoder, cfg["cache_dir"])))
+            tokens = cached_tokens(ep, encoder, cfg["cache_dir"])
+            if cfg["cache_dir"]:
+                del tokens
+                tokens = _CachedTokens(ep, encoder, cfg["cache_dir"])
+            out.append((ep, tokens))
         except Exception as exc:
             skipped += 1
             log.warning("skipping episode %s (frames unreadable: %s)", ep.name, exc)
     return out, skipped
+
+
+class _CachedTokens:
+    """An episode's backbone tokens, read from the latent cache when called."""
+
+    def __init__(self, episode, encoder, cache_dir):
+        self.episode, self.encoder, self.cache_dir = episode, encoder, cache_dir
+
+    def __call__(self) -> torch.Tensor:
+        return cached_tokens(self.episode, self.encoder, self.cache_dir)
+
+
+def _tokens(t) -> torch.Tensor:
+    return t() if callable(t) else t
 
 
 def split_episodes(items, val_fraction: float, seed: int):
@@ -171,23 +192,29 @@ def project(items, wm: DexWM):
     enc = wm.encoder
     out = []
     for ep, tok in items:
-        lat = enc.project(tok)
+        lat = enc.project(_tokens(tok))
         uv, vis = heatmap_targets(ep, enc)
         out.append(EncodedEpisode(ep, lat.float(), uv, vis))
     return out
 
 
 def fit_encoder_projection(encoder, tokens, max_tokens: int = 100_000, seed: int = 0):
-    """Fit the encoder's projection on a random subset of the backbone tokens (list of (N, P, D))."""
-    sample = torch.cat(list(tokens))
+    """Fit the encoder's projection on a random subset of the backbone tokens: ``tokens`` lists
+    per-episode (N, P, D) tensors or functions returning them. Up to ``max_tokens`` tokens, drawn as
+    whole frames spread over the episodes (per-position statistics need every patch of a frame);
+    only that subset is ever held in memory."""
+    tokens = list(tokens)
     g = torch.Generator().manual_seed(seed)
-    if encoder.config.per_position:   # whole frames: per-position statistics need every patch
-        frames = max(1, max_tokens // sample.shape[1])
-        encoder.fit_projection(sample[torch.randperm(len(sample), generator=g)[:frames]])
-        return
-    flat = sample.reshape(-1, sample.shape[-1])
-    flat = flat[torch.randperm(len(flat), generator=g)[:max_tokens]]
-    encoder.fit_projection(flat[:, None])
+    first = _tokens(tokens[0])
+    P = first.shape[1]
+    per_episode = max(1, -(-max_tokens // (P * len(tokens))))
+    frames = []
+    for i, t in enumerate(tokens):
+        t = first if i == 0 else _tokens(t)
+        frames.append(t[torch.randperm(len(t), generator=g)[:per_episode]])
+    sample = torch.cat(frames)
+    sample = sample[torch.randperm(len(sample), generator=g)[:max(1, max_tokens // P)]]
+    encoder.fit_projection(sample)
 
 
 # ------------------------------------------------------------------------------------------------
