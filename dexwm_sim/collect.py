@@ -241,6 +241,10 @@ def _carry(env, rng: np.random.Generator, seed: int, steps: int):
     return rec.rows, ",".join(taken)
 
 
+# Palm-centre height of the paddle hand: straight fingers reach 0.18 m below it.
+PADDLE_PALM_HEIGHT = 0.195
+
+
 def _sweep(renv, rng, kind: str, reach: float, back: float) -> None:
     """Set the hand down ``back`` m behind object ``kind`` and sweep it until the palm is ``reach``
     m past the object's centre, towards a random point of the table (objects stay on it); lift.
@@ -270,10 +274,6 @@ def _sweep(renv, rng, kind: str, reach: float, back: float) -> None:
     _line(renv, start, rot, hand, 1)
     _line(renv, end, rot, hand, int(rng.integers(6, 14)))
     _line(renv, end + [0, 0, 0.08], rot, hand, 1)
-
-
-# Palm-centre height of the paddle hand: straight fingers reach 0.18 m below it.
-PADDLE_PALM_HEIGHT = 0.195
 
 
 def _push(env, rng: np.random.Generator, seed: int, steps: int):
