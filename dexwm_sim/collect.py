@@ -167,12 +167,22 @@ def _line(renv, palm_target, rot, hand, steps: int) -> None:
         renv.step(q, hand)
 
 
+# Scene generator of the object episodes: the grasp task's (three objects spread over the table).
+# tasks.py renames its tasks ('grasp' -> 'reach-grasp'); whichever it defines is used.
+SCENE_TASKS = ("reach-grasp", "grasp")
+
+
+def _scene_task() -> str:
+    from . import tasks
+    return next(t for t in SCENE_TASKS if t in tasks.TASKS)
+
+
 def _object_scene(env, seed: int, rng: np.random.Generator):
     """A seeded scene with the three objects spread over the table, target marker hidden, and the
     hand starting at rest 20-35 cm above a random point of the table: the frames go to moving
     objects, not to the long first approach from the home posture (reach episodes cover that)."""
     from . import tasks
-    episode = tasks.make_episode("grasp", seed, env.kinematics)
+    episode = tasks.make_episode(_scene_task(), seed, env.kinematics)
     env.apply_episode(episode)
     env.hide_target()
     yaw = rng.uniform(-np.pi, np.pi)
