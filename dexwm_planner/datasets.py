@@ -309,7 +309,15 @@ def _cache_key(name: str) -> str:
 
 def encoder_tag(encoder) -> str:
     c = encoder.config
-    return f"{c.kind}|{c.image_size[0]}x{c.image_size[1]}|{c.weights or ''}"
+    tag = f"{c.kind}|{c.image_size[0]}x{c.image_size[1]}|{c.weights or ''}"
+    # Options that change the backbone tokens; the defaults add nothing, so older caches stay valid.
+    if getattr(c, "crop", None) is not None:
+        tag += "|crop=" + ",".join(f"{v:g}" for v in c.crop)
+    if getattr(c, "zoom", None) is not None:
+        tag += "|zoom=" + ",".join(f"{v:g}" for v in c.zoom)
+    if getattr(c, "features", "final") != "final":
+        tag += f"|features={c.features}"
+    return tag
 
 
 def cached_tokens(episode: Episode, encoder, cache_dir: Optional[str]) -> torch.Tensor:

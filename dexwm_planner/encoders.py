@@ -5,9 +5,24 @@ ratio), then centre-crop the width to the target width. ``image_size`` is the (H
 preprocessed "model image"; 2D keypoints of the world model live in its pixel frame and
 ``raw_to_model_pixels`` maps raw-image pixel coordinates into it.
 
-An optional fixed linear projection (PCA fitted on training features, stored in the checkpoint)
+An optional fixed linear projection (fitted on training features, stored in the checkpoint)
 shrinks d so that a small predictor trains on CPU; it is part of the encoder, so every consumer
-of latents (predictor, planner cost) sees the same space.
+of latents (predictor, planner cost) sees the same space. ``projection``: ``pca`` keeps the
+principal components scaled together (the arm, which dominates the variance of robot frames,
+dominates the latent); ``whiten`` scales every kept component to unit variance, so changes in
+low-variance directions (a small object moving) count as much per unit of their own spread.
+
+Options that make objects count (chosen by ``dexwm-eval-wm --object-sensitivity``, see
+models/README.md): ``crop`` zooms onto a box of the view (fractions x0, y0, x1, y1 of the
+resized + centre-cropped image) before resizing to ``image_size``, so the table workspace fills
+the model image; ``zoom`` (same box format) adds a second, zoomed view of that box (the table
+workspace): its backbone features are appended to the main view's, cell by cell, so the token
+count and grid (and the hand head's geometry, which follows the main view) stay as they are;
+``features='final+s16'`` appends the backbone's stride-16 stage, folded 2x2 into
+the final grid (space-to-depth: same token count, 4x112 more channels per token);
+``per_position`` standardises every (patch position, latent dim) to unit variance over the fit
+data, so a patch of table where little ever changes (and a small object moving on it) counts as
+much as the patches the arm sweeps through all the time.
 
 Backbones:
 - ``efficientnet_lite0`` (offline default): ImageNet EfficientNet-Lite0 from the
@@ -28,6 +43,8 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PROJECTIONS = ("pca", "whiten")
+FEATURES = ("final", "final+s16")
 
 
 @dataclasses.dataclass
@@ -37,11 +54,31 @@ class EncoderConfig:
     proj_dim: Optional[int] = 64              # PCA projection size; None keeps the backbone width
     weights: Optional[str] = None             # dinov2: local directory with config.json + weights
     batch_size: int = 32                      # images per backbone call (bounds memory)
+    projection: str = "pca"                   # "pca" | "whiten" (see module docstring)
+    crop: Optional[tuple] = None              # (x0, y0, x1, y1) fractions of the standard view
+    features: str = "final"                   # "final" | "final+s16" (efficientnet_lite0 only)
+    per_position: bool = False                # standardise each (patch, latent dim) after projecting
+    zoom: Optional[tuple] = None              # second view (x0, y0, x1, y1), its features appended per cell
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
         if self.kind not in ("efficientnet_lite0", "dinov2"):
             raise ValueError(f"unknown encoder kind {self.kind!r} (efficientnet_lite0 | dinov2)")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r} ({' | '.join(PROJECTIONS)})")
+        if self.features not in FEATURES or (self.features != "final" and self.kind != "efficientnet_lite0"):
+            raise ValueError(f"features {self.features!r} is not offered for {self.kind} "
+                             f"(efficientnet_lite0: {' | '.join(FEATURES)}; dinov2: final)")
+        for name in ("crop", "zoom"):
+            box = getattr(self, name)
+            if box is None:
+                continue
+            box = tuple(float(v) for v in box)
+            x0, y0, x1, y1 = box if len(box) == 4 else (0, 0, 0, 0)
+            if len(box) != 4 or not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError(f"{name} must be (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1, "
+                                 f"got {box}")
+            setattr(self, name, box)
         if len(self.image_size) != 2 or min(self.image_size) < 16:
             raise ValueError(f"image_size must be (H, W) with both >= 16, got {self.image_size}")
         if self.kind == "dinov2" and any(v % 14 for v in self.image_size):
@@ -81,6 +118,9 @@ class FrozenEncoder(nn.Module):
         self.register_buffer("proj_mean", torch.zeros(self.backbone_dim))
         self.register_buffer("proj_matrix", torch.eye(self.backbone_dim)[:, :d].clone())
         self.register_buffer("proj_fitted", torch.tensor(config.proj_dim is None))
+        # Per-position standardisation (config.per_position); identity until fitted.
+        self.register_buffer("pos_mean", torch.zeros(self.num_patches, d))
+        self.register_buffer("pos_scale", torch.ones(self.num_patches, d))
         self.eval()
 
     # ---- sizes
@@ -108,10 +148,35 @@ class FrozenEncoder(nn.Module):
                 f"the model needs at least {W} (aspect ratio >= {W / H:.3f})")
         return scale, (new_w - W) // 2
 
+    def crop_box(self, raw_hw, box=None):
+        """The raw-pixel box (x0, y0, x1, y1), integer edges, that ``crop`` (or ``box``, same
+        format) selects, or None."""
+        box = self.config.crop if box is None else box
+        if box is None:
+            return None
+        scale, xoff = self.crop_geometry(raw_hw)   # the standard view, in raw pixel edges
+        H, W = self.image_size
+        cx0, cy0, cx1, cy1 = box
+        h, w = int(raw_hw[0]), int(raw_hw[1])
+        box = [int(round((cx0 * W + xoff) / scale)), int(round(cy0 * H / scale)),
+               int(round((cx1 * W + xoff) / scale)), int(round(cy1 * H / scale))]
+        box = [min(max(box[0], 0), w - 1), min(max(box[1], 0), h - 1), min(box[2], w), min(box[3], h)]
+        if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            raise ValueError(f"crop {(cx0, cy0, cx1, cy1)} leaves fewer than 2 pixels of a {h}x{w} image")
+        return tuple(box)
+
     def raw_to_model_pixels(self, uv, raw_hw):
         """Map pixel coordinates (..., 2) of a raw image into the model-image pixel frame."""
-        scale, x0 = self.crop_geometry(raw_hw)
         uv = np.asarray(uv, dtype=np.float64)
+        box = self.crop_box(raw_hw)
+        if box is not None:
+            H, W = self.image_size
+            sx, sy = W / (box[2] - box[0]), H / (box[3] - box[1])
+            out = np.empty_like(uv)
+            out[..., 0] = (uv[..., 0] + 0.5 - box[0]) * sx - 0.5
+            out[..., 1] = (uv[..., 1] + 0.5 - box[1]) * sy - 0.5
+            return out
+        scale, x0 = self.crop_geometry(raw_hw)
         # pixel centres: continuous coordinate c maps to (c + 0.5) * scale - 0.5
         out = (uv + 0.5) * scale - 0.5
         out[..., 0] -= x0
@@ -122,12 +187,18 @@ class FrozenEncoder(nn.Module):
         x = self.preprocess(images) * self.pixel_std + self.pixel_mean
         return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
-    def preprocess(self, images) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised float (B, 3, H', W') at ``image_size``."""
+    def preprocess(self, images, box=None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised float (B, 3, H', W') at ``image_size`` (of the view
+        ``box`` instead of the main view when given)."""
         x = check_images(images)
         scale, x0 = self.crop_geometry(x.shape[1:3])
         H, W = self.image_size
         x = x.to(self.pixel_mean.device).permute(0, 3, 1, 2).float() / 255.0
+        box = self.crop_box(x.shape[-2:], box)
+        if box is not None:
+            x = x[..., box[1]:box[3], box[0]:box[2]]
+            x = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
+            return (x - self.pixel_mean) / self.pixel_std
         new_w = int(round(x.shape[-1] * scale))
         if (x.shape[-2], x.shape[-1]) != (H, new_w):
             x = F.interpolate(x, size=(H, new_w), mode="bilinear", antialias=True, align_corners=False)
@@ -140,31 +211,47 @@ class FrozenEncoder(nn.Module):
         outs = []
         x_all = check_images(images)
         for i in range(0, x_all.shape[0], self.config.batch_size):
-            x = self.preprocess(x_all[i:i + self.config.batch_size])
-            outs.append(self._run_backbone(x))
+            batch = x_all[i:i + self.config.batch_size]
+            tok = self._run_backbone(self.preprocess(batch))
+            if self.config.zoom is not None:
+                tok = torch.cat([tok, self._run_backbone(self.preprocess(batch, self.config.zoom))], -1)
+            outs.append(tok)
         if not outs:
             return torch.zeros(0, self.num_patches, self.backbone_dim)
         return torch.cat(outs)
 
     def _run_backbone(self, x):
         if self.config.kind == "efficientnet_lite0":
-            f = self.backbone.extract_features(x)  # (B, 1280, h, w)
-            return f.flatten(2).transpose(1, 2)
+            if self.config.features == "final":
+                f = self.backbone.extract_features(x)  # (B, 1280, h, w)
+                return f.flatten(2).transpose(1, 2)
+            return _lite0_final_and_s16(self.backbone, x).flatten(2).transpose(1, 2)
         out = self.backbone(pixel_values=x).last_hidden_state
         return out[:, 1:, :]  # patch tokens only, CLS dropped
 
     @torch.no_grad()
     def forward(self, images) -> torch.Tensor:
-        tokens = self.backbone_tokens(images)
-        return (tokens - self.proj_mean) @ self.proj_matrix
+        return self.project(self.backbone_tokens(images))
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Backbone tokens (..., P, D_backbone) -> latents (..., P, d)."""
+        z = (tokens - self.proj_mean) @ self.proj_matrix
+        if self.config.per_position:
+            z = (z - self.pos_mean) * self.pos_scale
+        return z
 
     @torch.no_grad()
     def fit_projection(self, tokens: torch.Tensor):
-        """PCA of backbone tokens (N, P, D_backbone) to proj_dim components, scaled so the latent
-        has unit mean per-dimension variance (the relative importance of components is kept)."""
+        """PCA of backbone tokens (N, P, D_backbone) to proj_dim components. ``pca``: scaled so the
+        latent has unit mean per-dimension variance (the relative importance of components is
+        kept); ``whiten``: every component scaled to unit variance (a small floor, 1e-4 of the
+        largest variance, keeps near-empty directions from being blown up)."""
         d = self.config.proj_dim
         if d is None:
             return
+        if self.config.per_position and (tokens.ndim != 3 or tokens.shape[1] != self.num_patches):
+            raise ValueError(f"per_position needs whole frames of tokens (N, {self.num_patches}, D), "
+                             f"got {tuple(tokens.shape)}")
         flat = tokens.reshape(-1, tokens.shape[-1]).double()
         if flat.shape[0] < d:
             raise ValueError(f"need at least {d} tokens to fit a {d}-d projection, got {flat.shape[0]}")
@@ -173,17 +260,31 @@ class FrozenEncoder(nn.Module):
         evals, evecs = torch.linalg.eigh(cov)
         order = torch.argsort(evals, descending=True)[:d]
         comps, var = evecs[:, order], evals[order].clamp_min(0)
-        scale = 1.0 / torch.sqrt(var.mean().clamp_min(1e-12))
+        if self.config.projection == "whiten":
+            scale = 1.0 / torch.sqrt(var + 1e-4 * var[0].clamp_min(1e-12))
+        else:
+            scale = 1.0 / torch.sqrt(var.mean().clamp_min(1e-12))
         self.proj_mean.copy_(mean.float())
         self.proj_matrix.copy_((comps * scale).float())
+        if self.config.per_position:
+            z = ((tokens.double() - mean) @ (comps * scale)).reshape(tokens.shape[0], self.num_patches, d)
+            std = z.std(0)
+            # Floor: a (patch, dim) that never varied in the fit data must not be amplified without bound.
+            floor = 0.05 * std.mean()
+            self.pos_mean.copy_(z.mean(0).float())
+            self.pos_scale.copy_((1.0 / torch.sqrt(std ** 2 + floor ** 2)).float())
         self.proj_fitted.fill_(True)
 
     def projection_state(self) -> dict:
-        return {"proj_mean": self.proj_mean.clone(), "proj_matrix": self.proj_matrix.clone(),
-                "proj_fitted": self.proj_fitted.clone()}
+        out = {"proj_mean": self.proj_mean.clone(), "proj_matrix": self.proj_matrix.clone(),
+               "proj_fitted": self.proj_fitted.clone()}
+        if self.config.per_position:
+            out.update(pos_mean=self.pos_mean.clone(), pos_scale=self.pos_scale.clone())
+        return out
 
     def load_projection_state(self, state: dict):
-        for k in ("proj_mean", "proj_matrix", "proj_fitted"):
+        required = ("proj_mean", "proj_matrix", "proj_fitted")
+        for k in required + (("pos_mean", "pos_scale") if self.config.per_position else ()):
             if k not in state:
                 raise KeyError(f"encoder state lacks {k!r}")
             if state[k].shape != getattr(self, k).shape:
@@ -216,7 +317,8 @@ def _build_backbone(config: EncoderConfig):
         grid = (-(-H // 32), -(-W // 32))
         # The TF-Lite EfficientNet-Lite models were trained on inputs scaled as (x - 127) / 128.
         mean, std = (127.0 / 255,) * 3, (128.0 / 255,) * 3
-        return model.eval(), 1280, grid, mean, std
+        dim = 1280 if config.features == "final" else 1280 + 4 * LITE0_S16_CHANNELS
+        return model.eval(), dim * (2 if config.zoom is not None else 1), grid, mean, std
     # dinov2
     path = config.weights
     hint = ("download the weights on a machine with internet access, e.g. "
@@ -236,4 +338,25 @@ def _build_backbone(config: EncoderConfig):
     patch = model.config.patch_size
     if H % patch or W % patch:
         raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {patch}")
-    return model.eval(), model.config.hidden_size, (H // patch, W // patch), IMAGENET_MEAN, IMAGENET_STD
+    dim = model.config.hidden_size * (2 if config.zoom is not None else 1)
+    return model.eval(), dim, (H // patch, W // patch), IMAGENET_MEAN, IMAGENET_STD
+
+
+LITE0_S16_CHANNELS = 112     # output width of Lite0's last stride-16 stage (14x14 at 224 px)
+
+
+def _lite0_final_and_s16(model, x: torch.Tensor) -> torch.Tensor:
+    """Lite0's final map (B, 1280, h, w) with its last stride-16 map folded 2x2 into each cell
+    (space-to-depth), concatenated: (B, 1280 + 4 * 112, h, w). Same forward pass as
+    ``extract_features``, tapping the last block whose output is still at stride 16."""
+    h = model._swish(model._bn0(model._conv_stem(x)))
+    s16 = None
+    for block in model._blocks:
+        h = block(h)     # inference: no drop-connect
+        if h.shape[1] == LITE0_S16_CHANNELS:
+            s16 = h
+    final = model._swish(model._bn1(model._conv_head(h)))
+    gh, gw = final.shape[-2:]
+    if s16.shape[-2] != 2 * gh or s16.shape[-1] != 2 * gw:  # odd sizes: pad the stride-16 map
+        s16 = F.pad(s16, (0, 2 * gw - s16.shape[-1], 0, 2 * gh - s16.shape[-2]))
+    return torch.cat([final, F.pixel_unshuffle(s16, 2)], 1)

@@ -45,10 +45,11 @@ DEFAULTS = {
     "data": [{"kind": "sim", "path": "data/sim", "target_dt": None}],
     "val_fraction": 0.1,
     "model": {
-        "encoder": {"kind": "efficientnet_lite0", "image_size": [224, 224], "proj_dim": 64, "weights": None},
+        "encoder": {"kind": "efficientnet_lite0", "image_size": [224, 224], "proj_dim": 64, "weights": None,
+                    "projection": "pca", "crop": None, "zoom": None, "features": "final", "per_position": False},
         "predictor": {"width": 128, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "max_frames": 8},
         "hand_head": {"width": 96, "depth": 1, "heads": 4, "cells_per_patch": 8, "sigma": 2.0},
-        "frame_dt": 0.2,
+        "frame_dt": None,     # seconds between model frames; None: the data's frame step
     },
     "train": {
         "steps": 1000, "batch_size": 16, "lr": 3.0e-4, "weight_decay": 0.05, "pct_start": 0.1,
@@ -113,19 +114,37 @@ def _coerce(cfg: dict, defaults: dict, prefix: str = ""):
                 raise ValueError(f"config key {prefix}{k} must be a number, got {v!r}") from None
 
 
-def build_model_config(cfg: dict, latent_dim: int, num_patches: int, grid, image_size) -> WorldModelConfig:
+def build_model_config(cfg: dict, latent_dim: int, num_patches: int, grid, image_size,
+                       frame_dt: float = 0.2) -> WorldModelConfig:
     m = cfg["model"]
     return WorldModelConfig(
         encoder=EncoderConfig(**m["encoder"]),
         predictor=PredictorConfig(latent_dim=latent_dim, num_patches=num_patches, **m["predictor"]),
         hand_head=HandHeadConfig(latent_dim=latent_dim, grid=grid, image_size=image_size, **m["hand_head"]),
-        frame_dt=m["frame_dt"])
+        frame_dt=frame_dt)
+
+
+def data_frame_step(items, configured=None) -> float:
+    """The model's frame step: the median frame period of the (kept) training frames. A configured
+    ``model.frame_dt`` must agree with it (1 %): a model whose step differs from its data would
+    predict the wrong time ahead."""
+    dts = np.array([ep.dt for ep, _ in items], dtype=np.float64)
+    step = float(np.median(dts))
+    if np.any(np.abs(dts - step) > 0.01 * step):
+        log.warning("episodes have different frame steps (%.3f-%.3f s); the model's step is their median "
+                    "%.3f s (set data[*].target_dt to resample them to one step)", dts.min(), dts.max(), step)
+    if configured is not None and abs(float(configured) - step) > 0.01 * step:
+        raise ValueError(f"model.frame_dt={configured} but the data's frame step is {step:.4g} s; "
+                         f"remove model.frame_dt (it is taken from the data) or resample with data[*].target_dt")
+    return step
 
 
 # ------------------------------------------------------------------------------------------------
 # data
 def encode_sources(cfg: dict, encoder, rank: int = 0):
-    """Read every data source, encode (cached) -> list of (episode, backbone tokens)."""
+    """Read every data source, encode (cached) -> list of (episode, backbone tokens). With a cache
+    folder the tokens are not kept: each item holds a function that reads them back, so memory
+    holds one episode's tokens at a time (4 h of data at 49 x 2560 float tokens would be ~36 GB)."""
     from tqdm import tqdm
     eps, skipped = [], 0
     for src in cfg["data"]:
@@ -137,11 +156,29 @@ def encode_sources(cfg: dict, encoder, rank: int = 0):
     out = []
     for ep in tqdm(eps, desc="encode", disable=rank != 0, unit="ep"):
         try:
-            out.append((ep, cached_tokens(ep, encoder, cfg["cache_dir"])))
+            tokens = cached_tokens(ep, encoder, cfg["cache_dir"])
+            if cfg["cache_dir"]:
+                del tokens
+                tokens = _CachedTokens(ep, encoder, cfg["cache_dir"])
+            out.append((ep, tokens))
         except Exception as exc:
             skipped += 1
             log.warning("skipping episode %s (frames unreadable: %s)", ep.name, exc)
     return out, skipped
+
+
+class _CachedTokens:
+    """An episode's backbone tokens, read from the latent cache when called."""
+
+    def __init__(self, episode, encoder, cache_dir):
+        self.episode, self.encoder, self.cache_dir = episode, encoder, cache_dir
+
+    def __call__(self) -> torch.Tensor:
+        return cached_tokens(self.episode, self.encoder, self.cache_dir)
+
+
+def _tokens(t) -> torch.Tensor:
+    return t() if callable(t) else t
 
 
 def split_episodes(items, val_fraction: float, seed: int):
@@ -155,10 +192,29 @@ def project(items, wm: DexWM):
     enc = wm.encoder
     out = []
     for ep, tok in items:
-        lat = (tok - enc.proj_mean) @ enc.proj_matrix
+        lat = enc.project(_tokens(tok))
         uv, vis = heatmap_targets(ep, enc)
         out.append(EncodedEpisode(ep, lat.float(), uv, vis))
     return out
+
+
+def fit_encoder_projection(encoder, tokens, max_tokens: int = 100_000, seed: int = 0):
+    """Fit the encoder's projection on a random subset of the backbone tokens: ``tokens`` lists
+    per-episode (N, P, D) tensors or functions returning them. Up to ``max_tokens`` tokens, drawn as
+    whole frames spread over the episodes (per-position statistics need every patch of a frame);
+    only that subset is ever held in memory."""
+    tokens = list(tokens)
+    g = torch.Generator().manual_seed(seed)
+    first = _tokens(tokens[0])
+    P = first.shape[1]
+    per_episode = max(1, -(-max_tokens // (P * len(tokens))))
+    frames = []
+    for i, t in enumerate(tokens):
+        t = first if i == 0 else _tokens(t)
+        frames.append(t[torch.randperm(len(t), generator=g)[:per_episode]])
+    sample = torch.cat(frames)
+    sample = sample[torch.randperm(len(sample), generator=g)[:max(1, max_tokens // P)]]
+    encoder.fit_projection(sample)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,6 +236,15 @@ def compute_losses(wm: DexWM, predictor, head, batch: dict, tcfg: dict, device):
 
 
 # ------------------------------------------------------------------------------------------------
+def max_weight_diff(params) -> float:
+    """Largest absolute difference of any trained weight between this rank and the others (all
+    ranks must call it): 0 when DDP kept the replicas identical."""
+    flat = torch.cat([p.detach().float().reshape(-1) for p in params])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return float(max((g - gathered[0]).abs().max() for g in gathered))
+
+
 def _setup_distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -223,17 +288,18 @@ def train(cfg: dict) -> dict:
         items, skipped = encode_sources(cfg, encoder, rank)
     train_items, val_items = split_episodes(items, cfg["val_fraction"], tcfg["seed"])
 
+    frame_dt = data_frame_step(items, cfg["model"]["frame_dt"])
     if base is not None:
         wm = base
+        if abs(wm.config.frame_dt - frame_dt) > 0.01 * frame_dt:
+            log.warning("the initial model's frame step was %.3f s; fine-tuning on data with %.3f s steps "
+                        "sets it to %.3f s", wm.config.frame_dt, frame_dt, frame_dt)
+        wm.config.frame_dt = frame_dt
     else:
         wm = DexWM(build_model_config(cfg, cfg["model"]["encoder"]["proj_dim"] or encoder.backbone_dim,
-                                      encoder.num_patches, encoder.grid, encoder.image_size))
+                                      encoder.num_patches, encoder.grid, encoder.image_size, frame_dt))
         wm.encoder = encoder
-        sample = torch.cat([t for _, t in train_items])
-        g = torch.Generator().manual_seed(0)
-        flat = sample.reshape(-1, sample.shape[-1])
-        flat = flat[torch.randperm(len(flat), generator=g)[:100_000]]
-        encoder.fit_projection(flat[:, None])
+        fit_encoder_projection(encoder, [t for _, t in train_items])
     train_enc, val_enc = project(train_items, wm), project(val_items, wm)
     if base is None:
         wm.normalizer = ActionNormalizer.fit(all_actions(train_enc, tcfg["max_gap"]))
@@ -282,7 +348,7 @@ def train(cfg: dict) -> dict:
 
     meta = {"data": [s["path"] for s in cfg["data"]], "episodes": len(items), "skipped": skipped,
             "train_episodes": len(train_items), "val_episodes": len(val_items), "hc": tcfg["hc"],
-            "multistep": tcfg["multistep"], "init": init}
+            "multistep": tcfg["multistep"], "init": init, "frame_dt": frame_dt}
     metrics_path = os.path.join(out, "metrics.csv")
     fields = ["step", "loss", "mse", "hc", "lr", "samples_per_s", "val_mse", "val_hc"]
     if rank == 0 and not (resume and os.path.isfile(metrics_path)):
@@ -290,14 +356,16 @@ def train(cfg: dict) -> dict:
             csv.writer(fh).writerow(fields)
 
     def evaluate():
+        # Rank 0 only, so through the unwrapped modules: a DDP forward may start a collective
+        # (buffer broadcast) that the other ranks would never join.
         if val_batch is None:
             return float("nan"), float("nan")
-        predictor.eval()
-        head.eval()
+        wm.predictor.eval()
+        wm.hand_head.eval()
         with torch.no_grad():
-            m, h = compute_losses(wm, predictor, head, val_batch, tcfg, device)
-        predictor.train()
-        head.train()
+            m, h = compute_losses(wm, wm.predictor, wm.hand_head, val_batch, tcfg, device)
+        wm.predictor.train()
+        wm.hand_head.train()
         return float(m), float(h)
 
     def save(step):
@@ -326,6 +394,13 @@ def train(cfg: dict) -> dict:
         last = {"step": step + 1, "loss": loss.item(), "mse": mse.item(), "hc": hc.item(),
                 "lr": sched.get_last_lr()[0], "samples_per_s": seen / max(time.time() - t0, 1e-9)}
         done = step + 1 == steps or (deadline is not None and time.time() > deadline)
+        if world > 1:
+            if deadline is not None:   # clocks differ: stop when any rank's time is up, all together
+                flag = torch.tensor([float(done)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                done = bool(flag.item())
+            if done:
+                meta.update(ddp_world_size=world, ddp_max_weight_diff=max_weight_diff(params))
         if rank == 0:
             bar.set_postfix(loss=f"{last['loss']:.4f}", mse=f"{last['mse']:.4f}",
                             hc=f"{last['hc']:.5f}", sps=f"{last['samples_per_s']:.1f}")

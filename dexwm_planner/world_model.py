@@ -32,6 +32,7 @@ from .predictor import CDiTPredictor, PredictorConfig
 CHECKPOINT_FORMAT = "dexwm-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "dexwm_sim.pt"
+DEFAULT_FRAME_DT = 0.2      # s: the frame step of checkpoints that do not record one (dexwm-collect's 5 Hz)
 
 
 def _installed_share_dirs() -> list[str]:
@@ -119,7 +120,7 @@ class WorldModelConfig:
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     predictor: Optional[PredictorConfig] = None   # sizes derived from the encoder when None
     hand_head: Optional[HandHeadConfig] = None
-    frame_dt: float = 0.2                         # seconds between frames of a default rollout
+    frame_dt: float = DEFAULT_FRAME_DT            # seconds between model frames (the data's frame step)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,7 +131,7 @@ class WorldModelConfig:
             return cls(encoder=EncoderConfig(**d["encoder"]),
                        predictor=PredictorConfig(**d["predictor"]) if d.get("predictor") else None,
                        hand_head=HandHeadConfig(**d["hand_head"]) if d.get("hand_head") else None,
-                       frame_dt=float(d.get("frame_dt", 0.2)))
+                       frame_dt=float(d.get("frame_dt") or DEFAULT_FRAME_DT))
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"checkpoint config does not match this code: {exc}") from exc
 
@@ -172,6 +173,13 @@ class DexWM(nn.Module):
     @property
     def context_frames(self) -> int:
         return self.config.predictor.max_frames
+
+    @property
+    def frame_step(self) -> float:
+        """Seconds between model frames: the frame step of the training data (``dexwm-train``
+        writes it into the checkpoint config as ``frame_dt``; checkpoints without it: 0.2 s).
+        One ``rollout`` step with the default ``dt`` predicts this far ahead."""
+        return float(self.config.frame_dt)
 
     @property
     def device(self):

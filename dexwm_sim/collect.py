@@ -2,12 +2,25 @@
 
     dexwm-collect --out DIR --hours H --seed S [--episodes N] [--workers W] [--steps T] [--size 224]
 
-The paper fine-tunes on about 4 h of simulated exploration of three kinds, cycled here per episode:
-  lift   noisy exploration around a grasp-and-lift of one of the objects
+The paper fine-tunes on about 4 h of simulated exploration of three kinds (object interaction,
+random reaching, hand opening/closing). Episode kinds here, chosen per episode index by the
+repeating pattern ``MIX`` (20 episodes: 10 carry, 5 push, 2 poke, 2 reach, 1 hand):
+  carry  grasp-lift-carry-lower-release: the scripted power grasp of tasks.py on a random object,
+         lifted 6-20 cm, carried to a random place on the table, lowered and released; repeated
+         with another object until the episode is full
+  push   the hand as a paddle (fingers straight down, palm facing the motion) set down behind an
+         object and swept 10-25 cm past its centre towards a random point of the table; repeated
+  poke   the same with a short stroke (the palm stops between 1 cm short of and 4 cm past the
+         object's centre): nudges of a few cm
   reach  the hand driven to random 3D targets with random orientations
   hand   the arm near a random pose while the hand opens and closes (per-finger amounts random)
+  lift   (older data, not in MIX) noisy exploration around a grasp-and-lift
+Objects move (more than 1 cm between consecutive frames) in the carry/push/poke kinds; the run
+prints that fraction of frames (``moving_fraction``) and the fraction of frames with an object
+displaced more than 1 cm from where it started (``displaced_fraction``).
 
-Control and stored frames at 5 Hz (0.2 s steps, the paper's timing). One HDF5 file per episode,
+Control and stored frames at 5 Hz (0.2 s steps, the paper's timing; stored as the attribute
+``frame_dt``, the world model's frame step). One HDF5 file per episode,
 ``episode_000123.h5``, in the layout documented in ``dexwm_sim/FORMAT.md`` (summary):
 
   frames             (T, H, W, 3) uint8   head-camera RGB at the world-model size
@@ -22,7 +35,7 @@ Control and stored frames at 5 Hz (0.2 s steps, the paper's timing). One HDF5 fi
   camera/intrinsics  (3, 3)               K for the stored frame size
   camera/extrinsics  (4, 4)               world -> camera (static camera)
   camera/pose        (4, 4)               camera -> world
-  attrs: format_version, kind, episode_index, seed, control_hz, image_size, joint_names,
+  attrs: format_version, kind, episode_index, seed, control_hz, frame_dt, image_size, joint_names,
          object_kinds, task_object
 
 Resumable: finished episodes are skipped; each file is written to a temporary name in the same
@@ -40,9 +53,16 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_VERSION = 1
-KINDS = ("lift", "reach", "hand")
+KINDS = ("carry", "push", "poke", "reach", "hand", "lift")
+# Episode kind by index (repeating pattern of 20): objects are handled in 17 of 20 episodes (carry,
+# the kind in which objects move most, in half); reaching and hand motion keep the hand's own
+# dynamics covered (the paper's three kinds).
+MIX = ("carry", "push", "carry", "reach", "carry", "push", "carry", "poke", "carry", "hand",
+       "carry", "push", "carry", "reach", "carry", "push", "carry", "poke", "carry", "push")
 CONTROL_HZ = 5.0
+FRAME_DT = 1.0 / CONTROL_HZ   # seconds between stored frames (the world model's step)
 DEFAULT_STEPS = 50            # 10 s per episode
+MOVING_THRESHOLD = 0.01       # m: an object "moves" in a frame when it moved more than this since the last
 
 log = logging.getLogger("dexwm_sim.collect")
 
@@ -77,16 +97,20 @@ class _Recorder:
         return len(self.rows) >= self.steps
 
     def _record(self) -> None:
+        self.rows.append(self.snapshot())
+
+    def snapshot(self) -> dict:
+        """What is recorded of the current state (one row)."""
         env = self.env
         kp = env.keypoints()
         poses = env.object_poses()
-        self.rows.append({
+        return {
             "frame": env.render(),
             "time": env.time,
             "joints": env.joint_positions(),
             "kp_world": kp.world, "kp_camera": kp.camera, "kp_2d": kp.uv, "kp_visible": kp.visible,
             "objects": np.stack([poses[k] for k in sorted(poses)]),
-        })
+        }
 
     def step(self, arm, hand) -> None:
         if self.full:
@@ -98,6 +122,197 @@ class _Recorder:
         self.rows[-1]["targets"] = env.targets()
         env.advance(env.control_dt)
         self._record()
+
+
+class _Full(Exception):
+    """The episode has all its frames: ends a scripted motion in the middle."""
+
+
+class _RecordingEnv:
+    """SimEnv as the scripted motions of tasks.py see it, with every control step recorded.
+
+    ``tasks._move`` / ``tasks._drive`` call ``env.step()``; here each such step is one recorded
+    frame (targets stored first), and a full recorder stops the motion (``_Full``)."""
+
+    def __init__(self, env, rec: _Recorder):
+        self._env, self._rec = env, rec
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    def step(self, arm=None, hand=None):
+        if self._rec.full:
+            raise _Full
+        env = self._env
+        if arm is not None or hand is not None:
+            env.command(None if arm is None else np.clip(arm, env.lower[:7], env.upper[:7]),
+                        None if hand is None else np.clip(hand, env.lower[7:], env.upper[7:]))
+        self._rec.rows[-1]["targets"] = env.targets()
+        env.advance(env.control_dt)
+        self._rec._record()
+        return env.status
+
+
+def _line(renv, palm_target, rot, hand, steps: int) -> None:
+    """Move the palm centre along a straight line in ``steps`` control steps, one IK waypoint per
+    step, orientation held at ``rot``. (tasks._move gives every waypoint at least two steps, a
+    jump and a rest, so a carried object would move on every other frame only.)"""
+    from . import tasks
+
+    env = renv._env
+    start, _ = tasks._palm_pose(env)
+    q = env.joint_positions()[:7]
+    for k in range(1, steps + 1):
+        q = env.solve_arm_ik(start + k / steps * (np.asarray(palm_target) - start), rot, q_init=q, hand=hand)
+        renv.step(q, hand)
+
+
+# Scene generator of the object episodes: the grasp task's (three objects spread over the table).
+# tasks.py renames its tasks ('grasp' -> 'reach-grasp'); whichever it defines is used.
+SCENE_TASKS = ("reach-grasp", "grasp")
+
+
+def _scene_task() -> str:
+    from . import tasks
+    return next(t for t in SCENE_TASKS if t in tasks.TASKS)
+
+
+def _object_scene(env, seed: int, rng: np.random.Generator):
+    """A seeded scene with the three objects spread over the table, target marker hidden, and the
+    hand starting at rest 20-35 cm above a random point of the table: the frames go to moving
+    objects, not to the long first approach from the home posture (reach episodes cover that)."""
+    from . import tasks
+    episode = tasks.make_episode(_scene_task(), seed, env.kinematics)
+    env.apply_episode(episode)
+    env.hide_target()
+    yaw = rng.uniform(-np.pi, np.pi)
+    rot = tasks.palm_rotation((np.cos(yaw), np.sin(yaw)), palm_down=True)
+    q, _ = env.solve_arm_ik_global(_table_point(rng, rng.uniform(0.2, 0.35)), rot, hand=tasks.HAND_OPEN)
+    env.reset_robot(q, tasks.HAND_OPEN)
+    return episode
+
+
+def _table_point(rng, z: float = 0.0) -> np.ndarray:
+    from . import tasks
+    return np.array([rng.uniform(*tasks.AREA_X), rng.uniform(*tasks.AREA_Y), z])
+
+
+def _clear_table(renv, height: float = 0.28) -> None:
+    """Raise the palm straight up to ``height`` when it is low (before swinging the arm)."""
+    from . import tasks
+    here, rot = tasks._palm_pose(renv)
+    if here[2] < height - 0.02:
+        tasks._move(renv, np.r_[here[:2], height], rot, None, 3, segments=1)
+
+
+def _carry(env, rng: np.random.Generator, seed: int, steps: int):
+    import dataclasses
+
+    from . import tasks
+    from .model import OBJECT_KINDS
+
+    episode = _object_scene(env, seed, rng)
+    rec = _Recorder(env, steps)
+    renv = _RecordingEnv(env, rec)
+    taken = []
+    try:
+        while True:
+            kind = str(rng.choice(OBJECT_KINDS))
+            ep = dataclasses.replace(episode, object_kind=kind)
+            taken.append(kind)
+            obj = env.object_position(kind)
+            plan = tasks.plan_grasp(env, ep)
+            if len(taken) == 1:
+                # The first pick starts at rest above its object (frames go to moving objects).
+                env.reset_robot(plan.q_high, plan.pregrasp)
+                rec.rows[-1] = rec.snapshot()
+            else:
+                _clear_table(renv)
+                need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
+                                   / (env.max_speed[0] * env.control_dt)))
+                tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
+            # Straight down onto the object (the fingers are straight: nothing to knock over).
+            _line(renv, plan.palm_target(obj), plan.rot, plan.pregrasp, 3)
+            tasks._drive(renv, None, plan.closed, 2)
+            lift = rng.uniform(0.06, 0.2)
+            _line(renv, plan.palm_target(obj + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(3, 6)))
+            dest = _table_point(rng, obj[2])
+            for _ in range(20):        # somewhere else: at least 10 cm away
+                if np.linalg.norm(dest[:2] - obj[:2]) > 0.1:
+                    break
+                dest = _table_point(rng, obj[2])
+            _line(renv, plan.palm_target(dest + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(6, 13)))
+            _line(renv, plan.palm_target(dest + [0, 0, 0.01]), plan.rot, plan.closed, int(rng.integers(3, 6)))
+            tasks._drive(renv, None, plan.pregrasp, 2, duration=0.6)   # slow release: no flick
+            here, _ = tasks._palm_pose(renv)
+            tasks._move(renv, here + [0, 0, 0.1], plan.rot, plan.pregrasp, 2, segments=1)
+    except _Full:
+        pass
+    return rec.rows, ",".join(taken)
+
+
+# Palm-centre height of the paddle hand: straight fingers reach 0.18 m below it.
+PADDLE_PALM_HEIGHT = 0.195
+
+
+def _sweep(renv, rng, kind: str, reach: float, back: float) -> None:
+    """Set the hand down ``back`` m behind object ``kind`` and sweep it until the palm is ``reach``
+    m past the object's centre, towards a random point of the table (objects stay on it); lift.
+
+    The hand is a paddle: fingers straight and pointing down (tips 1.5-3 cm above the table), palm
+    facing the sweep direction."""
+    from . import tasks
+
+    env = renv._env
+    obj = env.object_position(kind)
+    goal = _table_point(rng)
+    d = goal - obj
+    d[2] = 0.0
+    d = d / np.linalg.norm(d) if np.linalg.norm(d) > 0.02 else np.array([1.0, 0.0, 0.0])
+    rot = tasks.palm_rotation(d[:2], palm_down=False)
+    hand = np.r_[tasks.FINGERS_STRAIGHT + rng.normal(0, 0.03, 12), tasks.HAND_OPEN[12:]]
+    height = PADDLE_PALM_HEIGHT + rng.uniform(0.0, 0.015)
+    start = obj - (0.035 + back) * d
+    end = obj + reach * d
+    start[2] = end[2] = height
+    # The hand is 20 cm or more above the table here (episode start, or lifted after a sweep): the
+    # paddle's tips clear the objects on the way. The pose 6 cm above the start comes from several
+    # IK seeds (a good wrist branch), then straight lines from there.
+    q, _ = env.solve_arm_ik_global(start + [0, 0, 0.06], rot, hand=hand)
+    need = int(np.ceil(np.abs(q - env.joint_positions()[:7]).max() / (env.max_speed[0] * env.control_dt)))
+    tasks._drive(renv, q, hand, need + 1)
+    _line(renv, start, rot, hand, 1)
+    _line(renv, end, rot, hand, int(rng.integers(6, 14)))
+    _line(renv, end + [0, 0, 0.08], rot, hand, 1)
+
+
+def _push(env, rng: np.random.Generator, seed: int, steps: int):
+    from .model import OBJECT_KINDS
+
+    _object_scene(env, seed, rng)
+    rec = _Recorder(env, steps)
+    renv = _RecordingEnv(env, rec)
+    try:
+        while True:
+            _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(0.1, 0.25), rng.uniform(0.0, 0.06))
+    except _Full:
+        pass
+    return rec.rows, ""
+
+
+def _poke(env, rng: np.random.Generator, seed: int, steps: int):
+    from .model import OBJECT_KINDS
+
+    _object_scene(env, seed, rng)
+    rec = _Recorder(env, steps)
+    renv = _RecordingEnv(env, rec)
+    try:
+        while True:
+            # The palm stops between just before and 4 cm past the object's centre: a nudge.
+            _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(-0.01, 0.04), rng.uniform(0.0, 0.03))
+    except _Full:
+        pass
+    return rec.rows, ""
 
 
 def _lift(env, rng: np.random.Generator, seed: int, steps: int):
@@ -169,7 +384,18 @@ def _hand(env, rng: np.random.Generator, seed: int, steps: int):
     return rec.rows, ""
 
 
-POLICIES = {"lift": _lift, "reach": _reach, "hand": _hand}
+POLICIES = {"carry": _carry, "push": _push, "poke": _poke, "reach": _reach, "hand": _hand, "lift": _lift}
+
+
+def moving_frames(object_poses: np.ndarray, threshold: float = MOVING_THRESHOLD) -> tuple:
+    """(moving, displaced) bool arrays over the T frames of one episode: some object moved more
+    than ``threshold`` m since the previous frame / is more than that from its first-frame place.
+    The first frame never counts as moving."""
+    pos = np.asarray(object_poses)[..., :3]
+    step = np.linalg.norm(np.diff(pos, axis=0), axis=-1).max(-1) if len(pos) > 1 else np.zeros(0)
+    moving = np.r_[False, step > threshold]
+    displaced = np.linalg.norm(pos - pos[:1], axis=-1).max(-1) > threshold
+    return moving, displaced
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -209,6 +435,7 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
             f.attrs.update(attrs)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["control_hz"] = CONTROL_HZ
+            f.attrs["frame_dt"] = FRAME_DT
             f.attrs["image_size"] = (w, h)
             f.attrs["joint_names"] = list(ALL_JOINTS)
             f.attrs["object_kinds"] = sorted(OBJECT_KINDS)
@@ -226,7 +453,7 @@ def collect_episode(task: tuple) -> str:
     if path.exists():
         return str(path)
     env = _env(size)
-    kind = KINDS[index % len(KINDS)]
+    kind = MIX[index % len(MIX)]
     episode_seed = (seed * 1_000_003 + index) % (2 ** 32)
     rng = np.random.default_rng([seed, index])
     faults_before = len(env.faults)
@@ -281,7 +508,33 @@ def main(argv=None) -> int:
                 for _ in pool.imap_unordered(collect_episode, jobs):
                     bar.update(1)
     print(f"{count} episodes in {args.out} ({done} were already there)")
+    stats = moving_stats([episode_path(args.out, i) for i in range(count)])
+    print(f"moving_fraction {stats['moving_fraction']:.3f} (frames in which some object moved more than "
+          f"{MOVING_THRESHOLD * 100:.0f} cm since the previous frame, {stats['frames']} frames); "
+          f"displaced_fraction {stats['displaced_fraction']:.3f}; by kind: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stats["moving_by_kind"].items())))
     return 0
+
+
+def moving_stats(paths) -> dict:
+    """Moving / displaced frame fractions over episode files (overall and per episode kind)."""
+    import h5py
+
+    moving, displaced, by_kind = 0, 0, {}
+    frames = 0
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            m, d = moving_frames(f["object_poses"][:])
+            kind = str(f.attrs.get("kind", ""))
+        frames += len(m)
+        moving += int(m.sum())
+        displaced += int(d.sum())
+        k = by_kind.setdefault(kind, [0, 0])
+        k[0] += int(m.sum())
+        k[1] += len(m)
+    return {"frames": frames, "moving_fraction": moving / max(frames, 1),
+            "displaced_fraction": displaced / max(frames, 1),
+            "moving_by_kind": {k: v[0] / max(v[1], 1) for k, v in by_kind.items()}}
 
 
 if __name__ == "__main__":

@@ -42,9 +42,11 @@ def test_collect_three_episodes_readable_and_resumable(tmp_path):
             np.testing.assert_allclose(kc, h["keypoints_camera"][:, :21], atol=1e-4)
             assert np.ptp(h["joints"][:], axis=0).max() > 0.05     # the robot moved
             assert h.attrs["format_version"] == 1 and h.attrs["control_hz"] == 5.0
+            assert h.attrs["frame_dt"] == 0.2    # the world model's frame step, from the collector
             assert list(h.attrs["joint_names"])[0] == "fr3_joint1"
             kinds.add(h.attrs["kind"])
-    assert kinds == {"lift", "reach", "hand"}
+    assert kinds == {"carry", "push"}       # MIX starts carry, push, carry
+    assert "moving_fraction" in r.stdout and "displaced_fraction" in r.stdout
 
     # Resume with 2 worker processes: finished episodes are kept as they are, only new ones written.
     mtimes = [f.stat().st_mtime_ns for f in files]
@@ -64,3 +66,32 @@ def test_collect_rejects_bad_arguments(tmp_path):
     r = subprocess.run([str(COLLECT), "--out", str(tmp_path), "--hours", "-1"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0
+
+
+def test_moving_frames_counts_steps_over_one_centimetre():
+    from dexwm_sim.collect import moving_frames
+    poses = np.zeros((5, 3, 7))
+    poses[2:, 1, 0] = 0.02           # object 1 jumps 2 cm between frames 1 and 2, then rests
+    poses[3:, 2, 1] = 0.005          # object 2 moves 5 mm: not "moving"
+    moving, displaced = moving_frames(poses)
+    assert moving.tolist() == [False, False, True, False, False]
+    assert displaced.tolist() == [False, False, True, True, True]
+
+
+def test_object_episodes_move_objects_and_the_mix_reaches_its_fraction(tmp_path):
+    """A short run of the object kinds (carry, push, poke: indices 0, 1, 7 of MIX) moves objects;
+    the printed moving fraction is the one the files give."""
+    from dexwm_sim import collect
+    assert collect.MIX[0] == "carry" and collect.MIX[1] == "push" and collect.MIX[7] == "poke"
+    out = tmp_path / "data"
+    out.mkdir()
+    for index in (0, 1, 7):
+        collect.collect_episode((str(out), index, 3, 30, 96))
+    stats = collect.moving_stats(sorted(out.glob("episode_*.h5")))
+    for f in sorted(out.glob("episode_*.h5")):
+        with h5py.File(f, "r") as h:
+            pos = h["object_poses"][:, :, :3]
+            shift = np.linalg.norm(pos - pos[:1], axis=-1).max()
+            kind = h.attrs["kind"]
+        assert shift > (0.05 if kind != "poke" else 0.01), (kind, shift)
+    assert stats["frames"] == 90 and 0.1 < stats["moving_fraction"] <= stats["displaced_fraction"]

@@ -1,0 +1,143 @@
+"""Object-aware latents: the object-sensitivity measurement and the encoder options it chose."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from wm_fixtures import write_sim_episode  # noqa: E402
+
+from dexwm_planner.encoders import EncoderConfig, FrozenEncoder  # noqa: E402
+from dexwm_planner.world_model import DexWM, WorldModelConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    from dexwm_planner.object_sensitivity import render_scenes
+    return render_scenes(20, first_seed=0)
+
+
+def test_scene_frames_differ_only_where_told(scenes):
+    assert len(scenes) == 20 and [s.seed for s in scenes] == list(range(20))
+    for s in scenes:
+        obj = np.abs(s.object_moved.astype(int) - s.base).sum(-1) > 30
+        arm = np.abs(s.arm_moved.astype(int) - s.base).sum(-1) > 30
+        assert 5 < obj.sum() < 0.05 * obj.size       # a small object moved (two small spots)
+        assert arm.sum() > 0                          # the arm moved
+        assert s.object_shift >= 0.35 - 0.01          # place scenes: object >= 0.35 m from its target
+
+
+def test_raw_pixels_register_the_arm_far_more_than_the_object(scenes):
+    """The measurement on a known representation (pixels, 8x8 average-pooled): the arm covers far
+    more of the image than the object, so the ratio is small."""
+    from dexwm_planner.object_sensitivity import measure
+
+    def pixels(images):
+        x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255
+        return torch.nn.functional.avg_pool2d(x, 8).flatten(2).transpose(1, 2)
+
+    res = measure(pixels, scenes)
+    assert res["scenes"] == 20 and res["object_to_arm_ratio_median"] < 0.5
+    ratios = [p["ratio"] for p in res["per_scene"]]
+    assert res["object_to_arm_ratio_median"] == pytest.approx(float(np.median(ratios)))
+
+
+def test_object_sensitivity_command_on_a_tiny_checkpoint(tmp_path, capsys):
+    from dexwm_planner import eval_wm
+    torch.manual_seed(0)
+    wm = DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=16)))
+    path = str(tmp_path / "tiny.pt")
+    wm.save(path)
+    assert eval_wm.main(["--object-sensitivity", "--checkpoint", path, "--scenes", "20", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    per = res["per_scene"]
+    assert len(per) == 20 and res["scenes"] == 20 and res["task"] in ("place", "pick-place")
+    for p in per:
+        assert p["object_mse"] > 0 and p["arm_mse"] > 0 and p["ratio"] == pytest.approx(p["object_mse"] / p["arm_mse"])
+    assert res["object_to_arm_ratio_median"] == pytest.approx(float(np.median([p["ratio"] for p in per])))
+    # The encoder as the planner sees it: the checkpoint's latents of a scene frame.
+    assert res["encoder"]["proj_dim"] == 16
+    assert eval_wm.main(["--object-sensitivity", "--checkpoint", path, "--scenes", "5"]) == 2
+
+
+@pytest.mark.slow
+def test_candidate_encoder_is_fitted_on_data_and_measured(tmp_path, capsys):
+    from dexwm_planner import eval_wm
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        write_sim_episode(str(data / f"ep{i}.h5"), n=8, seed=i)
+    wm = DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=16)))
+    path = str(tmp_path / "tiny.pt")
+    wm.save(path)
+    assert eval_wm.main(["--object-sensitivity", "--checkpoint", path, "--json", "--encoder", "proj_dim=8",
+                         "--encoder", "zoom=[0.08,0.36,0.76,1.0]", "--encoder", "per_position=true",
+                         "--fit-data", str(data), "--cache-dir", str(tmp_path / "cache")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["encoder"]["zoom"] == [0.08, 0.36, 0.76, 1.0] and res["encoder"]["per_position"] is True
+    assert res["projection_fit"]["episodes"] == 3 and np.isfinite(res["object_to_arm_ratio_median"])
+    # A projected candidate without data to fit it on is refused.
+    assert eval_wm.main(["--object-sensitivity", "--checkpoint", path, "--encoder", "proj_dim=8"]) == 1
+
+
+def test_zoom_view_appends_features_and_crop_maps_keypoints():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 224, 224, 3), dtype=np.uint8)
+    plain = FrozenEncoder(EncoderConfig(proj_dim=None))
+    zoom = FrozenEncoder(EncoderConfig(proj_dim=None, zoom=(0.08, 0.36, 0.76, 1.0)))
+    tp, tz = plain.backbone_tokens(images), zoom.backbone_tokens(images)
+    assert tz.shape == (2, 49, 2560) and zoom.grid == plain.grid
+    torch.testing.assert_close(tz[..., :1280], tp)          # the main view is unchanged
+    assert not torch.allclose(tz[..., 1280:], tp)
+    # crop: a bright square lands where raw_to_model_pixels says (the hand head's targets)
+    crop = FrozenEncoder(EncoderConfig(proj_dim=None, crop=(0.25, 0.25, 0.75, 0.75)))
+    img = np.zeros((1, 240, 320, 3), np.uint8)
+    img[0, 118:122, 158:162] = 255      # centred at raw (159.5, 119.5)
+    model = crop.model_images(img)[0].astype(float).sum(-1)
+    ys, xs = np.nonzero(model > model.max() * 0.5)
+    expect = crop.raw_to_model_pixels([159.5, 119.5], (240, 320))
+    assert abs(xs.mean() - expect[0]) < 1.0 and abs(ys.mean() - expect[1]) < 1.0
+    assert 6 < len(xs) ** 0.5 < 9.5     # zoomed 224/120: the 4 px square is ~7.5 px wide (3.7 unzoomed)
+    with pytest.raises(ValueError, match="crop"):
+        EncoderConfig(crop=(0.5, 0.2, 0.4, 0.9))
+    with pytest.raises(ValueError, match="features"):
+        EncoderConfig(kind="dinov2", features="final+s16")
+
+
+def test_per_position_projection_standardises_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    cfg = EncoderConfig(proj_dim=8, per_position=True, projection="whiten")
+    wm = DexWM(WorldModelConfig(encoder=cfg))
+    # Tokens whose spread differs strongly between patch positions.
+    tokens = torch.randn(200, 49, 1280) * torch.linspace(0.5, 5.0, 49)[None, :, None]
+    tokens[:, 0] = 1.0     # a patch that never changes: not amplified without bound
+    with pytest.raises(ValueError, match="whole frames"):
+        wm.encoder.fit_projection(tokens.reshape(-1, 1, 1280)[:5000])
+    wm.encoder.fit_projection(tokens)
+    z = wm.encoder.project(tokens)
+    std = z.std(0)
+    assert float(std[1:].min()) > 0.8 and float(std[1:].max()) < 1.05
+    pre = ((tokens - wm.encoder.proj_mean) @ wm.encoder.proj_matrix).std(0).mean()
+    assert float(wm.encoder.pos_scale[0].max()) == pytest.approx(1.0 / (0.05 * float(pre)), rel=1e-3)
+    path = str(tmp_path / "pp.pt")
+    wm.save(path)
+    wm2 = DexWM.load(path)
+    torch.testing.assert_close(wm2.encoder.project(tokens[:3]), z[:3])
+    assert wm2.encoder.config.per_position and wm2.frame_step == pytest.approx(0.2)
+
+
+def test_old_checkpoints_load_with_the_default_frame_step(tmp_path):
+    wm = DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=16), frame_dt=0.5))
+    path = str(tmp_path / "a.pt")
+    wm.save(path)
+    assert DexWM.load(path).frame_step == pytest.approx(0.5)
+    ck = torch.load(path, weights_only=True)
+    del ck["config"]["frame_dt"]
+    for key in ("per_position", "zoom", "crop", "features", "projection"):   # written before these options
+        del ck["config"]["encoder"][key]
+    torch.save(ck, tmp_path / "old.pt")
+    old = DexWM.load(str(tmp_path / "old.pt"))
+    assert old.frame_step == pytest.approx(0.2) and not old.encoder.config.per_position
