@@ -24,7 +24,7 @@ NUM_JOINTS = 16
 # Published joint names, in the order above.
 JOINT_NAMES = tuple(f"allegro_{finger}_{j}" for finger in FINGERS for j in range(4))
 
-# Joint limits [rad] of the V4 hand (DESIGN.md section 5).
+# Joint limits [rad] of the V4 hand.
 _FINGER_LOWER = (-0.47, -0.196, -0.174, -0.227)
 _FINGER_UPPER = (0.47, 1.61, 1.709, 1.618)
 _THUMB_LOWER = (0.263, -0.105, -0.189, -0.162)

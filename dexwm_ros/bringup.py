@@ -63,7 +63,7 @@ def tool_executable(name: str) -> Path:
 
 
 def ros_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """DDS stays on this host for every process we start (DESIGN.md section 5)."""
+    """DDS stays on this host for every process we start."""
     env = dict(os.environ if base is None else base)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")

@@ -31,7 +31,7 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
     was interrupted is torn down by its own ``destroy_node``, which copes with a partial object.
     """
     startup_errors = tuple(startup_errors) + (ParameterException, InvalidParameterTypeException)
-    # DDS discovery never leaves this host, however the node was started (DESIGN.md section 5).
+    # DDS discovery never leaves this host, however the node was started.
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     signal.signal(signal.SIGTERM, _interrupt)
     try:

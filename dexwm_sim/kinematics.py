@@ -8,7 +8,7 @@ The kinematic tree is read from the compiled MuJoCo scene (body offsets, body or
 axes, site offsets), so it is by construction the same robot the simulation steps; a test checks the
 result against MuJoCo's own ``mj_kinematics``.
 
-Keypoints (DESIGN.md section 1, MANO layout, 21 per hand): 0 = wrist (the Allegro palm centre),
+Keypoints (MANO layout, 21 per hand): 0 = wrist (the Allegro palm centre),
 then thumb, index, middle, ring, little with 4 points each from the knuckle out to the tip. An
 Allegro finger contributes its proximal, medial and distal joint frames plus the fingertip; the ring
 finger is copied to stand in for the missing little finger.

@@ -16,7 +16,7 @@ from rosutil import process, wait_for
 
 DEXWM_UP = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-up")]
 
-# DESIGN.md section 3 / docs/CONTRACT.md, as offered by the simulated graph.
+# docs/CONTRACT.md, as offered by the simulated graph.
 SIM_TOPICS = {
     "/camera/camera/color/image_raw": "sensor_msgs/msg/Image",
     "/camera/camera/color/camera_info": "sensor_msgs/msg/CameraInfo",
