@@ -577,6 +577,27 @@ def startup_cases(r: Runner, work: Path) -> None:
         return (out.returncode == 2 and "does not fit a 64-bit integer" in out.stderr), out.stderr.strip()
     r.check("startup", "dexwm_up_seed_too_big", "bring-up error", graph_seed_too_big)
 
+    def bad_dds_environment(label, **overrides):
+        """A node started with a broken DDS environment: one clear line, a non-zero exit, no traceback."""
+        def run():
+            from dexwm_ros.bringup import node_executable
+
+            env = dict(r.processes.env, **overrides)
+            proc = r.processes.start(label, [sys.executable, str(node_executable("allegro")), "--ros-args",
+                                             "-p", "can_interface:=virtual", "-p", "emulate_hand:=true"], env=env)
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                r.processes.stop(label)
+                return False, f"the allegro node ran with {overrides}"
+            text = r.processes.log(label)
+            return (code != 0 and "Traceback" not in text and ("domain" in text.lower())), text.strip().splitlines()[-1:]
+        return run
+    r.check("startup", "dds_domain_id_not_a_number", "DDS environment",
+            bad_dds_environment("dds_domain_text", ROS_DOMAIN_ID="abc"))
+    r.check("startup", "dds_domain_id_out_of_range", "DDS environment",
+            bad_dds_environment("dds_domain_300", ROS_DOMAIN_ID="300"))
+
     def interrupted_startup():
         proc = r.processes.node("planner_interrupted", "planner")
         time.sleep(2.0)    # in the middle of importing torch / loading the model

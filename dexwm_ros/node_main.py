@@ -8,6 +8,7 @@ from typing import Callable
 
 import rclpy
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -50,4 +51,10 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError as exc:
+        # ROS itself cannot start (a ROS_DOMAIN_ID that is not a number or out of range, a broken
+        # RMW set-up): one line, not a traceback.
+        print(f"{name}: error: ROS could not start: {exc} (check ROS_DOMAIN_ID (0-232) and the RMW settings)",
+              file=sys.stderr, flush=True)
+        return startup_exit_code
     return 0
