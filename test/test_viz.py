@@ -109,7 +109,7 @@ class GraphTopics:
         self.node.destroy_node()
 
 
-def _screenshots(url: str, out_dir: Path, accept, timeout: float = 60.0) -> Path:
+def _screenshots(url: str, out_dir: Path, accept, timeout: float = 90.0) -> Path:
     """Open ``url`` in headless Chromium (DevTools protocol) and take a screenshot every 2 s until
     ``accept(rgb)`` holds; returns the last screenshot's path (kept in ``out_dir``)."""
     from PIL import Image as PILImage
@@ -143,9 +143,16 @@ def _screenshots(url: str, out_dir: Path, accept, timeout: float = 60.0) -> Path
 
             call("Page.navigate", url=url)
             deadline = time.monotonic() + timeout
+            reload_at = time.monotonic() + 25.0
             shot = out_dir / "viewer.png"
             while True:
                 time.sleep(2.0)
+                if time.monotonic() > reload_at:
+                    # The viewer page sometimes loads before its data stream is up and stays blank:
+                    # load it again, as a user would.
+                    call("Page.reload")
+                    reload_at = time.monotonic() + 25.0
+                    continue
                 shot.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
                 rgb = np.asarray(PILImage.open(shot).convert("RGB"))
                 if accept(rgb) or time.monotonic() > deadline:
