@@ -98,7 +98,9 @@ class RobotDouble(Node):
                     self.canceled += 1
                 goal_handle.canceled()
                 return MoveJoints.Result(error_code=MoveJoints.Result.CANCELED, message="canceled")
-            time.sleep(0.1)                         # a cancel right after the acceptance is still in time
+            # A cancel right after the acceptance is still in time (the planner sends it from the
+            # acceptance's done callback: one round trip, longer on a busy machine).
+            time.sleep(1.0 if self.accept_delay else 0.1)
             if goal_handle.is_cancel_requested:
                 with self.lock:
                     self.canceled += 1
