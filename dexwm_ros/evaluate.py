@@ -186,6 +186,14 @@ class EvalSettings:
 
 
 # ------------------------------------------------------------------------------------ policies
+def shipped_cem_config(preset: str, **changes):
+    """The CEM settings of a preset with the per-step caps config/planner.yaml ships (every policy
+    here moves under the same caps)."""
+    from dexwm_planner.cem import PRESETS
+
+    return PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3, **changes)
+
+
 @dataclass
 class Decision:
     command: np.ndarray | None     # (23,) joint target, None = stop here
@@ -201,15 +209,13 @@ class WorldModelPolicy:
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", stop_rule=None, cem_changes=None):
         from dexwm_planner.actions import allegro_actions
-        from dexwm_planner.cem import PRESETS
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.stop_rule import StopRule
 
         self.model, self.kin = model, kinematics
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, world_to_camera, kinematics=kinematics)
         self.rotation_fn = lambda q: kinematics.ee_pose(q)[1]
-        # Caps as config/planner.yaml ships them.
-        cem = PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3, **(cem_changes or {}))
+        cem = shipped_cem_config(preset, **(cem_changes or {}))
         self.config = MPCConfig(cem=cem)
         self.stop_rule = stop_rule or StopRule()
         self.planner = None
@@ -256,9 +262,9 @@ class OracleGoalJointsPolicy:
     name = "oracle_goal_joints"
 
     def __init__(self, kinematics, max_steps: int, preset: str = "cpu"):
-        from dexwm_planner.cem import CEM, PRESETS
+        from dexwm_planner.cem import CEM
 
-        self.cem = CEM(PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3), kinematics.lower, kinematics.upper)
+        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
         self.max_steps = max_steps
 
     def reset(self, goal_image, goal_joints, seed: int):
@@ -293,9 +299,9 @@ class RandomJointWalkPolicy:
     name = "random_joint_walk"
 
     def __init__(self, kinematics, max_steps: int, preset: str = "cpu"):
-        from dexwm_planner.cem import CEM, PRESETS
+        from dexwm_planner.cem import CEM
 
-        self.cem = CEM(PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3), kinematics.lower, kinematics.upper)
+        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
         self.max_steps = max_steps
         self.rng = np.random.default_rng(0)
 
