@@ -127,7 +127,7 @@ class _RealSensePipelineSource(FrameSource):
     def _configure(self, config) -> None:
         raise NotImplementedError
 
-    def _after_start(self, profile) -> None:
+    def _before_start(self, config, pipeline) -> None:
         pass
 
     def open(self) -> None:
@@ -137,11 +137,11 @@ class _RealSensePipelineSource(FrameSource):
         self._configure(config)
         pipeline = rs.pipeline()
         try:
+            self._before_start(config, pipeline)
             profile = pipeline.start(config)
         except RuntimeError as exc:
             raise SourceError(f"cannot start {self.describe()}: {exc}") from exc
         try:
-            self._after_start(profile)
             self._color_intr = _intrinsics_from_rs(profile.get_stream(rs.stream.color))
             if self.enable_depth:
                 depth_profile = profile.get_stream(rs.stream.depth)
@@ -253,8 +253,12 @@ class RealSenseFileSource(_RealSensePipelineSource):
         if self.enable_depth:
             config.enable_stream(rs.stream.depth)
 
-    def _after_start(self, profile) -> None:
-        profile.get_device().as_playback().set_real_time(self.real_time)
+    def _before_start(self, config, pipeline) -> None:
+        # The playback mode must be set before streaming starts: set after pipeline.start, a busy
+        # machine has already played (and dropped) the first frame in real time. The pipeline starts
+        # the device the config resolved here (librealsense caches the resolved profile).
+        device = config.resolve(_rs().pipeline_wrapper(pipeline)).get_device()
+        device.as_playback().set_real_time(self.real_time)
 
 
 # ------------------------------------------------------------------------------------------------
