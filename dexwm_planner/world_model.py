@@ -74,6 +74,12 @@ def default_checkpoint() -> str:
 DEFAULT_CHECKPOINT = default_checkpoint()
 
 
+def checkpoint_frame_step(path: str | None = None) -> float:
+    """A checkpoint's frame step [s] (``DexWM.frame_step``) without building the model."""
+    ckpt = DexWM.read_checkpoint(path or default_checkpoint())
+    return float(ckpt["config"].get("frame_dt") or DEFAULT_FRAME_DT)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (missing, corrupt, wrong format or mismatched)."""
 

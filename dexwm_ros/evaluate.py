@@ -140,8 +140,11 @@ class EvalSettings:
     hold_s: float = HOLD_S
     plateau_steps: int = PLATEAU_STEPS
     done_cost: float = -1.0        # < 0: the checkpoint's fitted threshold (0 when none)
-    move_duration_s: float = 0.5   # the planner node's defaults (config/planner.yaml)
-    move_timeout_s: float = 1.0
+    # 0 = the world model's frame step (``DexWM.frame_step``): each executed step is the step the
+    # model learned (a target reached by a ramp over one frame step, the next frame one frame step
+    # later, as dexwm-collect recorded it); the planner node's defaults (config/planner.yaml).
+    move_duration_s: float = 0.0
+    move_timeout_s: float = 0.0    # 0 = move_duration_s
     goal_tolerance: float = 0.05
 
     def __post_init__(self):
@@ -152,6 +155,13 @@ class EvalSettings:
     @property
     def sim_task(self) -> str:
         return sim_task(self.protocol, self.task)
+
+    def resolve_step(self, frame_step: float) -> None:
+        """Fill the 0 (= automatic) move duration and time limit from the model's frame step."""
+        if self.move_duration_s <= 0:
+            self.move_duration_s = float(frame_step)
+        if self.move_timeout_s <= 0:
+            self.move_timeout_s = self.move_duration_s
 
     @property
     def kind(self) -> str:
@@ -581,7 +591,8 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
         wait(lambda: reset.service_is_ready() and execute.server_is_ready() and params.service_is_ready(),
              startup_timeout, "/sim/reset, /dexwm/execute and the planner's parameters")
         # The in-process stop rule, exactly.
-        set_parameters(done_cost=stop.done_cost, plateau_steps=stop.plateau_steps, plateau_rel=stop.plateau_rel)
+        set_parameters(done_cost=stop.done_cost, plateau_steps=stop.plateau_steps, plateau_rel=stop.plateau_rel,
+                       move_duration_s=float(settings.move_duration_s), move_timeout_s=float(settings.move_timeout_s))
         bar = tqdm(total=settings.episodes, desc=f"ros {settings.sim_task}", unit="ep", disable=not progress,
                    file=sys.stderr)
         for seed in settings.candidate_seeds():
@@ -813,13 +824,14 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
              baselines=True, progress: bool = True, log_dir: Path | None = None,
              baseline_planner_seeds: int = 1) -> dict:
     """Run the evaluation; ``baselines``: True (all), False (none) or a list of names."""
-    from dexwm_planner.world_model import DexWM
+    from dexwm_planner.world_model import DexWM, checkpoint_frame_step
     from dexwm_sim.camera import HeadCamera
     from dexwm_sim.kinematics import RobotKinematics
 
     kin = RobotKinematics.from_scene()
     w2c = HeadCamera().world_to_camera
     stop = settings.stop_rule(settings.kind)
+    settings.resolve_step(checkpoint_frame_step(settings.checkpoint or None))
     skipped: list[dict] = []
     runner = None
     try:

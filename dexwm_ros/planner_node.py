@@ -231,6 +231,7 @@ class PlannerNode(Node):
         self.model = model if model is not None else load_world_model(g("checkpoint"))
         self._fitted_stop = self._load_fitted_stop(g("checkpoint") or (None if model is not None else ""))
         self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
+        self.model_frame_step = float(getattr(self.model, "frame_step", 0.2))
         kin, w2c_matrix = self.kin, self.world_to_camera
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, w2c_matrix, kinematics=kin)
         self.rotation_fn = lambda q: kin.ee_pose(q)[1]
@@ -310,10 +311,13 @@ class PlannerNode(Node):
         p("seed", 0, _descriptor("CEM random seed (per Execute goal)", int_range=(0, 2**31 - 1)))
         p("max_steps", 40, _descriptor("executed MPC steps per goal when the request gives 0",
                                        int_range=MAX_STEPS_RANGE))
-        p("move_duration_s", 0.5, _descriptor("time given to the drivers to reach each step's targets [s]",
-                                              float_range=(0.01, 30.0)))
-        p("move_timeout_s", 1.0, _descriptor("MoveJoints time limit per step (contact may stop a finger) [s]",
-                                             float_range=(0.1, 60.0)))
+        # 0 = the world model's frame step: the executed step is the step the model learned (a ramp
+        # to the target over one frame step, the next frame one frame step later).
+        p("move_duration_s", 0.0, _descriptor("time given to the drivers to reach each step's targets [s]; "
+                                              "0 = the world model's frame step", float_range=(0.0, 30.0)))
+        p("move_timeout_s", 0.0, _descriptor("MoveJoints time limit per step, then the next frame is planned from "
+                                             "wherever the joints are [s]; 0 = move_duration_s",
+                                             float_range=(0.0, 60.0)))
         p("goal_tolerance", 0.05, _descriptor("MoveJoints per-joint tolerance [rad]", float_range=(1e-4, 1.0)))
         p("stale_timeout_s", 1.0, _descriptor("camera/joint data older than this pause planning [s]",
                                               float_range=(0.05, 60.0)))
@@ -712,8 +716,7 @@ class PlannerNode(Node):
         for client, name in ((self.arm_client, "/franka/move_joints"), (self.hand_client, "/allegro/move_joints")):
             if not client.wait_for_server(timeout_sec=2.0):
                 return f"{name} is not available"
-        duration = g("move_duration_s")
-        time_limit = max(g("move_timeout_s"), duration)
+        duration, time_limit = self._step_timing()
         goals = []
         # Stamped: a driver refuses a goal older than its max_command_age_s, so a step that reaches
         # it late (a stalled process, a congested network) is never executed out of its context.
@@ -750,6 +753,11 @@ class PlannerNode(Node):
                 return f"{name}: error {res.error_code} ({res.message})"
         self._move_handles = []
         return "ok"
+
+    def _step_timing(self) -> tuple[float, float]:
+        """(move duration, MoveJoints time limit) of one executed step; 0 parameters = automatic."""
+        duration = float(self.get_parameter("move_duration_s").value) or self.model_frame_step
+        return duration, max(float(self.get_parameter("move_timeout_s").value), duration)
 
     def _cancel_when_accepted(self, futures, handled) -> None:
         """The planner gave up on these goals: cancel each one a driver accepts, now or later.
