@@ -156,9 +156,14 @@ class EvalSettings:
     def sim_task(self) -> str:
         return sim_task(self.protocol, self.task)
 
-    def resolve_step(self, frame_step: float) -> None:
-        """Fill the 0 (= automatic) move duration and time limit from the model's frame step."""
+    def resolve_step(self, frame_step: float | None = None) -> None:
+        """Fill the 0 (= automatic) move duration and time limit from the model's frame step
+        (default: the checkpoint's)."""
         if self.move_duration_s <= 0:
+            if frame_step is None:
+                from dexwm_planner.world_model import checkpoint_frame_step
+
+                frame_step = checkpoint_frame_step(self.checkpoint or None)
             self.move_duration_s = float(frame_step)
         if self.move_timeout_s <= 0:
             self.move_timeout_s = self.move_duration_s
@@ -370,6 +375,7 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
     policy.reset(start.goal.image, start.goal.joints, settings.cem_seed(start.seed, k))
     replans, costs = [], []
     steps = 0
+    settings.resolve_step()
     time_limit = max(settings.move_timeout_s, settings.move_duration_s)
     while True:
         decision = policy.act(env.render(*size), env.joint_positions())
@@ -824,14 +830,14 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
              baselines=True, progress: bool = True, log_dir: Path | None = None,
              baseline_planner_seeds: int = 1) -> dict:
     """Run the evaluation; ``baselines``: True (all), False (none) or a list of names."""
-    from dexwm_planner.world_model import DexWM, checkpoint_frame_step
+    from dexwm_planner.world_model import DexWM
     from dexwm_sim.camera import HeadCamera
     from dexwm_sim.kinematics import RobotKinematics
 
     kin = RobotKinematics.from_scene()
     w2c = HeadCamera().world_to_camera
     stop = settings.stop_rule(settings.kind)
-    settings.resolve_step(checkpoint_frame_step(settings.checkpoint or None))
+    settings.resolve_step()
     skipped: list[dict] = []
     runner = None
     try:

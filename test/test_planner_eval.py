@@ -227,3 +227,18 @@ def test_report_tables_both_protocols_and_the_through_ros_agreement(tmp_path, ca
     empty.mkdir()
     assert ev.main(["--report", str(empty)]) == 1
     assert ev.main(["--report", str(tmp_path / "missing")]) == 2
+
+
+def test_executed_step_is_the_model_frame_step(tmp_path):
+    """0 = automatic: each executed step lasts the checkpoint's frame step (what the model learned)."""
+    from dexwm_planner.world_model import DexWM, WorldModelConfig, checkpoint_frame_step
+
+    path = tmp_path / "step04.pt"
+    DexWM(WorldModelConfig(frame_dt=0.4)).save(str(path))
+    assert checkpoint_frame_step(str(path)) == pytest.approx(0.4)
+    settings = ev.EvalSettings(protocol="paper", task="reach", checkpoint=str(path))
+    settings.resolve_step()
+    assert (settings.move_duration_s, settings.move_timeout_s) == pytest.approx((0.4, 0.4))
+    explicit = ev.EvalSettings(protocol="paper", task="reach", move_duration_s=0.5, move_timeout_s=1.0)
+    explicit.resolve_step(0.2)
+    assert (explicit.move_duration_s, explicit.move_timeout_s) == (0.5, 1.0)
