@@ -406,7 +406,7 @@ def test_goals_are_stamped_and_one_accepted_after_the_planner_gave_up_is_cancele
 
 # ------------------------------------------------------------------------ ROS-free helpers
 def test_check_command_refuses_unsafe_targets():
-    from dexwm_ros.planner_node import check_command
+    from dexwm_planner.session import check_command
 
     lower, upper, cap = np.full(3, -1.0), np.full(3, 1.0), np.full(3, 0.2)
     q = np.zeros(3)
