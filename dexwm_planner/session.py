@@ -16,7 +16,8 @@ Rules the session owns:
   limit may only move back towards it) and within the per-step cap of every joint, or it is
   refused, nothing is sent and the session ends with ``unsafe_command``.
 * **stop**: the provider's own verdict (a privileged baseline's), then the stop rule
-  (dexwm_planner.stop_rule: ``reached``, ``plateau``, ``budget``) on the latent costs observed so far.
+  (dexwm_planner.stop_rule: ``reached``, ``plateau``, ``budget``) on the latent costs observed so far;
+  a provider that scores nothing (nan costs: a baseline without a world model) stops at the budget.
 * **cancel**: :meth:`PlanningSession.cancel` or the ``interrupt`` callback end the session between
   phases, inside a replan (the CEM polls it) and inside a move (the robot polls it); the robot then
   holds.
