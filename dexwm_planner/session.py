@@ -58,13 +58,15 @@ class Reading:
     received: float     # time.monotonic() when it arrived
 
 
+# How a move ends: at its targets or timed out where it could get (a finger on an object),
+# cut short because the session was interrupted, or failed (the message says why).
+MOVED, INTERRUPTED, FAILED_MOVE = "moved", "interrupted", "failed"
+
+
 @dataclass(frozen=True)
 class MoveStatus:
-    status: str         # MOVED (reached, or timed out where it could get), INTERRUPTED or FAILED
+    status: str         # MOVED, INTERRUPTED or FAILED_MOVE
     message: str = ""
-
-
-MOVED, INTERRUPTED, FAILED_MOVE = "moved", "interrupted", "failed"
 
 
 class JointGroupRobot(abc.ABC):

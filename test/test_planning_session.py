@@ -34,12 +34,12 @@ class RecordingRobot(SimulatedRobot):
 
 
 class ScriptedPlans:
-    """A plan provider with scripted costs; each command moves the first arm joint by ``delta``."""
+    """A plan provider with scripted costs; each command moves one joint (the first) by ``delta``."""
 
     name = "scripted"
 
-    def __init__(self, costs, delta=0.02, lower=None, upper=None):
-        self.costs, self.delta = list(costs), delta
+    def __init__(self, costs, delta=0.02, lower=None, upper=None, joint=0):
+        self.costs, self.delta, self.joint = list(costs), delta, joint
         self.lower, self.upper = lower, upper
         self.observed = 0
 
@@ -56,7 +56,7 @@ class ScriptedPlans:
 
     def plan(self, joints, should_stop):
         command = np.asarray(joints, dtype=np.float64).copy()
-        command[0] += self.delta
+        command[self.joint] += self.delta
         if self.lower is not None:
             command = np.clip(command, self.lower, self.upper)
         return PlanStep(command=command, plan=command[None], cost=0.0, current_cost=float("nan"), horizon=1,
@@ -139,6 +139,19 @@ def test_unsafe_command_is_refused_and_nothing_is_sent(robot, bad):
     assert {"over the cap": "per-step cap", "outside the limits": "outside", "nan": "NaN"}[bad] in result.reason
     assert robot.moves == [] and robot.holds == ["unsafe command"]
     assert robot.now() == t0 and np.array_equal(robot.latest_joints().value, q0)
+
+
+def test_a_target_the_robot_refuses_ends_the_session_as_a_driver_error(robot):
+    """Limits wider than the simulation's pass the session's check; the simulation refuses the
+    target (as a real driver would) and the session ends holding."""
+    env = robot.runner.env
+    wide = CommandLimits(env.lower - 1.0, env.upper + 1.0, np.full(23, 2.0))
+    q = robot.latest_joints().value
+    joint = 7 + int(np.argmin(env.upper[7:] - q[7:]))          # a finger: the hand has no step cap of its own
+    plans = ScriptedPlans([0.5], delta=float(env.upper[joint] + 0.05 - q[joint]), joint=joint)
+    result = PlanningSession(robot, plans, config(robot, limits=wide)).run(goal(robot))
+    assert result.reason.startswith("driver_error: the simulation refused the target") and result.steps == 0
+    assert len(robot.moves) == 1 and robot.holds == ["driver error"]
 
 
 class FrozenCamera(RecordingRobot):
