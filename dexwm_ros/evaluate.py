@@ -392,7 +392,9 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
     else:
         env.reset(settings.sim_task, start.seed)
     episode = env.episode
-    settings.resolve_step(checkpoint_frame_step(settings.checkpoint or None))
+    # evaluate() resolves the automatic step timing once; a direct call may leave it to the episode.
+    if settings.move_duration_s <= 0 or settings.move_timeout_s <= 0:
+        settings.resolve_step(checkpoint_frame_step(settings.checkpoint or None))
     session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
     result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
     at_stop = bool(env.status.success_now)
