@@ -37,10 +37,12 @@ Episode seeds start at ``EVAL_SEED_OFFSET + S`` = 1,000,000 + S, disjoint from t
 training data (``dexwm-collect``: ``seed * 1,000,003 + index``; see models/README.md) and from the
 stop-threshold fit (``FIT_SEED_OFFSET`` = 500,000).
 
-In-process (default) the planner and the simulation run in this process; with ``--through-ros`` the
-same episodes run through the ROS graph (sim node + planner node, separate processes started by
-``dexwm-up``), built to agree step for step with the in-process run (lock-step simulation, same
-frames, same planner settings, stop rule and CEM seeds). Through ROS, the outcome is judged from the
+Both modes run the same planning session (dexwm_planner.session.PlanningSession: stale-input rule,
+command-safety check, stop rule). In-process (default) the planner and the simulation run in this
+process: the session drives the lock-step simulation directly (dexwm_planner.sim_robot); with
+``--through-ros`` the same episodes run through the ROS graph (sim node + planner node, separate
+processes started by ``dexwm-up``), where the planner node's session drives the lock-step sim node
+through MoveJoints (same frames, planner settings, stop rule and CEM seeds). Through ROS, the outcome is judged from the
 simulation's episode state when the planner stops (no 2 s hold): ``success_rule: at_stop``.
 
 Output JSON: ``protocol``, ``task``, ``sim_task``, ``episodes``, ``planner_seeds``, ``success_rule``,
@@ -199,6 +201,18 @@ class EvalSettings:
             done = fitted.for_kind(kind) if fitted else 0.0
         return StopRule(done_cost=float(done), plateau_steps=int(self.plateau_steps), max_steps=int(self.max_steps))
 
+    def session_config(self, env):
+        """The planning session of an episode: this task's stop rule, the simulation's joint limits,
+        the per-step caps every policy moves under, and the (resolved) step timing."""
+        from dexwm_planner.session import CommandLimits, SessionConfig
+
+        limits = CommandLimits(np.asarray(env.lower, dtype=np.float64), np.asarray(env.upper, dtype=np.float64),
+                               shipped_cem_config(self.preset).max_step())
+        return SessionConfig(stop_rule=self.stop_rule(self.kind), limits=limits,
+                             move_duration_s=self.move_duration_s,
+                             move_time_limit_s=max(self.move_timeout_s, self.move_duration_s),
+                             goal_tolerance=self.goal_tolerance)
+
 
 # ------------------------------------------------------------------------------------ policies
 def shipped_cem_config(preset: str, **changes):
@@ -209,65 +223,65 @@ def shipped_cem_config(preset: str, **changes):
     return PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3, **changes)
 
 
-@dataclass
-class Decision:
-    command: np.ndarray | None     # (23,) joint target, None = stop here
-    cost: float                    # latent cost of the current frame to the goal (nan: not computed)
-    replan_seconds: float
-    reason: str = ""               # why it stopped (command None)
-
-
+# Every policy is a plan provider of the planning session (dexwm_planner.session): the session
+# observes, asks it for a command, checks that command, moves the simulated robot and judges by the
+# stop rule, exactly as the planner node does for an Execute goal.
 class WorldModelPolicy:
-    """The planner node's MPC, in-process: same preset, caps, objective, stop rule and seeding."""
+    """The planner node's MPC: same preset, caps, objective, stop rule (the session's) and seeding."""
 
     name = "dexwm"
 
-    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", stop_rule=None, cem_changes=None):
+    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None):
         from dexwm_planner.actions import allegro_actions
         from dexwm_planner.mpc import MPCConfig
-        from dexwm_planner.stop_rule import StopRule
+        from dexwm_planner.session import WorldModelPlans
 
         self.model, self.kin = model, kinematics
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, world_to_camera, kinematics=kinematics)
         self.rotation_fn = lambda q: kinematics.ee_pose(q)[1]
-        cem = shipped_cem_config(preset, **(cem_changes or {}))
-        self.config = MPCConfig(cem=cem)
-        self.stop_rule = stop_rule or StopRule()
-        self.planner = None
-        self.costs: list[float] = []
-        self.steps = 0
+        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})))
+        self.plans = WorldModelPlans(self._make_planner)
 
-    def reset(self, goal_image: np.ndarray, goal_joints: np.ndarray, seed: int):
+    def _make_planner(self, seed):
         from dexwm_planner.mpc import MPCPlanner
 
-        self.planner = MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
-                                  rotation_fn=self.rotation_fn, seed=seed)
-        self.planner.set_goal(goal_image)
-        self.costs, self.steps = [], 0
+        return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
+                          rotation_fn=self.rotation_fn, seed=seed)
 
-    def act(self, image: np.ndarray, q: np.ndarray) -> Decision:
-        self.planner.observe(image, q)
-        cost = self.planner.current_cost()
-        self.costs.append(cost)
-        why = self.stop_rule.decide(self.costs, self.steps)
-        if why is not None:
-            return Decision(None, cost, float("nan"), why)
-        step = self.planner.step(q)
-        self.steps += 1
-        return Decision(step.command, cost, step.replan_seconds)
+    def start(self, goal_image, goal_joints, seed):
+        # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
+        # image sent to the planner node.
+        self.plans.start(goal_image, None, seed)
+
+    def observe(self, image, joints) -> float:
+        return self.plans.observe(image, joints)
+
+    def verdict(self, joints):
+        return self.plans.verdict(joints)
+
+    def plan(self, joints, should_stop):
+        return self.plans.plan(joints, should_stop)
 
 
-def random_shooting_wm(model, kinematics, world_to_camera, preset: str, stop_rule) -> WorldModelPolicy:
+def random_shooting_wm(model, kinematics, world_to_camera, preset: str) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed."""
     from dexwm_planner.cem import PRESETS
 
     cem = PRESETS[preset]
     total = cem.samples * cem.iterations
-    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, stop_rule,
+    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset,
                               cem_changes=dict(samples=total, iterations=1, chunk=total))
     policy.name = "random_shooting_wm"
     return policy
+
+
+def _single_step(command: np.ndarray, t0: float):
+    """A plan of one step that no world model scored (the baselines' plans)."""
+    from dexwm_planner.mpc import PlanStep
+
+    return PlanStep(command=command, plan=command[None], cost=float("nan"), current_cost=float("nan"), horizon=1,
+                    replan_seconds=time.perf_counter() - t0)
 
 
 class OracleGoalJointsPolicy:
@@ -276,22 +290,23 @@ class OracleGoalJointsPolicy:
 
     name = "oracle_goal_joints"
 
-    def __init__(self, kinematics, max_steps: int, preset: str = "cpu"):
+    def __init__(self, kinematics, preset: str = "cpu"):
         from dexwm_planner.cem import CEM
 
         self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
-        self.max_steps = max_steps
 
-    def reset(self, goal_image, goal_joints, seed: int):
-        self.goal, self.steps = np.asarray(goal_joints, dtype=np.float64), 0
+    def start(self, goal_image, goal_joints, seed):
+        self.goal = np.asarray(goal_joints, dtype=np.float64)
 
-    def act(self, image, q) -> Decision:
-        if np.abs(self.goal - q).max() < 0.02:
-            return Decision(None, float("nan"), float("nan"), "reached")
-        if self.steps >= self.max_steps:
-            return Decision(None, float("nan"), float("nan"), "budget")
-        self.steps += 1
-        return Decision(self.cem.project(self.goal[None, None], q)[0, 0], float("nan"), 0.0)
+    def observe(self, image, joints) -> float:
+        return float("nan")
+
+    def verdict(self, joints):
+        return "reached" if np.abs(self.goal - joints).max() < 0.02 else None
+
+    def plan(self, joints, should_stop):
+        t0 = time.perf_counter()
+        return _single_step(self.cem.project(self.goal[None, None], joints)[0, 0], t0)
 
 
 class HoldStillPolicy:
@@ -299,38 +314,46 @@ class HoldStillPolicy:
 
     name = "hold_still"
 
-    def reset(self, goal_image, goal_joints, seed: int):
+    def start(self, goal_image, goal_joints, seed):
         pass
 
-    def act(self, image, q) -> Decision:
-        return Decision(None, float("nan"), float("nan"), "hold")
+    def observe(self, image, joints) -> float:
+        return float("nan")
+
+    def verdict(self, joints):
+        return "hold"
+
+    def plan(self, joints, should_stop):
+        return _single_step(np.asarray(joints, dtype=np.float64).copy(), time.perf_counter())
 
 
 class RandomJointWalkPolicy:
     """Ignores the goal and the model: each step executes the first step of a random feasible plan
     drawn from the planner's initial sampling distribution (same std, limits and per-step cap),
-    for the whole step budget."""
+    for the whole step budget (the stop rule has no cost to judge)."""
 
     name = "random_joint_walk"
 
-    def __init__(self, kinematics, max_steps: int, preset: str = "cpu"):
+    def __init__(self, kinematics, preset: str = "cpu"):
         from dexwm_planner.cem import CEM
 
         self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
-        self.max_steps = max_steps
         self.rng = np.random.default_rng(0)
 
-    def reset(self, goal_image, goal_joints, seed: int):
-        self.rng, self.steps = np.random.default_rng(seed), 0
+    def start(self, goal_image, goal_joints, seed):
+        self.rng = np.random.default_rng(seed)
 
-    def act(self, image, q) -> Decision:
-        if self.steps >= self.max_steps:
-            return Decision(None, float("nan"), float("nan"), "budget")
+    def observe(self, image, joints) -> float:
+        return float("nan")
+
+    def verdict(self, joints):
+        return None
+
+    def plan(self, joints, should_stop):
         t0 = time.perf_counter()
-        mean, std = self.cem.initial_distribution(q, self.cem.config.horizon)
-        plan = self.cem.project(mean + std * self.rng.standard_normal(mean.shape), q)
-        self.steps += 1
-        return Decision(plan[0], float("nan"), time.perf_counter() - t0)
+        mean, std = self.cem.initial_distribution(joints, self.cem.config.horizon)
+        plan = self.cem.project(mean + std * self.rng.standard_normal(mean.shape), joints)
+        return _single_step(plan[0], t0)
 
 
 # ------------------------------------------------------------------------------ in-process runs
@@ -356,10 +379,12 @@ def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
 
 
 def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int = 0) -> EpisodeOutcome:
-    """One episode in-process, step for step as the planner node runs it against the lock-step
-    sim node: observe, decide (stop or replan), move (``SimRunner.move_now``: arm and hand targets
-    start together; each part ends at its tolerance or time limit); after the stop the robot holds
-    its last command for ``settings.hold_s`` of simulated time and the outcome is judged."""
+    """One episode in-process: the planner node's planning session (dexwm_planner.session) with the
+    policy as its planner and the lock-step simulation as its robot (SimulatedRobot: arm and hand
+    targets start together, each part ends at its tolerance or time limit); after the stop the
+    robot holds its last command for ``settings.hold_s`` of simulated time and the outcome is judged."""
+    from dexwm_planner.session import PlanningSession
+    from dexwm_planner.sim_robot import SimulatedRobot
     from dexwm_sim import tasks
 
     env = runner.env
@@ -371,32 +396,22 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
     else:
         env.reset(settings.sim_task, start.seed)
     episode = env.episode
-    size = tuple(env.render_size)
-    policy.reset(start.goal.image, start.goal.joints, settings.cem_seed(start.seed, k))
-    replans, costs = [], []
-    steps = 0
-    settings.resolve_step()
-    time_limit = max(settings.move_timeout_s, settings.move_duration_s)
-    while True:
-        decision = policy.act(env.render(*size), env.joint_positions())
-        costs.append(decision.cost)
-        if decision.command is None:
-            reason = decision.reason
-            break
-        replans.append(decision.replan_seconds)
-        runner.move_now(decision.command[:7], decision.command[7:], settings.move_duration_s, time_limit,
-                        settings.goal_tolerance)
-        steps += 1
+    # evaluate() resolves the automatic step timing once; a direct call may leave it to the episode.
+    if settings.move_duration_s <= 0 or settings.move_timeout_s <= 0:
+        settings.resolve_step()
+    session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
+    result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
     at_stop = bool(env.status.success_now)
     held = []
     for _ in range(int(round(settings.hold_s / env.control_dt))):
         env.advance(env.control_dt)        # no new command: the robot holds its last one
         held.append(bool(env.status.success_now))
     strict = tasks.strict_grasp(env, episode) if tasks.TASK_KIND[episode.task] == "grasp" else None
-    return EpisodeOutcome(seed=start.seed, success=bool(held) and all(held), steps=steps, reason=reason,
+    replans = result.replan_seconds
+    return EpisodeOutcome(seed=start.seed, success=bool(held) and all(held), steps=result.steps, reason=result.reason,
                           final_distance=float(env.status.distance),
                           replan_seconds_median=float(np.median(replans)) if replans else float("nan"),
-                          wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in costs],
+                          wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in result.costs],
                           planner_seed=k, success_paper_rule=bool(env.status.success), success_strict=strict,
                           success_at_stop=at_stop)
 
@@ -407,7 +422,8 @@ def make_runner(settings: EvalSettings):
 
     size = sim_camera_size()
     env = SimEnv(render_size=size)
-    # Not started: its moves run in this thread (move_now), with the sim node's motion semantics.
+    # Not started: the session moves it in this thread (SimulatedRobot), with the sim node's motion
+    # semantics.
     return SimRunner(RunnerConfig(task=settings.sim_task, lockstep=True, image_size=size), env=env)
 
 
@@ -849,7 +865,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             runner = make_runner(settings)
             starts, skipped = collect_starts(runner, settings, progress)
             model = DexWM.load(settings.checkpoint or None)
-            policy = WorldModelPolicy(model, kin, w2c, settings.preset, stop)
+            policy = WorldModelPolicy(model, kin, w2c, settings.preset)
             planner_seeds = settings.planner_seeds
             outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
         main = summarize(outcomes)
@@ -864,15 +880,15 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             wanted = BASELINES if baselines is True else tuple(baselines)
             policies = []
             if "random_shooting_wm" in wanted:
-                policies.append(random_shooting_wm(model, kin, w2c, settings.preset, stop))
+                policies.append(random_shooting_wm(model, kin, w2c, settings.preset))
             if "oracle_goal_joints" in wanted:
-                policies.append(OracleGoalJointsPolicy(kin, settings.max_steps, settings.preset))
+                policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "hold_still" in wanted:
                 policies.append(HoldStillPolicy())
             if "random_joint_walk" in wanted:
-                policies.append(RandomJointWalkPolicy(kin, settings.max_steps, settings.preset))
+                policies.append(RandomJointWalkPolicy(kin, settings.preset))
             for name, path in (ablations if ablations is not None else default_ablations()).items():
-                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, stop)
+                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset)
                 policy.name = name
                 policies.append(policy)
             for policy in policies:

@@ -1,6 +1,9 @@
 """ROS 2 node ``planner`` (namespace ``dexwm``): plan and act toward a goal image with DexWM.
 
-A thin adapter over :class:`dexwm_planner.mpc.MPCPlanner` (CEM inside receding-horizon MPC).
+A thin adapter over :class:`dexwm_planner.session.PlanningSession` (one Execute goal = one session:
+observe -> plan -> check -> command -> wait -> judge) with the world model inside MPC/CEM
+(:class:`dexwm_planner.mpc.MPCPlanner`) as its planner and the ROS graph as its robot
+(:class:`dexwm_ros.planner_robot.MoveJointsRobot`). The in-process evaluation runs the same session.
 
 Inputs: the colour image (``/camera/camera/color/image_raw``), ``/franka/joint_states`` (7) and
 ``/allegro/joint_states`` (16); in simulation ``/sim/episode`` tells when the task succeeded.
@@ -18,52 +21,49 @@ Interfaces:
   ``/dexwm/keypoints`` (MarkerArray: planned hand keypoints by forward kinematics),
   ``/dexwm/status`` (PlannerStatus) and the planner's state on ``/diagnostics``.
 
-Commands go to ``/franka/move_joints`` and ``/allegro/move_joints`` (MoveJoints actions). Every
-command is checked before it leaves: finite, inside the joint limits, no joint moving more than the
-per-step cap. Camera or joint data older than ``stale_timeout_s`` pause planning (the robot holds);
-when they stay stale for ``stale_abort_s`` the goal aborts with reason ``stale_input``.
+Commands go to ``/franka/move_joints`` and ``/allegro/move_joints`` (MoveJoints actions). The
+session checks every command before it leaves: finite, inside the joint limits, no joint moving more
+than the per-step cap. Camera or joint data older than ``stale_timeout_s`` pause planning (the robot
+holds); when they stay stale for ``stale_abort_s`` the goal aborts with reason ``stale_input``.
 
-The optimisation runs on a dedicated planning thread, so subscriptions, services and cancel
-requests are served while a replan is in progress.
+A goal runs on its own executor thread (reentrant callback group), so subscriptions, services and
+cancel requests are served while a replan is in progress; the CEM polls the cancel flag.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import threading
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped, PoseStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, \
     SetParametersResult
-from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
 from allegro_driver import joints as hand_joints
-from dexwm_planner.cem import PRESETS
+from dexwm_planner.cem import PRESETS, CEMConfig
 from dexwm_planner.mpc import MPCConfig, MPCPlanner, PlanStep
 from dexwm_planner.objective import ObjectiveConfig
+from dexwm_planner.session import CANCELED, CommandLimits, PlanningSession, Progress, SessionConfig, \
+    WorldModelPlans
 from dexwm_planner.stop_rule import REACHED, StopRule, load_fitted
-from dexwm_ros.action import Execute, MoveJoints
+from dexwm_ros.action import Execute
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
 from dexwm_ros.model_view import model_view
 from dexwm_ros.msg import PlannerStatus
-from dexwm_ros.ros_time import seconds
-from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
+from dexwm_ros.planner_robot import MoveJointsRobot
 
 ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
 HAND_NAMES = tuple(hand_joints.JOINT_NAMES)
@@ -122,27 +122,6 @@ def load_goal_file(path: str) -> np.ndarray:
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
-def check_command(command: np.ndarray, q: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                  max_step: np.ndarray) -> str | None:
-    """The reason a joint command must not be sent, or None when it is safe."""
-    command = np.asarray(command, dtype=np.float64)
-    if command.shape != q.shape:
-        return f"command has {command.shape} entries, expected {q.shape}"
-    if not np.all(np.isfinite(command)):
-        return "command contains NaN/inf"
-    inside = (command >= lower - 1e-9) & (command <= upper + 1e-9)
-    # A joint already past a limit may only move back towards it (see cem.project).
-    towards = np.abs(np.clip(command, lower, upper) - command) <= np.abs(np.clip(q, lower, upper) - q) + 1e-9
-    if not np.all(inside | towards):
-        bad = int(np.flatnonzero(~(inside | towards))[0])
-        return f"joint {bad} target {command[bad]:.4f} outside [{lower[bad]:.4f}, {upper[bad]:.4f}]"
-    step = np.abs(command - q)
-    if np.any(step > max_step + 1e-9):
-        bad = int(np.argmax(step - max_step))
-        return f"joint {bad} would move {step[bad]:.4f} rad, above the per-step cap {max_step[bad]:.4f}"
-    return None
-
-
 def rollout_strip(current: np.ndarray, goal: np.ndarray, keypoints: np.ndarray | None,
                   goal_keypoints: np.ndarray | None, image_size: tuple[int, int]) -> np.ndarray:
     """Current view | one panel per planned step with its predicted keypoints | the goal."""
@@ -167,13 +146,6 @@ def rollout_strip(current: np.ndarray, goal: np.ndarray, keypoints: np.ndarray |
     for p in panels:
         out += [p, sep]
     return np.concatenate(out[:-1], axis=1)
-
-
-@dataclass
-class Stamped:
-    value: np.ndarray
-    received: float          # time.monotonic() when it arrived
-    stamp: float = 0.0       # header stamp [s, ROS clock]; 0 = not stamped
 
 
 @dataclass
@@ -237,25 +209,16 @@ class PlannerNode(Node):
         self.rotation_fn = lambda q: kin.ee_pose(q)[1]
 
         self._lock = threading.Lock()
-        self._image: Stamped | None = None
-        self._arm: Stamped | None = None
-        self._hand: Stamped | None = None
         self._goal: Goal | None = None
         self._busy = False
         self._state = "idle"
-        self._last: dict = {"step": 0, "current_cost": float("nan"), "best_cost": float("nan"),
-                            "planned_cost": float("nan"),
-                            "replan_seconds": float("nan")}
-        self._plan_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dexwm-plan")
-        self._move_handles: list = []
+        self._progress = Progress()
 
         sensors = MutuallyExclusiveCallbackGroup()
         self._work = ReentrantCallbackGroup()
-        image_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(Image, g("image_topic"), self._on_image, image_qos, callback_group=sensors)
-        self.create_subscription(JointState, g("arm_state_topic"), self._on_arm, 10, callback_group=sensors)
-        self.create_subscription(JointState, g("hand_state_topic"), self._on_hand, 10, callback_group=sensors)
+        self.robot = MoveJointsRobot(self, ARM_NAMES, HAND_NAMES, g("image_topic"), g("arm_state_topic"),
+                                     g("hand_state_topic"), sensors, self._work)
         self.create_subscription(PoseStamped, "/goal_pose", lambda _m: self._capture_from("/goal_pose"), 10,
                                  callback_group=self._work)
         self.create_subscription(PointStamped, "/clicked_point", lambda _m: self._capture_from("/clicked_point"),
@@ -268,10 +231,6 @@ class PlannerNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.create_service(Trigger, "/dexwm/capture_goal", self._on_capture, callback_group=self._work)
-        self.arm_client = ActionClient(self, MoveJoints, "/franka/move_joints", callback_group=self._work)
-        self.hand_client = ActionClient(self, MoveJoints, "/allegro/move_joints", callback_group=self._work)
-        self.arm_stop = self.create_client(Trigger, "/franka/stop", callback_group=self._work)
-        self.hand_stop = self.create_client(Trigger, "/allegro/stop", callback_group=self._work)
         self._server = ActionServer(self, Execute, "/dexwm/execute", execute_callback=self._execute,
                                     goal_callback=self._on_goal_request, cancel_callback=self._on_cancel,
                                     callback_group=self._work)
@@ -373,9 +332,8 @@ class PlannerNode(Node):
             return f"elites ({elites}) must not exceed samples ({samples})"
         return None
 
-    def _make_planner(self, task: str | None = None) -> MPCPlanner:
+    def _cem_config(self) -> CEMConfig:
         g = lambda name: self.get_parameter(name).value  # noqa: E731
-        task = task or g("task")
         preset = g("preset")
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -385,62 +343,28 @@ class PlannerNode(Node):
                        max_step_hand=g("max_step_hand"))
         if "samples" in changes:
             changes["chunk"] = min(changes["samples"], max(cem.chunk, 1))
-        cem = cem.with_(**changes)
+        return cem.with_(**changes)
+
+    def _make_planner(self, task: str | None = None, seed: int | None = None) -> MPCPlanner:
+        g = lambda name: self.get_parameter(name).value  # noqa: E731
+        task = task or g("task")
+        cem = self._cem_config()
         # The orientation term only makes sense when grasping (keep the approach orientation).
         objective = ObjectiveConfig(keypoint_weight=g("keypoint_weight"),
                                     orientation_weight=g("orientation_weight") if task == "grasp" else 0.0)
         config = MPCConfig(cem=cem, objective=objective, context_frames=g("context_frames"))
         return MPCPlanner(self.model, self.actions_fn, self.lower, self.upper, config,
-                          rotation_fn=self.rotation_fn, seed=g("seed"))
+                          rotation_fn=self.rotation_fn, seed=g("seed") if seed is None else seed)
 
     # -------------------------------------------------------------------------------- inputs
-    def _on_image(self, msg: Image):
-        try:
-            image = image_msg_to_rgb(msg)
-        except ValueError as e:
-            self.get_logger().warning(f"camera image ignored: {e}", throttle_duration_sec=5.0)
-            return
-        with self._lock:
-            self._image = Stamped(image, time.monotonic(), seconds(msg.header.stamp))
-
-    def _joint_vector(self, msg: JointState, names: tuple[str, ...]) -> np.ndarray | None:
-        q = joint_vector(msg, names)
-        if q is None:
-            self.get_logger().warning(f"joint state without finite positions of {list(names)} ignored",
-                                      throttle_duration_sec=5.0)
-        return q
-
-    def _on_arm(self, msg: JointState):
-        q = self._joint_vector(msg, ARM_NAMES)
-        if q is not None:
-            with self._lock:
-                self._arm = Stamped(q, time.monotonic(), seconds(msg.header.stamp))
-
-    def _on_hand(self, msg: JointState):
-        q = self._joint_vector(msg, HAND_NAMES)
-        if q is not None:
-            with self._lock:
-                self._hand = Stamped(q, time.monotonic(), seconds(msg.header.stamp))
-
     def _stale_inputs(self) -> list[str]:
         """Names of the inputs that are missing or older than stale_timeout_s."""
-        limit = self.get_parameter("stale_timeout_s").value
-        now = time.monotonic()
-        with self._lock:
-            items = {"camera image": self._image, "arm joint state": self._arm, "hand joint state": self._hand}
-        return [name for name, s in items.items() if s is None or now - s.received > limit]
-
-    def _snapshot(self) -> tuple[np.ndarray, np.ndarray, float]:
-        with self._lock:
-            return self._image.value, np.r_[self._arm.value, self._hand.value], self._image.received
+        return self.robot.stale_inputs(self.get_parameter("stale_timeout_s").value)
 
     # ------------------------------------------------------------------------------------ goal
     def _set_goal(self, goal: Goal):
-        reference = None
-        with self._lock:
-            if self._image is not None:
-                reference = self._image.value.shape[:2]
-        image = fit_goal_image(goal.image, reference)
+        frame = self.robot.latest_image()
+        image = fit_goal_image(goal.image, None if frame is None else frame.value.shape[:2])
         with self._lock:
             self._goal = Goal(image, goal.joints, goal.source)
         self.goal_pub.publish(rgb_to_image_msg(image, self.get_clock().now().to_msg(), "camera_color_optical_frame"))
@@ -451,8 +375,8 @@ class PlannerNode(Node):
         stale = self._stale_inputs()
         if stale:
             return False, f"cannot capture a goal: no recent {', '.join(stale)}"
-        image, q, _ = self._snapshot()
-        self._set_goal(Goal(image.copy(), q.copy(), source))
+        image, joints = self.robot.latest_image(), self.robot.latest_joints()
+        self._set_goal(Goal(image.value.copy(), joints.value.copy(), source))
         return True, f"goal captured from the current camera frame and joints ({source})"
 
     def _on_capture(self, request, response):
@@ -513,18 +437,17 @@ class PlannerNode(Node):
             return self._result(False, 0, refusal)
         try:
             return self._run_goal(goal_handle)
-        except Exception as e:  # never leave the robot moving on an unexpected error
+        except Exception as e:  # the session has left the robot holding; the node lives on
             self.get_logger().error(f"execution failed: {type(e).__name__}: {e}")
-            self._hold("error")
             self._set_state("failed")
             goal_handle.abort()
-            return self._result(False, self._last["step"], "error: " + str(e))
+            return self._result(False, self._progress.steps, "error: " + str(e))
         finally:
             with self._lock:
                 self._busy = False
 
     def _result(self, success: bool, steps: int, reason: str) -> Execute.Result:
-        cost = self._last.get("current_cost", float("nan"))
+        cost = self._progress.current_cost
         return Execute.Result(success=success, steps=int(steps), final_cost=float(cost), reason=reason)
 
     def _load_fitted_stop(self, checkpoint):
@@ -572,231 +495,54 @@ class PlannerNode(Node):
         max_steps = int(request.max_steps) or g("max_steps")
         stop_rule = self._stop_rule(task, max_steps)
 
-        self.planner = self._make_planner(task)
-        try:
-            self.planner.set_goal(goal.image, goal_joints=goal.joints)
-        except ValueError as e:   # e.g. an image the encoder cannot crop to its input size
-            self.get_logger().error(f"goal image refused by the world model: {e}")
-            goal_handle.abort()
-            return self._result(False, 0, f"bad_goal: {e}")
         self._task = task
-        self._last = {"step": 0, "current_cost": float("nan"), "best_cost": float("nan"),
-                      "planned_cost": float("nan"),
-                      "replan_seconds": float("nan")}
+        session = PlanningSession(
+            self.robot, WorldModelPlans(lambda seed: self._goal_planner(task, seed)), self._session_config(stop_rule),
+            on_feedback=lambda progress: self._publish_feedback(goal_handle, progress),
+            on_state=self._set_state, on_plan=self._publish_plan,
+            interrupt=lambda: self._interruption(goal_handle), log=self.get_logger())
+        self._progress = session.progress
         self.get_logger().info(f"executing {task} toward the goal from {goal.source}, at most {max_steps} steps, "
                                f"stop below latent distance {stop_rule.done_cost:.3f}")
-        step = 0
-        costs: list[float] = []
-        # Plan from data taken after the goal arrived (not, say, the previous episode's end).
-        last_frame, moved_at = -1.0, self.get_clock().now().nanoseconds * 1e-9
-        while True:
-            if goal_handle.is_cancel_requested:
-                return self._finish_canceled(goal_handle, step)
-            if not self.context.ok():
-                self._hold("shutdown")
-                goal_handle.abort()
-                return self._result(False, step, "shutdown")
-            # Fresh inputs, and a frame that shows the result of the last executed step.
-            wait = self._wait_for_inputs(goal_handle, newer_than=last_frame, taken_after=moved_at)
-            if wait == "canceled":
-                return self._finish_canceled(goal_handle, step)
-            if wait != "ok":
-                self._hold("stale input")
-                self._set_state("failed")
-                goal_handle.abort()
-                return self._result(False, step, wait)
-            image, q, _ = self._snapshot()
-            self.planner.observe(image, q)
-            cost = self.planner.current_cost()
-            costs.append(cost)
-            best = float(np.nanmin([self._last["best_cost"], cost]))
-            self._last.update(current_cost=cost, best_cost=best)
-            # Done? The robot then holds its last targets (the drivers keep them).
-            why = stop_rule.decide(costs, step)
-            if why == REACHED:
-                self.get_logger().info(f"goal reached after {step} steps: latent distance {cost:.4f}")
-                self._set_state("succeeded")
-                goal_handle.succeed()
-                return self._result(True, step, why)
-            if why is not None:
-                self.get_logger().info(f"stopped after {step} steps ({why}): latent distance {cost:.4f}")
-                self._set_state("failed")
-                goal_handle.abort()
-                return self._result(False, step, why)
-            self._set_state("planning")
-            future = self._plan_pool.submit(self.planner.step, q, lambda: goal_handle.is_cancel_requested)
-            plan = self._wait_future(future, goal_handle)
-            if plan is None:
-                return self._finish_canceled(goal_handle, step)
-            self._last.update(step=step + 1, planned_cost=plan.cost, replan_seconds=plan.replan_seconds)
-            reason = check_command(plan.command, q, self.lower, self.upper, self.planner.cem.max_step)
-            if reason is not None:  # never expected: the optimizer projects every sample
-                self.get_logger().error(f"planned command refused: {reason}")
-                self._hold("unsafe command")
-                self._set_state("failed")
-                goal_handle.abort()
-                return self._result(False, step, f"unsafe_command: {reason}")
-            self._publish_plan(image, plan)
-            self._set_state("executing")
-            moved = self._move(plan.command, goal_handle)
-            if moved == "canceled":
-                return self._finish_canceled(goal_handle, step)
-            if moved != "ok":
-                self._hold("driver error")
-                self._set_state("failed")
-                goal_handle.abort()
-                return self._result(False, step, f"driver_error: {moved}")
-            # The next plan must see the result of this move: only frames that arrive from now on
-            # and were taken from now on (a frame of the motion's last moments may still be on its
-            # way when the drivers report the move's end).
-            last_frame = time.monotonic()
-            moved_at = self.get_clock().now().nanoseconds * 1e-9
-            step += 1
-            goal_handle.publish_feedback(Execute.Feedback(step=step, current_cost=float(plan.current_cost),
-                                                          best_cost=float(self._last["best_cost"]),
-                                                          planned_cost=float(plan.cost),
-                                                          replan_seconds=float(plan.replan_seconds)))
-            self.get_logger().info(f"step {step}: cost {plan.current_cost:.4f} (plan {plan.cost:.4f}), "
-                                   f"replan {plan.replan_seconds:.2f} s, horizon {plan.horizon}")
+        result = session.run(goal.image, goal.joints, seed=g("seed"))
+        if result.reason == REACHED:
+            goal_handle.succeed()
+        elif result.reason == CANCELED:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return self._result(result.success, result.steps, result.reason)
 
-    def _finish_canceled(self, goal_handle, step):
-        self._hold("canceled")
-        self._set_state("canceled")
-        goal_handle.canceled()
-        return self._result(False, step, "canceled")
+    def _goal_planner(self, task: str, seed: int) -> MPCPlanner:
+        # Kept on the node: the rollout image and the status show this goal's planner.
+        self.planner = self._make_planner(task, seed)
+        return self.planner
 
-    def _wait_for_inputs(self, goal_handle, newer_than: float, taken_after: float = 0.0) -> str:
-        """'ok' once all inputs are fresh, a frame arrived after ``newer_than`` (monotonic), and the
-        frame and both joint states carry header stamps not before ``taken_after`` (ROS clock;
-        unstamped messages count by arrival only)."""
+    def _session_config(self, stop_rule: StopRule) -> SessionConfig:
         g = lambda name: self.get_parameter(name).value  # noqa: E731
-        paused_since = None
-        deadline_new_frame = time.monotonic() + g("stale_timeout_s")
-        while True:
-            if goal_handle.is_cancel_requested:
-                return "canceled"
-            stale = self._stale_inputs()
-            if not stale:
-                with self._lock:
-                    inputs = {"camera image": self._image, "arm joints": self._arm, "hand joints": self._hand}
-                arrived = inputs["camera image"].received > newer_than
-                early = [name for name, x in inputs.items() if 0.0 < x.stamp < taken_after]
-                if arrived and not early:
-                    if paused_since is not None:
-                        self.get_logger().info("inputs fresh again: resuming")
-                    return "ok"
-                if time.monotonic() > deadline_new_frame:
-                    stale = [f"{', '.join(early)} (nothing stamped after the last move: check the clocks)"
-                             if arrived and early else "camera image (no new frame)"]
-            if stale:
-                if paused_since is None:
-                    paused_since = time.monotonic()
-                    self.get_logger().warning(f"pausing: stale {', '.join(stale)}; the robot holds")
-                    self._hold("stale input")
-                    self._set_state("paused_stale_input")
-                elif time.monotonic() - paused_since > g("stale_abort_s"):
-                    return f"stale_input: {', '.join(stale)} for {g('stale_abort_s'):.1f} s"
-            time.sleep(0.02)
-
-    def _wait_future(self, future, goal_handle) -> PlanStep | None:
-        """Result of the planning thread, or None when the goal was canceled meanwhile."""
-        while True:
-            try:
-                plan = future.result(timeout=0.05)
-                return None if plan.stopped or goal_handle.is_cancel_requested else plan
-            except concurrent.futures.TimeoutError:
-                if goal_handle.is_cancel_requested:
-                    # The CEM polls the same flag and stops after its current iteration.
-                    future.result()
-                    return None
-
-    # -------------------------------------------------------------------------------- commands
-    def _move(self, command: np.ndarray, goal_handle) -> str:
-        g = lambda name: self.get_parameter(name).value  # noqa: E731
-        for client, name in ((self.arm_client, "/franka/move_joints"), (self.hand_client, "/allegro/move_joints")):
-            if not client.wait_for_server(timeout_sec=2.0):
-                return f"{name} is not available"
         duration, time_limit = self._step_timing()
-        goals = []
-        # Stamped: a driver refuses a goal older than its max_command_age_s, so a step that reaches
-        # it late (a stalled process, a congested network) is never executed out of its context.
-        stamp = self.get_clock().now().to_msg()
-        for client, names, target in ((self.arm_client, ARM_NAMES, command[:7]),
-                                      (self.hand_client, HAND_NAMES, command[7:])):
-            goal = MoveJoints.Goal()
-            goal.trajectory.header.stamp = stamp
-            goal.trajectory.joint_names = list(names)
-            goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in target],
-                                                           time_from_start=_duration(duration))]
-            goal.goal_tolerance = [float(g("goal_tolerance"))]
-            goal.time_limit = _duration(time_limit)
-            goals.append(client.send_goal_async(goal))
-        handles = self._move_handles = []   # _hold cancels whatever was accepted so far
-        for name, fut in zip(("arm", "hand"), goals):
-            if not _wait(fut, 5.0, goal_handle):
-                self._cancel_when_accepted(goals, handles)
-                return "canceled" if goal_handle.is_cancel_requested else f"{name} driver did not answer"
-            handle = fut.result()
-            if not handle.accepted:
-                self._cancel_when_accepted(goals, handles)
-                return f"{name} driver rejected the target"
-            handles.append(handle)
-        results = [h.get_result_async() for h in handles]
-        for name, fut in zip(("arm", "hand"), results):
-            if not _wait(fut, time_limit + 5.0, goal_handle):
-                if goal_handle.is_cancel_requested:
-                    return "canceled"
-                return f"{name} driver gave no result within {time_limit + 5.0:.1f} s"
-            res = fut.result().result
-            # TIMEOUT is normal when a finger closes on an object and cannot reach its target.
-            if res.error_code not in (MoveJoints.Result.SUCCESSFUL, MoveJoints.Result.TIMEOUT):
-                return f"{name}: error {res.error_code} ({res.message})"
-        self._move_handles = []
-        return "ok"
+        # The caps the CEM plans under: a command over them is a planner fault, refused.
+        limits = CommandLimits(self.lower, self.upper, self._cem_config().max_step())
+        return SessionConfig(stop_rule=stop_rule, limits=limits, move_duration_s=duration,
+                             move_time_limit_s=time_limit, goal_tolerance=float(g("goal_tolerance")),
+                             stale_timeout_s=float(g("stale_timeout_s")), stale_abort_s=float(g("stale_abort_s")))
+
+    def _interruption(self, goal_handle) -> str | None:
+        if goal_handle.is_cancel_requested:
+            return CANCELED
+        # Shutdown in the middle of a goal: no new command leaves this node.
+        return None if self.context.ok() else "shutdown"
+
+    def _publish_feedback(self, goal_handle, progress: Progress) -> None:
+        goal_handle.publish_feedback(Execute.Feedback(step=progress.steps, current_cost=float(progress.current_cost),
+                                                      best_cost=float(progress.best_cost),
+                                                      planned_cost=float(progress.planned_cost),
+                                                      replan_seconds=float(progress.replan_seconds)))
 
     def _step_timing(self) -> tuple[float, float]:
         """(move duration, MoveJoints time limit) of one executed step; 0 parameters = automatic."""
         duration = float(self.get_parameter("move_duration_s").value) or self.model_frame_step
         return duration, max(float(self.get_parameter("move_timeout_s").value), duration)
-
-    def _cancel_when_accepted(self, futures, handled) -> None:
-        """The planner gave up on these goals: cancel each one a driver accepts, now or later.
-
-        A driver that stalls (a paused process) may accept a goal long after the planner stopped
-        waiting; without this it would then execute a step computed for a world that has moved on.
-        Goals in ``handled`` were accepted in time: _hold cancels those.
-        """
-        for fut in futures:
-            if fut.done() and fut.exception() is None and any(fut.result() is h for h in handled):
-                continue
-            fut.add_done_callback(self._cancel_late_goal)
-
-    def _cancel_late_goal(self, fut) -> None:
-        try:
-            handle = fut.result()
-        except Exception:  # the request failed: nothing was accepted
-            return
-        if handle is not None and handle.accepted:
-            self.get_logger().warning("a MoveJoints goal was accepted after the planner gave up on it: canceling it")
-            handle.cancel_goal_async()
-
-    def _hold(self, why: str):
-        """Leave the robot holding: cancel running moves and ask both drivers to stop."""
-        for handle in list(self._move_handles):
-            try:
-                handle.cancel_goal_async()
-            except Exception:  # the goal may have finished in between
-                pass
-        self._move_handles = []
-        futures = []
-        for client in (self.arm_stop, self.hand_stop):
-            if client.service_is_ready():
-                futures.append(client.call_async(Trigger.Request()))
-        deadline = time.monotonic() + 2.0
-        for fut in futures:
-            while not fut.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
-        self.get_logger().info(f"holding ({why}): asked {len(futures)} driver(s) to stop")
 
     # ------------------------------------------------------------------------------- outputs
     def _set_state(self, state: str):
@@ -810,11 +556,12 @@ class PlannerNode(Node):
         msg.task = getattr(self, "_task", self.get_parameter("task").value)
         with self._lock:
             msg.has_goal = self._goal is not None
-        msg.step = int(self._last["step"])
-        msg.current_cost = float(self._last["current_cost"])
-        msg.best_cost = float(self._last["best_cost"])
-        msg.planned_cost = float(self._last["planned_cost"])
-        msg.replan_seconds = float(self._last["replan_seconds"])
+        progress = self._progress
+        msg.step = int(progress.steps)
+        msg.current_cost = float(progress.current_cost)
+        msg.best_cost = float(progress.best_cost)
+        msg.planned_cost = float(progress.planned_cost)
+        msg.replan_seconds = float(progress.replan_seconds)
         self.status_pub.publish(msg)
 
     def _publish_diagnostics(self):
@@ -829,7 +576,7 @@ class PlannerNode(Node):
         with self._lock:
             has_goal = self._goal is not None
         values = {"state": self._state, "has_goal": str(has_goal), "stale_inputs": ", ".join(stale) or "none"}
-        values.update({k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in self._last.items()})
+        values.update({k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in asdict(self._progress).items()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -867,31 +614,9 @@ class PlannerNode(Node):
             out.markers.append(m)
         return out
 
-    def destroy_node(self):
-        pool = getattr(self, "_plan_pool", None)   # None: the constructor was interrupted before it
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        super().destroy_node()
-
-
-def _duration(seconds: float) -> Duration:
-    sec = int(math.floor(seconds))
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
-
-
-def _wait(future, timeout: float, goal_handle) -> bool:
-    """Wait for an rclpy future from a worker thread (the executor completes it); False on timeout
-    or as soon as the Execute goal is asked to cancel."""
-    deadline = time.monotonic() + timeout
-    while not future.done():
-        if time.monotonic() > deadline or goal_handle.is_cancel_requested:
-            return False
-        time.sleep(0.005)
-    return True
-
 
 def main(args=None) -> int:
-    # Shutdown in the middle of a goal: no new command leaves this node; the drivers finish the
+    # Shutdown in the middle of a goal: the session sends no new command; the drivers finish the
     # last (capped) step and hold there.
     return run_node("planner", PlannerNode, args, startup_errors=(ValueError, RuntimeError, OSError),
                     startup_exit_code=1)

@@ -356,6 +356,15 @@ class SimRunner:
             self._physics_chunk()
         return commands
 
+    def stop_now(self) -> None:
+        """Both parts hold where they are, in the calling thread: ``stop`` for a runner whose thread
+        is not running (the counterpart of ``move_now``)."""
+        if self.alive:
+            raise RuntimeError("stop_now needs a runner whose thread is not running")
+        with self._lock:
+            for part in ("arm", "hand"):
+                self._hold(part, STOPPED)
+
     def _publish_periodic(self, next_state: float, next_frame: float, state_period: float,
                           frame_period: float) -> tuple[float, float]:
         """Joint states and camera frames at their wall-clock rates; returns the next due times."""

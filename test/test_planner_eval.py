@@ -42,8 +42,8 @@ def test_episodes_are_reproducible_and_respect_the_budget():
     kin = RobotKinematics.from_scene()
     try:
         start = ev.prepare_episode(runner.env, settings, 1_000_000)
-        a = ev.run_episode(runner, ev.RandomJointWalkPolicy(kin, settings.max_steps), start, settings)
-        b = ev.run_episode(runner, ev.RandomJointWalkPolicy(kin, settings.max_steps), start, settings)
+        a = ev.run_episode(runner, ev.RandomJointWalkPolicy(kin), start, settings)
+        b = ev.run_episode(runner, ev.RandomJointWalkPolicy(kin), start, settings)
     finally:
         runner.env.close()
     assert (a.steps, a.reason, a.success) == (3, "budget", False)
@@ -61,7 +61,7 @@ class _Poisoned:
 def test_policies_read_no_simulator_ground_truth(random_checkpoint, monkeypatch):
     """While a policy decides, the success flag, episode, object poses, contacts and hand
     positions of the simulation are poisoned: the policy runs on the camera frame, the joints and
-    the goal image only (the stop decision included)."""
+    the goal image only (the session's stop rule reads only the costs the policy returns)."""
     from dexwm_planner.world_model import DexWM
     from dexwm_sim import tasks
     from dexwm_sim.camera import HeadCamera
@@ -72,33 +72,35 @@ def test_policies_read_no_simulator_ground_truth(random_checkpoint, monkeypatch)
     runner = ev.make_runner(settings)
     env = runner.env
     kin = RobotKinematics.from_scene()
-    policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), kin, HeadCamera().world_to_camera, "cpu",
-                                 settings.stop_rule("grasp"))
+    policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), kin, HeadCamera().world_to_camera, "cpu")
     policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
     seen = []
-    act = policy.act
 
-    def guarded_act(image, q):
-        seen.append((image.shape, image.dtype, q.shape))
-        status, episode = env.status, env.episode
-        env.status, env.episode = _Poisoned(), _Poisoned()
-        poisoned = _Poisoned()
-        with monkeypatch.context() as m:
-            for name in ("object_position", "object_poses", "hand_touches", "palm_and_tips", "keypoints"):
-                m.setattr(SimEnv, name, lambda *_a, _n=name, **_k: getattr(poisoned, _n))
-            m.setattr(tasks, "evaluate", lambda *_a, **_k: poisoned.evaluate)
-            try:
-                return act(image, q)
-            finally:
-                env.status, env.episode = status, episode
-    policy.act = guarded_act
+    def guarded(method):
+        def call(*args):
+            seen.append([(a.shape, a.dtype) for a in args if isinstance(a, np.ndarray)])
+            status, episode = env.status, env.episode
+            env.status, env.episode = _Poisoned(), _Poisoned()
+            poisoned = _Poisoned()
+            with monkeypatch.context() as m:
+                for name in ("object_position", "object_poses", "hand_touches", "palm_and_tips", "keypoints"):
+                    m.setattr(SimEnv, name, lambda *_a, _n=name, **_k: getattr(poisoned, _n))
+                m.setattr(tasks, "evaluate", lambda *_a, **_k: poisoned.evaluate)
+                try:
+                    return method(*args)
+                finally:
+                    env.status, env.episode = status, episode
+        return call
+    for name in ("start", "observe", "verdict", "plan"):
+        setattr(policy, name, guarded(getattr(policy, name)))
     try:
         start = next(ev.prepare_episode(env, settings, s) for s in range(1_000_000, 1_000_010)
                      if _has_stage(env, settings, s))
         outcome = ev.run_episode(runner, policy, start, settings)
     finally:
         env.close()
-    assert seen and all(shape[2] == 3 and dtype == np.uint8 and qs == (23,) for shape, dtype, qs in seen)
+    observed = [args for args in seen if len(args) == 2]          # observe(image, joints)
+    assert observed and all(image[0][2] == 3 and image[1] == np.uint8 and q[0] == (23,) for image, q in observed)
     assert outcome.steps <= 2 and outcome.reason in ("reached", "plateau", "budget")
 
 
@@ -176,21 +178,36 @@ def test_stop_rule_reached_plateau_budget():
     assert 0.05 < fit["threshold"] <= 0.1 and fit["recall"] == 0.75 and fit["false_stop_rate"] == 0.0
 
 
-def test_in_process_and_through_ros_agree_step_for_step(random_checkpoint, domain_id, tmp_path):
-    """Same seeds, same episodes: the graph (lock-step sim node + planner node, separate processes)
-    and the in-process loop observe the same frames, plan the same steps, and stop the same way by
-    the same rule."""
-    settings = ev.EvalSettings(protocol="paper", task="grasp", episodes=2, seed=3, max_steps=3,
-                               checkpoint=str(random_checkpoint), done_cost=0.0)
-    local = ev.evaluate(settings, baselines=False, progress=False)
-    ros = ev.evaluate(settings, through_ros=True, baselines=False, progress=False, log_dir=tmp_path)
-    assert [o["seed"] for o in ros["outcomes"]] == local["seeds"] == ros["seeds"]
-    for a, b in zip(local["outcomes"], ros["outcomes"], strict=True):
-        assert (a["seed"], a["steps"], a["reason"]) == (b["seed"], b["steps"], b["reason"])
-        assert len(a["costs"]) == len(b["costs"]) == 4
-        np.testing.assert_allclose(b["costs"], a["costs"], rtol=1e-5)     # the feedback carries float32
-        assert a["success_at_stop"] == b["success_at_stop"]
-        assert abs(a["final_distance"] - b["final_distance"]) < 0.05      # in-process: after the 2 s hold
+def test_in_process_episodes_run_the_planning_session(monkeypatch):
+    """The evaluation has no episode loop of its own: every in-process episode is one run of the
+    planner node's PlanningSession over the simulated robot (the node side is checked in
+    test_planner_node.py), for the world model and the baselines alike."""
+    import inspect
+
+    from dexwm_planner import session
+    from dexwm_planner.sim_robot import SimulatedRobot
+    from dexwm_sim.kinematics import RobotKinematics
+
+    runs = []
+    run = session.PlanningSession.run
+
+    def spy(self, *args, **kwargs):
+        result = run(self, *args, **kwargs)
+        runs.append((type(self.robot), self.provider.name, result.reason))
+        return result
+    monkeypatch.setattr(session.PlanningSession, "run", spy)
+    settings = ev.EvalSettings(protocol="composite", task="reach", max_steps=1, hold_s=0.1)
+    runner = ev.make_runner(settings)
+    kin = RobotKinematics.from_scene()
+    try:
+        start = ev.prepare_episode(runner.env, settings, 1_000_000)
+        for policy in (ev.RandomJointWalkPolicy(kin), ev.HoldStillPolicy(), ev.OracleGoalJointsPolicy(kin)):
+            ev.run_episode(runner, policy, start, settings)
+    finally:
+        runner.env.close()
+    assert runs == [(SimulatedRobot, "random_joint_walk", "budget"), (SimulatedRobot, "hold_still", "hold"),
+                    (SimulatedRobot, "oracle_goal_joints", "budget")]
+    assert "move_now(" not in inspect.getsource(ev)      # the simulation is moved by the session only
 
 
 def _result(task, outcomes, through_ros=False, max_steps=12, protocol="paper", baselines=None):

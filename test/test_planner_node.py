@@ -284,6 +284,32 @@ def test_execute_runs_to_budget_within_limits_and_cap(graph):
     assert any(s.state == "executing" for s in client.statuses)
 
 
+def test_execute_runs_the_planning_session(graph, monkeypatch):
+    """An Execute goal is one run of the PlanningSession that the in-process evaluation runs
+    (test_planner_eval.py checks that side), over the MoveJoints-backed robot."""
+    from dexwm_planner import session
+    from dexwm_planner.sim_robot import SimulatedRobot
+    from dexwm_ros import evaluate
+    from dexwm_ros.planner_robot import MoveJointsRobot
+
+    robot, client, planner = graph
+    runs = []
+    run = session.PlanningSession.run
+
+    def spy(self, *args, **kwargs):
+        result = run(self, *args, **kwargs)
+        runs.append((type(self.robot), type(self.provider), result.reason, result.steps))
+        return result
+    monkeypatch.setattr(session.PlanningSession, "run", spy)
+    goal_img = rgb_to_image_msg(robot.image()[::-1].copy())
+    result = _call(send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=1)).get_result_async(), 60).result
+    assert (result.reason, result.steps) == ("budget", 1)
+    assert runs == [(MoveJointsRobot, session.WorldModelPlans, "budget", 1)]
+    assert issubclass(MoveJointsRobot, session.JointGroupRobot) and issubclass(SimulatedRobot, session.JointGroupRobot)
+    assert isinstance(evaluate.WorldModelPolicy(None, planner.kin, planner.world_to_camera).plans,
+                      session.WorldModelPlans)
+
+
 def test_cancel_stops_the_robot(graph):
     robot, client, planner = graph
     robot.move_seconds = 30.0       # a move that only ends when canceled
@@ -406,7 +432,7 @@ def test_goals_are_stamped_and_one_accepted_after_the_planner_gave_up_is_cancele
 
 # ------------------------------------------------------------------------ ROS-free helpers
 def test_check_command_refuses_unsafe_targets():
-    from dexwm_ros.planner_node import check_command
+    from dexwm_planner.session import check_command
 
     lower, upper, cap = np.full(3, -1.0), np.full(3, 1.0), np.full(3, 0.2)
     q = np.zeros(3)

@@ -37,7 +37,10 @@ def sim_graph(node_env, rclpy_context, tmp_path):
     sim_cmd = node_command("sim", "--params-file", str(config / "sim.yaml"), "-p", "task:=paper-grasp")
     planner_cmd = node_command("planner", "-r", "__ns:=/dexwm", "--params-file", str(config / "planner.yaml"),
                                "-p", f"checkpoint:={ckpt}", "-p", "samples:=8", "-p", "elites:=2",
-                               "-p", "iterations:=1", "-p", "stale_abort_s:=30.0")
+                               "-p", "iterations:=1", "-p", "stale_abort_s:=30.0",
+                               # A random model makes no progress: with the plateau rule on, the goal
+                               # meant to be canceled could end by itself first (about 2 s).
+                               "-p", "plateau_steps:=0")
     with process(sim_cmd, node_env, tmp_path / "sim.log") as sim, \
             process(planner_cmd, node_env, tmp_path / "planner.log") as planner:
         node = rclpy.create_node("sim_graph_probe", context=rclpy_context)

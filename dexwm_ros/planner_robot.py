@@ -1,0 +1,207 @@
+"""The robot of the planner node as a planning session sees it (dexwm_planner.session.JointGroupRobot):
+the camera and joint-state subscriptions, the drivers' MoveJoints actions and their stop services.
+
+The node creates it with its own callback groups; the session (on the Execute goal's thread) calls
+``move`` and ``hold`` while the executor completes the futures those wait for.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from rclpy.action import ActionClient
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectoryPoint
+
+from dexwm_planner.session import FAILED_MOVE, INTERRUPTED, MOVED, JointGroupRobot, MoveStatus, Reading
+from dexwm_ros.action import MoveJoints
+from dexwm_ros.image_conversion import image_to_numpy
+from dexwm_ros.joint_state import joint_vector
+from dexwm_ros.ros_time import seconds
+
+# How long a driver has to accept a goal, and to report a result after the goal's time limit.
+ACCEPT_TIMEOUT_S = 5.0
+RESULT_GRACE_S = 5.0
+# How long hold() waits for the drivers' stop services to answer.
+STOP_TIMEOUT_S = 2.0
+# How often a wait looks at its interruption flag.
+POLL_S = 0.02
+
+
+class MoveJointsRobot(JointGroupRobot):
+    def __init__(self, node, arm_names, hand_names, image_topic: str, arm_state_topic: str, hand_state_topic: str,
+                 sensors_group, work_group, arm_prefix: str = "/franka", hand_prefix: str = "/allegro"):
+        self.node = node
+        self.arm_names, self.hand_names = tuple(arm_names), tuple(hand_names)
+        self._lock = threading.Lock()
+        self._image: Reading | None = None
+        self._arm: Reading | None = None
+        self._hand: Reading | None = None
+        self._move_handles: list = []
+        image_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(Image, image_topic, self._on_image, image_qos, callback_group=sensors_group)
+        node.create_subscription(JointState, arm_state_topic, self._on_arm, 10, callback_group=sensors_group)
+        node.create_subscription(JointState, hand_state_topic, self._on_hand, 10, callback_group=sensors_group)
+        self.arm_action, self.hand_action = f"{arm_prefix}/move_joints", f"{hand_prefix}/move_joints"
+        self.arm_client = ActionClient(node, MoveJoints, self.arm_action, callback_group=work_group)
+        self.hand_client = ActionClient(node, MoveJoints, self.hand_action, callback_group=work_group)
+        self.arm_stop = node.create_client(Trigger, f"{arm_prefix}/stop", callback_group=work_group)
+        self.hand_stop = node.create_client(Trigger, f"{hand_prefix}/stop", callback_group=work_group)
+
+    # ---------------------------------------------------------------------------------- inputs
+    def _on_image(self, msg: Image):
+        try:
+            image = image_to_numpy(msg)
+        except ValueError as e:
+            self.node.get_logger().warning(f"camera image ignored: {e}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._image = Reading(image, seconds(msg.header.stamp), time.monotonic())
+
+    def _joint_reading(self, msg: JointState, names: tuple[str, ...]) -> Reading | None:
+        q = joint_vector(msg, names)
+        if q is None:
+            self.node.get_logger().warning(f"joint state without finite positions of {list(names)} ignored",
+                                           throttle_duration_sec=5.0)
+            return None
+        return Reading(q, seconds(msg.header.stamp), time.monotonic())
+
+    def _on_arm(self, msg: JointState):
+        reading = self._joint_reading(msg, self.arm_names)
+        if reading is not None:
+            with self._lock:
+                self._arm = reading
+
+    def _on_hand(self, msg: JointState):
+        reading = self._joint_reading(msg, self.hand_names)
+        if reading is not None:
+            with self._lock:
+                self._hand = reading
+
+    def latest_image(self) -> Reading | None:
+        with self._lock:
+            return self._image
+
+    def latest_joints(self) -> Reading | None:
+        """Arm then hand; as old as the older of the two (its arrival and its stamp)."""
+        with self._lock:
+            arm, hand = self._arm, self._hand
+        if arm is None or hand is None:
+            return None
+        stamps = [s for s in (arm.stamp, hand.stamp) if s > 0.0]
+        return Reading(np.r_[arm.value, hand.value], min(stamps) if stamps else 0.0, min(arm.received, hand.received))
+
+    def stale_inputs(self, limit_s: float) -> list[str]:
+        """Names of the inputs that are missing or arrived more than ``limit_s`` ago."""
+        now = time.monotonic()
+        with self._lock:
+            items = {"camera image": self._image, "arm joint state": self._arm, "hand joint state": self._hand}
+        return [name for name, r in items.items() if r is None or now - r.received > limit_s]
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    # -------------------------------------------------------------------------------- commands
+    def move(self, arm_target, hand_target, duration, time_limit, tolerance,
+             interrupted: Callable[[], bool]) -> MoveStatus:
+        for client, name in ((self.arm_client, self.arm_action), (self.hand_client, self.hand_action)):
+            if not client.wait_for_server(timeout_sec=2.0):
+                return MoveStatus(FAILED_MOVE, f"{name} is not available")
+        # Stamped: a driver refuses a goal older than its max_command_age_s, so a step that reaches
+        # it late (a stalled process, a congested network) is never executed out of its context.
+        stamp = self.node.get_clock().now().to_msg()
+        requests = []
+        for client, names, target in ((self.arm_client, self.arm_names, arm_target),
+                                      (self.hand_client, self.hand_names, hand_target)):
+            goal = MoveJoints.Goal()
+            goal.trajectory.header.stamp = stamp
+            goal.trajectory.joint_names = list(names)
+            goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in target],
+                                                           time_from_start=_duration(duration))]
+            goal.goal_tolerance = [float(tolerance)]
+            goal.time_limit = _duration(time_limit)
+            requests.append(client.send_goal_async(goal))
+        handles = self._move_handles = []   # hold() cancels whatever was accepted so far
+        for name, fut in zip(("arm", "hand"), requests):
+            if not _wait(fut, ACCEPT_TIMEOUT_S, interrupted):
+                self._cancel_when_accepted(requests, handles)
+                if interrupted():
+                    return MoveStatus(INTERRUPTED)
+                return MoveStatus(FAILED_MOVE, f"{name} driver did not answer")
+            handle = fut.result()
+            if not handle.accepted:
+                self._cancel_when_accepted(requests, handles)
+                return MoveStatus(FAILED_MOVE, f"{name} driver rejected the target")
+            handles.append(handle)
+        results = [h.get_result_async() for h in handles]
+        for name, fut in zip(("arm", "hand"), results):
+            if not _wait(fut, time_limit + RESULT_GRACE_S, interrupted):
+                if interrupted():
+                    return MoveStatus(INTERRUPTED)
+                return MoveStatus(FAILED_MOVE, f"{name} driver gave no result within {time_limit + RESULT_GRACE_S:.1f} s")
+            res = fut.result().result
+            # TIMEOUT is normal when a finger closes on an object and cannot reach its target.
+            if res.error_code not in (MoveJoints.Result.SUCCESSFUL, MoveJoints.Result.TIMEOUT):
+                return MoveStatus(FAILED_MOVE, f"{name}: error {res.error_code} ({res.message})")
+        self._move_handles = []
+        return MoveStatus(MOVED)
+
+    def _cancel_when_accepted(self, futures, handled) -> None:
+        """The planner gave up on these goals: cancel each one a driver accepts, now or later.
+
+        A driver that stalls (a paused process) may accept a goal long after the planner stopped
+        waiting; without this it would then execute a step computed for a world that has moved on.
+        Goals in ``handled`` were accepted in time: hold() cancels those.
+        """
+        for fut in futures:
+            if fut.done() and fut.exception() is None and any(fut.result() is h for h in handled):
+                continue
+            fut.add_done_callback(self._cancel_late_goal)
+
+    def _cancel_late_goal(self, fut) -> None:
+        try:
+            handle = fut.result()
+        except Exception:  # the request failed: nothing was accepted
+            return
+        if handle is not None and handle.accepted:
+            self.node.get_logger().warning("a MoveJoints goal was accepted after the planner gave up on it: "
+                                           "canceling it")
+            handle.cancel_goal_async()
+
+    def hold(self, why: str) -> None:
+        """Cancel running moves and ask both drivers to stop."""
+        for handle in list(self._move_handles):
+            try:
+                handle.cancel_goal_async()
+            except Exception:  # the goal may have finished in between
+                pass
+        self._move_handles = []
+        calls = [client.call_async(Trigger.Request()) for client in (self.arm_stop, self.hand_stop)
+                 if client.service_is_ready()]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for fut in calls:
+            _wait(fut, max(deadline - time.monotonic(), 0.0), lambda: False)
+        self.node.get_logger().info(f"holding ({why}): asked {len(calls)} driver(s) to stop")
+
+
+def _duration(seconds: float) -> Duration:
+    sec = int(math.floor(seconds))
+    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
+
+
+def _wait(future, timeout: float, interrupted: Callable[[], bool]) -> bool:
+    """Wait for an rclpy future from a worker thread (the executor completes it); False on timeout
+    or as soon as ``interrupted()``."""
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    deadline = time.monotonic() + timeout
+    while not (future.done() or done.wait(POLL_S)):
+        if time.monotonic() > deadline or interrupted():
+            return False
+    return True
