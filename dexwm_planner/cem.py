@@ -135,15 +135,25 @@ class CEM:
     def optimize(self, cost_fn: Callable[[np.ndarray], np.ndarray], q0: np.ndarray,
                  horizon: int | None = None, mean: np.ndarray | None = None, std: np.ndarray | None = None,
                  rng: np.random.Generator | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> CEMResult:
+                 should_stop: Callable[[], bool] | None = None, hold: np.ndarray | None = None) -> CEMResult:
         """Minimise ``cost_fn`` over feasible (T, D) joint sequences starting from joints ``q0``.
 
         ``mean``/``std`` warm-start the distribution (shape (T, D)); by default it starts at ``q0``
         with the configured per-group std. ``should_stop`` is polled between iterations so that a
-        cancelled goal does not wait for a full optimisation.
+        cancelled goal does not wait for a full optimisation. ``hold`` (D,): joints not searched,
+        targeted at these values at every step (NaN = searched), e.g. a closed hand carrying an
+        object; the targets are projected like any sample, so the per-step cap still holds.
         """
         cfg = self.config
         q0 = self._check_q(q0)
+        held = None
+        if hold is not None:
+            hold = np.asarray(hold, dtype=np.float64)
+            if hold.shape != (self.dof,):
+                raise ValueError(f"hold must have shape ({self.dof},), got {hold.shape}")
+            if np.any(np.isinf(hold)):
+                raise ValueError("hold contains inf (NaN marks a searched joint)")
+            held = ~np.isnan(hold)
         horizon = int(horizon or cfg.horizon)
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -151,6 +161,9 @@ class CEM:
         mean = init_mean if mean is None else self._check_seq(mean, horizon, "mean")
         std = init_std if std is None else self._check_seq(std, horizon, "std")
         std = np.maximum(std, cfg.min_std)
+        if held is not None:
+            mean = np.where(held, hold, mean)
+            std = np.where(held, 0.0, std)
         rng = rng if rng is not None else np.random.default_rng()
 
         best_plan, best_cost = None, np.inf
@@ -170,6 +183,8 @@ class CEM:
             elites = samples[order[: cfg.elites]]
             mean = elites.mean(axis=0)
             std = np.maximum(elites.std(axis=0), cfg.min_std)
+            if held is not None:
+                mean, std = np.where(held, hold, mean), np.where(held, 0.0, std)
             history.append(best_cost)
             if should_stop is not None and should_stop():
                 break

@@ -141,8 +141,16 @@ class MPCPlanner:
             raise RuntimeError("no observation yet: call observe(image) before planning")
         return torch.stack(list(self._context))
 
-    def step(self, q: np.ndarray, should_stop: Callable[[], bool] | None = None) -> PlanStep:
-        """Replan from joints ``q`` (23,) and the observed context; return the command to execute."""
+    def configure(self, config: MPCConfig) -> None:
+        """New search settings (a subgoal's); before ``set_goal``, which builds the objective."""
+        self.config = config
+        self.cem = CEM(config.cem, self.cem.lower, self.cem.upper, self.cem.arm_dof)
+        self.clear_goal()
+
+    def step(self, q: np.ndarray, should_stop: Callable[[], bool] | None = None,
+             hold: np.ndarray | None = None) -> PlanStep:
+        """Replan from joints ``q`` (23,) and the observed context; return the command to execute.
+        ``hold`` (23,): joints kept at these targets instead of searched (NaN = searched)."""
         if self.objective is None:
             raise NoGoalError("no goal image: capture or load a goal before planning")
         q = np.asarray(q, dtype=np.float64)
@@ -170,7 +178,7 @@ class MPCPlanner:
             return objective(context, q, samples, context_actions)
 
         result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
-                                              should_stop=should_stop)
+                                              should_stop=should_stop, hold=hold)
         stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)
         terms = objective.terms(context, q, result.plan[None], keep_keypoints=True, context_actions=context_actions)
         current_cost = self.current_cost()

@@ -33,12 +33,15 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from .mpc import MPCPlanner, PlanStep
 from .stop_rule import REACHED, StopRule
+
+if TYPE_CHECKING:
+    from .subgoals import SearchSettings
 
 ARM_JOINTS = 7
 CANCELED = "canceled"
@@ -116,17 +119,29 @@ class PlanProvider(Protocol):
 
 
 class WorldModelPlans:
-    """The world model inside MPC with CEM: a fresh MPCPlanner per goal (``make_planner(seed)``)."""
+    """The world model inside MPC with CEM: a fresh MPCPlanner per goal (``make_planner(seed)``),
+    optionally with a subgoal's search settings (dexwm_planner.subgoals.SearchSettings) applied.
+
+    ``held_hand``: with settings that hold the hand, the hand targets to keep (the last command of
+    the previous subgoal: a closed hand's target lies inside the object it grips, so its measured
+    joints would loosen the grip); None holds the hand where it is at the first replan."""
 
     name = "dexwm"
 
-    def __init__(self, make_planner: Callable[[int | None], MPCPlanner]):
+    def __init__(self, make_planner: Callable[[int | None], MPCPlanner], search: "SearchSettings | None" = None,
+                 held_hand: np.ndarray | None = None):
         self.make_planner = make_planner
+        self.search = search
+        self.held_hand = None if held_hand is None else np.asarray(held_hand, dtype=np.float64).copy()
         self.planner: MPCPlanner | None = None
+        self._hold: np.ndarray | None = None
 
     def start(self, goal_image, goal_joints, seed):
         self.planner = self.make_planner(seed)
+        if self.search is not None:
+            self.planner.configure(self.search.mpc_config(self.planner.config))
         self.planner.set_goal(goal_image, goal_joints=goal_joints)
+        self._hold = None
 
     def observe(self, image, joints) -> float:
         self.planner.observe(image, joints)
@@ -136,7 +151,10 @@ class WorldModelPlans:
         return None
 
     def plan(self, joints, should_stop) -> PlanStep:
-        return self.planner.step(joints, should_stop)
+        if self.search is not None and self.search.hold_hand and self._hold is None:
+            hand = self.held_hand if self.held_hand is not None else np.asarray(joints, dtype=np.float64)[ARM_JOINTS:]
+            self._hold = np.r_[np.full(ARM_JOINTS, np.nan), hand]
+        return self.planner.step(joints, should_stop, hold=self._hold)
 
 
 # ------------------------------------------------------------------------------------ the checks
@@ -206,6 +224,8 @@ class Progress:
     planned_cost: float = float("nan")      # objective of the newest plan
     replan_seconds: float = float("nan")
     horizon: int = 0
+    subgoal: int = 0                        # index of the active subgoal of a sequence (0: a single goal)
+    subgoals: int = 1                       # subgoals in the sequence
 
 
 @dataclass
