@@ -16,10 +16,16 @@ Interfaces:
 - service ``/dexwm/capture_goal`` (std_srvs/Trigger): the current frame and joints become the goal;
   RViz's "2D Goal Pose" (``/goal_pose``) and "Publish Point" (``/clicked_point``) tools trigger the
   same capture; the ``goal_image`` parameter loads a goal from an image file;
+- service ``/dexwm/capture_sequence`` (dexwm_ros/srv/CaptureSequence): append the current frame and
+  joints to a named goal sequence, list it, clear it; RViz's "2D Pose Estimate" tool
+  (``/initialpose``) appends to the sequence named by the ``capture_sequence`` parameter. An Execute
+  goal with several goal images or a sequence's name runs them as subgoals
+  (dexwm_planner.subgoals.SubgoalSequence: one session per subgoal, advancing by the stop rule);
 - publishes ``/dexwm/goal_image`` (transient local), ``/dexwm/predicted_rollout`` (the current view
   with the predicted hand keypoints of every planned step, then the goal; transient local),
   ``/dexwm/keypoints`` (MarkerArray: planned hand keypoints by forward kinematics),
-  ``/dexwm/status`` (PlannerStatus) and the planner's state on ``/diagnostics``.
+  ``/dexwm/status`` (PlannerStatus, with the active subgoal of a sequence) and the planner's state on
+  ``/diagnostics``; during a sequence ``/dexwm/goal_image`` shows the active subgoal.
 
 Commands go to ``/franka/move_joints`` and ``/allegro/move_joints`` (MoveJoints actions). The
 session checks every command before it leaves: finite, inside the joint limits, no joint moving more
@@ -39,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PointStamped, PoseStamped
+from geometry_msgs.msg import Point, PointStamped, PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, \
     SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -58,10 +64,12 @@ from dexwm_planner.objective import ObjectiveConfig
 from dexwm_planner.session import CANCELED, CommandLimits, PlanningSession, Progress, SessionConfig, \
     WorldModelPlans
 from dexwm_planner.stop_rule import REACHED, StopRule, load_fitted
+from dexwm_planner.subgoals import Subgoal, SubgoalSequence, default_phases, phase_settings
 from dexwm_ros.action import Execute
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
 from dexwm_ros.model_view import model_view
 from dexwm_ros.msg import PlannerStatus
+from dexwm_ros.srv import CaptureSequence
 from dexwm_ros.node_main import run_node
 from dexwm_ros.planner_robot import MoveJointsRobot
 
@@ -76,6 +84,12 @@ MIN_GOAL_SIDE = 32
 MIN_GOAL_FRACTION = 0.5
 # Executed MPC steps per goal: the max_steps parameter's range, and the bound of a request's value.
 MAX_STEPS_RANGE = (1, 10000)
+# Captured goal sequences: the name an empty request means, and bounds that keep a stuck trigger
+# (a held joystick button, a script in a loop) from filling the memory with frames.
+DEFAULT_SEQUENCE = "default"
+MAX_SUBGOALS = 32
+MAX_SEQUENCES = 16
+MAX_SEQUENCE_NAME = 64
 
 
 # ---------------------------------------------------------------------------- ROS-free helpers
@@ -153,6 +167,23 @@ class Goal:
     image: np.ndarray
     joints: np.ndarray | None
     source: str
+    phase: str = ""           # a subgoal's search profile; empty = by its position in the sequence
+
+
+def check_sequence_name(name: str) -> str:
+    """The sequence name a request means (empty: the default); ValueError when it is unusable."""
+    name = name or DEFAULT_SEQUENCE
+    if len(name) > MAX_SEQUENCE_NAME or not name.isprintable() or name != name.strip():
+        raise ValueError(f"sequence name {name[:MAX_SEQUENCE_NAME]!r} must be printable, without surrounding "
+                         f"spaces, at most {MAX_SEQUENCE_NAME} characters")
+    return name
+
+
+def sequence_subgoals(goals: list[Goal]) -> list[Subgoal]:
+    """Subgoals with their search profiles (named, or by position); ValueError for an unknown one."""
+    by_position = default_phases(len(goals))
+    return [Subgoal(g.image, phase_settings(g.phase or by_position[i]), joints=g.joints, label=g.source)
+            for i, g in enumerate(goals)]
 
 
 def _descriptor(description: str, read_only: bool = False, **ranges) -> ParameterDescriptor:
@@ -213,6 +244,9 @@ class PlannerNode(Node):
         self._busy = False
         self._state = "idle"
         self._progress = Progress()
+        self._sequences: dict[str, list[Goal]] = {}
+        self._phase = ""               # active subgoal's profile (status)
+        self._sequence_name = ""       # captured sequence being executed (status)
 
         sensors = MutuallyExclusiveCallbackGroup()
         self._work = ReentrantCallbackGroup()
@@ -223,6 +257,8 @@ class PlannerNode(Node):
                                  callback_group=self._work)
         self.create_subscription(PointStamped, "/clicked_point", lambda _m: self._capture_from("/clicked_point"),
                                  10, callback_group=self._work)
+        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._append_from_rviz, 10,
+                                 callback_group=self._work)
 
         self.goal_pub = self.create_publisher(Image, "/dexwm/goal_image", latched)
         self.rollout_pub = self.create_publisher(Image, "/dexwm/predicted_rollout", latched)
@@ -231,6 +267,8 @@ class PlannerNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.create_service(Trigger, "/dexwm/capture_goal", self._on_capture, callback_group=self._work)
+        self.create_service(CaptureSequence, "/dexwm/capture_sequence", self._on_capture_sequence,
+                            callback_group=self._work)
         self._server = ActionServer(self, Execute, "/dexwm/execute", execute_callback=self._execute,
                                     goal_callback=self._on_goal_request, cancel_callback=self._on_cancel,
                                     callback_group=self._work)
@@ -292,6 +330,8 @@ class PlannerNode(Node):
                                           "over this many executed steps; 0 off", int_range=(0, 1000)))
         p("plateau_rel", 0.02, _descriptor("relative improvement that counts as progress for plateau_steps",
                                            float_range=(0.0, 0.99)))
+        p("capture_sequence", DEFAULT_SEQUENCE, _descriptor(
+            "goal sequence that RViz's 2D Pose Estimate tool (/initialpose) appends the current frame to"))
         p("image_topic", "/camera/camera/color/image_raw", _descriptor("colour image topic", read_only=True))
         p("arm_state_topic", "/franka/joint_states", _descriptor("arm JointState topic", read_only=True))
         p("hand_state_topic", "/allegro/joint_states", _descriptor("hand JointState topic", read_only=True))
@@ -312,6 +352,11 @@ class PlannerNode(Node):
                 return SetParametersResult(successful=False, reason=f"preset must be one of {', '.join(PRESETS)}")
             if param.name == "task" and param.value not in ("reach", "grasp", "place"):
                 return SetParametersResult(successful=False, reason="task must be reach, grasp or place")
+            if param.name == "capture_sequence":
+                try:
+                    check_sequence_name(param.value)
+                except ValueError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
             if param.name == "goal_image" and param.value and hasattr(self, "planner"):
                 try:
                     self._set_goal(Goal(load_goal_file(param.value), None, f"file {param.value}"))
@@ -394,6 +439,93 @@ class PlannerNode(Node):
             self.get_logger().info(message)
         else:
             self.get_logger().warning(message)
+
+    # ----------------------------------------------------------------------------- sequences
+    def edit_sequence(self, command: str, name: str, phase: str = "") -> tuple[bool, str, list[str]]:
+        """Append the current frame to, list, or clear a named sequence: (ok, message, its phases).
+        A refused request changes nothing."""
+        try:
+            name = check_sequence_name(name)
+            if command not in (CaptureSequence.Request.APPEND, CaptureSequence.Request.LIST,
+                               CaptureSequence.Request.CLEAR):
+                raise ValueError(f"unknown command {command!r}: append, list or clear")
+            if command == CaptureSequence.Request.APPEND and phase:
+                phase_settings(phase)
+        except ValueError as e:
+            return False, str(e), []
+        if command == CaptureSequence.Request.LIST:
+            with self._lock:
+                goals = list(self._sequences.get(name, []))
+            return True, f"sequence {name!r}: {len(goals)} subgoal(s)", [g.phase for g in goals]
+        if command == CaptureSequence.Request.CLEAR:
+            with self._lock:
+                removed = self._sequences.pop(name, [])
+            return True, f"sequence {name!r} cleared ({len(removed)} subgoal(s) removed)", []
+        stale = self._stale_inputs()
+        if stale:
+            return False, f"cannot append to sequence {name!r}: no recent {', '.join(stale)}", self._phases_of(name)
+        image, joints = self.robot.latest_image(), self.robot.latest_joints()
+        with self._lock:
+            goals = self._sequences.get(name, [])
+            if len(goals) >= MAX_SUBGOALS:
+                return False, f"sequence {name!r} already has {MAX_SUBGOALS} subgoals (the most): clear it first", \
+                    [g.phase for g in goals]
+            if name not in self._sequences and len(self._sequences) >= MAX_SEQUENCES:
+                return False, f"already {MAX_SEQUENCES} sequences (the most): clear one first", []
+            goals = self._sequences.setdefault(name, [])
+            goals.append(Goal(image.value.copy(), joints.value.copy(), f"{name}[{len(goals)}]", phase))
+            phases = [g.phase for g in goals]
+        return True, (f"subgoal {len(phases)} of sequence {name!r} captured from the current camera frame and "
+                      f"joints ({phase or 'phase by position'})"), phases
+
+    def _phases_of(self, name: str) -> list[str]:
+        with self._lock:
+            return [g.phase for g in self._sequences.get(name, [])]
+
+    def _on_capture_sequence(self, request, response):
+        response.success, response.message, response.phases = self.edit_sequence(
+            request.command, request.sequence, request.phase)
+        self._log_capture(response.success, f"capture_sequence {request.command}: {response.message}")
+        return response
+
+    def _append_from_rviz(self, _msg):
+        ok, message, _ = self.edit_sequence(CaptureSequence.Request.APPEND,
+                                            self.get_parameter("capture_sequence").value)
+        self._log_capture(ok, f"/initialpose: {message}")
+
+    def _request_sequence(self, request) -> tuple[str, list[Goal]] | None:
+        """The subgoals an Execute request names (its goal images or a captured sequence), None for a
+        single goal; LookupError when the named sequence is empty, ValueError for a bad request."""
+        if request.goal_images and request.sequence:
+            raise ValueError("give goal_images or a sequence name, not both")
+        if request.phases and len(request.phases) != len(request.goal_images):
+            raise ValueError(f"{len(request.phases)} phases for {len(request.goal_images)} goal images "
+                             "(give one per image, or none)")
+        if len(request.goal_images) > MAX_SUBGOALS:
+            raise ValueError(f"{len(request.goal_images)} goal images: at most {MAX_SUBGOALS}")
+        if request.sequence:
+            name = check_sequence_name(request.sequence)
+            with self._lock:
+                goals = list(self._sequences.get(name, []))
+            if not goals:
+                raise LookupError(f"sequence {name!r} is empty: append frames with /dexwm/capture_sequence or "
+                                  "RViz's 2D Pose Estimate tool")
+            sequence_subgoals(goals)          # unknown phases fail before anything moves
+            return name, goals
+        if not request.goal_images:
+            return None
+        frame = self.robot.latest_image()
+        hw = None if frame is None else frame.value.shape[:2]
+        phases = list(request.phases) or [""] * len(request.goal_images)
+        goals = []
+        for i, (msg, phase) in enumerate(zip(request.goal_images, phases)):
+            try:
+                image = fit_goal_image(image_msg_to_rgb(msg), hw)
+            except ValueError as e:
+                raise ValueError(f"goal image {i}: {e}") from None
+            goals.append(Goal(image, None, f"request[{i}]", phase))
+        sequence_subgoals(goals)
+        return "", goals
 
     def _resolve_goal(self, request) -> Goal:
         if request.goal_image.height > 0 and not request.use_captured_goal:
@@ -483,6 +615,18 @@ class PlannerNode(Node):
             return self._result(False, 0, f"bad_goal: unknown task {request.task!r}")
         task = request.task or g("task")
         try:
+            sequence = self._request_sequence(request)
+        except LookupError as e:
+            self.get_logger().error(str(e))
+            goal_handle.abort()
+            return self._result(False, 0, f"no_goal: {e}")
+        except ValueError as e:
+            self.get_logger().error(f"goal sequence refused: {e}")
+            goal_handle.abort()
+            return self._result(False, 0, f"bad_goal: {e}")
+        if sequence is not None:
+            return self._run_sequence(goal_handle, task, *sequence)
+        try:
             goal = self._resolve_goal(request)
         except LookupError as e:
             self.get_logger().error(str(e))
@@ -513,6 +657,40 @@ class PlannerNode(Node):
             goal_handle.abort()
         return self._result(result.success, result.steps, result.reason)
 
+    def _run_sequence(self, goal_handle, task: str, name: str, goals: list[Goal]):
+        g = lambda param: self.get_parameter(param).value  # noqa: E731
+        max_steps = int(goal_handle.request.max_steps) or g("max_steps")
+        stop_rule = self._stop_rule(task, max_steps)
+        # A done_cost parameter >= 0 applies to every subgoal; -1 takes each subgoal kind's fitted one.
+        fitted = self._fitted_stop.for_kind if g("done_cost") < 0 and self._fitted_stop is not None else None
+        self._task, self._sequence_name = task, name
+        sequence = SubgoalSequence(
+            self.robot, lambda search, held: WorldModelPlans(lambda seed: self._goal_planner(task, seed), search, held),
+            self._session_config(stop_rule), fitted_done_cost=fitted, on_subgoal=self._on_subgoal,
+            on_feedback=lambda progress: self._publish_feedback(goal_handle, progress),
+            on_state=self._set_state, on_plan=self._publish_plan,
+            interrupt=lambda: self._interruption(goal_handle), log=self.get_logger())
+        self.get_logger().info(f"executing a sequence of {len(goals)} subgoals"
+                               f"{f' ({name!r})' if name else ''}, at most {max_steps} steps each")
+        try:
+            result = sequence.run(sequence_subgoals(goals), seed=g("seed"))
+        finally:
+            self._sequence_name = self._phase = ""
+        if result.success:
+            goal_handle.succeed()
+        elif result.reason == CANCELED:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        out = self._result(result.success, result.steps, result.reason)
+        out.subgoal_reasons = [o.reason for o in result.subgoals]
+        return out
+
+    def _on_subgoal(self, index: int, subgoal: Subgoal, progress: Progress):
+        self._phase, self._progress = subgoal.search.phase, progress
+        self.goal_pub.publish(rgb_to_image_msg(subgoal.image, self.get_clock().now().to_msg(),
+                                               "camera_color_optical_frame"))
+
     def _goal_planner(self, task: str, seed: int) -> MPCPlanner:
         # Kept on the node: the rollout image and the status show this goal's planner.
         self.planner = self._make_planner(task, seed)
@@ -534,7 +712,10 @@ class PlannerNode(Node):
         return None if self.context.ok() else "shutdown"
 
     def _publish_feedback(self, goal_handle, progress: Progress) -> None:
-        goal_handle.publish_feedback(Execute.Feedback(step=progress.steps, current_cost=float(progress.current_cost),
+        self._progress = progress   # a sequence has one per subgoal
+        goal_handle.publish_feedback(Execute.Feedback(step=progress.steps, subgoal=int(progress.subgoal),
+                                                      subgoals=int(progress.subgoals),
+                                                      current_cost=float(progress.current_cost),
                                                       best_cost=float(progress.best_cost),
                                                       planned_cost=float(progress.planned_cost),
                                                       replan_seconds=float(progress.replan_seconds)))
@@ -562,6 +743,8 @@ class PlannerNode(Node):
         msg.best_cost = float(progress.best_cost)
         msg.planned_cost = float(progress.planned_cost)
         msg.replan_seconds = float(progress.replan_seconds)
+        msg.subgoal, msg.subgoals = int(progress.subgoal), int(progress.subgoals)
+        msg.phase, msg.sequence = self._phase, self._sequence_name
         self.status_pub.publish(msg)
 
     def _publish_diagnostics(self):

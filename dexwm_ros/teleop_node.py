@@ -6,10 +6,13 @@ joystick driver publishes it). Each key press moves the Franka flange by ``step_
 inverse kinematics on the numerical Jacobian of the forward kinematics (``RobotKinematics.ee_pose``).
 Targets go to ``/franka/move_joints`` and ``/allegro/move_joints`` (MoveJoints actions), clamped to
 the joint limits and to a per-command joint-change cap. ``g`` (or a Joy button) calls
-``/dexwm/capture_goal`` so the pose becomes the planner's goal.
+``/dexwm/capture_goal`` so the pose becomes the planner's goal; ``n`` (or Joy button 4) appends it
+to the goal sequence named by the ``sequence`` parameter (``/dexwm/capture_sequence``), ``l`` lists
+that sequence, ``x`` clears it.
 
     w/s  +x/-x      a/d  +y/-y      r/f  +z/-z      q/e  yaw +/-      t/y  pitch +/-
     o    open hand  c    close hand g    capture goal  space  stop both drivers   h  help
+    n    append to sequence         l    list sequence               x    clear sequence
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from trajectory_msgs.msg import JointTrajectoryPoint
 
 from allegro_driver import joints as hand_joints
 from dexwm_ros.action import MoveJoints
+from dexwm_ros.srv import CaptureSequence
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 
@@ -49,7 +53,10 @@ KEY_JOGS = {
     "q": (None, (0, 0, 1)), "e": (None, (0, 0, -1)),
     "t": (None, (0, 1, 0)), "y": (None, (0, -1, 0)),
 }
-KEY_ACTIONS = {"o": "open", "c": "close", "g": "capture", " ": "stop", "h": "help"}
+KEY_ACTIONS = {"o": "open", "c": "close", "g": "capture", " ": "stop", "h": "help",
+               "n": "append", "l": "list", "x": "clear"}
+SEQUENCE_COMMANDS = {"append": CaptureSequence.Request.APPEND, "list": CaptureSequence.Request.LIST,
+                     "clear": CaptureSequence.Request.CLEAR}
 
 
 class CartesianJogger:
@@ -161,6 +168,7 @@ class TeleopNode(Node):
         p("joy_topic", "/joy", ParameterDescriptor(description="sensor_msgs/Joy topic", read_only=True))
         p("keyboard", True, ParameterDescriptor(description="read keys from the terminal when it is one"))
         p("stale_timeout_s", 1.0, _float("joint states older than this block jogging [s]", 0.05, 60.0))
+        p("sequence", "default", ParameterDescriptor(description="goal sequence that n/l/x append to, list, clear"))
         g = lambda name: self.get_parameter(name).value  # noqa: E731
 
         if kinematics is None:
@@ -182,6 +190,7 @@ class TeleopNode(Node):
         self.arm_client = ActionClient(self, MoveJoints, "/franka/move_joints")
         self.hand_client = ActionClient(self, MoveJoints, "/allegro/move_joints")
         self.capture_client = self.create_client(Trigger, "/dexwm/capture_goal")
+        self.sequence_client = self.create_client(CaptureSequence, "/dexwm/capture_sequence")
         self.stop_clients = [self.create_client(Trigger, "/franka/stop"), self.create_client(Trigger, "/allegro/stop")]
         use_keyboard = g("keyboard") if keyboard is None else keyboard
         self.keyboard = KeyboardReader() if use_keyboard else None
@@ -210,7 +219,7 @@ class TeleopNode(Node):
             self._joy = msg
         pressed = [i for i, b in enumerate(msg.buttons) if b and (previous is None or i >= len(previous.buttons)
                                                                  or not previous.buttons[i])]
-        for button, action in ((0, "close"), (1, "open"), (2, "capture"), (3, "stop")):
+        for button, action in ((0, "close"), (1, "open"), (2, "capture"), (3, "stop"), (4, "append")):
             if button in pressed:
                 self.handle_action(action)
 
@@ -266,6 +275,14 @@ class TeleopNode(Node):
                 return
             future = self.capture_client.call_async(Trigger.Request())
             future.add_done_callback(lambda f: self.get_logger().info(f"capture_goal: {f.result().message}"))
+        elif action in SEQUENCE_COMMANDS:
+            if not self.sequence_client.service_is_ready():
+                self.get_logger().warning("/dexwm/capture_sequence is not available (is the planner running?)")
+                return
+            request = CaptureSequence.Request(command=SEQUENCE_COMMANDS[action],
+                                              sequence=self.get_parameter("sequence").value)
+            future = self.sequence_client.call_async(request)
+            future.add_done_callback(self._on_sequence_answer)
         elif action == "stop":
             for client in self.stop_clients:
                 if client.service_is_ready():
@@ -275,6 +292,16 @@ class TeleopNode(Node):
             self.get_logger().info("stop requested")
         elif action == "help":
             print(__doc__.split("\n\n")[-1], flush=True)
+
+    def _on_sequence_answer(self, future):
+        answer = future.result()
+        phases = ", ".join(p or "by position" for p in answer.phases)
+        text = f"capture_sequence: {answer.message}" + (f" [{phases}]" if phases else "")
+        # One call site per severity: rclpy refuses a call site whose severity changes.
+        if answer.success:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
 
     def jog(self, translation=(0.0, 0.0, 0.0), rotation=(0.0, 0.0, 0.0)) -> bool:
         q = self.current()

@@ -262,7 +262,7 @@ def test_planner_reads_no_simulator_ground_truth(graph):
     subscribed = [sub.topic_name for sub in planner.subscriptions]
     assert subscribed and not [t for t in subscribed if t.startswith("/sim")], subscribed
     assert set(subscribed) <= {"/camera/camera/color/image_raw", "/franka/joint_states", "/allegro/joint_states",
-                               "/goal_pose", "/clicked_point", "/parameter_events"}
+                               "/goal_pose", "/clicked_point", "/initialpose", "/parameter_events"}
 
 
 def test_execute_runs_to_budget_within_limits_and_cap(graph):
