@@ -2,6 +2,7 @@
 
     dexwm-eval --protocol paper|composite --task T --episodes N --seed S --out results.json
                [--planner-seeds K] [--through-ros] [--checkpoint PATH] [--max-steps K] [--preset cpu|paper]
+               [--subgoals]   (composite pick-place through the scripted solution's subgoal images)
     dexwm-eval --fit-stop [--checkpoint PATH]      fit the planner's stop thresholds (see below)
     dexwm-eval --report DIR                         tables and plots of saved results
 
@@ -28,6 +29,15 @@ joints under the same per-step cap), ``hold_still`` (never moves), ``random_join
 the goal and the model), and every ablation checkpoint that exists (``models/dexwm_sim_no_hc.pt``:
 without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without pre-training; or
 ``--ablation NAME=PATH``).
+
+**Subgoals** (``--subgoals``, composite ``pick-place`` only): the planner gets the scripted
+solution's images at four marks (hand open above the object, object grasped and lifted, object
+carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals``) instead of the
+final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
+planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
+stop rule; ``--max-steps`` is then per subgoal, default 12). Images only: the subgoal states' joints
+are not given. Baselines that plan toward one goal only are skipped (``skipped_baselines``);
+``subgoal_reasons`` of every outcome says how each subgoal ended.
 
 **Variance**: ``--planner-seeds K`` runs every episode with K CEM seeds (baselines with
 ``--baseline-planner-seeds``, default 1); success is reported over episodes x seeds, with
@@ -78,6 +88,8 @@ PROTOCOL_TASKS = {"paper": ("reach", "grasp", "place"), "composite": ("reach", "
 # demonstration (the paper executes 3 large steps; our model's step is 0.2 s, see README), a
 # composite task is a whole pick or pick-and-place.
 DEFAULT_MAX_STEPS = {"paper": 12, "composite": 30}
+# With subgoals (--subgoals) the budget is per subgoal, each about one paper stage's piece of the task.
+DEFAULT_SUBGOAL_MAX_STEPS = 12
 HOLD_S = 2.0
 # How long the stop rule waits for progress before it gives up (executed steps; 0 = off).
 PLATEAU_STEPS = 5
@@ -127,6 +139,7 @@ class EpisodeOutcome:
     success_paper_rule: bool = False  # the rule held 10 consecutive control steps at any time
     success_strict: bool | None = None  # grasp: object raised >= 3 cm and in the hand at the end
     success_at_stop: bool = False   # the rule held when the policy stopped
+    subgoal_reasons: list = field(default_factory=list)  # --subgoals: how each subgoal ended, in order
 
 
 @dataclass
@@ -148,11 +161,17 @@ class EvalSettings:
     move_duration_s: float = 0.0
     move_timeout_s: float = 0.0    # 0 = move_duration_s
     goal_tolerance: float = 0.05
+    # Plan through the scripted solution's subgoal images (composite pick-place), one planning
+    # session each, advancing by the stop rule (dexwm_planner.subgoals); max_steps is per subgoal.
+    subgoals: bool = False
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
+        if self.subgoals and self.sim_task != "pick-place":
+            raise ValueError("subgoals are made for the composite pick-place task (--protocol composite "
+                             "--task pick-place)")
         if self.max_steps <= 0:
-            self.max_steps = DEFAULT_MAX_STEPS[self.protocol]
+            self.max_steps = DEFAULT_SUBGOAL_MAX_STEPS if self.subgoals else DEFAULT_MAX_STEPS[self.protocol]
 
     @property
     def sim_task(self) -> str:
@@ -252,6 +271,12 @@ class WorldModelPolicy:
         # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
         # image sent to the planner node.
         self.plans.start(goal_image, None, seed)
+
+    def for_subgoal(self, search, held_hand):
+        """The provider of one subgoal of a sequence (its search settings; subgoals carry images only)."""
+        from dexwm_planner.session import WorldModelPlans
+
+        return WorldModelPlans(self._make_planner, search, held_hand)
 
     def observe(self, image, joints) -> float:
         return self.plans.observe(image, joints)
@@ -365,6 +390,7 @@ class EpisodeStart:
     episode: object
     state: dict | None             # paper stages: replayed with set_state (bit-identical to a reset)
     goal: object
+    subgoals: list | None = None   # --subgoals: the scripted solution's subgoal goals (tasks.make_subgoals)
 
 
 def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
@@ -375,7 +401,8 @@ def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
     episode = env.reset(settings.sim_task, seed)
     goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),))
     state = env.initial_state if settings.sim_task in tasks.PAPER_TASKS else None
-    return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal)
+    subgoals = tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),)) if settings.subgoals else None
+    return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal, subgoals=subgoals)
 
 
 def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int = 0) -> EpisodeOutcome:
@@ -399,8 +426,11 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
     # evaluate() resolves the automatic step timing once; a direct call may leave it to the episode.
     if settings.move_duration_s <= 0 or settings.move_timeout_s <= 0:
         settings.resolve_step()
-    session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
-    result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
+    if start.subgoals is not None:
+        result = _run_subgoals(runner, policy, start, settings, k)
+    else:
+        session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
+        result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
     at_stop = bool(env.status.success_now)
     held = []
     for _ in range(int(round(settings.hold_s / env.control_dt))):
@@ -413,7 +443,24 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
                           replan_seconds_median=float(np.median(replans)) if replans else float("nan"),
                           wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in result.costs],
                           planner_seed=k, success_paper_rule=bool(env.status.success), success_strict=strict,
-                          success_at_stop=at_stop)
+                          success_at_stop=at_stop,
+                          subgoal_reasons=[o.reason for o in getattr(result, "subgoals", [])])
+
+
+def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int):
+    """One episode through its subgoal images (the planner node's SubgoalSequence), with the default
+    phases of a four-subgoal pick-and-place; images only: the subgoal states' joints are privileged."""
+    from dexwm_planner.sim_robot import SimulatedRobot
+    from dexwm_planner.subgoals import Subgoal, SubgoalSequence, default_phases, phase_settings
+
+    phases = default_phases(len(start.subgoals))
+    subgoals = [Subgoal(goal.image, phase_settings(phase), label=f"scripted {phase}")
+                for goal, phase in zip(start.subgoals, phases)]
+    # --done-cost >= 0 applies to every subgoal; otherwise each subgoal kind's fitted threshold.
+    fitted = (lambda kind: settings.stop_rule(kind).done_cost) if settings.done_cost < 0 else None
+    sequence = SubgoalSequence(SimulatedRobot(runner), policy.for_subgoal, settings.session_config(runner.env),
+                               fitted_done_cost=fitted)
+    return sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
 
 
 def make_runner(settings: EvalSettings):
@@ -891,6 +938,11 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset)
                 policy.name = name
                 policies.append(policy)
+            if settings.subgoals:
+                # A baseline that cannot plan toward a subgoal's image would be judged on another task.
+                unable = [p.name for p in policies if not hasattr(p, "for_subgoal")]
+                policies = [p for p in policies if hasattr(p, "for_subgoal")]
+                results["skipped_baselines"] = {name: "plans toward one goal only" for name in unable}
             for policy in policies:
                 deterministic = isinstance(policy, (OracleGoalJointsPolicy, HoldStillPolicy))
                 base = run_in_process(policy, settings, starts, runner,
@@ -954,6 +1006,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated baselines to run ({', '.join(BASELINES)}), 'all' or 'none'")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines (= --baselines none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--subgoals", action="store_true",
+                        help="composite pick-place: plan through the scripted solution's subgoal images (pre-grasp, "
+                             "lifted, above the target, released), advancing by the stop rule; --max-steps per "
+                             f"subgoal (default {DEFAULT_SUBGOAL_MAX_STEPS})")
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
@@ -1000,10 +1056,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--through-ros uses the planner node's configured preset (config/planner.yaml)")
     if args.through_ros and args.planner_seeds != 1:
         parser.error("--through-ros runs one planner seed per episode")
+    if args.subgoals and (args.protocol, args.task) != ("composite", "pick-place"):
+        parser.error("--subgoals needs --protocol composite --task pick-place")
+    if args.subgoals and args.through_ros:
+        parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
                             max_steps=args.max_steps, preset=args.preset, checkpoint=args.checkpoint,
                             planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
-                            done_cost=args.done_cost)
+                            done_cost=args.done_cost, subgoals=args.subgoals)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         results = evaluate(settings, through_ros=args.through_ros, ablations=ablations, baselines=baselines,

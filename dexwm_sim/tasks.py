@@ -447,12 +447,14 @@ def solve(env, episode: Episode, hold_steps: int = 12, marks: dict | None = None
         _drive(env, q_c, closed, carry_start, duration=2.5)
         _mark(marks, "carrying", env)
         _drive(env, None, None, 28 - carry_start)     # the swing goes on toward q_c
+        _mark(marks, "above", env)
         _move(env, _palm_target(target + [0, 0, 0.01], rot, gp), rot, closed, 12, segments=3)
         _drive(env, None, None, 3)
         _mark(marks, "lowered", env)
         _drive(env, None, opened, 10, duration=0.8)   # release slowly: a flick would roll the object away
         here, _ = _palm_pose(env)
         _move(env, here + [0, 0, 0.12], rot, opened, hold_steps + 4, segments=2, until=lambda: env.status.success)
+        _mark(marks, "released", env)
     # Solved means the rule was met for the required streak and still holds in the final state.
     return bool(env.status.success and env.status.success_now)
 
@@ -528,6 +530,35 @@ class Goal:
     joints: np.ndarray           # (23,) robot joints in the solved state
     object_poses: dict
     solved: bool                 # the success rule held for the required streak
+
+
+# Subgoals of a pick-and-place (marks of its scripted solution): hand open above the object, object
+# grasped and lifted, object carried above its target, object released on it (hand open, raised).
+SUBGOAL_MARKS = ("pregrasp", "lifted", "above", "released")
+
+
+def make_subgoals(env, episode: Episode, sizes=((224, 224),)) -> list[Goal]:
+    """The subgoal images of a composite pick-and-place episode: the scripted solution run from the
+    episode start, rendered at each of ``SUBGOAL_MARKS``; the start is restored. ValueError for
+    another task, or when the scripted solution fails (its subgoals would show a failure)."""
+    if episode.task != "pick-place":
+        raise ValueError(f"subgoals exist for the pick-place task, not {episode.task!r}")
+    start = env.get_state()
+    try:
+        marks: dict = {}
+        solved = solve(env, episode, marks=marks)
+        missing = [m for m in SUBGOAL_MARKS if m not in marks]
+        if missing:
+            raise ValueError(f"the scripted solution of seed {episode.seed} has no {', '.join(missing)}")
+        goals = []
+        for name in SUBGOAL_MARKS:
+            env.set_state(marks[name])
+            images = {tuple(s): env.render(*s) for s in sizes}
+            goals.append(Goal(image=images[tuple(sizes[0])], images=images, joints=env.joint_positions(),
+                              object_poses=env.object_poses(), solved=solved))
+        return goals
+    finally:
+        env.set_state(start)
 
 
 def make_goal(env, episode: Episode, sizes=((224, 224),)) -> Goal:

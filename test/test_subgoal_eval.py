@@ -1,0 +1,113 @@
+"""Subgoals in simulation: the scripted pick-and-place yields its four subgoal images
+(dexwm_sim.tasks.make_subgoals), and `dexwm-eval --protocol composite --task pick-place --subgoals`
+runs an episode through them with a policy that sees images and joints only."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dexwm_ros import evaluate as ev
+from test_planner_eval import _Poisoned, random_checkpoint  # noqa: F401  (the fixture)
+
+
+@pytest.fixture(scope="module")
+def env():
+    from dexwm_sim.scene import SimEnv
+
+    e = SimEnv(render_size=(96, 96))
+    yield e
+    e.close()
+
+
+def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(env):
+    from dexwm_sim import tasks
+
+    episode = env.reset("pick-place", 1_000_000)
+    start_q, start_objects = env.joint_positions(), env.object_poses()
+    goals = tasks.make_subgoals(env, episode, sizes=((96, 96),))
+    assert len(goals) == len(tasks.SUBGOAL_MARKS) == 4 and all(g.solved for g in goals)
+    assert np.array_equal(env.joint_positions(), start_q)                      # the start is back
+    assert all(np.array_equal(a, env.object_poses()[k]) for k, a in start_objects.items())
+    for a, b in zip(goals, goals[1:]):
+        assert a.image.shape == (96, 96, 3) and np.abs(a.image.astype(int) - b.image).mean() > 0.5
+    rest_z = start_objects[episode.object_kind][2]
+    obj = [g.object_poses[episode.object_kind][:3] for g in goals]
+    target = np.asarray(episode.target)
+    assert obj[1][2] > rest_z + 0.08 and obj[2][2] > rest_z + 0.08            # lifted, carried high
+    assert np.linalg.norm(obj[2][:2] - target[:2]) < 0.1                      # above the target
+    assert np.linalg.norm(obj[3] - target) < tasks.PLACE_THRESHOLD            # released on it
+    # The last one shows the task's goal (a state restored for rendering differs by a few pixel levels).
+    final = tasks.make_goal(env, episode, sizes=((96, 96),)).image
+    assert np.abs(goals[3].image.astype(int) - final).mean() < 1.0
+    with pytest.raises(ValueError, match="pick-place"):
+        tasks.make_subgoals(env, env.reset("reach-grasp", 3))
+
+
+def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):  # noqa: F811
+    """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
+    advances by the stop rule (here the budget of one step per subgoal) through all four."""
+    from dexwm_planner.world_model import DexWM
+    from dexwm_sim.camera import HeadCamera
+    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_sim.scene import SimEnv
+
+    settings = ev.EvalSettings(protocol="composite", task="pick-place", max_steps=1, hold_s=0.2, subgoals=True)
+    runner = ev.make_runner(settings)
+    env = runner.env
+    policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), RobotKinematics.from_scene(),
+                                 HeadCamera().world_to_camera, "cpu")
+    policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
+    calls = []
+
+    def guarded(method):
+        def call(*args):
+            calls.append(method.__name__)
+            status, episode = env.status, env.episode
+            env.status, env.episode = _Poisoned(), _Poisoned()
+            with monkeypatch.context() as m:
+                for name in ("object_position", "object_poses", "hand_touches", "palm_and_tips", "keypoints"):
+                    m.setattr(SimEnv, name, lambda *_a, _n=name, **_k: getattr(_Poisoned(), _n))
+                try:
+                    return method(*args)
+                finally:
+                    env.status, env.episode = status, episode
+        return call
+    make = policy.for_subgoal
+
+    def for_subgoal(search, held):
+        provider = make(search, held)
+        for name in ("start", "observe", "verdict", "plan"):
+            setattr(provider, name, guarded(getattr(provider, name)))
+        return provider
+    policy.for_subgoal = for_subgoal
+    try:
+        start = ev.prepare_episode(env, settings, ev.EVAL_SEED_OFFSET)
+        outcome = ev.run_episode(runner, policy, start, settings)
+    finally:
+        env.close()
+    assert len(start.subgoals) == 4
+    assert outcome.subgoal_reasons and all(r in ("reached", "plateau", "budget") for r in outcome.subgoal_reasons)
+    assert len(outcome.subgoal_reasons) == 4 and outcome.steps <= 4 and calls.count("start") == 4
+
+
+def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_checkpoint, capsys):  # noqa: F811
+    out = tmp_path / "sub.json"
+    rc = ev.main(["--protocol", "composite", "--task", "pick-place", "--subgoals", "--episodes", "1",
+                  "--max-steps", "1", "--checkpoint", str(random_checkpoint), "--hold-s", "0.2",
+                  "--baselines", "random_shooting_wm,hold_still", "--out", str(out), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["subgoals"] is True and data["settings"]["max_steps"] == 1
+    assert len(data["outcomes"]) == 1 and len(data["outcomes"][0]["subgoal_reasons"]) == 4
+    assert set(data["baselines"]) == {"random_shooting_wm"} and set(data["skipped_baselines"]) == {"hold_still"}
+    assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 4
+    for bad in (["--protocol", "paper", "--task", "place", "--subgoals"],
+                ["--protocol", "composite", "--task", "reach", "--subgoals"],
+                ["--protocol", "composite", "--task", "pick-place", "--subgoals", "--through-ros"]):
+        with pytest.raises(SystemExit) as e:
+            ev.main(bad + ["--out", str(tmp_path / "x.json")])
+        assert e.value.code == 2, bad
+    with pytest.raises(ValueError, match="pick-place"):
+        ev.EvalSettings(protocol="composite", task="reach", subgoals=True)
