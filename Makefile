@@ -8,6 +8,8 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
 export PYTHONUNBUFFERED := 1
 PYTEST_ARGS ?=
+# Options of dexwm_ros/demo.py, e.g. `make demo DEMO_ARGS=--subgoals` (pick-and-place through subgoals).
+DEMO_ARGS ?=
 
 .PHONY: setup setup-viz demo test bench clean
 
@@ -19,7 +21,7 @@ setup-viz:
 	@bash scripts/setup.sh --with-viz
 
 demo: setup
-	$(PY) -m dexwm_ros.demo
+	$(PY) -m dexwm_ros.demo $(DEMO_ARGS)
 
 test: setup-viz
 	$(PY) -m pytest -q $(PYTEST_ARGS)

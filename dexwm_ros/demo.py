@@ -2,9 +2,15 @@
 graph (each node in its own process, exactly as `dexwm-up <task>` starts them).
 
     dexwm-demo [--task place|grasp|reach] [--seed S] [--max-steps K] [--real-time]
+    dexwm-demo --subgoals [--seed S] [--max-steps K]      (`make demo DEMO_ARGS=--subgoals`)
 
 The task is a paper-protocol stage (dexwm_sim.tasks; default: place, the object already held and
-lifted, to be carried to its place). Steps: start the graph; reset the simulation to the seeded
+lifted, to be carried to its place). ``--subgoals`` runs the whole composite pick-and-place from
+the table instead: the demo renders the scripted solution's subgoal images in its own simulation of
+the same seeded scene (pre-grasp, grasped and lifted, above the target, released:
+dexwm_sim.tasks.make_subgoals) and sends them as one Execute goal with several goal images, as a
+lab user sends captured key frames; the planner advances by its own stop rule, and the GIF shows
+the active subgoal (``/dexwm/goal_image``) beside the camera. Steps: start the graph; reset the simulation to the seeded
 stage (its goal image is the scripted demonstration's end of the stage); send that goal to
 /dexwm/execute; print the cost of every MPC step; the planner stops by its own rule (it never reads
 the simulator's success); then the demo, as judge, reads the simulation's episode state and prints
@@ -34,6 +40,7 @@ from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import DurabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
@@ -41,7 +48,7 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
 from dexwm_ros.bringup import stop_graph, tool_executable  # noqa: E402
-from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
+from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image  # noqa: E402
 from dexwm_ros.msg import EpisodeState  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
 
@@ -49,6 +56,9 @@ from dexwm_ros.srv import ResetEpisode  # noqa: E402
 # An evaluation seed of the place stage (dexwm-eval --protocol paper --task place, docs/eval/paper).
 # Seed 1,000,003 succeeded with both planner seeds there.
 DEMO_SEED = 1_000_003
+# --subgoals: the first composite pick-place evaluation seed (dexwm-eval --protocol composite).
+SUBGOAL_DEMO_SEED = 1_000_000
+SUBGOAL_MAX_STEPS = 12          # per subgoal (dexwm-eval --subgoals' default)
 
 
 class DemoClient(Node):
@@ -61,8 +71,13 @@ class DemoClient(Node):
         self.camera = None
         self.rollout = None
         self.episode = None
+        self.active_goal = None        # the planner's /dexwm/goal_image: the active subgoal of a sequence
+        self.subgoal = None            # (index, count) from the newest feedback
         self.frames = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(Image, "/camera/camera/color/image_raw", self._on_camera, reliable)
+        self.create_subscription(Image, "/dexwm/goal_image", self._on_goal, latched)
         self.create_subscription(Image, "/dexwm/predicted_rollout", self._on_rollout, reliable)
         self.create_subscription(EpisodeState, "/sim/episode", self._on_episode, 10)
         self.reset_client = self.create_client(ResetEpisode, "/sim/reset")
@@ -77,21 +92,30 @@ class DemoClient(Node):
         with self.lock:
             self.rollout = image_to_numpy(msg)
 
+    def _on_goal(self, msg):
+        with self.lock:
+            self.active_goal = image_to_numpy(msg)
+
     def _on_episode(self, msg):
         with self.lock:
             self.episode = msg
 
     def snapshot(self, goal: np.ndarray):
-        """One video frame: camera | goal, with the latest predicted rollout strip underneath."""
+        """One video frame: camera | goal (the planner's active one once it shows it), with the
+        latest predicted rollout strip underneath; a sequence labels the goal with its index."""
         import cv2
 
         with self.lock:
-            camera, rollout = self.camera, self.rollout
+            camera, rollout, active, subgoal = self.camera, self.rollout, self.active_goal, self.subgoal
         if camera is None:
             return
+        goal = active if active is not None else goal
         h = 240
         cam = cv2.resize(camera, (h * camera.shape[1] // camera.shape[0], h))
         gl = cv2.resize(goal, (h * goal.shape[1] // goal.shape[0], h))
+        if subgoal is not None:
+            cv2.putText(gl, f"subgoal {subgoal[0] + 1}/{subgoal[1]}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                        (255, 255, 0), 2, cv2.LINE_AA)
         top = np.concatenate([cam, gl], axis=1)
         if rollout is not None:
             w = top.shape[1]
@@ -108,12 +132,32 @@ def _wait(predicate, timeout, what):
         time.sleep(0.1)
 
 
+def scripted_subgoals(seed: int) -> list[np.ndarray]:
+    """The subgoal images of a composite pick-and-place seed, rendered in a simulation of this
+    process at the sim node's camera size (the same scene: episodes are a function of the seed)."""
+    from dexwm_ros.evaluate import sim_camera_size
+    from dexwm_sim import tasks
+    from dexwm_sim.scene import SimEnv
+
+    size = sim_camera_size()
+    env = SimEnv(render_size=size)
+    try:
+        episode = env.reset("pick-place", seed)
+        return [goal.image for goal in tasks.make_subgoals(env, episode, sizes=(size,))]
+    finally:
+        env.close()
+
+
 def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: str = "place",
-        real_time: bool = False) -> int:
+        real_time: bool = False, subgoals: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "graph.log"
-    sim_task = f"paper-{task}"
-    print(f"[demo] starting the simulated {task} graph (log: {log_path})", flush=True)
+    sim_task = "pick-place" if subgoals else f"paper-{task}"
+    subgoal_images = []
+    if subgoals:
+        print(f"[demo] rendering the scripted subgoals of pick-place seed {seed}", flush=True)
+        subgoal_images = scripted_subgoals(seed)
+    print(f"[demo] starting the simulated {sim_task} graph (log: {log_path})", flush=True)
     up_cmd = [sys.executable, str(tool_executable("dexwm-up")), sim_task, "sim:=true", f"seed:={seed}",
               f"sim_lockstep:={'false' if real_time else 'true'}"]
     log = open(log_path, "wb")
@@ -125,7 +169,8 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     costs = []
-    summary = {"seed": seed, "task": task, "sim_task": sim_task, "lockstep": not real_time}
+    summary = {"seed": seed, "task": task, "sim_task": sim_task, "lockstep": not real_time,
+               "subgoals": len(subgoal_images)}
     try:
         _wait(lambda: client.reset_client.service_is_ready() or up.poll() is not None, startup_timeout,
               "/sim/reset")
@@ -149,16 +194,22 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
 
         def on_feedback(fb):
             f = fb.feedback
-            costs.append((f.step, f.current_cost, f.planned_cost, f.replan_seconds))
+            costs.append((f.step, f.current_cost, f.planned_cost, f.replan_seconds, f.subgoal))
             with client.lock:
                 ep = client.episode
+                client.subgoal = (f.subgoal, f.subgoals) if f.subgoals > 1 else None
             extra = f"  task distance {ep.distance:.3f} m" if ep is not None and np.isfinite(ep.distance) else ""
-            print(f"[demo] step {f.step:3d}  cost {f.current_cost:.4f}  best {f.best_cost:.4f}  "
+            where = f"subgoal {f.subgoal + 1}/{f.subgoals} " if f.subgoals > 1 else ""
+            print(f"[demo] {where}step {f.step:3d}  cost {f.current_cost:.4f}  best {f.best_cost:.4f}  "
                   f"plan {f.planned_cost:.4f}  "
                   f"replan {f.replan_seconds:.2f} s{extra}", flush=True)
 
         goal_msg = Execute.Goal(goal_image=reset.goal_image, use_captured_goal=False, task=task,
                                 max_steps=max_steps)
+        if subgoal_images:
+            # One goal with several images; their phases by position: reach, grasp, carry, release.
+            goal_msg = Execute.Goal(goal_images=[numpy_to_image(i, 0.0, "") for i in subgoal_images], task="place",
+                                    max_steps=max_steps)
         send = client.execute_client.send_goal_async(goal_msg, feedback_callback=on_feedback)
         _wait(send.done, 30, "the planner to accept the goal")
         handle = send.result()
@@ -174,6 +225,9 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
         result = result_future.result().result
         print(f"[demo] the planner stopped after {result.steps} steps ({result.reason}), final latent distance "
               f"{result.final_cost:.4f}", flush=True)
+        if subgoal_images:
+            print(f"[demo] subgoals: {', '.join(result.subgoal_reasons)}", flush=True)
+            summary["subgoal_reasons"] = list(result.subgoal_reasons)
         # The judge (not the planner) reads the simulation: the newest episode state after the stop.
         stopped = time.monotonic()
         time.sleep(1.0)
@@ -185,7 +239,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
                        judged_after_s=round(time.monotonic() - stopped, 2), replan_seconds=[c[3] for c in costs])
         rule = {"reach": "palm and fingertips within 0.15 m of the target",
                 "grasp": "palm within 0.20 m of the object and touching it",
-                "place": "object within 0.10 m of its target"}[task]
+                "place": "object within 0.10 m of its target"}["place" if subgoals else task]
         distance = f"{ep.distance:.3f} m" if ep is not None else "unknown"
         print(f"[demo] outcome: {'SUCCESS' if judged else 'no success'} ({rule}: task distance {distance})",
               flush=True)
@@ -218,11 +272,15 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
             padded.append(canvas)
         imageio.mimsave(out_dir / "episode.gif", padded, duration=0.25, loop=0)
     if costs:
-        steps = [c[0] for c in costs]
+        # Executed steps in order (a sequence counts steps per subgoal); a line where a subgoal begins.
+        steps = list(range(1, len(costs) + 1))
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(steps, [c[1] for c in costs], "o-", label="current frame to goal")
+        ax.plot(steps, [c[1] for c in costs], "o-", label="current frame to (sub)goal")
         ax.plot(steps, [c[2] for c in costs], "--", label="planned cost (chosen plan)")
-        ax.set_xlabel("MPC step")
+        for i in range(1, len(costs)):
+            if costs[i][4] != costs[i - 1][4]:
+                ax.axvline(i + 0.5, color="grey", lw=0.8)
+        ax.set_xlabel("executed MPC step")
         ax.set_ylabel("latent distance to goal")
         ax.set_title(f"{summary['sim_task']}, seed {summary['seed']}: {summary.get('planner_reason', '')}, "
                      f"{'success' if summary.get('success') else 'no success'}")
@@ -239,13 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--task", choices=("reach", "grasp", "place"), default="place",
                         help="paper-protocol stage to run (default: place)")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="episode seed (disjoint from training seeds)")
-    parser.add_argument("--max-steps", type=int, default=12, help="step budget (the evaluation's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"episode seed (disjoint from training seeds; default {DEMO_SEED:,}, "
+                             f"with --subgoals {SUBGOAL_DEMO_SEED:,})")
+    parser.add_argument("--max-steps", type=int, default=12, help="step budget (the evaluation's; per subgoal)")
+    parser.add_argument("--subgoals", action="store_true",
+                        help="composite pick-and-place from the table through the scripted subgoal images")
     parser.add_argument("--real-time", action="store_true", help="the world runs on while the planner thinks")
     parser.add_argument("--startup-timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
+    if args.max_steps < 1:
+        parser.error("--max-steps must be >= 1")
+    seed = args.seed if args.seed is not None else SUBGOAL_DEMO_SEED if args.subgoals else DEMO_SEED
     try:
-        return run(args.out, args.seed, args.max_steps, args.startup_timeout, args.task, args.real_time)
+        return run(args.out, seed, args.max_steps, args.startup_timeout, args.task, args.real_time, args.subgoals)
     except (RuntimeError, TimeoutError) as e:
         print(f"[demo] error: {e}", file=sys.stderr)
         return 1

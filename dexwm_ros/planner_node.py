@@ -690,6 +690,7 @@ class PlannerNode(Node):
         self._phase, self._progress = subgoal.search.phase, progress
         self.goal_pub.publish(rgb_to_image_msg(subgoal.image, self.get_clock().now().to_msg(),
                                                "camera_color_optical_frame"))
+        self._publish_status()
 
     def _goal_planner(self, task: str, seed: int) -> MPCPlanner:
         # Kept on the node: the rollout image and the status show this goal's planner.
