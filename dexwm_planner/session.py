@@ -24,6 +24,9 @@ Rules the session owns:
 
 Every end that is not the stop rule's leaves the robot holding (``JointGroupRobot.hold``); after a
 stop by the rule the robot keeps its last targets.
+
+A sequence of subgoal images runs one session per subgoal (dexwm_planner.subgoals.SubgoalSequence);
+the targets a stop by the rule keeps are where the next subgoal starts from.
 """
 from __future__ import annotations
 
