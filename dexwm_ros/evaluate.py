@@ -800,6 +800,13 @@ def _is_result(data) -> bool:
     return isinstance(data, dict) and {"task", "outcomes", "success_rate", "ci95", "protocol"} <= set(data)
 
 
+SUBGOALS_COLUMN = "(subgoals)"
+
+
+def _report_column(result: dict) -> str:
+    return result["task"] + (f" {SUBGOALS_COLUMN}" if result.get("settings", {}).get("subgoals") else "")
+
+
 def write_report(folder: Path) -> tuple[Path, list[Path]]:
     """Tables of every result in ``folder`` (paper protocol first, then composite), the through-ROS
     agreement, and one plot per protocol: summary.md, summary_<protocol>.png."""
@@ -821,10 +828,11 @@ def write_report(folder: Path) -> tuple[Path, list[Path]]:
     md_lines = ["# Task success in simulation (dexwm-eval)", ""]
     pngs = []
     for protocol in ("paper", "composite"):
-        local = {d["task"]: d for _, d in results if d["protocol"] == protocol and not d.get("through_ros")}
+        # A run through subgoals is its own column, beside the same task without them.
+        local = {_report_column(d): d for _, d in results if d["protocol"] == protocol and not d.get("through_ros")}
         if not local:
             continue
-        tasks = [t for t in PROTOCOL_TASKS[protocol] if t in local]
+        tasks = [c for t in PROTOCOL_TASKS[protocol] for c in (t, f"{t} {SUBGOALS_COLUMN}") if c in local]
         baselines = sorted({b for t in tasks for b in local[t]["baselines"]})
         md_lines += [f"## {protocol} protocol", "",
                      "Success = the rule held through a 2 s hold after the planner stopped by its own rule; "

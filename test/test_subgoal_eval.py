@@ -103,6 +103,11 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
     assert len(data["outcomes"]) == 1 and len(data["outcomes"][0]["subgoal_reasons"]) == 4
     assert set(data["baselines"]) == {"random_shooting_wm"} and set(data["skipped_baselines"]) == {"hold_still"}
     assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 4
+    plain = dict(data, settings=dict(data["settings"], subgoals=False), baselines={})
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    assert ev.main(["--report", str(tmp_path)]) == 0                  # both, side by side
+    table = (tmp_path / "summary.md").read_text()
+    assert "| pick-place (n=1x1) | pick-place (subgoals) (n=1x1) |" in table, table
     for bad in (["--protocol", "paper", "--task", "place", "--subgoals"],
                 ["--protocol", "composite", "--task", "reach", "--subgoals"],
                 ["--protocol", "composite", "--task", "pick-place", "--subgoals", "--through-ros"]):
