@@ -39,6 +39,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 
+from dexwm_robot.tasks import TASK_KINDS  # noqa: E402
 from dexwm_ros.action import Execute  # noqa: E402
 from dexwm_ros.bringup import stop_graph, tool_executable  # noqa: E402
 from dexwm_ros.image_conversion import image_to_numpy  # noqa: E402
@@ -237,7 +238,7 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--task", choices=("reach", "grasp", "place"), default="place",
+    parser.add_argument("--task", choices=TASK_KINDS, default="place",
                         help="paper-protocol stage to run (default: place)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="episode seed (disjoint from training seeds)")
     parser.add_argument("--max-steps", type=int, default=12, help="step budget (the evaluation's)")

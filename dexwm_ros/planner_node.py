@@ -52,21 +52,20 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
-from allegro_driver import joints as hand_joints
+from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_NAMES, HAND_JOINT_NAMES as HAND_NAMES
+from dexwm_robot.tasks import TASK_KINDS
 from dexwm_planner.cem import PRESETS
 from dexwm_planner.mpc import MPCConfig, MPCPlanner, PlanStep
 from dexwm_planner.objective import ObjectiveConfig
 from dexwm_planner.stop_rule import REACHED, StopRule, load_fitted
 from dexwm_ros.action import Execute, MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
-from dexwm_ros.model_view import model_view
+from dexwm_robot.view import model_view
 from dexwm_ros.msg import PlannerStatus
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 
-ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
-HAND_NAMES = tuple(hand_joints.JOINT_NAMES)
 # A goal image whose aspect ratio differs from the camera's by more than this is refused: resizing
 # it would distort the scene and the latent distance would compare different geometry.
 MAX_ASPECT_MISMATCH = 0.05
@@ -214,11 +213,11 @@ class PlannerNode(Node):
         self._declare_parameters()
         g = lambda name: self.get_parameter(name).value  # noqa: E731
 
-        from dexwm_sim.camera import HeadCamera
-        from dexwm_sim.kinematics import RobotKinematics
+        from dexwm_robot.camera import HeadCamera
+        from dexwm_robot.kinematics import RobotKinematics
         from dexwm_planner.actions import allegro_actions
 
-        self.kin = kinematics if kinematics is not None else RobotKinematics.from_scene()
+        self.kin = kinematics if kinematics is not None else RobotKinematics.from_description()
         self.lower = np.asarray(self.kin.lower, dtype=np.float64)
         self.upper = np.asarray(self.kin.upper, dtype=np.float64)
         w2c = list(g("world_to_camera"))
@@ -351,7 +350,7 @@ class PlannerNode(Node):
         for param in params:
             if param.name == "preset" and param.value not in PRESETS:
                 return SetParametersResult(successful=False, reason=f"preset must be one of {', '.join(PRESETS)}")
-            if param.name == "task" and param.value not in ("reach", "grasp", "place"):
+            if param.name == "task" and param.value not in TASK_KINDS:
                 return SetParametersResult(successful=False, reason="task must be reach, grasp or place")
             if param.name == "goal_image" and param.value and hasattr(self, "planner"):
                 try:
@@ -555,7 +554,7 @@ class PlannerNode(Node):
     def _run_goal(self, goal_handle):
         request = goal_handle.request
         g = lambda name: self.get_parameter(name).value  # noqa: E731
-        if request.task and request.task not in ("reach", "grasp", "place"):
+        if request.task and request.task not in TASK_KINDS:
             goal_handle.abort()
             return self._result(False, 0, f"bad_goal: unknown task {request.task!r}")
         task = request.task or g("task")
