@@ -1,8 +1,9 @@
 """The one inverse-kinematics solver of the arm: damped least squares on the forward kinematics.
 
 Used by the simulation's scripted demonstrations and data collection (hand points to a target, with
-a null-space drift to a comfortable posture) and by the teleop node (small flange jogs). The
-Jacobian is analytic (``RobotKinematics.arm_jacobian``), so a solve costs a few FK evaluations.
+a null-space drift to a comfortable posture) and by the teleop node (small flange jogs). The hand's
+joints stay fixed during a solve, so the target point is fixed in the flange frame and an iteration
+needs only the arm's chain and its analytic Jacobian (``RobotKinematics.arm_point_jacobian``).
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def solve_arm_ik(kinematics, q, target, rotation=None, point: str = "palm", iter
     lo, hi = kinematics.arm_lower, kinematics.arm_upper
     nominal = 0.5 * (lo + hi)
     nominal[0] = np.clip(np.arctan2(target[1], target[0]), lo[0], hi[0])
+    offset = kinematics.point_in_flange(q, point)   # the hand joints stay fixed
     for _ in range(iterations):
-        p, r, jac_pos, jac_rot = kinematics.arm_jacobian(q, point)
+        p, r, jac_pos, jac_rot = kinematics.arm_point_jacobian(q[:ARM_DOF], offset)
         err = target - p
         rows, errs = [jac_pos], [err]
         rot_err = np.zeros(3)

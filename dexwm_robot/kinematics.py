@@ -15,6 +15,7 @@ finger is copied to stand in for the missing little finger.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -211,27 +212,66 @@ class RobotKinematics:
         return (pos[self._ee_link].T.reshape(*batch, 3),
                 rot[self._ee_link].transpose(2, 0, 1).reshape(*batch, 3, 3))
 
-    def arm_jacobian(self, q, point: str = "palm"):
-        """Position of a hand point, flange rotation and their Jacobians over the 7 arm joints.
+    # --- the arm alone (inverse kinematics) ------------------------------------------------------
+    @cached_property
+    def _flange_chain(self) -> list:
+        """(offset, rotation or None, joint, (A, B, C), axis) of each link from the robot root to the
+        flange: the arm's serial chain, joints 0..6 in order (rotation None: a hinge)."""
+        chain, k = [], self._ee_link
+        while k >= 0:
+            link = self._links[k]
+            blocks = tuple(np.ascontiguousarray(b) for b in np.split(link.abc, 3, axis=1))
+            chain.append((link.pos, None if link.joint >= 0 else link.rot, link.joint, blocks, link.axis))
+            k = link.parent
+        return chain[::-1]
+
+    def arm_chain(self, q_arm):
+        """Flange position (3,) and rotation (3, 3), and the world axis and origin (3, 7) of every arm
+        joint, for one arm vector (7,). Plain 3x3 products: an IK iteration needs one joint vector,
+        for which the batched ``_link_frames`` mostly pays numpy's per-call overhead."""
+        p, r = self._root_pos, self._root_rot
+        axes, origins = np.empty((3, ARM_DOF)), np.empty((3, ARM_DOF))
+        for pos, rot, joint, (a, b, c), axis in self._flange_chain:
+            p = p + r @ pos
+            if rot is not None:
+                r = r @ rot
+                continue
+            theta = float(q_arm[joint])
+            r = r @ (a + math.sin(theta) * b + (1.0 - math.cos(theta)) * c)
+            axes[:, joint] = r @ axis
+            origins[:, joint] = p
+        return p, r, axes, origins
+
+    def point_in_flange(self, q, point: str = "palm") -> np.ndarray:
+        """A hand point (3,) in the flange frame for joints q (23,); it moves only with the hand.
 
         ``point``: "flange", "palm" (palm centre) or "palm_tips" (mean of the palm centre and the 4
-        fingertips, the reach rule's point). For joint vectors q (..., 23) returns the point (..., 3),
-        the flange rotation (..., 3, 3), d point / d q_arm (..., 3, 7) and the angular-velocity
-        Jacobian (..., 3, 7), both in the world frame (every arm joint moves every hand point).
+        fingertips, the reach rule's point).
         """
-        flat, batch = self._check(q)
-        pos, rot = self._link_frames(flat)
         if point == "flange":
-            p = pos[self._ee_link]
-        elif point in ("palm", "palm_tips"):
-            rows = self._tip_rows if point == "palm_tips" else self._tip_rows[:1]
-            lk = self._point_link[rows]
-            p = (pos[lk] + np.einsum("pikn,pk->pin", rot[lk], self._point_offset[rows])).mean(axis=0)
-        else:
+            return np.zeros(3)
+        if point not in ("palm", "palm_tips"):
             raise ValueError(f"point must be flange, palm or palm_tips, got {point!r}")
-        axes = np.stack([np.einsum("ikn,k->in", rot[k], self._links[k].axis) for k in self._arm_links], axis=1)
-        origins = pos[self._arm_links].transpose(1, 0, 2)             # (3, 7, N)
-        jac_pos = np.cross(axes, p[:, None, :] - origins, axis=0)      # (3, 7, N)
-        return (p.T.reshape(*batch, 3), rot[self._ee_link].transpose(2, 0, 1).reshape(*batch, 3, 3),
-                jac_pos.transpose(2, 0, 1).reshape(*batch, 3, ARM_DOF),
-                axes.transpose(2, 0, 1).reshape(*batch, 3, ARM_DOF))
+        flat, _ = self._check(q)
+        pos, rot = self._link_frames(flat[:1])
+        rows = self._tip_rows[:1] if point == "palm" else self._tip_rows
+        lk = self._point_link[rows]
+        world = (pos[lk, :, 0] + np.einsum("pik,pk->pi", rot[lk, :, :, 0], self._point_offset[rows])).mean(axis=0)
+        r = rot[self._ee_link, :, :, 0]
+        return r.T @ (world - pos[self._ee_link, :, 0])
+
+    def arm_jacobian(self, q, point: str = "palm"):
+        """For joints q (23,): the hand point (3,) in the world, the flange rotation (3, 3), d point /
+        d q_arm (3, 7) and the flange's angular-velocity Jacobian (3, 7), world frame."""
+        q = np.asarray(q, dtype=np.float64)
+        return self.arm_point_jacobian(q[:ARM_DOF], self.point_in_flange(q, point))
+
+    def arm_point_jacobian(self, q_arm, offset):
+        """``arm_jacobian`` for arm joints q_arm (7,) and a point given in the flange frame (3,)."""
+        p_f, r, axes, origins = self.arm_chain(q_arm)
+        p = p_f + r @ offset
+        d = p[:, None] - origins
+        # axis x (point - joint origin), written out: np.cross costs more than the arithmetic here
+        jac_pos = np.stack([axes[1] * d[2] - axes[2] * d[1], axes[2] * d[0] - axes[0] * d[2],
+                            axes[0] * d[1] - axes[1] * d[0]])
+        return p, r, jac_pos, axes
