@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -35,8 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from dexwm_ros.handeye import MIN_SAMPLES, CharucoBoard, HandEyeCalibrator, BoardDetector, pose_error, write_calibration
-
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 SIM_IMAGE_SIZE = (1280, 960)
 # Board centres are drawn from this box in the world frame (in front of the robot, between the table

@@ -717,9 +717,11 @@ def run(quick: bool, only: str | None, verbose: bool) -> Report:
     import rclpy
     from rclpy.context import Context
 
+    from dexwm_ros.bringup import join_graph
+
     domain_id = int(os.environ.get("DEXWM_FAULTS_DOMAIN_ID", 1 + (os.getpid() * 7) % 100))
     env = _environment(domain_id)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    join_graph(env)
     report = Report()
     with tempfile.TemporaryDirectory(prefix="dexwm-faults-") as tmp:
         work = Path(tmp)

@@ -130,3 +130,37 @@ def test_each_robot_fact_is_defined_in_one_module(fact):
     predicate, home = FACTS[fact]
     found = _defined_in(predicate)
     assert set(found) <= home, f"{fact}: defined in {found}, expected only in {sorted(home)}"
+
+
+def _environ_writes_at_import(tree):
+    """Module-level statements that change os.environ (assignment, setdefault, update, pop)."""
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for node in ast.walk(statement):
+            target = None
+            if isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                target = next((t.value for t in targets if isinstance(t, ast.Subscript)), None)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr in ("setdefault", "update", "pop", "__setitem__"):
+                    target = node.func.value
+            if target is not None and ast.unparse(target) == "os.environ":
+                yield node.lineno
+
+
+def test_no_module_changes_the_environment_at_import():
+    found = _defined_in(_environ_writes_at_import)
+    assert not found, f"os.environ changed at import time: {found}"
+
+
+# Who may name the discovery range: dexwm-up's environment for the processes it starts (and the
+# harnesses reuse it), the camera benchmark's child processes, and the evaluation's through-ROS
+# harness. Nodes and library code take it from the environment.
+DISCOVERY_POLICY = {"dexwm_ros/bringup.py", "dexwm_ros/camera_bench.py", "dexwm_ros/evaluate.py"}
+
+
+def test_library_code_sets_no_discovery_policy():
+    found = _defined_in(_string_matches(r"^ROS_AUTOMATIC_DISCOVERY_RANGE$"))
+    assert set(found) <= DISCOVERY_POLICY, f"discovery range named outside {sorted(DISCOVERY_POLICY)}: {found}"
+    assert "dexwm_ros/node_main.py" not in found
