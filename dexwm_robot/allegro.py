@@ -25,7 +25,7 @@ NUM_JOINTS = 16
 NAME_PREFIX = "allegro_"
 JOINT_NAMES = tuple(f"{NAME_PREFIX}{finger}_{j}" for finger in FINGERS for j in range(4))
 
-# Joint limits [rad] of the V4 hand.
+# Joint limits [rad] of the V4 hand (docs/BACKGROUND.md, Allegro V4 facts).
 _FINGER_LOWER = (-0.47, -0.196, -0.174, -0.227)
 _FINGER_UPPER = (0.47, 1.61, 1.709, 1.618)
 _THUMB_LOWER = (0.263, -0.105, -0.189, -0.162)
