@@ -74,8 +74,6 @@ class RobotKinematics:
         mano += mano[13:17]  # little finger := ring finger
         self._mano_rows = np.asarray(mano)
         self._tip_rows = np.asarray([0, 4, 8, 12, 16])  # palm, thumb/index/middle/ring tips
-        self._arm_links = np.asarray([next(k for k, link in enumerate(links) if link.joint == j)
-                                      for j in range(ARM_DOF)])
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -108,7 +106,7 @@ class RobotKinematics:
             links.append(_Link(parent=body_to_link.get(body.parent, -1) if i != first else -1,
                                pos=body.pos, rot=body.rot, joint=joint, axis=axis))
             body_to_link[i] = len(links) - 1
-        moving = {links[k].joint for k in range(len(links))} - {-1}
+        moving = {link.joint for link in links} - {-1}
         if moving != set(range(DOF)):
             missing = [JOINT_NAMES[j] for j in range(DOF) if j not in moving]
             raise ValueError(f"the robot description lacks joints {missing}")
