@@ -3,7 +3,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# DDS discovery never leaves this host; tests pick their own ROS_DOMAIN_ID per test.
+# DDS discovery of everything these targets start stays on this host (the nodes themselves set no
+# policy: under `ros2 launch` the user's environment decides); tests and the demo pick their own
+# ROS_DOMAIN_ID.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
 export PYTHONUNBUFFERED := 1

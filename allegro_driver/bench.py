@@ -22,7 +22,9 @@ import can
 import numpy as np
 from tqdm import tqdm
 
-from . import joints, protocol
+from dexwm_robot import allegro as joints
+
+from . import protocol
 from .controller import ControllerConfig, HandController, open_bus
 from .emulator import HandEmulator
 

@@ -5,7 +5,7 @@ position control runs on the host, as in Wonik's own driver: every 3 ms (333 Hz)
 finger blocks, compute ``tau = kp * (setpoint - q) - kd * dq``, clamp it per joint, convert with
 ``pwm = tau * 1200`` and clamp the PWM per joint, then send one SET_TORQUE frame per finger block.
 
-Joint order: the one of ``allegro_driver.joints`` (index-first). CAN finger block k carries joints
+Joint order: the one of ``dexwm_robot.allegro`` (index-first). CAN finger block k carries joints
 4k..4k+3 of that order (0 index, 1 middle, 2 ring, 3 thumb), so the mapping between bus and
 published order is the identity per block; ``BLOCK_SLICES`` is the single place that says so.
 
@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 import can
 import numpy as np
 
-from . import joints, protocol
+from dexwm_robot import allegro as joints
+
+from . import protocol
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +329,7 @@ class HandController:
             unknown = [n for n in names if n not in joints.JOINT_NAMES]
             if unknown:
                 raise CommandRejected(f"unknown joint names {unknown}; expected names from "
-                                      f"allegro_driver.joints.JOINT_NAMES")
+                                      f"dexwm_robot.allegro.JOINT_NAMES")
             for n, v in zip(names, values):
                 full[joints.JOINT_NAMES.index(n)] = v
         problem = joints.outside_limits(full)

@@ -20,7 +20,9 @@ import time
 import can
 import numpy as np
 
-from . import joints, protocol
+from dexwm_robot import allegro as joints
+
+from . import protocol
 
 log = logging.getLogger(__name__)
 

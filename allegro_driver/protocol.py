@@ -38,7 +38,7 @@ TEMPERATURE        0x38 + f    d->h   4 bytes: 4 x u8 motor temperatures [deg C]
 
 HAND_INFO, SERIAL, FINGER_POSE, IMU and TEMPERATURE are also *requested* by the host with a remote
 (RTR) frame of the same command and no data. Finger block f is 0 = index, 1 = middle, 2 = ring,
-3 = thumb (see ``allegro_driver.joints``).
+3 = thumb (see ``dexwm_robot.allegro``).
 
 Units: encoder counts to angle ``333.3 / 65536`` degrees per count. Torque to PWM:
 ``pwm = torque [Nm] * 1200`` on the V4 (12 V) hand, clamped per joint (controller.py).

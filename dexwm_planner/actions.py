@@ -12,13 +12,13 @@ import functools
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from dexwm_robot.joints import DOF as DECISION_DIM
+
 from .keypoints import NUM_HAND_KEYPOINTS, NUM_KEYPOINTS
 
 ACTION_DIM = 3 * NUM_KEYPOINTS + 6  # 132
 CAM_TRANSLATION = slice(3 * NUM_KEYPOINTS, 3 * NUM_KEYPOINTS + 3)
 CAM_ROTATION = slice(3 * NUM_KEYPOINTS + 3, ACTION_DIM)
-ARM_JOINTS, HAND_JOINTS = 7, 16
-DECISION_DIM = ARM_JOINTS + HAND_JOINTS  # 23
 
 
 def keypoint_actions(keypoints_world: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
@@ -49,12 +49,10 @@ def keypoint_actions(keypoints_world: np.ndarray, cam_to_world: np.ndarray) -> n
 
 @functools.lru_cache(maxsize=1)
 def default_kinematics():
-    """The simulation's forward kinematics (Franka FR3 + Allegro), built once per process."""
-    try:
-        from dexwm_sim.kinematics import RobotKinematics
-    except ImportError as exc:  # the sim package is a sibling part of the stack
-        raise ImportError("dexwm_sim.kinematics.RobotKinematics is needed for Allegro actions") from exc
-    return RobotKinematics.from_scene()
+    """The robot's forward kinematics (Franka FR3 + Allegro), built once per process."""
+    from dexwm_robot.kinematics import RobotKinematics
+
+    return RobotKinematics.from_description()
 
 
 def allegro_keypoints_world(q: np.ndarray, kinematics=None) -> np.ndarray:

@@ -18,9 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-ARM_DOF = 7
-HAND_DOF = 16
-DOF = ARM_DOF + HAND_DOF
+from dexwm_robot.joints import ARM_DOF, DOF, HAND_DOF  # noqa: F401  (HAND_DOF: for callers)
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class CEMConfig:
 
 # DexWM paper: horizon 3, 512 samples, 10 elites, 10 iterations, std 0.3 (arm) / 0.1 (fingers).
 PAPER = CEMConfig()
-# CPU preset: fewer samples and iterations, same horizon and noise (see planner_bench for timings).
+# CPU preset: fewer samples and iterations, same horizon and noise (see dexwm_ros.planner_bench for timings).
 CPU = CEMConfig(samples=48, elites=6, iterations=3, chunk=48)
 PRESETS = {"paper": PAPER, "cpu": CPU}
 

@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dexwm_robot.view import raw_to_view_pixels, view_geometry
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PROJECTIONS = ("pca", "whiten")
@@ -137,16 +139,9 @@ class FrozenEncoder(nn.Module):
 
     # ---- geometry
     def crop_geometry(self, raw_hw):
-        """(scale, x_offset) of resize-to-height + centre-crop for a raw image of size raw_hw."""
-        H, W = self.image_size
-        h, w = int(raw_hw[0]), int(raw_hw[1])
-        scale = H / h
-        new_w = int(round(w * scale))
-        if new_w < W:
-            raise ValueError(
-                f"image of size {h}x{w} is too narrow: resized to height {H} it is {new_w} px wide, "
-                f"the model needs at least {W} (aspect ratio >= {W / H:.3f})")
-        return scale, (new_w - W) // 2
+        """(scale, x_offset) of resize-to-height + centre-crop (dexwm_robot.view) for raw_hw."""
+        scale, _, x0 = view_geometry(raw_hw, self.image_size)
+        return scale, x0
 
     def crop_box(self, raw_hw, box=None):
         """The raw-pixel box (x0, y0, x1, y1), integer edges, that ``crop`` (or ``box``, same
@@ -176,11 +171,7 @@ class FrozenEncoder(nn.Module):
             out[..., 0] = (uv[..., 0] + 0.5 - box[0]) * sx - 0.5
             out[..., 1] = (uv[..., 1] + 0.5 - box[1]) * sy - 0.5
             return out
-        scale, x0 = self.crop_geometry(raw_hw)
-        # pixel centres: continuous coordinate c maps to (c + 0.5) * scale - 0.5
-        out = (uv + 0.5) * scale - 0.5
-        out[..., 0] -= x0
-        return out
+        return raw_to_view_pixels(uv, raw_hw, self.image_size)
 
     def model_images(self, images) -> np.ndarray:
         """The preprocessed images as uint8 (B, H', W', 3): what the encoder sees (for display)."""
@@ -191,7 +182,7 @@ class FrozenEncoder(nn.Module):
         """uint8 (B, H, W, 3) -> normalised float (B, 3, H', W') at ``image_size`` (of the view
         ``box`` instead of the main view when given)."""
         x = check_images(images)
-        scale, x0 = self.crop_geometry(x.shape[1:3])
+        _, new_w, x0 = view_geometry(x.shape[1:3], self.image_size)
         H, W = self.image_size
         x = x.to(self.pixel_mean.device).permute(0, 3, 1, 2).float() / 255.0
         box = self.crop_box(x.shape[-2:], box)
@@ -199,7 +190,6 @@ class FrozenEncoder(nn.Module):
             x = x[..., box[1]:box[3], box[0]:box[2]]
             x = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
             return (x - self.pixel_mean) / self.pixel_std
-        new_w = int(round(x.shape[-1] * scale))
         if (x.shape[-2], x.shape[-1]) != (H, new_w):
             x = F.interpolate(x, size=(H, new_w), mode="bilinear", antialias=True, align_corners=False)
         x = x[..., x0:x0 + W]

@@ -1,15 +1,5 @@
-"""dexwm-eval-wm CHECKPOINT DATA: open-loop rollouts of the world model against recorded episodes.
-
-    dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
-    dexwm-eval-wm --object-sensitivity --encoder crop=[...] --encoder projection=whiten \
-        --fit-data DIR [--cache-dir D] [--json]
-
-``--object-sensitivity`` measures instead how much the checkpoint's latent (encoder + projection,
-as the planner sees it) registers objects: over N >= 20 seeded place scenes, the median of
-latent-MSE(object moved to its place target) / latent-MSE(arm joint 1 + 0.05 rad); see
-``object_sensitivity``. With ``--encoder KEY=VALUE`` it measures a candidate representation
-instead: the checkpoint's (or the default) encoder config with these overrides, its projection
-fitted on the episodes of ``--fit-data`` exactly as ``dexwm-train`` fits it.
+"""Open-loop rollouts of the world model against recorded episodes (the ``dexwm-eval-wm`` command's
+main mode; the command itself is ``dexwm_ros.eval_wm``).
 
 For every episode: context = the first ``--context`` frames, then ``--horizon`` steps (paper: 20
 steps of 0.2 s) predicted autoregressively from the recorded actions. Per horizon step it reports
@@ -21,7 +11,6 @@ keypoints, bottom: the same frames with the keypoints decoded from the *predicte
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -139,93 +128,9 @@ def draw_strip(wm: DexWM, rollout: dict, path: str, max_frames: int = 8):
     cv2.imwrite(path, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
 
 
-def object_sensitivity_main(args) -> int:
-    import dataclasses
-
-    import yaml
-
-    from . import object_sensitivity as osens
-    from .encoders import EncoderConfig, FrozenEncoder
-    from .world_model import default_checkpoint
-    if args.scenes < MIN_SENSITIVITY_SCENES:
-        print(f"dexwm-eval-wm: --scenes must be >= {MIN_SENSITIVITY_SCENES}", file=sys.stderr)
-        return 2
-    checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
-    try:
-        wm = DexWM.load(checkpoint)
-        encoder, fit = wm.encoder, None
-        if args.encoder:
-            fields = dataclasses.asdict(wm.encoder.config)
-            for item in args.encoder:
-                key, sep, value = item.partition("=")
-                if not sep or key not in fields:
-                    raise ValueError(f"--encoder {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-                fields[key] = yaml.safe_load(value)
-            encoder = FrozenEncoder(EncoderConfig(**fields))
-            if encoder.config.proj_dim:
-                if not args.fit_data:
-                    raise ValueError("a projected candidate encoder needs --fit-data (episodes to fit it on)")
-                from .train import fit_encoder_projection
-                episodes, _ = load_episodes(args.fit_data, args.kind, limit=args.episodes)
-                if not episodes:
-                    raise ValueError(f"no readable episodes in {args.fit_data}")
-                fit_encoder_projection(encoder, [cached_tokens(ep, encoder, args.cache_dir) for ep in episodes])
-                fit = {"data": os.path.abspath(args.fit_data), "episodes": len(episodes)}
-        scenes = osens.render_scenes(args.scenes, args.first_seed)
-        res = osens.measure(encoder, scenes)
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
-        return 1
-    res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
-               encoder=dataclasses.asdict(encoder.config), projection_fit=fit)
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print(f"{res['scenes']} {res['task']} scenes (seeds {args.first_seed}..{args.first_seed + res['scenes'] - 1})")
-        print("seed  object_mse  arm_mse   ratio")
-        for p in res["per_scene"]:
-            print(f"{p['seed']:4d}  {p['object_mse']:10.4f}  {p['arm_mse']:7.4f}  {p['ratio']:6.3f}")
-        print(f"object_to_arm_ratio_median {res['object_to_arm_ratio_median']:.3f} "
-              f"(object_mse median {res['object_mse_median']:.4f}, arm_mse median {res['arm_mse_median']:.4f})")
-    return 0
-
-
-MIN_SENSITIVITY_SCENES = 20
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="dexwm-eval-wm", description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint", nargs="?", help="DexWM checkpoint (default: the shipped one for "
-                    "--object-sensitivity)")
-    ap.add_argument("data", nargs="?", help="episode file or folder")
-    ap.add_argument("--checkpoint", dest="checkpoint_opt", default=None, help="same as the positional CHECKPOINT")
-    ap.add_argument("--kind", default="sim", choices=("sim", "egodex", "droid"))
-    ap.add_argument("--horizon", type=int, default=20)
-    ap.add_argument("--context", type=int, default=1)
-    ap.add_argument("--stride", type=int, default=1, help="kept frames per step")
-    ap.add_argument("--episodes", type=int, default=None, help="at most this many episodes")
-    ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--out", default="runs/eval_wm")
-    ap.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
-    ap.add_argument("--object-sensitivity", action="store_true",
-                    help="measure object vs arm sensitivity of the latent on seeded place scenes")
-    ap.add_argument("--scenes", type=int, default=MIN_SENSITIVITY_SCENES, help="place scenes (>= 20)")
-    ap.add_argument("--first-seed", type=int, default=0, help="seed of the first place scene")
-    ap.add_argument("--encoder", action="append", default=[], metavar="KEY=VALUE",
-                    help="measure a candidate encoder: the checkpoint's encoder config with this override")
-    ap.add_argument("--fit-data", default=None, help="episodes to fit a candidate encoder's projection on")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.object_sensitivity:
-        return object_sensitivity_main(args)
-    if args.checkpoint_opt:
-        if args.checkpoint and not args.data:   # `--checkpoint C DATA`
-            args.data = args.checkpoint
-        args.checkpoint = args.checkpoint_opt
-    if not args.checkpoint or not args.data:
-        ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity)")
+def open_loop(args) -> int:
+    """The open-loop evaluation for the parsed arguments of ``dexwm-eval-wm`` (dexwm_ros.eval_wm):
+    checkpoint, data, kind, episodes, cache_dir, horizon, context, stride, out, json."""
     try:
         wm = DexWM.load(args.checkpoint)
         episodes, skipped = load_episodes(args.data, args.kind, limit=args.episodes)
@@ -254,7 +159,3 @@ def main(argv=None) -> int:
                   + "  ".join(f"{res['pck'][str(t)][h]:7.3f}" for t in THRESHOLDS))
         print(f"wrote {args.out}/metrics.json, metrics.png, strip.png")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """ROS 2 node `allegro`: thin adapter over allegro_driver.controller.HandController.
 
-Publishes /allegro/joint_states (16 joints, names and order from allegro_driver.joints) and
+Publishes /allegro/joint_states (16 joints, names and order from dexwm_robot.allegro) and
 /diagnostics; takes position targets on /allegro/joint_command (sensor_msgs/JointState, by name or
 all 16 in order) and the /allegro/move_joints action; /allegro/stop (std_srvs/Trigger) holds the
 current position (stop_mode "hold") or switches the torques off until the next command
@@ -31,7 +31,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from allegro_driver import joints
+from dexwm_robot import allegro as joints
 from allegro_driver.controller import (GAIN_BOUNDS, CommandRejected, ControllerConfig, HandController, State,
                                        open_bus, validate_gains)
 from allegro_driver.emulator import HandEmulator

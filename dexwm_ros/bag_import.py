@@ -13,9 +13,9 @@ Output: the episodes ``dexwm-record`` writes (same writer, dexwm_sim/FORMAT.md l
 episode_NNNNNN.h5``, numbered after those already there), which ``dexwm-train`` and
 ``dexwm_planner.datasets.read_sim_episode`` read. Each stores frames at the model's frame step
 (``--rate``, default the collector's 5 Hz = 0.2 s), as the world model sees them (resized to
-``--size`` rows, centre-cropped to ``--size`` columns, ``dexwm_ros.model_view``), and the 23 joint
+``--size`` rows, centre-cropped to ``--size`` columns, ``dexwm_robot.view``), and the 23 joint
 positions at each frame's time (fr3_joint1..7, then the Allegro joints by name in
-allegro_driver/joints.py order).
+dexwm_robot/allegro.py order).
 
 Resampling. Times are the messages' header stamps (the capture time; the bag's receive time only
 where a stamp is zero), so the order in which messages were written does not matter: each stream
@@ -42,10 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dexwm_robot.camera import load_extrinsics
+from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_JOINTS, HAND_JOINT_NAMES as HAND_JOINTS
+from dexwm_robot.view import model_view, model_view_intrinsics
 from dexwm_ros.image_conversion import ImageConversionError, image_to_numpy
 from dexwm_ros.joint_state import joint_vector
-from dexwm_ros.model_view import model_view, model_view_intrinsics
-from dexwm_ros.record import ARM_JOINTS, FRAME_RATE_HZ, load_extrinsics, next_episode_path, write_episode
+from dexwm_ros.record import FRAME_RATE_HZ, next_episode_path, write_episode
 
 IMAGE_TOPIC = "/camera/camera/color/image_raw"
 INFO_TOPIC = "/camera/camera/color/camera_info"
@@ -227,7 +229,6 @@ def import_bag(bag: Path, out: Path, world_to_camera: np.ndarray, *, rate_hz: fl
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
-    from allegro_driver.joints import JOINT_NAMES as HAND_JOINTS
 
     bag = Path(bag)
     if bag.is_file() and (bag.parent / "metadata.yaml").is_file():
@@ -311,7 +312,7 @@ def import_bag(bag: Path, out: Path, world_to_camera: np.ndarray, *, rate_hz: fl
     if K is None:
         if not sim_camera:
             raise BagImportError(f"no intrinsics: the bag has no {topics.info}; give --intrinsics FILE (3x3)")
-        from dexwm_sim.camera import HeadCamera
+        from dexwm_robot.camera import HeadCamera
 
         K = HeadCamera().intrinsics(*raw_wh)
     elif info_wh is not None and info_wh != raw_wh:
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.sim_camera:
-            from dexwm_sim.camera import HeadCamera
+            from dexwm_robot.camera import HeadCamera
 
             world_to_camera = HeadCamera().world_to_camera
         else:

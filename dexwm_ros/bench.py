@@ -14,7 +14,7 @@ SUBCOMMANDS = {
     "allegro": ("allegro_driver.bench", "Allegro 333 Hz control-loop period error, CAN decoder fuzzing"),
     "camera": ("dexwm_ros.camera_bench", "640x480 rgb at 30 Hz through Fast DDS to another process"),
     "wm": ("dexwm_planner.bench", "world-model predictor throughput and FLOP/s vs a plain matmul"),
-    "planner": ("dexwm_planner.planner_bench", "time per CEM replan at the CPU preset"),
+    "planner": ("dexwm_ros.planner_bench", "time per CEM replan at the CPU preset"),
 }
 
 

@@ -6,6 +6,10 @@ Starts the nodes that config/graph.yaml lists for GRAPH (the launch files read t
 in its own process with the same parameters, prefixes their output with the node name, forwards
 Ctrl-C to all of them, and stops everything with a non-zero exit code when a required node dies.
 It is deliberately small: launch files remain the way to start the stack in a ROS 2 workspace.
+
+Discovery: the nodes dexwm-up starts keep DDS discovery on this host
+(ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on the caller's ROS_DOMAIN_ID. The nodes themselves set
+nothing: under ``ros2 launch`` the user's environment decides (see the README's lab section).
 """
 from __future__ import annotations
 
@@ -62,13 +66,30 @@ def tool_executable(name: str) -> Path:
     return _find(Path("bin") / name)
 
 
+# The variables that decide which DDS graph a process joins.
+GRAPH_VARIABLES = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")
+
+
 def ros_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """DDS stays on this host for every process we start."""
+    """The environment of the processes dexwm-up and the test harnesses start: DDS discovery stays
+    on this host (the caller's os.environ is not changed)."""
     env = dict(os.environ if base is None else base)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def join_graph(env: dict[str, str]) -> None:
+    """Let this process's own rclpy clients join the graph whose processes run with ``env``.
+
+    For harnesses (demo, dexwm-faults) that start a private graph and talk to it: rclpy takes the
+    discovery range only from the environment, so it is set here, at run time, right before
+    ``rclpy.init``; never at import.
+    """
+    for name in GRAPH_VARIABLES:
+        if name in env:
+            os.environ[name] = env[name]
 
 
 def _die_with_parent():

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -35,8 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from dexwm_ros.handeye import MIN_SAMPLES, CharucoBoard, HandEyeCalibrator, BoardDetector, pose_error, write_calibration
-
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 SIM_IMAGE_SIZE = (1280, 960)
 # Board centres are drawn from this box in the world frame (in front of the robot, between the table
@@ -72,9 +69,9 @@ def _presenting_pose(rng, camera_position: np.ndarray) -> tuple[np.ndarray, np.n
 
 def calibrate_sim(poses: int = 15, seed: int = 0, out: Path | None = None, log=print) -> dict:
     """Run the calibration in simulation; returns the report (errors against the true camera)."""
-    from allegro_driver.joints import OPEN_POSE
+    from dexwm_robot.allegro import OPEN_POSE
     from dexwm_sim.calibration_scene import BOARD_POS, build_calibration_model
-    from dexwm_sim.model import ARM_HOME
+    from dexwm_robot.franka import HOME as ARM_HOME
     from dexwm_sim.scene import SimEnv
 
     import mujoco   # after dexwm_sim, which picks the headless GL backend before mujoco loads
@@ -128,10 +125,10 @@ def calibrate_ros(out: Path, min_poses: int, board: CharucoBoard, still_rad: flo
     from dexwm_ros.image_conversion import image_to_numpy
     from dexwm_ros.joint_state import joint_vector
     from dexwm_ros.ros_time import seconds
-    from dexwm_sim.kinematics import DOF, RobotKinematics
-    from dexwm_sim.model import ARM_JOINTS
+    from dexwm_robot.kinematics import DOF, RobotKinematics
+    from dexwm_robot.franka import JOINT_NAMES as ARM_JOINTS
 
-    kinematics = RobotKinematics.from_scene()
+    kinematics = RobotKinematics.from_description()
     latest = {}
     lock = threading.Lock()
     rclpy.init()

@@ -31,26 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
 
-import rclpy  # noqa: E402
-from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.qos import DurabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 
-from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-
-from dexwm_ros.action import Execute  # noqa: E402
-from dexwm_ros.bringup import stop_graph, tool_executable  # noqa: E402
-from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image  # noqa: E402
-from dexwm_ros.msg import EpisodeState  # noqa: E402
-from dexwm_ros.srv import ResetEpisode  # noqa: E402
+from dexwm_robot.tasks import TASK_KINDS
+from dexwm_ros.action import Execute
+from dexwm_ros.bringup import join_graph, ros_environment, stop_graph, tool_executable
+from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
+from dexwm_ros.msg import EpisodeState
+from dexwm_ros.srv import ResetEpisode
 
 
 # An evaluation seed of the place stage (dexwm-eval --protocol paper --task place, docs/eval/paper).
@@ -161,7 +157,11 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
     up_cmd = [sys.executable, str(tool_executable("dexwm-up")), sim_task, "sim:=true", f"seed:={seed}",
               f"sim_lockstep:={'false' if real_time else 'true'}"]
     log = open(log_path, "wb")
-    up = subprocess.Popen(up_cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # A private graph on this host, on its own domain unless the caller chose one.
+    env = ros_environment()
+    env.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
+    up = subprocess.Popen(up_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    join_graph(env)
     rclpy.init()
     client = DemoClient()
     executor = MultiThreadedExecutor(num_threads=2)
@@ -295,7 +295,7 @@ def _write_artifacts(out_dir: Path, frames, costs, summary):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--task", choices=("reach", "grasp", "place"), default="place",
+    parser.add_argument("--task", choices=TASK_KINDS, default="place",
                         help="paper-protocol stage to run (default: place)")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"episode seed (disjoint from training seeds; default {DEMO_SEED:,}, "

@@ -81,9 +81,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dexwm_robot.tasks import TASK_KINDS
+from dexwm_sim.tasks import COMPOSITE_TASKS
+
 EVAL_SEED_OFFSET = 1_000_000
 FIT_SEED_OFFSET = 500_000
-PROTOCOL_TASKS = {"paper": ("reach", "grasp", "place"), "composite": ("reach", "reach-grasp", "pick-place")}
+PROTOCOL_TASKS = {"paper": TASK_KINDS, "composite": COMPOSITE_TASKS}
 # Executed MPC steps per episode unless --max-steps says otherwise: a paper stage is one piece of a
 # demonstration (the paper executes 3 large steps; our model's step is 0.2 s, see README), a
 # composite task is a whole pick or pick-and-place.
@@ -528,7 +531,7 @@ def fit_stop(checkpoint: str = "", episodes: int = 12, progress: bool = True, ma
     model = DexWM.load(path)
     size = sim_camera_size()
     env = SimEnv(render_size=size)
-    costs = {kind: ([], []) for kind in ("reach", "grasp", "place")}
+    costs = {kind: ([], []) for kind in TASK_KINDS}
     seeds_used = []
     try:
         seed = FIT_SEED_OFFSET
@@ -902,10 +905,10 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
              baseline_planner_seeds: int = 1) -> dict:
     """Run the evaluation; ``baselines``: True (all), False (none) or a list of names."""
     from dexwm_planner.world_model import DexWM
-    from dexwm_sim.camera import HeadCamera
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
 
-    kin = RobotKinematics.from_scene()
+    kin = RobotKinematics.from_description()
     w2c = HeadCamera().world_to_camera
     stop = settings.stop_rule(settings.kind)
     settings.resolve_step()

@@ -444,6 +444,7 @@ def sim_cases(r: Runner) -> None:
 
 def hand_cases(r: Runner) -> None:
     """The allegro node on its emulator: refusals, gains, and no hand answering (error state)."""
+    from dexwm_robot.allegro import JOINT_NAMES as HAND_NAMES
     from dexwm_ros.action import MoveJoints
 
     R = MoveJoints.Result
@@ -458,9 +459,9 @@ def hand_cases(r: Runner) -> None:
     r.refused(g, "hand_target_1e6", "bad driver command", "hand", "allegro",
               hand(positions=np.r_[q[:15], 1e6]), "outside its limits", R.INVALID_JOINTS)
     r.refused(g, "hand_named_target_5rad", "bad driver command", "hand", "allegro",
-              hand(positions=[5.0], names=["allegro_index_1"]), "outside its limits", R.INVALID_JOINTS)
+              hand(positions=[5.0], names=[HAND_NAMES[1]]), "outside its limits", R.INVALID_JOINTS)
     r.refused(g, "hand_topic_5rad", "bad driver command", "hand", "allegro",
-              lambda: (p.publish("hand", [5.0], names=["allegro_thumb_3"]),
+              lambda: (p.publish("hand", [5.0], names=[HAND_NAMES[15]]),
                        r.log_says("allegro", "joint_command rejected"))[1] or "", "outside its limits")
     r.refused(g, "hand_stale_goal_16s", "stale command", "hand", "allegro", hand(positions=q, age=16.0), "stale goal")
     r.refused(g, "hand_negative_time_limit", "bad timing", "hand", "allegro",
@@ -475,7 +476,7 @@ def hand_cases(r: Runner) -> None:
                   lambda name=name, value=value: p.set_parameter("/allegro", name, value), name)
     r.refused(g, "param_goal_tolerance_1e9", "bad runtime parameter", "hand", "allegro",
               lambda: p.set_parameter("/allegro", "goal_tolerance", 1e9), "goal_tolerance")
-    from allegro_driver.joints import LOWER, UPPER
+    from dexwm_robot.allegro import LOWER, UPPER
     _stalled_goal_case(r, g, "allegro", "hand", np.clip(q + 0.2, LOWER, UPPER))
 
 
@@ -716,9 +717,11 @@ def run(quick: bool, only: str | None, verbose: bool) -> Report:
     import rclpy
     from rclpy.context import Context
 
+    from dexwm_ros.bringup import join_graph
+
     domain_id = int(os.environ.get("DEXWM_FAULTS_DOMAIN_ID", 1 + (os.getpid() * 7) % 100))
     env = _environment(domain_id)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    join_graph(env)
     report = Report()
     with tempfile.TemporaryDirectory(prefix="dexwm-faults-") as tmp:
         work = Path(tmp)

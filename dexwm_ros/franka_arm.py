@@ -7,8 +7,8 @@ can be exercised against franky-sim without ROS.
 Backend: ``franky`` from PyPI ``franky-control`` 2.0, built against libfranka 0.21, which speaks the
 protocol of the Franka Research 3 (FR3) and of franky-sim. **Panda (FER) arms need franky built
 against libfranka 0.9.x** (the last series that supports the Panda's older FCI protocol); build
-franky from source with that libfranka and use the Panda joint limits (``PANDA_JOINT_LIMITS``) in
-config/franka.yaml.
+franky from source with that libfranka and set the Panda joint limits
+(``dexwm_robot.franka.PANDA_JOINT_LIMITS``) in config/franka.yaml.
 
 Motions are started asynchronously (``Robot.move(..., asynchronous=True)``): a new command replaces
 the running one seamlessly inside franky's control loop, so pre-emption needs no stop in between.
@@ -29,21 +29,8 @@ import numpy as np
 
 # The limit and step-cap check is shared with the simulation, which must refuse exactly what this
 # driver refuses; CommandRejected is re-exported from here for the driver's callers.
-from dexwm_sim.command_limits import CommandRejected, check_joint_command  # noqa: F401
-
-JOINT_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
-N_JOINTS = 7
-
-# Joint position limits [rad] from Franka's datasheets (FR3 is the default; Panda for franky builds
-# against libfranka 0.9.x).
-FR3_JOINT_LIMITS = (
-    (-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),
-    (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159),
-)
-PANDA_JOINT_LIMITS = (
-    (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
-    (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),
-)
+from dexwm_robot.command_limits import CommandRejected, check_joint_command  # noqa: F401
+from dexwm_robot.franka import FR3_JOINT_LIMITS, JOINT_NAMES
 
 
 class RobotUnavailable(RuntimeError):

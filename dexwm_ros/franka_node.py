@@ -37,9 +37,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dexwm_ros.action import MoveJoints
-from dexwm_ros.franka_arm import (DONE, ERROR, FR3_JOINT_LIMITS, JOINT_NAMES, MOVING, N_JOINTS, PREEMPTED,
-                                  SETTING_BOUNDS, STOPPED, WATCHDOG, CommandRejected, FrankaArm, FrankaConfig,
-                                  RobotUnavailable)
+from dexwm_robot.franka import FR3_JOINT_LIMITS, JOINT_NAMES, NUM_JOINTS as N_JOINTS
+from dexwm_ros.franka_arm import (DONE, ERROR, MOVING, PREEMPTED, SETTING_BOUNDS, STOPPED, WATCHDOG, CommandRejected,
+                                  FrankaArm, FrankaConfig, RobotUnavailable)
 from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE,
                                    MAX_TIME_LIMIT_S, GoalRefused, check_command_age, check_time_limit,
                                    check_timing, check_tolerance, end_goal, is_deliberate)

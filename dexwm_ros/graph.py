@@ -197,7 +197,7 @@ def installed_executable(package: str, executable: str) -> Path | None:
 def robot_description(extrinsics: str) -> str:
     """The robot's URDF (dexwm_sim.urdf) with the camera at the calibration file ``extrinsics``
     (empty: the simulated head camera)."""
-    from dexwm_sim.camera import load_extrinsics
+    from dexwm_robot.camera import load_extrinsics
     from dexwm_sim.urdf import robot_urdf
 
     try:

@@ -2,7 +2,7 @@
 
 The camera is static and the board rides on the end effector. Each sample pairs one camera image
 with the flange pose from the arm's joint positions (the robot's forward kinematics,
-dexwm_sim.kinematics). OpenCV finds the board (``cv2.aruco.CharucoDetector``) and its pose in the
+dexwm_robot.kinematics). OpenCV finds the board (``cv2.aruco.CharucoDetector``) and its pose in the
 camera (``cv2.solvePnP`` on the ChArUco corners). Two unknowns are solved for, X = the camera's pose
 in the world (robot base) frame and Y = the board's pose on the flange, from
 ``world_T_flange[i] @ Y = X @ camera_T_board[i]``:
@@ -16,7 +16,7 @@ in the world (robot base) frame and Y = the board's pose on the flange, from
 (only its enum constants remain), hence the few lines of step 1 here.
 
 The result is written as the stack's calibration file: the 4x4 world->camera transform as a YAML
-list (dexwm_sim.camera.load_extrinsics reads it). Used by ``dexwm-calibrate`` (simulation and real
+list (dexwm_robot.camera.load_extrinsics reads it). Used by ``dexwm-calibrate`` (simulation and real
 robot). No rclpy here.
 """
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The ``main()`` every node executable shares: start, spin, and stop cleanly on Ctrl-C/SIGTERM."""
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from typing import Callable
@@ -12,6 +11,9 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+
+
+SIGNAL_POLL_S = 0.25
 
 
 def _interrupt(signum, frame):
@@ -32,8 +34,8 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
     was interrupted is torn down by its own ``destroy_node``, which copes with a partial object.
     """
     startup_errors = tuple(startup_errors) + (ParameterException, InvalidParameterTypeException)
-    # DDS discovery never leaves this host, however the node was started.
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    # Discovery (ROS_AUTOMATIC_DISCOVERY_RANGE, ROS_DOMAIN_ID) is the environment's: dexwm-up and the
+    # tests keep it on the host; under `ros2 launch` in a lab the user decides.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
@@ -45,7 +47,11 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
             executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
             executor.add_node(node)
             try:
-                executor.spin()
+                # Python runs the SIGINT/SIGTERM handlers only between waits: a node that receives
+                # nothing (the merger once its sources have stopped) would sleep in rcl_wait through
+                # a Ctrl-C, so the executor never waits longer than SIGNAL_POLL_S at a time.
+                while rclpy.ok():
+                    executor.spin_once(timeout_sec=SIGNAL_POLL_S)
             finally:
                 executor.shutdown(timeout_sec=2.0)
                 node.destroy_node()

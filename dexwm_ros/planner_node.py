@@ -57,7 +57,8 @@ from std_msgs.msg import ColorRGBA
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from allegro_driver import joints as hand_joints
+from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_NAMES, HAND_JOINT_NAMES as HAND_NAMES
+from dexwm_robot.tasks import TASK_KINDS
 from dexwm_planner.cem import PRESETS, CEMConfig
 from dexwm_planner.mpc import MPCConfig, MPCPlanner, PlanStep
 from dexwm_planner.objective import ObjectiveConfig
@@ -67,14 +68,12 @@ from dexwm_planner.stop_rule import REACHED, StopRule, load_fitted
 from dexwm_planner.subgoals import Subgoal, SubgoalSequence, default_phases, phase_settings
 from dexwm_ros.action import Execute
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
-from dexwm_ros.model_view import model_view
+from dexwm_robot.view import model_view
 from dexwm_ros.msg import PlannerStatus
 from dexwm_ros.srv import CaptureSequence
 from dexwm_ros.node_main import run_node
 from dexwm_ros.planner_robot import MoveJointsRobot
 
-ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
-HAND_NAMES = tuple(hand_joints.JOINT_NAMES)
 # A goal image whose aspect ratio differs from the camera's by more than this is refused: resizing
 # it would distort the scene and the latent distance would compare different geometry.
 MAX_ASPECT_MISMATCH = 0.05
@@ -217,11 +216,11 @@ class PlannerNode(Node):
         self._declare_parameters()
         g = lambda name: self.get_parameter(name).value  # noqa: E731
 
-        from dexwm_sim.camera import HeadCamera
-        from dexwm_sim.kinematics import RobotKinematics
+        from dexwm_robot.camera import HeadCamera
+        from dexwm_robot.kinematics import RobotKinematics
         from dexwm_planner.actions import allegro_actions
 
-        self.kin = kinematics if kinematics is not None else RobotKinematics.from_scene()
+        self.kin = kinematics if kinematics is not None else RobotKinematics.from_description()
         self.lower = np.asarray(self.kin.lower, dtype=np.float64)
         self.upper = np.asarray(self.kin.upper, dtype=np.float64)
         w2c = list(g("world_to_camera"))
@@ -350,7 +349,7 @@ class PlannerNode(Node):
         for param in params:
             if param.name == "preset" and param.value not in PRESETS:
                 return SetParametersResult(successful=False, reason=f"preset must be one of {', '.join(PRESETS)}")
-            if param.name == "task" and param.value not in ("reach", "grasp", "place"):
+            if param.name == "task" and param.value not in TASK_KINDS:
                 return SetParametersResult(successful=False, reason="task must be reach, grasp or place")
             if param.name == "capture_sequence":
                 try:
@@ -610,7 +609,7 @@ class PlannerNode(Node):
     def _run_goal(self, goal_handle):
         request = goal_handle.request
         g = lambda name: self.get_parameter(name).value  # noqa: E731
-        if request.task and request.task not in ("reach", "grasp", "place"):
+        if request.task and request.task not in TASK_KINDS:
             goal_handle.abort()
             return self._result(False, 0, f"bad_goal: unknown task {request.task!r}")
         task = request.task or g("task")

@@ -5,7 +5,7 @@
 Subscribes to the camera (`/camera/camera/color/image_raw` + `camera_info`) and both joint states,
 and at --rate Hz (5 Hz = the paper's 0.2 s steps) stores the latest frame, as the world model
 sees it (resized to --size rows, centre-cropped to --size columns), with the 23 joint positions (fr3_joint1..7, then the Allegro joints in
-allegro_driver/joints.py order). Ctrl-C or --duration ends the episode, which is written atomically
+dexwm_robot/allegro.py order). Ctrl-C or --duration ends the episode, which is written atomically
 as DIR/episode_NNNNNN.h5 in the layout of dexwm_sim/FORMAT.md (frames, timestamps, joints,
 camera/intrinsics, camera/extrinsics, camera/pose). Hand keypoints are not stored: the training data
 reader computes them from the joints with the robot's forward kinematics. `dexwm-train` reads the
@@ -26,19 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm_ros.model_view import model_view, model_view_intrinsics  # noqa: F401  (re-exported)
+from dexwm_robot.camera import load_extrinsics
+from dexwm_robot.joints import JOINT_NAMES
+from dexwm_robot.view import model_view, model_view_intrinsics
 # The model's frame step is the collector's control rate (5 Hz = the paper's 0.2 s): recorded and
 # imported episodes use the same one.
 from dexwm_sim.collect import CONTROL_HZ as FRAME_RATE_HZ
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-
 FORMAT_VERSION = 1
-ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
-
-# The calibration file reader lives with the camera model (dexwm-calibrate, dexwm-urdf and the
-# launch graph read the same file); re-exported here for the recorder's callers.
-from dexwm_sim.camera import load_extrinsics  # noqa: E402,F401
 
 
 def next_episode_path(out: Path) -> Path:
@@ -83,18 +78,18 @@ def run(args) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, JointState
 
-    from allegro_driver.joints import JOINT_NAMES as HAND_JOINTS
+    from dexwm_robot.joints import ARM_JOINT_NAMES, HAND_JOINT_NAMES
     from dexwm_ros.image_conversion import image_to_numpy
     from dexwm_ros.joint_state import joint_vector
     from dexwm_ros.ros_time import seconds
 
     if args.sim_camera:
-        from dexwm_sim.camera import HeadCamera
+        from dexwm_robot.camera import HeadCamera
 
         world_to_camera = HeadCamera().world_to_camera
     else:
         world_to_camera = load_extrinsics(args.extrinsics)
-    joint_names = list(ARM_JOINTS) + list(HAND_JOINTS)
+    joint_names = list(JOINT_NAMES)
     args.out.mkdir(parents=True, exist_ok=True)
 
     lock = threading.Lock()
@@ -116,9 +111,9 @@ def run(args) -> int:
     node.create_subscription(Image, "/camera/camera/color/image_raw", keep("image"), reliable)
     node.create_subscription(CameraInfo, "/camera/camera/color/camera_info", keep("info"), 10)
     node.create_subscription(JointState, "/franka/joint_states",
-                             keep("arm", lambda m: joint_vector(m, ARM_JOINTS)), 10)
+                             keep("arm", lambda m: joint_vector(m, ARM_JOINT_NAMES)), 10)
     node.create_subscription(JointState, "/allegro/joint_states",
-                             keep("hand", lambda m: joint_vector(m, HAND_JOINTS)), 10)
+                             keep("hand", lambda m: joint_vector(m, HAND_JOINT_NAMES)), 10)
     spin = threading.Thread(target=rclpy.spin, args=(node,), daemon=True)
     spin.start()
 

@@ -17,7 +17,7 @@ difference, plus the evaluation interfaces of the simulation:
 Bad commands (wrong size, unknown joint names, NaN/inf, targets outside the limits, arm steps over
 ``max_joint_step``, stale stamps, bad timing/tolerance/time limit) are refused with the reason
 (logged, on /diagnostics, in the action result) and never reach the physics: the simulation refuses
-exactly what the franka and allegro drivers refuse (same checks, dexwm_sim.command_limits and
+exactly what the franka and allegro drivers refuse (same checks, dexwm_robot.command_limits and
 dexwm_ros.move_joints).
 """
 from __future__ import annotations
@@ -49,10 +49,10 @@ from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S,
                                    check_timing, check_tolerance, end_goal, is_deliberate)
 from dexwm_ros.node_main import run_node
 from dexwm_ros.parameter_bounds import first_problem, ranged
-from dexwm_sim.command_limits import CommandRejected
+from dexwm_robot.command_limits import CommandRejected
+from dexwm_robot.franka import JOINT_NAMES as ARM_NAMES
 
 _R = MoveJoints.Result
-ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
 _CODES = {"invalid_goal": _R.INVALID_GOAL, "invalid_joints": _R.INVALID_JOINTS}
 # Live parameters with bounds (declared and checked on set); the arm's step cap has the real
 # franka driver's bounds.
@@ -113,7 +113,7 @@ def _descriptor(text: str, **kw) -> ParameterDescriptor:
 class SimNode(Node):
     def __init__(self):
         super().__init__("sim")
-        from allegro_driver import joints as hand_joints
+        from dexwm_robot import allegro as hand_joints
         from dexwm_ros.franka_arm import SETTING_BOUNDS, FrankaConfig
         from dexwm_sim.runner import RunnerConfig, SimRunner
         from dexwm_sim.tasks import MAX_SEED, TASKS

@@ -2,8 +2,8 @@
 
 Keyboard (in the terminal that runs the node, via termios) and ``sensor_msgs/Joy`` (``/joy``, when a
 joystick driver publishes it). Each key press moves the Franka flange by ``step_m`` in the world
-(robot base) frame, or turns it by ``step_rad``; the arm joints come from damped least-squares
-inverse kinematics on the numerical Jacobian of the forward kinematics (``RobotKinematics.ee_pose``).
+(robot base) frame, or turns it by ``step_rad``; the arm joints come from the stack's one inverse
+kinematics solver (``dexwm_robot.ik``, damped least squares).
 Targets go to ``/franka/move_joints`` and ``/allegro/move_joints`` (MoveJoints actions), clamped to
 the joint limits and to a per-command joint-change cap. ``g`` (or a Joy button) calls
 ``/dexwm/capture_goal`` so the pose becomes the planner's goal; ``n`` (or Joy button 4) appends it
@@ -34,14 +34,14 @@ from sensor_msgs.msg import JointState, Joy
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectoryPoint
 
-from allegro_driver import joints as hand_joints
+from dexwm_robot import allegro as hand_joints
+from dexwm_robot.ik import solve_arm_ik
+from dexwm_robot.joints import ARM_DOF, ARM_JOINT_NAMES as ARM_NAMES, HAND_JOINT_NAMES as HAND_NAMES
 from dexwm_ros.action import MoveJoints
 from dexwm_ros.srv import CaptureSequence
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 
-ARM_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
-HAND_NAMES = tuple(hand_joints.JOINT_NAMES)
 # A power-grasp hand posture inside the limits (fingers flexed, thumb opposed).
 HAND_CLOSED = np.array([0.0, 1.45, 0.7, 0.4] * 3 + [0.6, 1.163, 1.4, 1.719])
 
@@ -60,55 +60,33 @@ SEQUENCE_COMMANDS = {"append": CaptureSequence.Request.APPEND, "list": CaptureSe
 
 
 class CartesianJogger:
-    """Damped least-squares IK steps for the arm on the forward kinematics' numerical Jacobian."""
+    """Flange jogs: the arm's inverse kinematics (``dexwm_robot.ik``) towards a nearby flange pose,
+    then a cap on the joint change of one command."""
 
-    def __init__(self, kinematics, damping: float = 0.05, max_joint_step: float = 0.2, eps: float = 1e-6):
+    def __init__(self, kinematics, damping: float = 0.05, max_joint_step: float = 0.2):
         self.kin = kinematics
         self.lower = np.asarray(kinematics.lower, dtype=np.float64)
         self.upper = np.asarray(kinematics.upper, dtype=np.float64)
         self.damping = damping
         self.max_joint_step = max_joint_step
-        self.eps = eps
-
-    def pose_error(self, q: np.ndarray, position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-        """(6,) position error [m] and rotation error (rotation vector, world frame) [rad]."""
-        p, r = self.kin.ee_pose(q)
-        rot_err = Rotation.from_matrix(rotation @ r.T).as_rotvec()
-        return np.r_[position - p, rot_err]
-
-    def jacobian(self, q: np.ndarray) -> np.ndarray:
-        """(6, 7): d(position, rotation vector) / d(arm joints), central differences in one batch."""
-        qs = np.repeat(q[None], 14, axis=0)
-        for j in range(7):
-            qs[2 * j, j] += self.eps
-            qs[2 * j + 1, j] -= self.eps
-        p, r = self.kin.ee_pose(qs)
-        jac = np.empty((6, 7))
-        for j in range(7):
-            jac[:3, j] = (p[2 * j] - p[2 * j + 1]) / (2 * self.eps)
-            # small rotations about the world axes: R(q+e) R(q-e)^T ~ exp([w] 2e)
-            jac[3:, j] = Rotation.from_matrix(r[2 * j] @ r[2 * j + 1].T).as_rotvec() / (2 * self.eps)
-        return jac
 
     def jog(self, q: np.ndarray, translation=(0, 0, 0), rotation_vector=(0, 0, 0), iterations: int = 5) -> np.ndarray:
         """Arm joints (7,) that move the flange by ``translation`` [m] and turn it by
         ``rotation_vector`` [rad] (world frame) from joints q (23,); the hand is unchanged."""
-        q = np.asarray(q, dtype=np.float64).copy()
-        if q.shape != (23,) or not np.all(np.isfinite(q)):
-            raise ValueError(f"joints must be 23 finite values, got shape {q.shape}")
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape != (len(self.lower),) or not np.all(np.isfinite(q)):
+            raise ValueError(f"joints must be {len(self.lower)} finite values, got shape {q.shape}")
         p0, r0 = self.kin.ee_pose(q)
         target_p = p0 + np.asarray(translation, dtype=np.float64)
         target_r = Rotation.from_rotvec(np.asarray(rotation_vector, dtype=np.float64)).as_matrix() @ r0
-        start = q[:7].copy()
-        for _ in range(iterations):
-            err = self.pose_error(q, target_p, target_r)
-            if np.linalg.norm(err) < 1e-5:
-                break
-            jac = self.jacobian(q)
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + self.damping ** 2 * np.eye(6), err)
-            q[:7] = np.clip(q[:7] + dq, self.lower[:7], self.upper[:7])
-        step = np.clip(q[:7] - start, -self.max_joint_step, self.max_joint_step)
-        return np.clip(start + step, self.lower[:7], self.upper[:7])
+        # A jog is a small step near the current posture: full weight on orientation, no drift of
+        # the redundant joint, no per-iteration cap (the per-command cap below bounds the motion).
+        arm = solve_arm_ik(self.kin, q, target_p, target_r, point="flange", iterations=iterations,
+                           tol=1e-5, rotation_tol=1e-5, rotation_weight=1.0, damping=self.damping ** 2,
+                           max_iteration_step=None, posture_gain=0.0, limit_margin=0.0)
+        start = q[:ARM_DOF]
+        step = np.clip(arm - start, -self.max_joint_step, self.max_joint_step)
+        return np.clip(start + step, self.lower[:ARM_DOF], self.upper[:ARM_DOF])
 
 
 class KeyboardReader:
@@ -172,8 +150,8 @@ class TeleopNode(Node):
         g = lambda name: self.get_parameter(name).value  # noqa: E731
 
         if kinematics is None:
-            from dexwm_sim.kinematics import RobotKinematics
-            kinematics = RobotKinematics.from_scene()
+            from dexwm_robot.kinematics import RobotKinematics
+            kinematics = RobotKinematics.from_description()
         self.jogger = CartesianJogger(kinematics, damping=g("damping"), max_joint_step=g("max_joint_step"))
         self.lower, self.upper = self.jogger.lower, self.jogger.upper
         self._lock = threading.Lock()

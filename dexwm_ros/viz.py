@@ -189,14 +189,15 @@ def log_eval(view: ViewerLog, results: dict, episodes: int, render: bool) -> int
 
 
 def _render_episodes(view: ViewerLog, task: str, outcomes: list[dict]) -> None:
+    from dexwm_robot.joints import ARM_DOF, ARM_JOINT_NAMES
+    from dexwm_robot.kinematics import RobotKinematics
     from dexwm_ros.evaluate import sim_camera_size
     from dexwm_sim import tasks
-    from dexwm_sim.kinematics import RobotKinematics
     from dexwm_sim.scene import SimEnv
 
     size = sim_camera_size()
     env = SimEnv(render_size=size)
-    kin = RobotKinematics.from_scene()
+    kin = RobotKinematics.from_description()
     try:
         for i, o in enumerate(outcomes):
             episode = env.reset(task, int(o["seed"]))
@@ -206,7 +207,7 @@ def _render_episodes(view: ViewerLog, task: str, outcomes: list[dict]) -> None:
             view.image("planner/goal", goal.image)
             view.keypoints("world/hand/start", kin.keypoints_world(env.joint_positions()))
             view.keypoints("world/hand/goal", kin.keypoints_world(goal.joints), colour=(80, 220, 120))
-            view.joints("arm", [f"fr3_joint{k}" for k in range(1, 8)], env.joint_positions()[:7])
+            view.joints("arm", ARM_JOINT_NAMES, env.joint_positions()[:ARM_DOF])
     finally:
         env.close()
 

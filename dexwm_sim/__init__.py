@@ -1,4 +1,6 @@
-"""dexwm_sim: the embedded MuJoCo simulation (scene, tasks, forward kinematics, data collection).
+"""dexwm_sim: the embedded MuJoCo simulation (scene, tasks, data collection).
+
+The robot itself (joints, limits, kinematic description, FK/IK, camera model) is dexwm_robot's.
 
 No rclpy here. Importing this package picks a headless OpenGL backend for MuJoCo *before* mujoco is
 imported anywhere (MuJoCo reads ``MUJOCO_GL`` once, at import): EGL when an EGL display can be

@@ -15,7 +15,8 @@ from . import select_gl_backend
 select_gl_backend()
 import mujoco  # noqa: E402
 
-from .camera import HeadCamera  # noqa: E402
+from dexwm_robot.camera import HeadCamera  # noqa: E402
+
 from .model import SceneModel, build_model, build_spec  # noqa: E402
 
 BOARD_BODY = "allegro_palm"

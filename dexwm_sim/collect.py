@@ -25,7 +25,7 @@ Control and stored frames at 5 Hz (0.2 s steps, the paper's timing; stored as th
 
   frames             (T, H, W, 3) uint8   head-camera RGB at the world-model size
   timestamps         (T,) float64         seconds since the episode start
-  joints             (T, 23) float64      fr3_joint1..7 then Allegro (allegro_driver order) [rad]
+  joints             (T, 23) float64      fr3_joint1..7 then Allegro (dexwm_robot.allegro order) [rad]
   targets            (T, 23) float64      commanded joint targets of the step that follows the frame
   keypoints_world    (T, 42, 3) float32   21 right-hand MANO keypoints, then 21 left (zeros) [m]
   keypoints_camera   (T, 42, 3) float32   the same in the OpenCV camera frame
@@ -403,8 +403,10 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
     """Write one episode atomically (temporary file in the same folder, then rename)."""
     import h5py
 
-    from .kinematics import DOF
-    from .model import ALL_JOINTS, OBJECT_KINDS
+    from dexwm_robot.joints import DOF
+    from dexwm_robot.joints import JOINT_NAMES as ALL_JOINTS
+
+    from .model import OBJECT_KINDS
 
     T = len(rows)
     w, h = env.render_size

@@ -2,7 +2,9 @@
 
 The FR3 MJCF and meshes come from the installed ``franky-sim`` package (not copied here); its
 parallel gripper, position actuators, tendon and keyframe are removed and our Allegro hand
-(``assets/allegro_right.xml``) is attached to the flange. World frame: origin at the robot base on
+(``dexwm_robot/assets/allegro_right.xml``) is attached to the flange, as the robot description
+(``dexwm_robot.description``) that forward kinematics reads mounts it. Joint limits are those of
+``dexwm_robot.joints``. World frame: origin at the robot base on
 the table top, x forward (towards the workspace), z up.
 
 Actuation: one MuJoCo ``position`` actuator per joint with a derivative gain (``kv``), i.e. a
@@ -12,9 +14,7 @@ host PD are), so the PD gains only have to track, not hold up the arm.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -23,37 +23,22 @@ from . import select_gl_backend
 select_gl_backend()
 import mujoco  # noqa: E402
 
-from allegro_driver import joints as hand_joints  # noqa: E402
+from dexwm_robot import description  # noqa: E402
+from dexwm_robot.camera import HeadCamera  # noqa: E402
+from dexwm_robot.franka import TORQUE_LIMITS as ARM_TORQUE  # noqa: E402
+from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_JOINTS, HAND_JOINT_NAMES as HAND_JOINTS  # noqa: E402
+from dexwm_robot.joints import JOINT_NAMES as ALL_JOINTS, LOWER, UPPER  # noqa: E402
 
-from .camera import HeadCamera  # noqa: E402
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-ALLEGRO_XML = ASSETS / "allegro_right.xml"
-
-ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
-HAND_JOINTS = tuple(hand_joints.JOINT_NAMES)
-ALL_JOINTS = ARM_JOINTS + HAND_JOINTS
-
-# A comfortable start posture above the table (hand pointing down, in front of the base).
-ARM_HOME = np.array([0.0, -0.35, 0.0, -2.2, 0.0, 1.85, 0.785])
-
-# Gains and torque limits. FR3: torque limits from the FR3 data sheet (87 / 12 N m); the gains are
-# those of franky-sim's FR3 model. Allegro: about 0.7 N m per joint motor.
+# Gains: those of franky-sim's FR3 model for the arm; the Allegro's motors give about 0.7 N m per
+# joint. Torque limits of the arm: dexwm_robot.franka (data sheet).
 ARM_KP = np.array([4500, 4500, 3500, 3500, 2000, 2000, 2000], dtype=float)
 ARM_KV = np.array([450, 450, 350, 350, 200, 200, 200], dtype=float)
-ARM_TORQUE = np.array([87, 87, 87, 87, 12, 12, 12], dtype=float)
 HAND_KP = 3.0
 HAND_KV = 0.08
 HAND_TORQUE = 0.7
-# Joint speed limits [rad/s] (not part of the MuJoCo model; the URDF needs them): FR3 data sheet;
-# the hand's is the simulation's set-point speed cap (SimEnv max_hand_speed).
-ARM_VELOCITY = np.array([2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26])
+# The hand's joint speed limit [rad/s] (not part of the MuJoCo model; the URDF needs it): the
+# simulation's set-point speed cap (SimEnv max_hand_speed).
 HAND_VELOCITY = 6.0
-
-# Where the Allegro sits on the FR3 flange (107 mm along link 7) and how it is turned about the
-# flange axis (like Franka's own hand: 45 degrees, so the palm faces the robot's x axis at q7=pi/4).
-FLANGE_OFFSET = 0.107
-HAND_YAW = -np.pi / 4
 
 TIMESTEP = 0.002
 OBJECT_KINDS = ("box", "cylinder", "sphere")
@@ -63,25 +48,10 @@ TABLE_HALF = (0.6, 0.75, 0.02)     # table top: x in [-0.25, 0.95], y in [-0.75,
 TABLE_CENTER_X = 0.35
 
 
-def franky_sim_assets() -> Path:
-    """The assets folder of the installed franky-sim package (found without importing it)."""
-    spec = importlib.util.find_spec("franky_sim")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("franky-sim is not installed: it provides the FR3 model (pip install franky-sim)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "assets"
-    if not (path / "fr3.xml").is_file():
-        raise RuntimeError(f"franky-sim has no FR3 MJCF at {path / 'fr3.xml'}")
-    return path
-
-
-def _quat_z(angle: float) -> list[float]:
-    return [float(np.cos(angle / 2)), 0.0, 0.0, float(np.sin(angle / 2))]
-
-
 def build_spec(camera: HeadCamera | None = None) -> mujoco.MjSpec:
     """The scene as an editable MjSpec."""
     camera = camera or HeadCamera()
-    fr3_dir = franky_sim_assets()
+    fr3_dir = description.franky_sim_assets()
     spec = mujoco.MjSpec.from_file(str(fr3_dir / "fr3.xml"))
     spec.meshdir = str(fr3_dir / "meshes")
     spec.modelname = "dexwm_fr3_allegro"
@@ -90,7 +60,8 @@ def build_spec(camera: HeadCamera | None = None) -> mujoco.MjSpec:
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     spec.option.impratio = 10.0   # stiffer friction: grasped objects slip less
 
-    # Remove the parallel gripper and everything that refers to it.
+    # Remove the parallel gripper and everything that refers to it (dexwm_robot.description mounts
+    # the hand the same way).
     for act in list(spec.actuators):
         spec.delete(act)
     for eq in list(spec.equalities):
@@ -99,26 +70,28 @@ def build_spec(camera: HeadCamera | None = None) -> mujoco.MjSpec:
         spec.delete(ten)
     for key in list(spec.keys):
         spec.delete(key)
-    spec.delete(spec.body("hand"))
+    spec.delete(spec.body(description.GRIPPER_BODY))
 
     # Gravity compensation for every robot body, as the real controllers do.
     for body in spec.body("base").find_all(mujoco.mjtObj.mjOBJ_BODY):
         body.gravcomp = 1.0
 
     # Allegro hand on the flange.
-    hand_spec = mujoco.MjSpec.from_file(str(ALLEGRO_XML))
-    link7 = spec.body("fr3_link7")
-    frame = link7.add_frame(pos=[0, 0, FLANGE_OFFSET], quat=_quat_z(HAND_YAW))
-    mount = frame.attach_body(hand_spec.body("mount"), "allegro_", "")
+    hand_spec = mujoco.MjSpec.from_file(str(description.ALLEGRO_XML))
+    link7 = spec.body(description.ARM_FLANGE_BODY)
+    frame = link7.add_frame(pos=[0, 0, description.FLANGE_OFFSET],
+                            quat=[float(v) for v in description.quat_z(description.HAND_YAW)])
+    mount = frame.attach_body(hand_spec.body("mount"), description.HAND_PREFIX, "")
     for body in mount.find_all(mujoco.mjtObj.mjOBJ_BODY):
         body.gravcomp = 1.0
     spec.add_exclude(bodyname1="fr3_link7", bodyname2="allegro_mount")
     spec.add_exclude(bodyname1="fr3_link7", bodyname2="allegro_palm")
 
     # Actuators: PD with torque limits (kv = derivative gain of the position actuator).
-    limits = {name: (lo, hi) for name, lo, hi in zip(HAND_JOINTS, hand_joints.LOWER, hand_joints.UPPER)}
+    limits = {name: (float(lo), float(hi)) for name, lo, hi in zip(ALL_JOINTS, LOWER, UPPER)}
     for i, name in enumerate(ARM_JOINTS):
-        lo, hi = spec.joint(name).range
+        lo, hi = limits[name]
+        spec.joint(name).range = [lo, hi]
         spec.add_actuator(name=name, target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT,
                           ).set_to_position(kp=ARM_KP[i], kv=ARM_KV[i])
         act = spec.actuator(name)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .command_limits import check_joint_command
-from .kinematics import ARM_DOF, DOF
+from dexwm_robot.command_limits import check_joint_command
+from dexwm_robot.joints import ARM_DOF, ARM_JOINT_NAMES, DOF, HAND_JOINT_NAMES
 
 log = logging.getLogger("dexwm_sim.runner")
 
@@ -115,7 +115,7 @@ class RunnerConfig:
     goal_size: tuple | None = None  # goal image size; None: the camera image size
     lockstep: bool = False          # simulated time stands still while no command is under way
     # Per-command cap on an arm joint's change [rad], enforced as the real franka driver enforces
-    # its max_joint_step (same check, dexwm_sim.command_limits); None: no cap.
+    # its max_joint_step (same check, dexwm_robot.command_limits); None: no cap.
     arm_max_joint_step: float | None = 0.5
     extra: dict = field(default_factory=dict)
 
@@ -230,9 +230,7 @@ class SimRunner:
     @staticmethod
     def joint_names(part: str) -> tuple[str, ...]:
         """Joint names of a part, in the drivers' order (for messages that name a joint)."""
-        from allegro_driver.joints import JOINT_NAMES as HAND_NAMES
-
-        return tuple(f"fr3_joint{i}" for i in range(1, 8)) if part == "arm" else tuple(HAND_NAMES)
+        return ARM_JOINT_NAMES if part == "arm" else HAND_JOINT_NAMES
 
     def _measured(self) -> np.ndarray:
         """The joints as last measured: the published snapshot while the physics thread runs (the env

@@ -22,11 +22,13 @@ from . import select_gl_backend
 select_gl_backend()
 import mujoco  # noqa: E402
 
-from allegro_driver import joints as hand_joints  # noqa: E402
+from dexwm_robot import allegro as hand_joints, ik  # noqa: E402
+from dexwm_robot.camera import HeadCamera  # noqa: E402
+from dexwm_robot.franka import HOME as ARM_HOME  # noqa: E402
+from dexwm_robot.joints import ARM_DOF, DOF  # noqa: E402
+from dexwm_robot.kinematics import RobotKinematics  # noqa: E402
 
-from .camera import HeadCamera  # noqa: E402
-from .kinematics import ARM_DOF, DOF, RobotKinematics  # noqa: E402
-from .model import ARM_HOME, OBJECT_KINDS, SceneModel, build_model  # noqa: E402
+from .model import OBJECT_KINDS, SceneModel, build_model  # noqa: E402
 
 log = logging.getLogger("dexwm_sim")
 
@@ -80,7 +82,7 @@ class SimEnv:
         self.model = self.scene.model
         self.data = mujoco.MjData(self.model)
         self.camera = self.scene.camera
-        self.kinematics = RobotKinematics.from_scene(self.scene)
+        self.kinematics = RobotKinematics.from_description()
         self.render_size = tuple(int(v) for v in render_size)
         self.control_dt = 1.0 / control_hz
         self.physics_dt = float(self.model.opt.timestep)
@@ -107,7 +109,7 @@ class SimEnv:
         return float(self.data.time)
 
     def joint_positions(self) -> np.ndarray:
-        """(23,) arm (fr3_joint1..7) then hand (allegro_driver order) joint positions [rad]."""
+        """(23,) arm (fr3_joint1..7) then hand (dexwm_robot.allegro order) joint positions [rad]."""
         return self.data.qpos[self.scene.qpos_adr].copy()
 
     def joint_velocities(self) -> np.ndarray:
@@ -404,106 +406,27 @@ class SimEnv:
             mujoco.mj_resetData(self.model, self.data)
             self.reset_robot(ARM_HOME, hand_joints.OPEN_POSE)
 
-    # --- inverse kinematics (scripted solutions) ---------------------------------------------------
-    def solve_arm_ik_global(self, target: np.ndarray, rotation: np.ndarray | None = None, q_init=None,
-                            hand=None, points: str = "palm") -> tuple[np.ndarray, float]:
-        """``solve_arm_ik`` from several starting postures; the best solution and its error [m].
-
-        Errors combine position [m] and 0.1 x orientation [rad]; ties go to the solution closest to
-        ``q_init`` (least motion).
-        """
-        q_init = self.joint_positions()[:ARM_DOF] if q_init is None else np.asarray(q_init, dtype=float)
-        mid = 0.5 * (self.lower[:ARM_DOF] + self.upper[:ARM_DOF])
-        mid[0] = np.arctan2(target[1], target[0])
-        seeds = [q_init, mid]
-        for q7 in (-2.2, -0.8, 0.8, 2.2):
-            for q5 in (-1.0, 0.0, 1.0):
-                seed = mid.copy()
-                seed[4], seed[6] = q5, q7
-                seeds.append(seed)
-        best, best_cost, best_err = None, np.inf, np.inf
-        for seed in seeds:
-            q = self.solve_arm_ik(target, rotation, q_init=seed, hand=hand, points=points)
-            err = self._ik_error(q, target, rotation, hand, points)
-            if seed is q_init and err < 3e-3:
-                return q, err          # the nearby solution is good: keep the current IK branch
-            # 1 rad of extra motion weighs like 2 cm of error; limits-hugging solutions are penalised.
-            margin = np.minimum(q - self.lower[:ARM_DOF], self.upper[:ARM_DOF] - q).min()
-            cost = err + 0.02 * np.linalg.norm(q - q_init) + (0.05 if margin < 0.05 else 0.0)
-            if cost < best_cost:
-                best, best_cost, best_err = q, cost, err
-        return best, best_err
-
-    def _ik_error(self, q_arm, target, rotation, hand, points) -> float:
-        q = np.r_[q_arm, self.joint_positions()[ARM_DOF:] if hand is None else hand]
-        pts = self.kinematics.palm_and_tips_world(q)
-        point = pts[0] if points == "palm" else pts.mean(axis=0)
-        err = float(np.linalg.norm(point - target))
-        if rotation is not None:
-            _, R = self.kinematics.ee_pose(q)   # palm and mount share their orientation
-            cos = np.clip((np.trace(rotation.T @ R) - 1) / 2, -1, 1)
-            err += 0.1 * float(np.arccos(cos))
-        return err
-
-    def solve_arm_ik(self, target: np.ndarray, rotation: np.ndarray | None = None, q_init=None,
-                     hand=None, points: str = "palm", iterations: int = 200, tol: float = 1e-3) -> np.ndarray:
-        """Arm joints that bring a hand point to ``target`` (and the palm frame to ``rotation``).
-
-        ``points``: "palm" (palm centre) or "palm_tips" (mean of palm centre and 4 fingertips, the
-        reach rule's point). Damped least squares on a scratch MjData; joint limits respected.
-        """
-        m = self.model
-        d = mujoco.MjData(m)
+    # --- inverse kinematics (scripted solutions; the solver is dexwm_robot.ik) ------------------------
+    def _ik_start(self, q_init, hand) -> np.ndarray:
+        """The 23-vector an IK solve starts from: q_init (7 or 23, default: now), hand overridden."""
         q = self.joint_positions() if q_init is None else np.array(q_init, dtype=float)
         if q.shape == (ARM_DOF,):
             q = np.r_[q, self.joint_positions()[ARM_DOF:]]
         if hand is not None:
             q[ARM_DOF:] = hand
-        sites = ["allegro_palm_center"]
-        if points == "palm_tips":
-            sites += [f"allegro_{f}_tip" for f in ("thumb", "index", "middle", "ring")]
-        site_ids = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, s) for s in sites]
-        palm = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "allegro_palm")
-        cols = self.scene.dof_adr[:ARM_DOF]
-        jacp = np.zeros((3, m.nv))
-        jacr = np.zeros((3, m.nv))
-        lo, hi = self.lower[:ARM_DOF], self.upper[:ARM_DOF]
-        nominal = 0.5 * (lo + hi)            # joint-limit avoidance: middle of each range
-        nominal[0] = np.clip(np.arctan2(target[1], target[0]), lo[0], hi[0])
-        posture_gain = 0.1
-        for it in range(iterations):
-            d.qpos[self.scene.qpos_adr] = q
-            mujoco.mj_kinematics(m, d)
-            mujoco.mj_comPos(m, d)
-            point = np.mean([d.site_xpos[s] for s in site_ids], axis=0)
-            J = np.zeros((3, ARM_DOF))
-            for s in site_ids:
-                mujoco.mj_jacSite(m, d, jacp, None, s)
-                J += jacp[:, cols]
-            J /= len(site_ids)
-            err = target - point
-            rows, errs = [J], [err]
-            rot_err = np.zeros(3)
-            if rotation is not None:
-                R = d.xmat[palm].reshape(3, 3)
-                # Orientation error as a rotation vector (world frame), weighted less than position.
-                Re = rotation @ R.T
-                rot_err = 0.5 * np.array([Re[2, 1] - Re[1, 2], Re[0, 2] - Re[2, 0], Re[1, 0] - Re[0, 1]])
-                mujoco.mj_jacBody(m, d, None, jacr, palm)
-                rows.append(0.3 * jacr[:, cols])
-                errs.append(0.3 * rot_err)
-            if np.linalg.norm(err) < tol and np.linalg.norm(rot_err) < 0.02:
-                break
-            Jall = np.vstack(rows)
-            eall = np.concatenate(errs)
-            J_pinv = Jall.T @ np.linalg.inv(Jall @ Jall.T + 1e-4 * np.eye(len(eall)))
-            # The arm is redundant (7 joints, 6 constraints): in the null space, drift towards a
-            # comfortable posture facing the target, away from joint limits and wrist flips.
-            null = np.eye(ARM_DOF) - J_pinv @ Jall
-            dq = J_pinv @ eall + null @ (posture_gain * (nominal - q[:ARM_DOF]))
-            dq = np.clip(dq, -0.2, 0.2)
-            q[:ARM_DOF] = np.clip(q[:ARM_DOF] + dq, lo + 1e-3, hi - 1e-3)
-        return q[:ARM_DOF].copy()
+        return q
+
+    def solve_arm_ik_global(self, target: np.ndarray, rotation: np.ndarray | None = None, q_init=None,
+                            hand=None, points: str = "palm") -> tuple[np.ndarray, float]:
+        """``ik.solve_arm_ik_global`` from ``q_init`` (default: the current joints)."""
+        return ik.solve_arm_ik_global(self.kinematics, self._ik_start(q_init, hand), target, rotation, point=points)
+
+    def solve_arm_ik(self, target: np.ndarray, rotation: np.ndarray | None = None, q_init=None,
+                     hand=None, points: str = "palm", iterations: int = 200, tol: float = 1e-3) -> np.ndarray:
+        """``ik.solve_arm_ik`` from ``q_init`` (default: the current joints): arm joints (7,) that
+        bring the palm centre ("palm") or the mean of palm and fingertips ("palm_tips") to ``target``."""
+        return ik.solve_arm_ik(self.kinematics, self._ik_start(q_init, hand), target, rotation, point=points,
+                               iterations=iterations, tol=tol)
 
     # --- rendering --------------------------------------------------------------------------------
     def _renderer(self, width: int, height: int) -> mujoco.Renderer:

@@ -39,16 +39,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from allegro_driver import joints as hand_joints
+from dexwm_robot import allegro as hand_joints
+from dexwm_robot.franka import HOME as ARM_HOME
+from dexwm_robot.tasks import TASK_KINDS
 
-from .model import ARM_HOME, OBJECT_KINDS
+from .model import OBJECT_KINDS
 
-PAPER_TASKS = ("paper-reach", "paper-grasp", "paper-place")
+PAPER_TASKS = tuple(f"paper-{kind}" for kind in TASK_KINDS)
 COMPOSITE_TASKS = ("reach", "reach-grasp", "pick-place")
 TASKS = COMPOSITE_TASKS + PAPER_TASKS
 # The planner's task kind (its task-specific cost terms and settings) of every simulation task.
 TASK_KIND = {"reach": "reach", "reach-grasp": "grasp", "pick-place": "place",
-             "paper-reach": "reach", "paper-grasp": "grasp", "paper-place": "place"}
+             **{f"paper-{kind}": kind for kind in TASK_KINDS}}
 # Paper-protocol stages: (start mark, end mark) in the scripted pick-and-place demonstration.
 STAGES = {"paper-reach": ("start", "pregrasp"), "paper-grasp": ("pregrasp", "lifted"),
           "paper-place": ("carrying", "lowered")}
@@ -69,8 +71,8 @@ MAX_SEED = 2 ** 32 - 1
 # thumb. The closing posture lies beyond contact on purpose: the torque-limited PD then squeezes.
 HAND_OPEN = np.asarray(hand_joints.OPEN_POSE)
 FINGERS_STRAIGHT = np.array([0.0, 0.05, 0.05, 0.0] * 3)
-# Closed: a hook (medial and distal joints bent most) so the fingertips stay above the table.
-FINGERS_CLOSED = np.array([0.0, 0.75, 1.709, 1.4] * 3)
+# Closed: a hook (medial joints at their limit, distal bent) so the fingertips stay above the table.
+FINGERS_CLOSED = np.array([0.0, 0.75, hand_joints.UPPER[2], 1.4] * 3)
 MIN_TABLE_DEPTH = 0.075        # keep the palm this high above the table: room for the finger hook
 PALM_SURFACE_X = 0.0111
 GRASP_Y = 0.02                 # between the index and middle fingers, in line with the thumb
@@ -187,8 +189,8 @@ _KIN = None
 def _kinematics():
     global _KIN
     if _KIN is None:
-        from .kinematics import RobotKinematics
-        _KIN = RobotKinematics.from_scene()
+        from dexwm_robot.kinematics import RobotKinematics
+        _KIN = RobotKinematics.from_description()
     return _KIN
 
 

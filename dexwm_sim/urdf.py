@@ -36,8 +36,10 @@ from . import select_gl_backend
 select_gl_backend()
 import mujoco  # noqa: E402
 
-from .camera import load_extrinsics  # noqa: E402
-from .model import ARM_JOINTS, ARM_VELOCITY, HAND_VELOCITY, SceneModel, build_model  # noqa: E402
+from dexwm_robot.camera import load_extrinsics  # noqa: E402
+from dexwm_robot.franka import JOINT_NAMES as ARM_JOINTS, VELOCITY_LIMITS as ARM_VELOCITY  # noqa: E402
+
+from .model import HAND_VELOCITY, SceneModel, build_model  # noqa: E402
 
 ROOT_LINK = "world"
 ROBOT_ROOT_BODY = "base"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from allegro_driver.joints import JOINT_NAMES as HAND_JOINTS, to_thumb_first
+from dexwm_robot.allegro import JOINT_NAMES as HAND_JOINTS, to_thumb_first
+from dexwm_robot.franka import JOINT_NAMES as ARM_JOINTS
 
-ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
 T0_NS = 1_700_000_000 * 10**9   # an epoch time, as a real recording has
 NS = 10**9
 

@@ -7,7 +7,8 @@ import can
 import numpy as np
 import pytest
 
-from allegro_driver import joints, protocol as P
+from allegro_driver import protocol as P
+from dexwm_robot import allegro as joints
 from allegro_driver.controller import (CommandRejected, ControllerConfig, HandController, State,
                                        open_bus, torques_to_pwm)
 from allegro_driver.emulator import HandEmulator

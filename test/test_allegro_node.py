@@ -8,7 +8,7 @@ from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
-from allegro_driver import joints
+from dexwm_robot import allegro as joints
 from rosutil import node_command, process, wait_for
 
 OPEN = np.asarray(joints.OPEN_POSE)

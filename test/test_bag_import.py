@@ -36,8 +36,8 @@ def _check_against_recording(ep: dict, camera_hz: float, rate_hz: float = 5.0):
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_import_writes_training_episodes(storage, tmp_path):
     from dexwm_planner.datasets import load_episodes, read_sim_episode
-    from dexwm_sim.camera import HeadCamera
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
 
     camera_hz = 12.0   # frames fall between ticks and between joint-state messages
     bag = write_bag(tmp_path / "bag", storage=storage, seconds=4.0, camera_hz=camera_hz, image_wh=(640, 480))
@@ -59,7 +59,7 @@ def test_import_writes_training_episodes(storage, tmp_path):
                                atol=1e-9)
     assert ep["attrs"]["control_hz"] == 5.0 and ep["attrs"]["source"] == "rosbag2:bag"
 
-    episode = read_sim_episode(str(files[0]), kinematics=RobotKinematics.from_scene())
+    episode = read_sim_episode(str(files[0]), kinematics=RobotKinematics.from_description())
     assert len(episode) == 20 and episode.dt == pytest.approx(0.2)
     assert episode.load_frames().shape == (20, 224, 224, 3)
     episodes, skipped = load_episodes(str(out), target_dt=0.2)

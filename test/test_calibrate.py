@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from dexwm_ros.handeye import (MIN_SAMPLES, BoardDetector, CharucoBoard, HandEyeCalibrator, pose_error,
                                solve_closed_form)
-from dexwm_sim.camera import HeadCamera, load_extrinsics
+from dexwm_robot.camera import HeadCamera, load_extrinsics
 
 CALIBRATE = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-calibrate")]
 
@@ -102,11 +102,11 @@ def test_real_robot_mode_takes_poses_from_ros_topics(node_env, rclpy_context, tm
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, JointState
 
-    from allegro_driver.joints import OPEN_POSE
+    from dexwm_robot.allegro import OPEN_POSE
     from dexwm_ros.calibrate import SIM_IMAGE_SIZE, _presenting_pose
     from dexwm_ros.image_conversion import numpy_to_image
     from dexwm_sim.calibration_scene import BOARD_POS, build_calibration_model
-    from dexwm_sim.model import ARM_HOME, ARM_JOINTS
+    from dexwm_robot.franka import HOME as ARM_HOME, JOINT_NAMES as ARM_JOINTS
     from dexwm_sim.scene import SimEnv
 
     board = CharucoBoard()

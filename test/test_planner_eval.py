@@ -35,11 +35,11 @@ def random_checkpoint(tmp_path_factory):
 
 
 def test_episodes_are_reproducible_and_respect_the_budget():
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.kinematics import RobotKinematics
 
     settings = ev.EvalSettings(protocol="composite", task="reach", max_steps=3, hold_s=0.5)
     runner = ev.make_runner(settings)
-    kin = RobotKinematics.from_scene()
+    kin = RobotKinematics.from_description()
     try:
         start = ev.prepare_episode(runner.env, settings, 1_000_000)
         a = ev.run_episode(runner, ev.RandomJointWalkPolicy(kin), start, settings)
@@ -64,14 +64,14 @@ def test_policies_read_no_simulator_ground_truth(random_checkpoint, monkeypatch)
     the goal image only (the session's stop rule reads only the costs the policy returns)."""
     from dexwm_planner.world_model import DexWM
     from dexwm_sim import tasks
-    from dexwm_sim.camera import HeadCamera
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
     from dexwm_sim.scene import SimEnv
 
     settings = ev.EvalSettings(protocol="paper", task="grasp", max_steps=2, hold_s=0.2, done_cost=0.5)
     runner = ev.make_runner(settings)
     env = runner.env
-    kin = RobotKinematics.from_scene()
+    kin = RobotKinematics.from_description()
     policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), kin, HeadCamera().world_to_camera, "cpu")
     policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
     seen = []
@@ -186,7 +186,7 @@ def test_in_process_episodes_run_the_planning_session(monkeypatch):
 
     from dexwm_planner import session
     from dexwm_planner.sim_robot import SimulatedRobot
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.kinematics import RobotKinematics
 
     runs = []
     run = session.PlanningSession.run
@@ -198,7 +198,7 @@ def test_in_process_episodes_run_the_planning_session(monkeypatch):
     monkeypatch.setattr(session.PlanningSession, "run", spy)
     settings = ev.EvalSettings(protocol="composite", task="reach", max_steps=1, hold_s=0.1)
     runner = ev.make_runner(settings)
-    kin = RobotKinematics.from_scene()
+    kin = RobotKinematics.from_description()
     try:
         start = ev.prepare_episode(runner.env, settings, 1_000_000)
         for policy in (ev.RandomJointWalkPolicy(kin), ev.HoldStillPolicy(), ev.OracleGoalJointsPolicy(kin)):

@@ -20,13 +20,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from allegro_driver import joints as hand_joints  # noqa: E402
+from dexwm_robot import allegro as hand_joints  # noqa: E402
+from dexwm_robot.franka import HOME as ARM_HOME  # noqa: E402
 from dexwm_ros.action import Execute, MoveJoints  # noqa: E402
 from dexwm_ros.msg import PlannerStatus  # noqa: E402
 from dexwm_ros.planner_node import ARM_NAMES, HAND_NAMES, PlannerNode, rgb_to_image_msg  # noqa: E402
 from rosutil import wait_for  # noqa: E402
 
-ARM_HOME = np.array([0.0, -0.35, 0.0, -2.2, 0.0, 1.85, 0.785])
 
 
 class RobotDouble(Node):

@@ -232,12 +232,12 @@ def test_the_world_model_plans_within_the_limits_and_stops_at_its_goal(robot):
     from dexwm_planner.cem import CPU
     from dexwm_planner.mpc import MPCConfig, MPCPlanner
     from dexwm_planner.world_model import DexWM
-    from dexwm_sim.camera import HeadCamera
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
     from dexwm_planner.actions import allegro_actions
 
     torch.manual_seed(0)
-    model, kin, w2c = DexWM(), RobotKinematics.from_scene(), HeadCamera().world_to_camera
+    model, kin, w2c = DexWM(), RobotKinematics.from_description(), HeadCamera().world_to_camera
     mpc = MPCConfig(cem=CPU.with_(samples=8, elites=2, iterations=1, chunk=8, max_step_arm=0.25))
 
     def make_planner(seed):

@@ -12,8 +12,8 @@ RECORD = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-record")]
 
 def test_record_a_simulated_episode_readable_by_the_training_reader(node_env, tmp_path):
     from dexwm_planner.datasets import read_sim_episode
-    from dexwm_sim.camera import HeadCamera
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
 
     out = tmp_path / "episodes"
     with process(node_command("sim", "-p", "task:=reach", "-p", "seed:=3"), node_env, tmp_path / "sim.log"):
@@ -26,7 +26,7 @@ def test_record_a_simulated_episode_readable_by_the_training_reader(node_env, tm
     files = sorted(out.glob("episode_*.h5"))
     assert [f.name for f in files] == ["episode_000000.h5"]
 
-    episode = read_sim_episode(str(files[0]), kinematics=RobotKinematics.from_scene())
+    episode = read_sim_episode(str(files[0]), kinematics=RobotKinematics.from_description())
     frames = episode.load_frames()
     assert frames.shape[1:] == (224, 224, 3) and len(frames) >= 5
     assert frames.std() > 10  # a real rendered scene, not a blank image
@@ -37,7 +37,7 @@ def test_record_a_simulated_episode_readable_by_the_training_reader(node_env, tm
         K = f["camera/intrinsics"][:]
         T = f["camera/extrinsics"][:]
         stamps = f["timestamps"][:]
-    kin = RobotKinematics.from_scene()
+    kin = RobotKinematics.from_description()
     assert q.shape[1] == 23 and np.all(np.isfinite(q))
     assert np.all(q >= kin.lower - 1e-3) and np.all(q <= kin.upper + 1e-3)
     assert np.max(np.ptp(q, axis=0)) < 0.02  # nobody commands the robot: it holds its start posture

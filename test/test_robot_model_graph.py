@@ -16,11 +16,11 @@ import rclpy
 import yaml
 from sensor_msgs.msg import JointState
 
-from allegro_driver.joints import JOINT_NAMES as HAND_JOINTS
+from dexwm_robot.allegro import JOINT_NAMES as HAND_JOINTS
 from dexwm_ros import graph
 from dexwm_ros.joint_state_merge import JointSample, JointStateMerger, RejectedSample
-from dexwm_sim.camera import HeadCamera
-from dexwm_sim.model import ARM_JOINTS
+from dexwm_robot.camera import HeadCamera
+from dexwm_robot.franka import JOINT_NAMES as ARM_JOINTS
 from dexwm_sim.urdf import CAMERA_FRAME
 from rosutil import node_command, process, wait_for
 

@@ -14,10 +14,11 @@ import pinocchio as pin
 import pytest
 import yaml
 
-from allegro_driver import joints as hand_joints
-from dexwm_sim.camera import HeadCamera
-from dexwm_sim.kinematics import MANO_FINGERS, RobotKinematics
-from dexwm_sim.model import ALL_JOINTS, build_model
+from dexwm_robot import allegro as hand_joints
+from dexwm_robot.camera import HeadCamera
+from dexwm_robot.kinematics import MANO_FINGERS, RobotKinematics
+from dexwm_robot.joints import JOINT_NAMES as ALL_JOINTS
+from dexwm_sim.model import build_model
 from dexwm_sim.urdf import CAMERA_FRAME, robot_urdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_joints_names_and_limits_come_from_the_scene(scene, urdf_model):
         j = model.joints[model.getJointId(name)].idx_q
         assert model.lowerPositionLimit[j] == pytest.approx(lo, abs=1e-12)
         assert model.upperPositionLimit[j] == pytest.approx(hi, abs=1e-12)
-    # The hand's limits are the driver's (allegro_driver/joints.py), through the scene.
+    # The hand's limits are the driver's (dexwm_robot/allegro.py), through the scene.
     hand = [model.joints[model.getJointId(n)].idx_q for n in hand_joints.JOINT_NAMES]
     np.testing.assert_allclose(model.upperPositionLimit[hand], hand_joints.UPPER, atol=1e-12)
     assert model.effortLimit[model.joints[model.getJointId("fr3_joint1")].idx_v] == pytest.approx(87.0)
@@ -61,7 +62,7 @@ def test_joints_names_and_limits_come_from_the_scene(scene, urdf_model):
 
 def test_forward_kinematics_equals_the_planners(scene, urdf_model):
     model, data = urdf_model, urdf_model.createData()
-    kin = RobotKinematics.from_scene(scene)
+    kin = RobotKinematics.from_description()
     rng = np.random.default_rng(7)
     worst = 0.0
     for q in rng.uniform(scene.lower, scene.upper, size=(50, 23)):

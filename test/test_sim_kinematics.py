@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from allegro_driver import joints as hand_joints
-from dexwm_sim.camera import HeadCamera
-from dexwm_sim.kinematics import RobotKinematics
-from dexwm_sim.model import ALL_JOINTS, build_model
+from dexwm_robot import allegro as hand_joints
+from dexwm_robot.camera import HeadCamera
+from dexwm_robot.kinematics import RobotKinematics
+from dexwm_robot.joints import JOINT_NAMES as ALL_JOINTS
+from dexwm_sim.model import build_model
 
 mujoco = pytest.importorskip("mujoco")
 
@@ -17,7 +18,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def kin(scene):
-    return RobotKinematics.from_scene(scene)
+    return RobotKinematics.from_description()
 
 
 def _mujoco_points(scene, q):

@@ -135,7 +135,7 @@ def test_graph_camera_episode_and_reset(sim):
 
     # joint names of the real robot
     assert list(client.msgs["arm"][-1].name) == [f"fr3_joint{i}" for i in range(1, 8)]
-    from allegro_driver.joints import JOINT_NAMES
+    from dexwm_robot.allegro import JOINT_NAMES
     wait_for(lambda: client.msgs["hand"], 5, what="hand joint states")
     assert tuple(client.msgs["hand"][-1].name) == JOINT_NAMES
 
@@ -143,7 +143,7 @@ def test_graph_camera_episode_and_reset(sim):
     img = client.msgs["image"][-1]
     assert (img.width, img.height, img.encoding) == (640, 480, "rgb8") and len(img.data) == 640 * 480 * 3
     wait_for(lambda: client.msgs["info"], 5, what="camera_info")
-    from dexwm_sim.camera import HeadCamera
+    from dexwm_robot.camera import HeadCamera
     np.testing.assert_allclose(np.reshape(client.msgs["info"][-1].k, (3, 3)), HeadCamera().intrinsics(640, 480))
 
     # goal image of the start episode (transient local) and the episode state
@@ -231,7 +231,7 @@ def test_move_joints_moves_the_simulated_arm_and_hand(sim):
     assert client.done(h2.get_result_async(), 60).result.error_code == R.SUCCESSFUL
 
     # hand: action (out-of-range target refused) and the fire-and-forget topic
-    from allegro_driver.joints import LOWER, UPPER, OPEN_POSE
+    from dexwm_robot.allegro import LOWER, UPPER, OPEN_POSE
     from sensor_msgs.msg import JointState
     closed = OPEN_POSE + np.r_[[0, 0.8, 0.6, 0.4] * 3, [0.4, 0.3, 0.3, 0.3]]
     res = client.done(client.move(client.hand_action, closed).get_result_async(), 30).result

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from dexwm_sim.model import ARM_HOME, franky_sim_assets
+from dexwm_robot.description import franky_sim_assets
+from dexwm_robot.franka import HOME as ARM_HOME
 from dexwm_sim.scene import SimEnv
 
 

@@ -49,14 +49,14 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
     """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
     advances by the stop rule (here the budget of one step per subgoal) through all four."""
     from dexwm_planner.world_model import DexWM
-    from dexwm_sim.camera import HeadCamera
-    from dexwm_sim.kinematics import RobotKinematics
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
     from dexwm_sim.scene import SimEnv
 
     settings = ev.EvalSettings(protocol="composite", task="pick-place", max_steps=1, hold_s=0.2, subgoals=True)
     runner = ev.make_runner(settings)
     env = runner.env
-    policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), RobotKinematics.from_scene(),
+    policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), RobotKinematics.from_description(),
                                  HeadCamera().world_to_camera, "cpu")
     policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
     calls = []

@@ -5,19 +5,18 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from dexwm_sim.kinematics import RobotKinematics
+from dexwm_robot.franka import HOME as ARM_HOME
+from dexwm_robot.kinematics import RobotKinematics
 from dexwm_ros.teleop_node import HAND_CLOSED, CartesianJogger
-
-ARM_HOME = np.array([0.0, -0.35, 0.0, -2.2, 0.0, 1.85, 0.785])
 
 
 @pytest.fixture(scope="module")
 def kin():
-    return RobotKinematics.from_scene()
+    return RobotKinematics.from_description()
 
 
 def q_home():
-    from allegro_driver import joints
+    from dexwm_robot import allegro as joints
     return np.r_[ARM_HOME, joints.OPEN_POSE]
 
 
@@ -93,7 +92,7 @@ def test_keys_and_joy_send_movejoints_goals(rclpy_context, kin):
         wait_for(lambda: pub.get_subscription_count() > 0, 5, what="joy subscription")
         pub.publish(Joy(axes=[0.0, 0.0, 0.0, 0.0], buttons=[0, 1, 0, 0]))   # button 1: open
         wait_for(lambda: len(robot.targets) > n, 5, what="a hand target from the joystick")
-        from allegro_driver import joints
+        from dexwm_robot import allegro as joints
         assert np.allclose(robot.targets[-1][2], joints.OPEN_POSE)
     finally:
         executor.shutdown()

@@ -39,7 +39,7 @@ class GraphTopics:
         from sensor_msgs.msg import Image, JointState
         from visualization_msgs.msg import Marker, MarkerArray
 
-        from allegro_driver.joints import JOINT_NAMES
+        from dexwm_robot.allegro import JOINT_NAMES
         from dexwm_ros.camera_node import IMAGE_QOS
         from dexwm_ros.msg import PlannerStatus
 

@@ -84,8 +84,8 @@ def test_normalizer_keeps_constant_dims_unscaled():
 
 
 def test_allegro_actions_match_forward_kinematics():
-    from dexwm_sim.kinematics import RobotKinematics
-    kin = RobotKinematics.from_scene()
+    from dexwm_robot.kinematics import RobotKinematics
+    kin = RobotKinematics.from_description()
     rng = np.random.default_rng(1)
     q0 = (kin.lower + kin.upper) / 2
     q = q0 + rng.normal(0, 0.05, (4, 3, 23))  # (B, T+1, 23)

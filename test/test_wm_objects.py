@@ -16,7 +16,7 @@ from dexwm_planner.world_model import DexWM, WorldModelConfig  # noqa: E402
 
 @pytest.fixture(scope="module")
 def scenes():
-    from dexwm_planner.object_sensitivity import render_scenes
+    from dexwm_ros.object_sensitivity import render_scenes
     return render_scenes(20, first_seed=0)
 
 
@@ -33,7 +33,7 @@ def test_scene_frames_differ_only_where_told(scenes):
 def test_raw_pixels_register_the_arm_far_more_than_the_object(scenes):
     """The measurement on a known representation (pixels, 8x8 average-pooled): the arm covers far
     more of the image than the object, so the ratio is small."""
-    from dexwm_planner.object_sensitivity import measure
+    from dexwm_ros.object_sensitivity import measure
 
     def pixels(images):
         x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255
@@ -46,7 +46,7 @@ def test_raw_pixels_register_the_arm_far_more_than_the_object(scenes):
 
 
 def test_object_sensitivity_command_on_a_tiny_checkpoint(tmp_path, capsys):
-    from dexwm_planner import eval_wm
+    from dexwm_ros import eval_wm
     torch.manual_seed(0)
     wm = DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=16)))
     path = str(tmp_path / "tiny.pt")
@@ -65,7 +65,7 @@ def test_object_sensitivity_command_on_a_tiny_checkpoint(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_candidate_encoder_is_fitted_on_data_and_measured(tmp_path, capsys):
-    from dexwm_planner import eval_wm
+    from dexwm_ros import eval_wm
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):

@@ -2,11 +2,11 @@
 
 Used by the simulation (keypoints of every frame), the data collector and the planner (which calls
 it on ~1500 joint vectors per CEM iteration), so it runs on numpy batches: (..., 23) joint vectors
-in the planner's order (fr3_joint1..7, then the 16 Allegro joints in allegro_driver order).
+in the planner's order (``dexwm_robot.joints``: fr3_joint1..7, then the 16 Allegro joints).
 
-The kinematic tree is read from the compiled MuJoCo scene (body offsets, body orientations, hinge
-axes, site offsets), so it is by construction the same robot the simulation steps; a test checks the
-result against MuJoCo's own ``mj_kinematics``.
+The kinematic tree is read from the robot description (``dexwm_robot.description``: body offsets,
+body orientations, hinge axes, site offsets), the same files the simulation compiles; a test checks
+the result against MuJoCo's own ``mj_kinematics`` of the simulation scene.
 
 Keypoints (MANO layout, 21 per hand): 0 = wrist (the Allegro palm centre),
 then thumb, index, middle, ring, little with 4 points each from the knuckle out to the tip. An
@@ -15,29 +15,21 @@ finger is copied to stand in for the missing little finger.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-ARM_DOF = 7
-HAND_DOF = 16
-DOF = ARM_DOF + HAND_DOF
+from . import allegro
+from .description import HAND_PREFIX, Description, load as load_description
+from .joints import ARM_DOF, DOF, HAND_DOF, JOINT_NAMES, LOWER, UPPER  # noqa: F401  (HAND_DOF: for callers)
 
 # MANO finger order (thumb first) -> our body-name stems.
-MANO_FINGERS = ("thumb", "index", "middle", "ring")
+MANO_FINGERS = allegro.FINGERS_THUMB_FIRST
 _FINGER_POINTS = ("proximal", "medial", "distal")
-EE_BODY = "allegro_mount"        # the FR3 flange (the Allegro mounting plate)
-PALM_SITE = "allegro_palm_center"
-
-
-def _quat_to_mat(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+EE_BODY = f"{HAND_PREFIX}mount"        # the FR3 flange (the Allegro mounting plate)
+PALM_SITE = f"{HAND_PREFIX}palm_center"
 
 
 @dataclass
@@ -85,70 +77,58 @@ class RobotKinematics:
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_scene(cls, scene=None) -> "RobotKinematics":
-        """Read the kinematic tree of the simulation scene (builds it when not given)."""
-        from .model import ALL_JOINTS, build_model
-        import mujoco
-
-        scene = scene or build_model()
-        m = scene.model
-        jid = {name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, name) for name in ALL_JOINTS}
-        joint_index = {j: i for i, j in enumerate(jid.values())}
-        first = m.jnt_bodyid[jid[ALL_JOINTS[0]]]
-
-        # Bodies needed: the subtree of the first arm link (ids are topologically ordered).
-        needed = [b for b in range(first, m.nbody) if cls._descends(m, b, first)]
-        body_to_link = {}
+    def from_description(cls, description: Description | None = None) -> "RobotKinematics":
+        """The kinematics of the robot description (``dexwm_robot.description.load()`` by default)."""
+        d = description or load_description()
+        index = {name: i for i, name in enumerate(JOINT_NAMES)}
+        first = d.joint_body(JOINT_NAMES[0])
+        # The fixed transform world <- parent of the first arm link; links are the bodies below it.
+        root_pos, root_rot = np.zeros(3), np.eye(3)
+        chain = []
+        b = d.bodies[first].parent
+        while b >= 0:
+            chain.append(d.bodies[b])
+            b = d.bodies[b].parent
+        for body in reversed(chain):
+            if body.joint is not None:
+                raise ValueError(f"body {body.name} above the first arm joint moves")
+            root_pos, root_rot = root_pos + root_rot @ body.pos, root_rot @ body.rot
+        body_to_link: dict = {}
         links = []
-        for b in needed:
-            parent = m.body_parentid[b]
+        for i, body in enumerate(d.bodies):
+            if i != first and body.parent not in body_to_link:
+                continue
             joint, axis = -1, np.zeros(3)
-            if m.body_jntnum[b] > 1:
-                raise ValueError(f"body {m.body(b).name} has several joints")
-            if m.body_jntnum[b] == 1:
-                j = m.body_jntadr[b]
-                if m.jnt_type[j] != mujoco.mjtJoint.mjJNT_HINGE or j not in joint_index:
-                    raise ValueError(f"unexpected joint {m.joint(j).name}")
-                if np.linalg.norm(m.jnt_pos[j]) > 1e-12:
-                    raise ValueError("hinge axes must pass through the body origin")
-                joint, axis = joint_index[j], m.jnt_axis[j].copy()
-            links.append(_Link(parent=body_to_link.get(parent, -1), pos=m.body_pos[b].copy(),
-                               rot=_quat_to_mat(m.body_quat[b]), joint=joint, axis=axis))
-            body_to_link[b] = len(links) - 1
-
-        # Fixed transform world <- parent of the first arm link.
-        data = mujoco.MjData(m)
-        mujoco.mj_kinematics(m, data)
-        root = m.body_parentid[first]
-        root_pos, root_rot = data.xpos[root].copy(), data.xmat[root].reshape(3, 3).copy()
+            if body.joint is not None:
+                if body.joint.name not in index:
+                    raise ValueError(f"unexpected joint {body.joint.name} in the robot description")
+                joint, axis = index[body.joint.name], body.joint.axis
+            links.append(_Link(parent=body_to_link.get(body.parent, -1) if i != first else -1,
+                               pos=body.pos, rot=body.rot, joint=joint, axis=axis))
+            body_to_link[i] = len(links) - 1
+        moving = {link.joint for link in links} - {-1}
+        if moving != set(range(DOF)):
+            missing = [JOINT_NAMES[j] for j in range(DOF) if j not in moving]
+            raise ValueError(f"the robot description lacks joints {missing}")
 
         point_link, point_offset = [], []
 
         def site(name):
-            s = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name)
-            if s < 0:
-                raise ValueError(f"scene has no site {name}")
-            point_link.append(body_to_link[m.site_bodyid[s]])
-            point_offset.append(m.site_pos[s].copy())
+            b, pos = d.site(name)
+            point_link.append(body_to_link[b])
+            point_offset.append(pos)
 
         def body(name):
-            b = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, name)
-            point_link.append(body_to_link[b])
+            point_link.append(body_to_link[d.index(name)])
             point_offset.append(np.zeros(3))
 
         site(PALM_SITE)
         for finger in MANO_FINGERS:
             for part in _FINGER_POINTS:
-                body(f"allegro_{finger}_{part}")
-            site(f"allegro_{finger}_tip")
-        ee = body_to_link[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, EE_BODY)]
-        return cls(links, root_pos, root_rot, point_link, point_offset, scene.lower, scene.upper, ee)
-
-    @staticmethod
-    def _descends(m, body: int, ancestor: int) -> bool:
-        while body > ancestor:
-            body = m.body_parentid[body]
-        return body == ancestor
+                body(f"{HAND_PREFIX}{finger}_{part}")
+            site(f"{HAND_PREFIX}{finger}_tip")
+        ee = body_to_link[d.index(EE_BODY)]
+        return cls(links, root_pos, root_rot, point_link, point_offset, LOWER, UPPER, ee)
 
     # --- limits -----------------------------------------------------------------------------------
     @property
@@ -229,3 +209,67 @@ class RobotKinematics:
         pos, rot = self._link_frames(flat)
         return (pos[self._ee_link].T.reshape(*batch, 3),
                 rot[self._ee_link].transpose(2, 0, 1).reshape(*batch, 3, 3))
+
+    # --- the arm alone (inverse kinematics) ------------------------------------------------------
+    @cached_property
+    def _flange_chain(self) -> list:
+        """(offset, rotation or None, joint, (A, B, C), axis) of each link from the robot root to the
+        flange: the arm's serial chain, joints 0..6 in order (rotation None: a hinge)."""
+        chain, k = [], self._ee_link
+        while k >= 0:
+            link = self._links[k]
+            blocks = tuple(np.ascontiguousarray(b) for b in np.split(link.abc, 3, axis=1))
+            chain.append((link.pos, None if link.joint >= 0 else link.rot, link.joint, blocks, link.axis))
+            k = link.parent
+        return chain[::-1]
+
+    def arm_chain(self, q_arm):
+        """Flange position (3,) and rotation (3, 3), and the world axis and origin (3, 7) of every arm
+        joint, for one arm vector (7,). Plain 3x3 products: an IK iteration needs one joint vector,
+        for which the batched ``_link_frames`` mostly pays numpy's per-call overhead."""
+        p, r = self._root_pos, self._root_rot
+        axes, origins = np.empty((3, ARM_DOF)), np.empty((3, ARM_DOF))
+        for pos, rot, joint, (a, b, c), axis in self._flange_chain:
+            p = p + r @ pos
+            if rot is not None:
+                r = r @ rot
+                continue
+            theta = float(q_arm[joint])
+            r = r @ (a + math.sin(theta) * b + (1.0 - math.cos(theta)) * c)
+            axes[:, joint] = r @ axis
+            origins[:, joint] = p
+        return p, r, axes, origins
+
+    def point_in_flange(self, q, point: str = "palm") -> np.ndarray:
+        """A hand point (3,) in the flange frame for joints q (23,); it moves only with the hand.
+
+        ``point``: "flange", "palm" (palm centre) or "palm_tips" (mean of the palm centre and the 4
+        fingertips, the reach rule's point).
+        """
+        if point == "flange":
+            return np.zeros(3)
+        if point not in ("palm", "palm_tips"):
+            raise ValueError(f"point must be flange, palm or palm_tips, got {point!r}")
+        flat, _ = self._check(q)
+        pos, rot = self._link_frames(flat[:1])
+        rows = self._tip_rows[:1] if point == "palm" else self._tip_rows
+        lk = self._point_link[rows]
+        world = (pos[lk, :, 0] + np.einsum("pik,pk->pi", rot[lk, :, :, 0], self._point_offset[rows])).mean(axis=0)
+        r = rot[self._ee_link, :, :, 0]
+        return r.T @ (world - pos[self._ee_link, :, 0])
+
+    def arm_jacobian(self, q, point: str = "palm"):
+        """For joints q (23,): the hand point (3,) in the world, the flange rotation (3, 3), d point /
+        d q_arm (3, 7) and the flange's angular-velocity Jacobian (3, 7), world frame."""
+        q = np.asarray(q, dtype=np.float64)
+        return self.arm_point_jacobian(q[:ARM_DOF], self.point_in_flange(q, point))
+
+    def arm_point_jacobian(self, q_arm, offset):
+        """``arm_jacobian`` for arm joints q_arm (7,) and a point given in the flange frame (3,)."""
+        p_f, r, axes, origins = self.arm_chain(q_arm)
+        p = p_f + r @ offset
+        d = p[:, None] - origins
+        # axis x (point - joint origin), written out: np.cross costs more than the arithmetic here
+        jac_pos = np.stack([axes[1] * d[2] - axes[2] * d[1], axes[2] * d[0] - axes[0] * d[2],
+                            axes[0] * d[1] - axes[1] * d[0]])
+        return p, r, jac_pos, axes

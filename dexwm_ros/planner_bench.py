@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from .cem import PRESETS
-from .mpc import MPCConfig, MPCPlanner
+from dexwm_planner.cem import PRESETS
+from dexwm_planner.mpc import MPCConfig, MPCPlanner
 
 
 def _matmul_flops_per_s(n: int = 1024, seconds: float = 1.0) -> float:
@@ -39,7 +39,7 @@ def _matmul_flops_per_s(n: int = 1024, seconds: float = 1.0) -> float:
 
 
 def _load_model(checkpoint: str | None):
-    from .world_model import DexWM, default_checkpoint
+    from dexwm_planner.world_model import DexWM, default_checkpoint
 
     path = checkpoint or default_checkpoint()
     try:
@@ -52,10 +52,9 @@ def _load_model(checkpoint: str | None):
 
 
 def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, measure_s: float = 1.0) -> dict:
-    from dexwm_sim.camera import HeadCamera
+    from dexwm_planner.actions import allegro_actions
+    from dexwm_robot.camera import HeadCamera
     from dexwm_sim.scene import SimEnv
-
-    from .actions import allegro_actions
 
     model, model_name = _load_model(checkpoint)
     env = SimEnv(render_size=(224, 224))

@@ -20,6 +20,9 @@ the data the projection was fitted on) it is in comparable units across represen
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,6 +32,7 @@ import torch
 PLACE_TASK_NAMES = ("pick-place", "place")
 ARM_JOINT1_DELTA = 0.05     # rad
 DEFAULT_SCENES = 20
+MIN_SCENES = DEFAULT_SCENES  # dexwm-eval-wm refuses fewer
 RENDER_SIZE = 224           # the sim camera's world-model frames (config/sim.yaml) are 224x224
 
 
@@ -102,3 +106,55 @@ def measure(encode: Callable[[np.ndarray], torch.Tensor], scenes: Sequence[Scene
         "arm_joint1_delta_rad": ARM_JOINT1_DELTA,
         "per_scene": per_scene,
     }
+
+
+def run(args) -> int:
+    """``dexwm-eval-wm --object-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
+    import yaml
+
+    from dexwm_planner.datasets import cached_tokens, load_episodes
+    from dexwm_planner.encoders import EncoderConfig, FrozenEncoder
+    from dexwm_planner.world_model import CheckpointError, DexWM, default_checkpoint
+
+    if args.scenes < MIN_SCENES:
+        print(f"dexwm-eval-wm: --scenes must be >= {MIN_SCENES}", file=sys.stderr)
+        return 2
+    checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
+    try:
+        wm = DexWM.load(checkpoint)
+        encoder, fit = wm.encoder, None
+        if args.encoder:
+            fields = dataclasses.asdict(wm.encoder.config)
+            for item in args.encoder:
+                key, sep, value = item.partition("=")
+                if not sep or key not in fields:
+                    raise ValueError(f"--encoder {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+                fields[key] = yaml.safe_load(value)
+            encoder = FrozenEncoder(EncoderConfig(**fields))
+            if encoder.config.proj_dim:
+                if not args.fit_data:
+                    raise ValueError("a projected candidate encoder needs --fit-data (episodes to fit it on)")
+                from dexwm_planner.train import fit_encoder_projection
+
+                episodes, _ = load_episodes(args.fit_data, args.kind, limit=args.episodes)
+                if not episodes:
+                    raise ValueError(f"no readable episodes in {args.fit_data}")
+                fit_encoder_projection(encoder, [cached_tokens(ep, encoder, args.cache_dir) for ep in episodes])
+                fit = {"data": os.path.abspath(args.fit_data), "episodes": len(episodes)}
+        scenes = render_scenes(args.scenes, args.first_seed)
+        res = measure(encoder, scenes)
+    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
+        return 1
+    res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
+               encoder=dataclasses.asdict(encoder.config), projection_fit=fit)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['scenes']} {res['task']} scenes (seeds {args.first_seed}..{args.first_seed + res['scenes'] - 1})")
+        print("seed  object_mse  arm_mse   ratio")
+        for p in res["per_scene"]:
+            print(f"{p['seed']:4d}  {p['object_mse']:10.4f}  {p['arm_mse']:7.4f}  {p['ratio']:6.3f}")
+        print(f"object_to_arm_ratio_median {res['object_to_arm_ratio_median']:.3f} "
+              f"(object_mse median {res['object_mse_median']:.4f}, arm_mse median {res['arm_mse_median']:.4f})")
+    return 0

@@ -21,10 +21,11 @@ import numpy as np
 FINGERS = ("index", "middle", "ring", "thumb")
 NUM_JOINTS = 16
 
-# Published joint names, in the order above.
-JOINT_NAMES = tuple(f"allegro_{finger}_{j}" for finger in FINGERS for j in range(4))
+# Published joint names, in the order above; the hand's links and frames carry the same prefix.
+NAME_PREFIX = "allegro_"
+JOINT_NAMES = tuple(f"{NAME_PREFIX}{finger}_{j}" for finger in FINGERS for j in range(4))
 
-# Joint limits [rad] of the V4 hand.
+# Joint limits [rad] of the V4 hand (docs/BACKGROUND.md, Allegro V4 facts).
 _FINGER_LOWER = (-0.47, -0.196, -0.174, -0.227)
 _FINGER_UPPER = (0.47, 1.61, 1.709, 1.618)
 _THUMB_LOWER = (0.263, -0.105, -0.189, -0.162)
@@ -39,6 +40,7 @@ OPEN_POSE = np.array([0.0, 0.1, 0.1, 0.1] * 3 + [0.5, 0.2, 0.1, 0.1], dtype=np.f
 OPEN_POSE.setflags(write=False)
 
 # index-first (this stack) -> thumb-first (thumb, index, middle, ring)
+FINGERS_THUMB_FIRST = FINGERS[-1:] + FINGERS[:-1]
 THUMB_FIRST_PERMUTATION = np.r_[12:16, 0:12]
 
 

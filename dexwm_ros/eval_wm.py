@@ -1,0 +1,67 @@
+"""dexwm-eval-wm CHECKPOINT DATA: open-loop rollouts of the world model against recorded episodes.
+
+    dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
+    dexwm-eval-wm --object-sensitivity --encoder crop=[...] --encoder projection=whiten \
+        --fit-data DIR [--cache-dir D] [--json]
+
+The open-loop evaluation is the planner's (``dexwm_planner.eval_wm``, whose docstring says what it
+measures and writes). ``--object-sensitivity`` measures instead how much the checkpoint's latent
+(encoder + projection, as the planner sees it) registers objects: over N >= 20 seeded place scenes,
+the median of latent-MSE(object moved to its place target) / latent-MSE(arm joint 1 + 0.05 rad); see
+``dexwm_ros.object_sensitivity``. With ``--encoder KEY=VALUE`` it measures a candidate
+representation instead: the checkpoint's (or the default) encoder config with these overrides, its
+projection fitted on the episodes of ``--fit-data`` exactly as ``dexwm-train`` fits it. The command
+lives here, above the planner and the simulation, because that mode renders simulation scenes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dexwm_ros.object_sensitivity import MIN_SCENES
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(prog="dexwm-eval-wm", description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", nargs="?", help="DexWM checkpoint (default: the shipped one for "
+                    "--object-sensitivity)")
+    ap.add_argument("data", nargs="?", help="episode file or folder")
+    ap.add_argument("--checkpoint", dest="checkpoint_opt", default=None, help="same as the positional CHECKPOINT")
+    ap.add_argument("--kind", default="sim", choices=("sim", "egodex", "droid"))
+    ap.add_argument("--horizon", type=int, default=20)
+    ap.add_argument("--context", type=int, default=1)
+    ap.add_argument("--stride", type=int, default=1, help="kept frames per step")
+    ap.add_argument("--episodes", type=int, default=None, help="at most this many episodes")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default="runs/eval_wm")
+    ap.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
+    ap.add_argument("--object-sensitivity", action="store_true",
+                    help="measure object vs arm sensitivity of the latent on seeded place scenes")
+    ap.add_argument("--scenes", type=int, default=MIN_SCENES, help=f"place scenes (>= {MIN_SCENES})")
+    ap.add_argument("--first-seed", type=int, default=0, help="seed of the first place scene")
+    ap.add_argument("--encoder", action="append", default=[], metavar="KEY=VALUE",
+                    help="measure a candidate encoder: the checkpoint's encoder config with this override")
+    ap.add_argument("--fit-data", default=None, help="episodes to fit a candidate encoder's projection on")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.object_sensitivity:
+        from dexwm_ros.object_sensitivity import run
+
+        return run(args)
+    if args.checkpoint_opt:
+        if args.checkpoint and not args.data:   # `--checkpoint C DATA`
+            args.data = args.checkpoint
+        args.checkpoint = args.checkpoint_opt
+    if not args.checkpoint or not args.data:
+        ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity)")
+    from dexwm_planner.eval_wm import open_loop
+
+    return open_loop(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
