@@ -40,13 +40,14 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
+from dexwm_robot.joints import ARM_DOF as ARM_JOINTS
+
 from .mpc import MPCPlanner, PlanStep
 from .stop_rule import REACHED, StopRule
 
 if TYPE_CHECKING:
     from .subgoals import SearchSettings
 
-ARM_JOINTS = 7
 CANCELED = "canceled"
 
 # Session states, as the planner node publishes them on /dexwm/status.

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from dexwm_robot.tasks import TASK_KINDS
+
 from .mpc import MPCConfig, PlanStep
 from .session import ARM_JOINTS, CANCELED, FAILED, SUCCEEDED, JointGroupRobot, PlanningSession, PlanProvider, \
     Progress, SessionConfig, SessionResult
@@ -34,7 +36,6 @@ from .stop_rule import BUDGET, PLATEAU, REACHED, StopRule
 
 # Session ends after which the sequence goes on to the next subgoal.
 ADVANCES = (REACHED, PLATEAU, BUDGET)
-KINDS = ("reach", "grasp", "place")
 # Bounds of the settings a request may carry (a sequence comes from a user: refuse nonsense early).
 STD_RANGE = (1e-4, 2.0)
 ORIENTATION_RANGE = (0.0, 100.0)
@@ -57,8 +58,8 @@ class SearchSettings:
     plateau_steps: int | None = None         # plateau rule of this subgoal (0 = off)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"subgoal {self.phase!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"subgoal {self.phase!r}: kind must be one of {', '.join(TASK_KINDS)}, got {self.kind!r}")
         for name, (lo, hi) in (("std_arm", STD_RANGE), ("std_hand", STD_RANGE),
                                ("orientation_weight", ORIENTATION_RANGE)):
             value = getattr(self, name)
