@@ -116,7 +116,8 @@ def test_windows_have_variable_gaps(sim_dir):
 @pytest.mark.slow
 def test_short_training_loss_falls_resume_and_evaluation(collected_dir, tmp_path):
     sim_dir = collected_dir
-    from dexwm_planner import eval_wm, train
+    from dexwm_planner import train
+    from dexwm_ros import eval_wm
     from dexwm_planner.world_model import DexWM
     out = str(tmp_path / "run")
     args = ["config/wm_sim.yaml", f"out={out}", f"cache_dir={tmp_path / 'cache'}",
