@@ -419,14 +419,18 @@ def start_franky_sim(log_path, host: Optional[str] = None, timeout_s: float = 60
     robot: start it, then run the node with ``-p robot_ip:=<host>``.
     """
     import os
+    import signal
     import subprocess
     import sys
 
     if host is None:
         host = f"127.77.{os.getpid() % 250 + 1}.{next(_sim_counter) % 250 + 1}"
     log = open(log_path, "wb")
+    # SIGINT back to its default in the child: started from a background job of a non-interactive
+    # shell (a script, CI) it would inherit SIGINT as ignored and sleep through the Ctrl-C that stops it.
     proc = subprocess.Popen([sys.executable, "-m", "franky_sim.run_server", "-s", "mujoco", "--hostname", host],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             cwd=os.path.dirname(os.path.abspath(log_path)),  # MuJoCo writes MUJOCO_LOG.TXT here
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log.close()

@@ -36,6 +36,10 @@ def run_node(name: str, make_node: Callable[[], Node], args=None, *,
     startup_errors = tuple(startup_errors) + (ParameterException, InvalidParameterTypeException)
     # Discovery (ROS_AUTOMATIC_DISCOVERY_RANGE, ROS_DOMAIN_ID) is the environment's: dexwm-up and the
     # tests keep it on the host; under `ros2 launch` in a lab the user decides.
+    # SIGINT too, explicitly: a process started in the background by a non-interactive shell
+    # (`dexwm-up ... &` in a script, nohup, CI) inherits SIGINT as ignored, and Python then installs
+    # no KeyboardInterrupt handler: the node would sleep through dexwm-up's Ctrl-C.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):

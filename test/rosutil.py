@@ -51,8 +51,10 @@ def node_command(executable: str, *ros_args: str) -> list[str]:
 def process(cmd: list[str], env: dict[str, str], log_path: Path | None = None, stop_timeout: float = 10.0):
     """Start a process in its own session; on exit send SIGINT, then SIGKILL its group if needed."""
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    # SIGINT at its default in the child even when this run was started as a background job (which
+    # inherits it ignored): the stop below relies on it.
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=str(ROOT))
+                            cwd=str(ROOT), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         yield proc
     finally:
