@@ -252,7 +252,28 @@ class _End(Exception):
 
 
 # ---------------------------------------------------------------------------------- the session
-class PlanningSession:
+class Cancellable:
+    """A cancel request settable from any thread, combined with an external ``interrupt`` poll
+    (a callable returning a reason to end now, or None)."""
+
+    def __init__(self, interrupt: Callable[[], str | None] | None = None):
+        self.interrupt = interrupt
+        self._cancel_reason: str | None = None
+        self._lock = threading.Lock()
+
+    def cancel(self, reason: str = CANCELED) -> None:
+        """End as soon as possible (thread-safe); the robot holds."""
+        with self._lock:
+            self._cancel_reason = self._cancel_reason or reason
+
+    def interrupted(self) -> str | None:
+        with self._lock:
+            if self._cancel_reason is not None:
+                return self._cancel_reason
+        return self.interrupt() if self.interrupt is not None else None
+
+
+class PlanningSession(Cancellable):
     """Plan and act toward one goal image until the stop rule, a failure or a cancel ends it."""
 
     def __init__(self, robot: JointGroupRobot, provider: PlanProvider, config: SessionConfig, *,
@@ -266,23 +287,10 @@ class PlanningSession:
         throughout; ``log``: a logger with info/warning/error (a Python or an rclpy logger)."""
         self.robot, self.provider, self.config = robot, provider, config
         self.on_feedback, self.on_state, self.on_plan = on_feedback, on_state, on_plan
-        self.interrupt = interrupt
+        super().__init__(interrupt)
         self.log = log if log is not None else logging.getLogger("dexwm_planner.session")
         self.progress = Progress()
-        self._cancel_reason: str | None = None
-        self._lock = threading.Lock()
         self._ran = False
-
-    def cancel(self, reason: str = CANCELED) -> None:
-        """End the session as soon as it can (thread-safe); the robot holds."""
-        with self._lock:
-            self._cancel_reason = self._cancel_reason or reason
-
-    def interrupted(self) -> str | None:
-        with self._lock:
-            if self._cancel_reason is not None:
-                return self._cancel_reason
-        return self.interrupt() if self.interrupt is not None else None
 
     def run(self, goal_image: np.ndarray, goal_joints: np.ndarray | None = None,
             seed: int | None = None) -> SessionResult:

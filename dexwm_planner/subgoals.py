@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -30,8 +29,8 @@ import numpy as np
 from dexwm_robot.tasks import TASK_KINDS
 
 from .mpc import MPCConfig, PlanStep
-from .session import ARM_JOINTS, CANCELED, FAILED, SUCCEEDED, JointGroupRobot, PlanningSession, PlanProvider, \
-    Progress, SessionConfig, SessionResult
+from .session import ARM_JOINTS, CANCELED, FAILED, SUCCEEDED, Cancellable, JointGroupRobot, PlanningSession, \
+    PlanProvider, Progress, SessionConfig, SessionResult
 from .stop_rule import BUDGET, PLATEAU, REACHED, StopRule
 
 # Session ends after which the sequence goes on to the next subgoal.
@@ -167,7 +166,7 @@ class SequenceResult:
 ProviderFactory = Callable[[SearchSettings, "np.ndarray | None"], PlanProvider]
 
 
-class SubgoalSequence:
+class SubgoalSequence(Cancellable):
     """Run subgoals in order, one planning session each, advancing by the stop rule."""
 
     def __init__(self, robot: JointGroupRobot, provider_for: ProviderFactory, config: SessionConfig, *,
@@ -185,25 +184,12 @@ class SubgoalSequence:
         self.robot, self.provider_for, self.config = robot, provider_for, config
         self.fitted_done_cost = fitted_done_cost
         self.on_subgoal, self.on_feedback, self.on_state, self.on_plan = on_subgoal, on_feedback, on_state, on_plan
-        self.interrupt = interrupt
+        super().__init__(interrupt)   # a cancel ends the active subgoal and the sequence
         self.log = log if log is not None else logging.getLogger("dexwm_planner.subgoals")
         self.session: PlanningSession | None = None
         self.progress = Progress()
-        self._cancel_reason: str | None = None
-        self._lock = threading.Lock()
         self._last_command: np.ndarray | None = None
         self._ran = False
-
-    def cancel(self, reason: str = CANCELED) -> None:
-        """End the active subgoal and the sequence as soon as possible (thread-safe); the robot holds."""
-        with self._lock:
-            self._cancel_reason = self._cancel_reason or reason
-
-    def _interrupted(self) -> str | None:
-        with self._lock:
-            if self._cancel_reason is not None:
-                return self._cancel_reason
-        return self.interrupt() if self.interrupt is not None else None
 
     def _planned(self, image: np.ndarray, plan: PlanStep) -> None:
         self._last_command = np.asarray(plan.command, dtype=np.float64).copy()
@@ -242,7 +228,7 @@ class SubgoalSequence:
             held = None if self._last_command is None else self._last_command[ARM_JOINTS:]
             session = PlanningSession(self.robot, self.provider_for(subgoal.search, held), config,
                                       on_feedback=self.on_feedback, on_state=self._session_state, on_plan=self._planned,
-                                      interrupt=self._interrupted, log=self.log)
+                                      interrupt=self.interrupted, log=self.log)
             session.progress.subgoal, session.progress.subgoals = index, len(subgoals)
             self.session, self.progress = session, session.progress
             if self.on_subgoal is not None:

@@ -14,23 +14,8 @@ from dexwm_planner.stop_rule import StopRule
 from dexwm_planner.subgoals import PHASES, PICK_PLACE, SearchSettings, Subgoal, SubgoalSequence, default_phases, \
     phase_settings
 
-from test_planning_session import CAP, RecordingRobot, ScriptedPlans
-
-
-@pytest.fixture(scope="module")
-def runner():
-    from dexwm_sim.runner import RunnerConfig, SimRunner
-    from dexwm_sim.scene import SimEnv
-
-    env = SimEnv(render_size=(64, 48))
-    yield SimRunner(RunnerConfig(task="reach", lockstep=True, image_size=(64, 48)), env=env)
-    env.close()
-
-
-@pytest.fixture
-def robot(runner):
-    runner.env.reset("reach", 7)
-    return RecordingRobot(runner)
+# The simulated robot and its fixtures are the planning session tests' own.
+from test_planning_session import CAP, RecordingRobot, ScriptedPlans, robot, runner  # noqa: F401
 
 
 def config(robot, rule=StopRule(done_cost=0.05, plateau_steps=2, max_steps=4)) -> SessionConfig:
