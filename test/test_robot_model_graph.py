@@ -106,8 +106,12 @@ def test_merger_node_publishes_one_joint_states(node_env, rclpy_context, tmp_pat
             np.testing.assert_allclose(full.position, [0.3] * 7 + [0.4] * 16)
 
             # A malformed message is dropped (logged), never merged, and the node keeps running.
+            # Wait for the warning before publishing good messages again: a node stalled by a busy
+            # machine would otherwise see the bad message pushed out of its depth-10 queue by them.
             received.clear()
             arm_pub.publish(JointState(name=list(ARM_JOINTS), position=[0.0] * 3))
+            wait_for(lambda: executor.spin_once(timeout_sec=0.1) or "dropped a joint state" in log.read_text(),
+                     30, 0.1, "the merger's warning about the bad message")
             wait_for(lambda: merged_both() and received, 10, 0.1, "merging after a bad message")
             assert all(len(m.position) in (7, 16, 23) and 0.0 not in m.position for m in received)
         finally:
