@@ -18,14 +18,6 @@ Rules the session owns:
 * **stop**: the provider's own verdict (a privileged baseline's), then the stop rule
   (dexwm_planner.stop_rule: ``reached``, ``plateau``, ``budget``) on the latent costs observed so far;
   a provider that scores nothing (nan costs: a baseline without a world model) stops at the budget.
-* **return to the best observed state**: a stop by ``plateau`` or ``budget`` (not ``reached``) whose
-  current cost is more than ``return_margin`` above the lowest cost observed after a move sends the
-  robot back to the targets of the move that led to that observation (in steps under the per-step
-  cap, each checked like any command), then observes once more. MPC with a short horizon often
-  passes through the goal and drifts on before the plateau rule notices; the planner remembers where
-  its own cost was lowest, which a robot can do (the cost is the encoded camera frame's distance to
-  the goal; no simulator state is read). The targets, not the measured joints: a closed hand's
-  target lies inside the object it grips.
 * **cancel**: :meth:`PlanningSession.cancel` or the ``interrupt`` callback end the session between
   phases, inside a replan (the CEM polls it) and inside a move (the robot polls it); the robot then
   holds.
@@ -51,7 +43,7 @@ import numpy as np
 from dexwm_robot.joints import ARM_DOF as ARM_JOINTS
 
 from .mpc import MPCPlanner, PlanStep
-from .stop_rule import BUDGET, PLATEAU, REACHED, StopRule
+from .stop_rule import REACHED, StopRule
 
 if TYPE_CHECKING:
     from .subgoals import SearchSettings
@@ -213,9 +205,6 @@ class SessionConfig:
     stale_timeout_s: float = 1.0    # inputs older than this (or no frame since the last move) pause
     stale_abort_s: float = 10.0     # ... and end the session when they stay so this long
     poll_s: float = 0.02            # how often a paused session looks at its inputs again
-    return_to_best: bool = True     # after a plateau/budget stop, go back to the best observed state
-    return_margin: float = 0.05     # ... when the current cost is this fraction above the best
-    return_max_moves: int = 10      # ... in at most this many capped moves (else it stays)
 
     def __post_init__(self):
         for name in ("move_duration_s", "move_time_limit_s", "goal_tolerance", "stale_timeout_s", "stale_abort_s",
@@ -223,10 +212,6 @@ class SessionConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"SessionConfig.{name} must be a positive number, got {value}")
-        if not (math.isfinite(self.return_margin) and self.return_margin >= 0):
-            raise ValueError(f"SessionConfig.return_margin must be a number >= 0, got {self.return_margin}")
-        if not (isinstance(self.return_max_moves, int) and self.return_max_moves >= 1):
-            raise ValueError(f"SessionConfig.return_max_moves must be an integer >= 1, got {self.return_max_moves}")
         if self.move_time_limit_s < self.move_duration_s:
             raise ValueError(f"move_time_limit_s ({self.move_time_limit_s}) is shorter than move_duration_s "
                              f"({self.move_duration_s}): no move could finish")
@@ -255,7 +240,6 @@ class SessionResult:
     final_cost: float               # latent cost of the last observed frame (nan: none)
     costs: list[float] = field(default_factory=list)           # before each replan, and at the stop
     replan_seconds: list[float] = field(default_factory=list)  # of each executed step
-    return_moves: int = 0           # moves back to the best observed state after the stop (not in steps)
 
 
 class _End(Exception):
@@ -306,7 +290,6 @@ class PlanningSession(Cancellable):
         super().__init__(interrupt)
         self.log = log if log is not None else logging.getLogger("dexwm_planner.session")
         self.progress = Progress()
-        self.last_command: np.ndarray | None = None   # the last targets sent (arm then hand)
         self._ran = False
 
     def run(self, goal_image: np.ndarray, goal_joints: np.ndarray | None = None,
@@ -317,8 +300,6 @@ class PlanningSession(Cancellable):
         self._ran = True
         costs: list[float] = []
         replans: list[float] = []
-        self._best_target: np.ndarray | None = None    # the command whose result had the best cost
-        self._return_moves = 0
         try:
             try:
                 self.provider.start(goal_image, goal_joints, seed)
@@ -337,8 +318,7 @@ class PlanningSession(Cancellable):
             self.robot.hold(hold)
         self._set_state(SUCCEEDED if reason == REACHED else CANCELED if reason == CANCELED else FAILED)
         return SessionResult(success=reason == REACHED, steps=self.progress.steps, reason=reason,
-                             final_cost=self.progress.current_cost, costs=costs, replan_seconds=replans,
-                             return_moves=self._return_moves)
+                             final_cost=self.progress.current_cost, costs=costs, replan_seconds=replans)
 
     # --------------------------------------------------------------------------------- the phases
     def _loop(self, costs: list[float], replans: list[float]) -> str:
@@ -346,7 +326,6 @@ class PlanningSession(Cancellable):
         progress = self.progress
         # Plan from data taken after the session started (not, say, the previous episode's end).
         arrived_after, taken_after = -math.inf, self.robot.now()
-        command = None
         while True:
             self._check_interrupt()
             image, joints = self._observe(arrived_after, taken_after)
@@ -355,13 +334,10 @@ class PlanningSession(Cancellable):
             progress.current_cost = cost
             if math.isfinite(cost) and not cost >= progress.best_cost:   # also when best is still nan
                 progress.best_cost = cost
-                self._best_target = command      # None: the start was best (nowhere to go back to)
             why = self.provider.verdict(joints) or cfg.stop_rule.decide([c for c in costs if math.isfinite(c)],
                                                                         progress.steps)
             if why is not None:
                 self.log.info(f"stopped after {progress.steps} steps ({why}): latent distance {cost:.4f}")
-                if why in (PLATEAU, BUDGET) and cfg.return_to_best:
-                    self._return_to_best(joints, costs)
                 return why
             self._set_state(PLANNING)
             plan = self.provider.plan(joints, lambda: self.interrupted() is not None)
@@ -378,7 +354,14 @@ class PlanningSession(Cancellable):
                 self.on_plan(image, plan)
             self._set_state(EXECUTING)
             command = np.asarray(plan.command, dtype=np.float64)
-            self._move(command)
+            moved = self.robot.move(command[:ARM_JOINTS], command[ARM_JOINTS:], cfg.move_duration_s,
+                                    cfg.move_time_limit_s, cfg.goal_tolerance,
+                                    lambda: self.interrupted() is not None)
+            if moved.status == INTERRUPTED:
+                self._check_interrupt()
+                raise _End(CANCELED, hold=CANCELED)
+            if moved.status != MOVED:
+                raise _End(f"driver_error: {moved.message}", hold="driver error")
             # The next plan must see the result of this move: only frames that arrive from now on
             # and were taken from now on.
             arrived_after, taken_after = time.monotonic(), self.robot.now()
@@ -388,53 +371,6 @@ class PlanningSession(Cancellable):
                 self.on_feedback(progress)
             self.log.info(f"step {progress.steps}: cost {cost:.4f} (plan {plan.cost:.4f}), "
                           f"replan {plan.replan_seconds:.2f} s, horizon {plan.horizon}")
-
-    def _move(self, command: np.ndarray) -> None:
-        cfg = self.config
-        self.last_command = command.copy()      # sent: the targets the robot keeps after the session
-        moved = self.robot.move(command[:ARM_JOINTS], command[ARM_JOINTS:], cfg.move_duration_s,
-                                cfg.move_time_limit_s, cfg.goal_tolerance, lambda: self.interrupted() is not None)
-        if moved.status == INTERRUPTED:
-            self._check_interrupt()
-            raise _End(CANCELED, hold=CANCELED)
-        if moved.status != MOVED:
-            raise _End(f"driver_error: {moved.message}", hold="driver error")
-
-    def _return_to_best(self, joints: np.ndarray, costs: list[float]) -> None:
-        """Go back to the targets whose result had the lowest cost (see the module's rule), in
-        capped, checked moves; then observe once so the result reports the cost where it ended."""
-        cfg, progress = self.config, self.progress
-        target = self._best_target
-        if target is None or not progress.current_cost > progress.best_cost * (1.0 + cfg.return_margin):
-            return
-        joints = np.asarray(joints, dtype=np.float64)
-        moves = int(np.ceil(np.max(np.abs(target - joints) / np.maximum(cfg.limits.max_step, 1e-9)) - 1e-9))
-        if moves == 0:
-            return
-        if moves > cfg.return_max_moves:
-            self.log.info(f"not returning to the best observed state (cost {progress.best_cost:.4f}): "
-                          f"{moves} moves away")
-            return
-        self.log.info(f"returning to the best observed state (cost {progress.best_cost:.4f} against "
-                      f"{progress.current_cost:.4f}) in {moves} moves")
-        self._set_state(EXECUTING)
-        # Equal waypoints from the measured joints, each within the cap of the one before (the
-        # first of the measured joints), so no move is larger than a planned step may be.
-        start = joints
-        for k in range(1, moves + 1):
-            waypoint = start + (target - start) * (k / moves)
-            unsafe = cfg.limits.check(waypoint, joints)
-            if unsafe is not None:
-                self.log.error(f"return move refused: {unsafe}")
-                raise _End(f"unsafe_command: {unsafe}", hold="unsafe command")
-            self._move(waypoint)
-            self._return_moves += 1
-            joints = waypoint
-        arrived_after, taken_after = time.monotonic(), self.robot.now()
-        image, measured = self._observe(arrived_after, taken_after)
-        progress.current_cost = float(self.provider.observe(image, measured))
-        costs.append(progress.current_cost)
-        self.log.info(f"back at the best observed state: latent distance {progress.current_cost:.4f}")
 
     def _observe(self, arrived_after: float, taken_after: float) -> tuple[np.ndarray, np.ndarray]:
         """The newest frame and joints once they are usable (see the module's stale-input rule);

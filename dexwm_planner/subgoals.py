@@ -156,7 +156,6 @@ class SequenceResult:
     replan_seconds: list[float] = field(default_factory=list)
     subgoals: list[SubgoalOutcome] = field(default_factory=list)
     completed: bool = False                  # every subgoal ended by the stop rule (reached/plateau/budget)
-    return_moves: int = 0                    # moves back to a subgoal's best observed state, over all
 
     @property
     def budget_ends(self) -> int:
@@ -192,6 +191,10 @@ class SubgoalSequence(Cancellable):
         self._last_command: np.ndarray | None = None
         self._ran = False
 
+    def _planned(self, image: np.ndarray, plan: PlanStep) -> None:
+        self._last_command = np.asarray(plan.command, dtype=np.float64).copy()
+        if self.on_plan is not None:
+            self.on_plan(image, plan)
 
     def _session_state(self, state: str) -> None:
         # A subgoal's end is not the sequence's: its final state is set once, when the sequence ends.
@@ -224,7 +227,7 @@ class SubgoalSequence(Cancellable):
                                                                             self.fitted_done_cost))
             held = None if self._last_command is None else self._last_command[ARM_JOINTS:]
             session = PlanningSession(self.robot, self.provider_for(subgoal.search, held), config,
-                                      on_feedback=self.on_feedback, on_state=self._session_state, on_plan=self.on_plan,
+                                      on_feedback=self.on_feedback, on_state=self._session_state, on_plan=self._planned,
                                       interrupt=self.interrupted, log=self.log)
             session.progress.subgoal, session.progress.subgoals = index, len(subgoals)
             self.session, self.progress = session, session.progress
@@ -234,12 +237,9 @@ class SubgoalSequence(Cancellable):
                           f"{', ' + subgoal.label if subgoal.label else ''}): at most {config.stop_rule.max_steps} "
                           f"steps, stop below latent distance {config.stop_rule.done_cost:.4f}")
             one: SessionResult = session.run(subgoal.image, subgoal.joints, seed=seed)
-            if session.last_command is not None:     # a return to the best state sends targets too
-                self._last_command = session.last_command
             result.steps += one.steps
             result.costs += one.costs
             result.replan_seconds += one.replan_seconds
-            result.return_moves += one.return_moves
             result.reason, result.final_cost = one.reason, one.final_cost
             result.subgoals.append(SubgoalOutcome(index=index, phase=subgoal.search.phase, reason=one.reason,
                                                   steps=one.steps, final_cost=one.final_cost,

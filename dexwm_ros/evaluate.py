@@ -143,7 +143,6 @@ class EpisodeOutcome:
     success_strict: bool | None = None  # grasp: object raised >= 3 cm and in the hand at the end
     success_at_stop: bool = False   # the rule held when the policy stopped
     subgoal_reasons: list = field(default_factory=list)  # --subgoals: how each subgoal ended, in order
-    return_moves: int = 0           # moves back to the best observed state after the stop
 
 
 @dataclass
@@ -168,9 +167,6 @@ class EvalSettings:
     # Plan through the scripted solution's subgoal images (composite pick-place), one planning
     # session each, advancing by the stop rule (dexwm_planner.subgoals); max_steps is per subgoal.
     subgoals: bool = False
-    # After a plateau/budget stop, go back to the best observed state (dexwm_planner.session);
-    # the planner node's default. False measures the policy without it.
-    return_to_best: bool = True
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -237,7 +233,7 @@ class EvalSettings:
         return SessionConfig(stop_rule=self.stop_rule(self.kind), limits=limits,
                              move_duration_s=self.move_duration_s,
                              move_time_limit_s=max(self.move_timeout_s, self.move_duration_s),
-                             goal_tolerance=self.goal_tolerance, return_to_best=self.return_to_best)
+                             goal_tolerance=self.goal_tolerance)
 
 
 # ------------------------------------------------------------------------------------ policies
@@ -451,8 +447,7 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
                           wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in result.costs],
                           planner_seed=k, success_paper_rule=bool(env.status.success), success_strict=strict,
                           success_at_stop=at_stop,
-                          subgoal_reasons=[o.reason for o in getattr(result, "subgoals", [])],
-                          return_moves=int(getattr(result, "return_moves", 0)))
+                          subgoal_reasons=[o.reason for o in getattr(result, "subgoals", [])])
 
 
 def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int):
@@ -798,7 +793,7 @@ def agreement(a: dict, b: dict) -> dict:
     same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
     same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
     keys = ("protocol", "max_steps", "preset", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance",
-            "plateau_steps", "done_cost", "return_to_best")
+            "plateau_steps", "done_cost")
     settings_differ = [k for k in keys if a.get("settings", {}).get(k) != b.get("settings", {}).get(k)]
     return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
             "differ": [s for s in shared if s not in same_costs], "settings_differ": settings_differ}
@@ -1026,9 +1021,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="composite pick-place: plan through the scripted solution's subgoal images (pre-grasp, "
                              "lifted, above the target, released), advancing by the stop rule; --max-steps per "
                              f"subgoal (default {DEFAULT_SUBGOAL_MAX_STEPS})")
-    parser.add_argument("--no-return-to-best", action="store_true",
-                        help="after a plateau/budget stop, stay where the planner stopped instead of going back "
-                             "to the best observed state (the planner node's default)")
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
@@ -1082,8 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
                             max_steps=args.max_steps, preset=args.preset, checkpoint=args.checkpoint,
                             planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
-                            done_cost=args.done_cost, subgoals=args.subgoals,
-                            return_to_best=not args.no_return_to_best)
+                            done_cost=args.done_cost, subgoals=args.subgoals)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         results = evaluate(settings, through_ros=args.through_ros, ablations=ablations, baselines=baselines,

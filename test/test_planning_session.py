@@ -120,40 +120,6 @@ def test_stop_rule_ends_the_session(robot, rule, costs, expected):
     assert states[-1] == ("succeeded" if expected[2] else "failed") and "executing" in states
 
 
-@pytest.mark.parametrize("return_to_best", [True, False])
-def test_a_plateau_stop_goes_back_to_the_best_observed_state(robot, return_to_best):
-    # Best cost after the first step, then worse: the plateau rule stops after step 3.
-    costs = [0.5, 0.2, 0.4, 0.4, 0.4]
-    session = PlanningSession(robot, scripted(robot, costs),
-                              config(robot, stop_rule=StopRule(plateau_steps=2, max_steps=10),
-                                     return_to_best=return_to_best))
-    result = session.run(goal(robot), seed=11)
-    assert (result.reason, result.steps, result.success) == ("plateau", 3, False)
-    if return_to_best:
-        # One capped move back to the first step's targets, then one more observation.
-        assert result.return_moves == 1 and len(robot.moves) == 4 and robot.holds == []
-        np.testing.assert_allclose(robot.moves[-1], robot.moves[0])
-        np.testing.assert_allclose(session.last_command, robot.moves[0])
-        assert result.costs == costs
-    else:
-        assert result.return_moves == 0 and len(robot.moves) == 3
-        np.testing.assert_allclose(session.last_command, robot.moves[2])     # stays where it stopped
-        assert result.costs == costs[:4]
-
-
-def test_no_return_when_the_best_state_is_the_start_or_too_far(robot):
-    # The start was best: nowhere planned to go back to.
-    session = PlanningSession(robot, scripted(robot, [0.1, 0.5, 0.5, 0.5]),
-                              config(robot, stop_rule=StopRule(plateau_steps=2, max_steps=10)))
-    assert session.run(goal(robot)).return_moves == 0 and len(robot.moves) == 2
-    # Best after step 1, but going back would take more capped moves than allowed.
-    robot.moves.clear()
-    session = PlanningSession(robot, scripted(robot, [0.5, 0.2, 0.4, 0.4, 0.4], delta=0.2),
-                              config(robot, stop_rule=StopRule(plateau_steps=3, max_steps=10), return_max_moves=1))
-    result = session.run(goal(robot))
-    assert result.reason == "plateau" and result.return_moves == 0 and len(robot.moves) == 4
-
-
 @pytest.mark.parametrize("bad", ["over the cap", "outside the limits", "nan"])
 def test_unsafe_command_is_refused_and_nothing_is_sent(robot, bad):
     env = robot.runner.env
