@@ -76,7 +76,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -937,6 +937,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         if baselines and not through_ros:
             wanted = BASELINES if baselines is True else tuple(baselines)
             policies = []
+            own_settings = {}     # an ablation checkpoint stops by its own fitted thresholds
             if "random_shooting_wm" in wanted:
                 policies.append(random_shooting_wm(model, kin, w2c, settings.preset))
             if "oracle_goal_joints" in wanted:
@@ -949,6 +950,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset)
                 policy.name = name
                 policies.append(policy)
+                own_settings[name] = replace(settings, checkpoint=str(path))
             if settings.subgoals:
                 # A baseline that cannot plan toward a subgoal's image would be judged on another task.
                 unable = [p.name for p in policies if not hasattr(p, "for_subgoal")]
@@ -956,7 +958,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 results["skipped_baselines"] = {name: "plans toward one goal only" for name in unable}
             for policy in policies:
                 deterministic = isinstance(policy, (OracleGoalJointsPolicy, HoldStillPolicy))
-                base = run_in_process(policy, settings, starts, runner,
+                base = run_in_process(policy, own_settings.get(policy.name, settings), starts, runner,
                                       1 if deterministic else baseline_planner_seeds, progress)
                 s = summarize(base)
                 results["baselines"][policy.name] = {k: s[k] for k in (

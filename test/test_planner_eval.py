@@ -1,5 +1,6 @@
 """dexwm-eval: Wilson interval, seeded in-process episodes, the JSON report and its plot."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -149,6 +150,22 @@ def test_cli_writes_report_with_baselines(tmp_path, random_checkpoint, capsys):
     assert [o["seed"] for o in data["outcomes"]][::2] == data["seeds"]
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "paper grasp: success" in capsys.readouterr().out
+
+
+def test_an_ablation_checkpoint_stops_by_its_own_fitted_thresholds(tmp_path, random_checkpoint):
+    # Same weights, but the ablation's own stop file says any cost is "reached": it stops before
+    # moving, while the main checkpoint (no stop file: threshold off) runs to the budget.
+    ablation = tmp_path / "ablation.pt"
+    shutil.copy(random_checkpoint, ablation)
+    (tmp_path / "ablation.stop.json").write_text(json.dumps({"done_cost": {"grasp": 1e6}}))
+    out = tmp_path / "res.json"
+    rc = ev.main(["--protocol", "paper", "--task", "grasp", "--episodes", "1", "--max-steps", "2",
+                  "--checkpoint", str(random_checkpoint), "--hold-s", "0.2", "--plateau-steps", "0",
+                  "--ablation", f"no_hc={ablation}", "--baselines", "hold_still", "--out", str(out), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [(o["reason"], o["steps"]) for o in data["outcomes"]] == [("budget", 2)]
+    assert [(o["reason"], o["steps"]) for o in data["baseline_outcomes"]["no_hc"]] == [("reached", 0)]
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
