@@ -8,13 +8,11 @@ a goal is canceled or the node shuts down, after it made the session's interrupt
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Callable
 
 import numpy as np
-from builtin_interfaces.msg import Duration
 from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -25,7 +23,7 @@ from dexwm_planner.session import FAILED_MOVE, INTERRUPTED, MOVED, JointGroupRob
 from dexwm_ros.action import MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy
 from dexwm_ros.joint_state import joint_vector
-from dexwm_ros.ros_time import seconds
+from dexwm_ros.ros_time import duration as duration_msg, seconds
 
 # How long a driver has to accept a goal, and to report a result after the goal's time limit.
 ACCEPT_TIMEOUT_S = 5.0
@@ -132,9 +130,9 @@ class MoveJointsRobot(JointGroupRobot):
             goal.trajectory.header.stamp = stamp
             goal.trajectory.joint_names = list(names)
             goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in target],
-                                                           time_from_start=_duration(duration))]
+                                                           time_from_start=duration_msg(duration))]
             goal.goal_tolerance = [float(tolerance)]
-            goal.time_limit = _duration(time_limit)
+            goal.time_limit = duration_msg(time_limit)
             requests.append(client.send_goal_async(goal))
         handles = self._move_handles = []   # hold() cancels whatever was accepted so far
         for name, fut in zip(("arm", "hand"), requests):
@@ -224,11 +222,6 @@ class MoveJointsRobot(JointGroupRobot):
         finally:
             with self._lock:
                 self._waiting.discard(event)
-
-
-def _duration(seconds: float) -> Duration:
-    sec = int(math.floor(seconds))
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
 
 
 def _done_event(future) -> threading.Event:
