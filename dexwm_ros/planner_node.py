@@ -1,26 +1,23 @@
 """ROS 2 node ``planner`` (namespace ``dexwm``): plan and act toward a goal image with DexWM.
 
-A thin adapter: one Execute goal is one :class:`dexwm_planner.session.PlanningSession` (a sequence
-of subgoal images: one :class:`dexwm_planner.subgoals.SubgoalSequence`) with the world model inside
-MPC/CEM (:mod:`dexwm_ros.planner_setup`) as its planner and the ROS graph as its robot
-(:class:`dexwm_ros.planner_robot.MoveJointsRobot`); the in-process evaluation runs the same session.
-The parameters are :class:`dexwm_ros.planner_settings.PlannerSettings`; goals and captured sequences
-live in :class:`dexwm_ros.goal_store.GoalStore`; :func:`dexwm_ros.execute_request.read_request`
-checks a request before anything moves; :mod:`dexwm_ros.planner_outputs` makes the messages.
+A thin adapter: an Execute goal is read by :func:`dexwm_ros.execute_request.read_request` and run
+by :class:`dexwm_ros.planner_run.GoalRun` (one PlanningSession, or a SubgoalSequence, as the
+in-process evaluation runs) with the world model inside MPC/CEM (:mod:`dexwm_ros.planner_setup`)
+and the ROS graph as the robot (:class:`dexwm_ros.planner_robot.MoveJointsRobot`). Parameters:
+:class:`dexwm_ros.planner_settings.PlannerSettings`; goals and sequences: :mod:`dexwm_ros.goal_store`.
 
 - action ``/dexwm/execute`` (Execute): plan and act until the stop rule, a failure or a cancel;
   feedback after every executed step; a cancel (and node shutdown) stops both drivers;
-- service ``/dexwm/capture_goal`` (std_srvs/Trigger) and RViz's ``/goal_pose``, ``/clicked_point``:
-  the current frame and joints become the goal; the ``goal_image`` parameter loads one from a file;
+- service ``/dexwm/capture_goal`` (Trigger) and RViz's ``/goal_pose``, ``/clicked_point``: the current
+  frame and joints become the goal; the ``goal_image`` parameter loads one from a file;
 - service ``/dexwm/capture_sequence`` (CaptureSequence) and RViz's ``/initialpose``: append to, list,
   clear a named goal sequence; an Execute goal with goal images or a sequence's name runs subgoals;
-- publishes ``/dexwm/goal_image`` (the active (sub)goal) and ``/dexwm/predicted_rollout`` (both
-  transient local), ``/dexwm/keypoints`` (planned hand keypoints), ``/dexwm/status``, ``/diagnostics``.
+- publishes ``/dexwm/goal_image`` (the active (sub)goal), ``/dexwm/predicted_rollout`` (both transient
+  local), ``/dexwm/keypoints``, ``/dexwm/status``, ``/diagnostics`` (dexwm_ros.planner_outputs).
 
-Commands go to ``/franka/move_joints`` and ``/allegro/move_joints``. The session checks each one
-(finite, inside the joint limits, under the per-step cap); stale camera or joint data pause planning
-(the robot holds) and abort the goal after ``stale_abort_s``. A goal runs on its own executor
-thread (reentrant group), so subscriptions, services and cancels are served during a replan.
+Commands go to ``/franka/move_joints`` and ``/allegro/move_joints``, each checked by the session
+(finite, inside the limits, under the per-step cap); stale inputs pause planning (the robot holds).
+A goal runs on its own executor thread, so subscriptions, services and cancels are served meanwhile.
 """
 from __future__ import annotations
 
@@ -51,6 +48,7 @@ from dexwm_ros.planner_robot import MoveJointsRobot
 from dexwm_ros.planner_run import GoalRun
 from dexwm_ros.planner_settings import PlannerSettings
 from dexwm_ros.planner_setup import WorldModelPlanning
+from dexwm_ros.ros_logging import log_outcome
 from dexwm_ros.srv import CaptureSequence
 
 CAMERA_FRAME = "camera_color_optical_frame"
@@ -67,7 +65,7 @@ class PlannerNode(Node):
         self._lock = threading.Lock()
         self._busy = False
         self._active = None                          # the running session or sequence (a cancel ends it)
-        self._state, self._progress, self._task, self._phase, self._sequence = "idle", Progress(), s.task, "", ""
+        self.shown = out.PlannerState(task=s.task)     # what the status and the diagnostics report
 
         sensors, work = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -106,7 +104,7 @@ class PlannerNode(Node):
         self._pending_goal = None
         if "goal_image" in changed and settings.goal_image:
             try:
-                self._pending_goal = goal_from_file(settings.goal_image, self._camera_hw())
+                self._pending_goal = goal_from_file(settings.goal_image, self.robot.camera_size())
             except ValueError as e:
                 return str(e)
         return None
@@ -123,14 +121,9 @@ class PlannerNode(Node):
     def _observe(self):
         return self.robot.observe_fresh(self.params.values.stale_timeout_s)
 
-    def _camera_hw(self) -> tuple[int, int] | None:
-        frame = self.robot.latest_image()
-        return None if frame is None else frame.value.shape[:2]
-
     # ------------------------------------------------------------------------------- goals
     def _set_goal(self, goal: Goal) -> None:
-        goal = self.goals.set_goal(goal, self._camera_hw())
-        self._show_goal(goal)
+        self._show_goal(self.goals.set_goal(goal, self.robot.camera_size()))
 
     def _show_goal(self, goal: Goal) -> None:
         self.goal_pub.publish(numpy_to_image(goal.image, self.get_clock().now().to_msg(), CAMERA_FRAME))
@@ -146,28 +139,21 @@ class PlannerNode(Node):
 
     def _on_capture(self, _request, response):
         response.success, response.message = self.capture_goal("/dexwm/capture_goal")
-        self._log_answer(response.success, response.message)
+        log_outcome(self.get_logger(), response.success, response.message)
         return response
 
     def _capture(self, topic: str):
-        self._log_answer(*self.capture_goal(topic))
+        log_outcome(self.get_logger(), *self.capture_goal(topic))
 
     def _on_capture_sequence(self, request, response):
         response.success, response.message, response.phases = self.goals.edit_sequence(
             request.command, request.sequence, request.phase, self._observe)
-        self._log_answer(response.success, f"capture_sequence {request.command}: {response.message}")
+        log_outcome(self.get_logger(), response.success, f"capture_sequence {request.command}: {response.message}")
         return response
 
     def _append_from_rviz(self, _msg):
         ok, message, _ = self.goals.edit_sequence(APPEND, self.params.values.capture_sequence, "", self._observe)
-        self._log_answer(ok, f"/initialpose: {message}")
-
-    def _log_answer(self, ok: bool, message: str):
-        # One call site per severity: rclpy raises ValueError when a call site changes severity.
-        if ok:
-            self.get_logger().info(message)
-        else:
-            self.get_logger().warning(message)
+        log_outcome(self.get_logger(), ok, f"/initialpose: {message}")
 
     # ------------------------------------------------------------------------------ action
     def _on_goal_request(self, _request):
@@ -196,13 +182,13 @@ class PlannerNode(Node):
     def _execute(self, goal_handle):
         s = self.params.values
         try:
-            plan = read_request(goal_handle.request, s.task, s.max_steps, self.goals, self._camera_hw())
+            plan = read_request(goal_handle.request, s.task, s.max_steps, self.goals, self.robot.camera_size())
             if plan.new_goal:
                 self._set_goal(plan.goals[0])
             run = GoalRun(self.robot, self.planning, s, plan, on_feedback=lambda p: self._feedback(goal_handle, p),
                           on_state=self._set_state, on_plan=self._publish_plan, on_subgoal=self._on_subgoal,
                           interrupt=lambda: self._interruption(goal_handle), log=self.get_logger())
-            self._task, self._sequence, self._progress = plan.task, plan.name, run.progress
+            self.shown.task, self.shown.sequence, self.shown.progress = plan.task, plan.name, run.progress
             with self._lock:
                 self._active = run
             self.get_logger().info(f"executing {run.describe()}")
@@ -215,18 +201,13 @@ class PlannerNode(Node):
             self.get_logger().error(f"execution failed: {type(e).__name__}: {e}")
             self._set_state("failed")
             goal_handle.abort()
-            return out.result_message(False, self._progress.steps, self._progress, "error: " + str(e))
+            return out.result_message(False, self.shown.progress.steps, self.shown.progress, "error: " + str(e))
         finally:
-            self._sequence = self._phase = ""
+            self.shown.sequence = self.shown.phase = ""
             with self._lock:
                 self._busy, self._active = False, None
-        if success:
-            goal_handle.succeed()
-        elif reason == CANCELED and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        else:   # also a cancel the action server has not marked yet: the goal ends all the same
-            goal_handle.abort()
-        return out.result_message(success, steps, self._progress, reason, subgoal_reasons)
+        out.end_goal(goal_handle, success, reason)
+        return out.result_message(success, steps, self.shown.progress, reason, subgoal_reasons)
 
     def _interruption(self, goal_handle) -> str | None:
         if goal_handle.is_cancel_requested:
@@ -234,27 +215,25 @@ class PlannerNode(Node):
         return None if self.context.ok() else "shutdown"
 
     def _on_subgoal(self, index: int, subgoal, progress: Progress):
-        self._phase, self._progress = subgoal.search.phase, progress
+        self.shown.phase, self.shown.progress = subgoal.search.phase, progress
         self.goal_pub.publish(numpy_to_image(subgoal.image, self.get_clock().now().to_msg(), CAMERA_FRAME))
         self._publish_status()
 
     def _feedback(self, goal_handle, progress: Progress) -> None:
-        self._progress = progress   # a sequence has one per subgoal
+        self.shown.progress = progress   # a sequence has one per subgoal
         goal_handle.publish_feedback(out.feedback_message(progress))
 
     # ------------------------------------------------------------------------------- outputs
     def _set_state(self, state: str):
-        self._state = state
+        self.shown.state = state
         self._publish_status()
 
     def _publish_status(self):
-        self.status_pub.publish(out.status_message(self.get_clock().now().to_msg(), self._state, self._task,
-                                                   self.goals.goal is not None, self._progress, self._phase,
-                                                   self._sequence))
+        self.status_pub.publish(self.shown.status(self.get_clock().now().to_msg(), self.goals.goal is not None))
 
     def _publish_diagnostics(self):
-        self.diag_pub.publish(out.diagnostics_message(self.get_clock().now().to_msg(), self._state, self.stale_inputs(),
-                                                      self.goals.goal is not None, self._progress))
+        self.diag_pub.publish(self.shown.diagnostics(self.get_clock().now().to_msg(), self.stale_inputs(),
+                                                     self.goals.goal is not None))
 
     def _publish_plan(self, image, plan):
         stamp = self.get_clock().now().to_msg()

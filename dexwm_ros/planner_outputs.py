@@ -1,8 +1,9 @@
-"""What the planner node shows, as messages (no rclpy): its status, the Execute action's feedback and
-result, its diagnostics, the planned hand keypoints as markers and the predicted-rollout image."""
+"""What the planner node shows, as messages (no rclpy): its status, the Execute action's feedback,
+result and terminal state, its diagnostics, the planned hand keypoints as markers and the
+predicted-rollout image."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -10,7 +11,7 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from dexwm_planner.session import Progress
+from dexwm_planner.session import CANCELED, Progress
 from dexwm_robot.view import model_view
 from dexwm_ros.action import Execute
 from dexwm_ros.msg import PlannerStatus
@@ -18,15 +19,40 @@ from dexwm_ros.msg import PlannerStatus
 KEYPOINT_COLOURS = [(255, 255, 0), (255, 80, 80), (80, 255, 80), (80, 160, 255), (255, 80, 255), (255, 200, 80)]
 
 
-def status_message(stamp, state: str, task: str, has_goal: bool, progress: Progress, phase: str = "",
-                   sequence: str = "") -> PlannerStatus:
-    msg = PlannerStatus(state=state, task=task, has_goal=has_goal, step=int(progress.steps),
-                        current_cost=float(progress.current_cost), best_cost=float(progress.best_cost),
-                        planned_cost=float(progress.planned_cost), replan_seconds=float(progress.replan_seconds),
-                        subgoal=int(progress.subgoal), subgoals=int(progress.subgoals), phase=phase,
-                        sequence=sequence)
-    msg.header.stamp = stamp
-    return msg
+@dataclass
+class PlannerState:
+    """What the status and the diagnostics report: the state, the task, the active (sub)goal's progress,
+    its phase and the captured sequence being executed."""
+
+    state: str = "idle"
+    task: str = ""
+    progress: Progress = field(default_factory=Progress)
+    phase: str = ""
+    sequence: str = ""
+
+    def status(self, stamp, has_goal: bool) -> PlannerStatus:
+        p = self.progress
+        msg = PlannerStatus(state=self.state, task=self.task, has_goal=has_goal, step=int(p.steps),
+                            current_cost=float(p.current_cost), best_cost=float(p.best_cost),
+                            planned_cost=float(p.planned_cost), replan_seconds=float(p.replan_seconds),
+                            subgoal=int(p.subgoal), subgoals=int(p.subgoals), phase=self.phase, sequence=self.sequence)
+        msg.header.stamp = stamp
+        return msg
+
+    def diagnostics(self, stamp, stale: list[str], has_goal: bool) -> DiagnosticArray:
+        status = DiagnosticStatus(name="dexwm/planner", hardware_id="dexwm")
+        if self.state == "failed":
+            status.level, status.message = DiagnosticStatus.ERROR, "last goal failed"
+        elif stale and self.state != "idle":
+            status.level, status.message = DiagnosticStatus.WARN, f"stale: {', '.join(stale)}"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, self.state
+        values = {"state": self.state, "has_goal": str(has_goal), "stale_inputs": ", ".join(stale) or "none"}
+        values.update({k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in asdict(self.progress).items()})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = stamp
+        return msg
 
 
 def feedback_message(progress: Progress) -> Execute.Feedback:
@@ -41,20 +67,14 @@ def result_message(success: bool, steps: int, progress: Progress, reason: str,
                           subgoal_reasons=list(subgoal_reasons or []))
 
 
-def diagnostics_message(stamp, state: str, stale: list[str], has_goal: bool, progress: Progress) -> DiagnosticArray:
-    status = DiagnosticStatus(name="dexwm/planner", hardware_id="dexwm")
-    if state == "failed":
-        status.level, status.message = DiagnosticStatus.ERROR, "last goal failed"
-    elif stale and state != "idle":
-        status.level, status.message = DiagnosticStatus.WARN, f"stale: {', '.join(stale)}"
-    else:
-        status.level, status.message = DiagnosticStatus.OK, state
-    values = {"state": state, "has_goal": str(has_goal), "stale_inputs": ", ".join(stale) or "none"}
-    values.update({k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in asdict(progress).items()})
-    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-    msg = DiagnosticArray(status=[status])
-    msg.header.stamp = stamp
-    return msg
+def end_goal(goal_handle, success: bool, reason: str) -> None:
+    """The terminal state of an Execute goal handle for a run's outcome."""
+    if success:
+        goal_handle.succeed()
+    elif reason == CANCELED and goal_handle.is_cancel_requested:
+        goal_handle.canceled()
+    else:   # also a cancel the action server has not marked yet: the goal ends all the same
+        goal_handle.abort()
 
 
 def keypoint_markers(keypoints: np.ndarray, frame_id: str, stamp) -> MarkerArray:

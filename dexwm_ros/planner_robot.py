@@ -103,6 +103,11 @@ class MoveJointsRobot(JointGroupRobot):
             items = {"camera image": self._image, "arm joint state": self._arm, "hand joint state": self._hand}
         return [name for name, r in items.items() if r is None or now - r.received > limit_s]
 
+    def camera_size(self) -> tuple[int, int] | None:
+        """(height, width) of the camera's frames, None before the first one."""
+        image = self.latest_image()
+        return None if image is None else image.value.shape[:2]
+
     def observe_fresh(self, limit_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the newest frame and joints (a goal capture); LookupError naming the inputs
         that are missing or older than ``limit_s``."""

@@ -31,6 +31,7 @@ from dexwm_ros.goal_store import APPEND, CLEAR, LIST
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.node_main import run_node
 from dexwm_ros.node_parameters import NodeParameters
+from dexwm_ros.ros_logging import log_outcome
 from dexwm_ros.ros_time import duration
 from dexwm_ros.srv import CaptureSequence
 from dexwm_ros.teleop_input import KEY_ACTIONS, KeyboardReader, joy_jog, key_jog, pressed_buttons
@@ -145,19 +146,12 @@ class TeleopNode(Node):
         client.call_async(request).add_done_callback(on_answer)
 
     def _on_capture_answer(self, future):
-        self._log_answer(future.result().success, f"capture_goal: {future.result().message}")
+        log_outcome(self.get_logger(), future.result().success, f"capture_goal: {future.result().message}")
 
     def _on_sequence_answer(self, future):
         answer = future.result()
         phases = ", ".join(p or "by position" for p in answer.phases)
-        self._log_answer(answer.success, f"capture_sequence: {answer.message}" + (f" [{phases}]" if phases else ""))
-
-    def _log_answer(self, ok: bool, text: str):
-        # One call site per severity: rclpy refuses a call site whose severity changes.
-        if ok:
-            self.get_logger().info(text)
-        else:
-            self.get_logger().warning(text)
+        log_outcome(self.get_logger(), answer.success, f"capture_sequence: {answer.message}" + (f" [{phases}]" if phases else ""))
 
     def jog(self, translation=(0.0, 0.0, 0.0), rotation=(0.0, 0.0, 0.0)) -> bool:
         q = self.current()
