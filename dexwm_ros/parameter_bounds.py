@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import math
 
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 
-def ranged(description: str, low: float, high: float, read_only: bool = False) -> ParameterDescriptor:
-    """A descriptor whose range also appears in the description (shown by ``ros2 param describe``)."""
-    return ParameterDescriptor(description=f"{description}; allowed {low:g} .. {high:g}", read_only=read_only,
-                               floating_point_range=[FloatingPointRange(from_value=float(low),
-                                                                        to_value=float(high))])
+def ranged(description: str, low: float, high: float, read_only: bool = False,
+           integer: bool = False) -> ParameterDescriptor:
+    """A descriptor whose range also appears in the description (shown by ``ros2 param describe``);
+    ``integer``: an integer parameter's range (rclpy checks a range of the parameter's own type only)."""
+    descriptor = ParameterDescriptor(description=f"{description}; allowed {low:g} .. {high:g}", read_only=read_only)
+    if integer:
+        descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+    else:
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+    return descriptor
 
 
 def bounds_problem(name: str, value, low: float, high: float) -> str | None:

@@ -2,17 +2,17 @@
 the camera and joint-state subscriptions, the drivers' MoveJoints actions and their stop services.
 
 The node creates it with its own callback groups; the session (on the Execute goal's thread) calls
-``move`` and ``hold`` while the executor completes the futures those wait for.
+``move`` and ``hold`` while the executor completes the futures those wait for. A wait sleeps on an
+event that the future's done callback sets, or :meth:`MoveJointsRobot.wake` (the node calls it when
+a goal is canceled or the node shuts down, after it made the session's interruption visible).
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Callable
 
 import numpy as np
-from builtin_interfaces.msg import Duration
 from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -23,15 +23,13 @@ from dexwm_planner.session import FAILED_MOVE, INTERRUPTED, MOVED, JointGroupRob
 from dexwm_ros.action import MoveJoints
 from dexwm_ros.image_conversion import image_to_numpy
 from dexwm_ros.joint_state import joint_vector
-from dexwm_ros.ros_time import seconds
+from dexwm_ros.ros_time import duration as duration_msg, seconds
 
 # How long a driver has to accept a goal, and to report a result after the goal's time limit.
 ACCEPT_TIMEOUT_S = 5.0
 RESULT_GRACE_S = 5.0
 # How long hold() waits for the drivers' stop services to answer.
 STOP_TIMEOUT_S = 2.0
-# How often a wait looks at its interruption flag.
-POLL_S = 0.02
 
 
 class MoveJointsRobot(JointGroupRobot):
@@ -44,6 +42,7 @@ class MoveJointsRobot(JointGroupRobot):
         self._arm: Reading | None = None
         self._hand: Reading | None = None
         self._move_handles: list = []
+        self._waiting: set[threading.Event] = set()    # the events the waits in progress sleep on
         image_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(Image, image_topic, self._on_image, image_qos, callback_group=sensors_group)
         node.create_subscription(JointState, arm_state_topic, self._on_arm, 10, callback_group=sensors_group)
@@ -104,6 +103,19 @@ class MoveJointsRobot(JointGroupRobot):
             items = {"camera image": self._image, "arm joint state": self._arm, "hand joint state": self._hand}
         return [name for name, r in items.items() if r is None or now - r.received > limit_s]
 
+    def camera_size(self) -> tuple[int, int] | None:
+        """(height, width) of the camera's frames, None before the first one."""
+        image = self.latest_image()
+        return None if image is None else image.value.shape[:2]
+
+    def observe_fresh(self, limit_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the newest frame and joints (a goal capture); LookupError naming the inputs
+        that are missing or older than ``limit_s``."""
+        stale = self.stale_inputs(limit_s)
+        if stale:
+            raise LookupError(f"no recent {', '.join(stale)}")
+        return self.latest_image().value.copy(), self.latest_joints().value.copy()
+
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
@@ -123,13 +135,13 @@ class MoveJointsRobot(JointGroupRobot):
             goal.trajectory.header.stamp = stamp
             goal.trajectory.joint_names = list(names)
             goal.trajectory.points = [JointTrajectoryPoint(positions=[float(v) for v in target],
-                                                           time_from_start=_duration(duration))]
+                                                           time_from_start=duration_msg(duration))]
             goal.goal_tolerance = [float(tolerance)]
-            goal.time_limit = _duration(time_limit)
+            goal.time_limit = duration_msg(time_limit)
             requests.append(client.send_goal_async(goal))
         handles = self._move_handles = []   # hold() cancels whatever was accepted so far
         for name, fut in zip(("arm", "hand"), requests):
-            if not _wait(fut, ACCEPT_TIMEOUT_S, interrupted):
+            if not self._wait(fut, ACCEPT_TIMEOUT_S, interrupted):
                 self._cancel_when_accepted(requests, handles)
                 if interrupted():
                     return MoveStatus(INTERRUPTED)
@@ -141,7 +153,7 @@ class MoveJointsRobot(JointGroupRobot):
             handles.append(handle)
         results = [h.get_result_async() for h in handles]
         for name, fut in zip(("arm", "hand"), results):
-            if not _wait(fut, time_limit + RESULT_GRACE_S, interrupted):
+            if not self._wait(fut, time_limit + RESULT_GRACE_S, interrupted):
                 if interrupted():
                     return MoveStatus(INTERRUPTED)
                 return MoveStatus(FAILED_MOVE, f"{name} driver gave no result within {time_limit + RESULT_GRACE_S:.1f} s")
@@ -186,22 +198,39 @@ class MoveJointsRobot(JointGroupRobot):
                  if client.service_is_ready()]
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for fut in calls:
-            _wait(fut, max(deadline - time.monotonic(), 0.0), lambda: False)
+            if not fut.done():
+                _done_event(fut).wait(max(deadline - time.monotonic(), 0.0))
         self.node.get_logger().info(f"holding ({why}): asked {len(calls)} driver(s) to stop")
 
+    def wake(self) -> None:
+        """Wake every wait in progress, so that it looks at its ``interrupted()`` now."""
+        with self._lock:
+            waiting = list(self._waiting)
+        for event in waiting:
+            event.set()
 
-def _duration(seconds: float) -> Duration:
-    sec = int(math.floor(seconds))
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
+    def _wait(self, future, timeout: float, interrupted: Callable[[], bool]) -> bool:
+        """Wait for an rclpy future from a worker thread (the executor completes it); False on
+        timeout or when ``interrupted()`` (looked at when the wait starts and at each wake())."""
+        event = _done_event(future)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._waiting.add(event)
+        try:
+            while not future.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or interrupted():
+                    return False
+                event.wait(remaining)
+                event.clear()       # a wake() without an interruption: wait on (done is checked first)
+            return True
+        finally:
+            with self._lock:
+                self._waiting.discard(event)
 
 
-def _wait(future, timeout: float, interrupted: Callable[[], bool]) -> bool:
-    """Wait for an rclpy future from a worker thread (the executor completes it); False on timeout
-    or as soon as ``interrupted()``."""
-    done = threading.Event()
-    future.add_done_callback(lambda _f: done.set())
-    deadline = time.monotonic() + timeout
-    while not (future.done() or done.wait(POLL_S)):
-        if time.monotonic() > deadline or interrupted():
-            return False
-    return True
+def _done_event(future) -> threading.Event:
+    """An event set when the rclpy ``future`` is done (at once when it already is)."""
+    event = threading.Event()
+    future.add_done_callback(lambda _f: event.set())
+    return event

@@ -24,8 +24,14 @@ from dexwm_robot import allegro as hand_joints  # noqa: E402
 from dexwm_robot.franka import HOME as ARM_HOME  # noqa: E402
 from dexwm_ros.action import Execute, MoveJoints  # noqa: E402
 from dexwm_ros.msg import PlannerStatus  # noqa: E402
-from dexwm_ros.planner_node import ARM_NAMES, HAND_NAMES, PlannerNode, rgb_to_image_msg  # noqa: E402
+from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_NAMES, HAND_JOINT_NAMES as HAND_NAMES  # noqa: E402
+from dexwm_ros.image_conversion import numpy_to_image  # noqa: E402
+from dexwm_ros.planner_node import PlannerNode  # noqa: E402
 from rosutil import wait_for  # noqa: E402
+
+
+def rgb_to_image_msg(image: np.ndarray, stamp=0.0) -> Image:
+    return numpy_to_image(np.ascontiguousarray(image, dtype=np.uint8), stamp, "")
 
 
 
@@ -166,7 +172,7 @@ def graph(rclpy_context):
         executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
-    wait_for(lambda: planner._stale_inputs() == [], 10, what="planner inputs")
+    wait_for(lambda: planner.stale_inputs() == [], 10, what="planner inputs")
     wait_for(lambda: client.execute.server_is_ready() and client.capture.service_is_ready(), 10,
              what="planner interfaces")
     yield robot, client, planner
@@ -188,29 +194,29 @@ def send_goal(client, goal, feedback=None):
 
 def test_goal_capture_through_each_trigger(graph):
     robot, client, planner = graph
-    assert planner._goal is None
+    assert planner.goals.goal is None
     resp = _call(client.capture.call_async(Trigger.Request()))
     assert resp.success, resp.message
     wait_for(lambda: len(client.goal_images) == 1, 5, what="goal image after the service call")
-    assert planner._goal.source == "/dexwm/capture_goal" and planner._goal.joints.shape == (23,)
+    assert planner.goals.goal.source == "/dexwm/capture_goal" and planner.goals.goal.joints.shape == (23,)
     client.pose_pub.publish(PoseStamped())
     wait_for(lambda: len(client.goal_images) == 2, 5, what="goal image after /goal_pose")
-    assert planner._goal.source == "/goal_pose"
+    assert planner.goals.goal.source == "/goal_pose"
     client.point_pub.publish(PointStamped())
     wait_for(lambda: len(client.goal_images) == 3, 5, what="goal image after /clicked_point")
-    assert planner._goal.source == "/clicked_point"
+    assert planner.goals.goal.source == "/clicked_point"
     img = client.goal_images[-1]
     assert (img.height, img.width, img.encoding) == (96, 128, "rgb8")
-    assert np.array_equal(np.frombuffer(bytes(img.data), np.uint8).reshape(96, 128, 3), planner._goal.image)
+    assert np.array_equal(np.frombuffer(bytes(img.data), np.uint8).reshape(96, 128, 3), planner.goals.goal.image)
 
 
 def test_capture_fails_clearly_without_camera(graph):
     robot, client, planner = graph
     robot.publish_images = False
-    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale")
+    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale")
     resp = _call(client.capture.call_async(Trigger.Request()))
     assert not resp.success and "camera image" in resp.message
-    assert planner._goal is None
+    assert planner.goals.goal is None
 
 
 def test_execute_without_goal_fails_with_reason(graph):
@@ -234,7 +240,7 @@ def test_bad_goal_images_are_refused_or_resized(graph):
     big = rgb_to_image_msg(np.full((192, 256, 3), 90, np.uint8))
     result = _call(send_goal(client, Execute.Goal(goal_image=big, max_steps=1)).get_result_async()).result
     assert result.reason == "budget" and result.steps == 1
-    assert planner._goal.image.shape == (96, 128, 3)
+    assert planner.goals.goal.image.shape == (96, 128, 3)
 
 
 def test_goal_captured_from_the_current_frame_stops_at_once_without_moving(graph):
@@ -280,7 +286,7 @@ def test_execute_runs_to_budget_within_limits_and_cap(graph):
     for name, before, target in robot.targets:
         sl = slice(0, 7) if name == "arm" else slice(7, 23)
         assert np.all(np.abs(target - before) <= cap[name] + 1e-6)
-        assert np.all(target >= planner.lower[sl] - 1e-9) and np.all(target <= planner.upper[sl] + 1e-9)
+        assert np.all(target >= planner.planning.lower[sl] - 1e-9) and np.all(target <= planner.planning.upper[sl] + 1e-9)
     assert any(s.state == "executing" for s in client.statuses)
 
 
@@ -306,7 +312,7 @@ def test_execute_runs_the_planning_session(graph, monkeypatch):
     assert (result.reason, result.steps) == ("budget", 1)
     assert runs == [(MoveJointsRobot, session.WorldModelPlans, "budget", 1)]
     assert issubclass(MoveJointsRobot, session.JointGroupRobot) and issubclass(SimulatedRobot, session.JointGroupRobot)
-    assert isinstance(evaluate.WorldModelPolicy(None, planner.kin, planner.world_to_camera).plans,
+    assert isinstance(evaluate.WorldModelPolicy(None, planner.planning.kin, planner.planning.world_to_camera).plans,
                       session.WorldModelPlans)
 
 
@@ -369,18 +375,18 @@ def test_a_failed_capture_then_a_good_one_does_not_kill_the_planner(graph):
     """Capture logged at two severities from one call site crashed rclpy (issue: logger severity)."""
     robot, client, planner = graph
     robot.publish_images = False
-    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale")
+    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale")
     assert not _call(client.capture.call_async(Trigger.Request())).success
     client.pose_pub.publish(PoseStamped())                 # the RViz tools' path fails too
     time.sleep(0.3)
     robot.publish_images = True
-    wait_for(lambda: planner._stale_inputs() == [], 5, what="fresh inputs")
+    wait_for(lambda: planner.stale_inputs() == [], 5, what="fresh inputs")
     assert _call(client.capture.call_async(Trigger.Request())).success
     client.point_pub.publish(PointStamped())
-    wait_for(lambda: planner._goal is not None and planner._goal.source == "/clicked_point", 5,
+    wait_for(lambda: planner.goals.goal is not None and planner.goals.goal.source == "/clicked_point", 5,
              what="capture from /clicked_point")
     robot.publish_images = False
-    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale again")
+    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale again")
     assert not _call(client.capture.call_async(Trigger.Request())).success   # still serving
 
 
@@ -448,7 +454,9 @@ def test_check_command_refuses_unsafe_targets():
 
 
 def test_goal_image_fitting_and_rollout_strip():
-    from dexwm_ros.planner_node import fit_goal_image, model_view, rollout_strip
+    from dexwm_robot.view import model_view
+    from dexwm_ros.goal_images import fit_goal_image
+    from dexwm_ros.planner_outputs import rollout_strip
 
     goal = np.zeros((240, 320, 3), np.uint8)
     assert fit_goal_image(goal, (480, 640)).shape == (480, 640, 3)
@@ -472,8 +480,8 @@ def test_goal_image_parameter_loads_a_file_or_refuses(graph, tmp_path):
     cv2.imwrite(str(path), np.full((48, 64, 3), (10, 20, 30), np.uint8))    # BGR on disk
     result = planner.set_parameters([Parameter("goal_image", value=str(path))])[0]
     assert result.successful, result.reason
-    assert planner._goal.image.shape == (96, 128, 3)                          # resized to the camera
-    assert tuple(planner._goal.image[0, 0]) == (30, 20, 10)                   # RGB
+    assert planner.goals.goal.image.shape == (96, 128, 3)                          # resized to the camera
+    assert tuple(planner.goals.goal.image[0, 0]) == (30, 20, 10)                   # RGB
     wait_for(lambda: client.goal_images, 5, what="the goal image topic")
     result = planner.set_parameters([Parameter("goal_image", value=str(tmp_path / "missing.png"))])[0]
     assert not result.successful and "not found" in result.reason

@@ -14,10 +14,10 @@ from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
-from dexwm_ros.planner_node import MAX_SUBGOALS, rgb_to_image_msg  # noqa: E402
+from dexwm_ros.goal_store import MAX_SUBGOALS  # noqa: E402
 from dexwm_ros.srv import CaptureSequence  # noqa: E402
 from rosutil import wait_for  # noqa: E402
-from test_planner_node import _call, graph, send_goal  # noqa: E402,F401  (graph: the fixture)
+from test_planner_node import _call, graph, rgb_to_image_msg, send_goal  # noqa: E402,F401  (graph: the fixture)
 
 APPEND, LIST, CLEAR = CaptureSequence.Request.APPEND, CaptureSequence.Request.LIST, CaptureSequence.Request.CLEAR
 
@@ -45,7 +45,7 @@ def test_append_list_and_clear_through_the_service_and_rviz(sequences):
     planner.set_parameters([Parameter("capture_sequence", value="other")])
     pose_pub.publish(PoseWithCovarianceStamped())
     wait_for(lambda: len(call(LIST, "other").phases) == 1, 5, what="append to the parameter's sequence")
-    stored = planner._sequences["default"][0]
+    stored = planner.goals.sequence("default")[0]
     assert stored.image.shape == (96, 128, 3) and stored.joints.shape == (23,)
     answer = call(CLEAR)
     assert answer.success and "2 subgoal(s) removed" in answer.message and call(LIST).phases == []
@@ -62,15 +62,15 @@ def test_bad_capture_requests_are_refused_and_change_nothing(sequences):
         assert not answer.success and why in answer.message, answer.message
     assert not planner.set_parameters([Parameter("capture_sequence", value=" bad ")])[0].successful
     robot.publish_images = False
-    wait_for(lambda: "camera image" in planner._stale_inputs(), 5, what="the image to go stale")
+    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale")
     answer = call(APPEND)
     assert not answer.success and "camera image" in answer.message and list(answer.phases) == [""]
     pose_pub.publish(PoseWithCovarianceStamped())                 # the RViz path fails the same way, and lives
     time.sleep(0.3)
     robot.publish_images = True
-    wait_for(lambda: planner._stale_inputs() == [], 5, what="fresh inputs")
+    wait_for(lambda: planner.stale_inputs() == [], 5, what="fresh inputs")
     assert list(call(LIST).phases) == [""]
-    while len(planner._sequences["default"]) < MAX_SUBGOALS:
+    while len(planner.goals.sequence("default")) < MAX_SUBGOALS:
         assert call(APPEND).success
     answer = call(APPEND)
     assert not answer.success and "the most" in answer.message and len(answer.phases) == MAX_SUBGOALS
@@ -119,7 +119,7 @@ def test_bad_sequence_requests_are_refused_before_anything_moves(sequences):
                       (Execute.Goal(sequence="nothing"), "no_goal: sequence 'nothing' is empty")):
         result = _call(send_goal(client, goal).get_result_async(), 30).result
         assert result.reason.startswith(why) and not result.success, result.reason
-    assert robot.targets == [] and planner._goal is None
+    assert robot.targets == [] and planner.goals.goal is None
 
 
 def test_cancel_ends_a_sequence_and_the_robot_holds(sequences):
@@ -150,13 +150,13 @@ def test_teleop_keys_append_list_and_clear(sequences, rclpy_context):
                  what="teleop sees the service")
         for key in "nn":
             teleop.handle_key(key)
-            n = len(planner._sequences.get("keys", []))
+            n = len(planner.goals.sequence("keys"))
             wait_for(lambda: (executor.spin_once(timeout_sec=0.05),
-                              len(planner._sequences.get("keys", [])) > n)[1], 10, what=f"append by key {key}")
+                              len(planner.goals.sequence("keys")) > n)[1], 10, what=f"append by key {key}")
         assert len(call(LIST, "keys").phases) == 2
         teleop.handle_key("l")
         teleop.handle_key("x")
-        wait_for(lambda: (executor.spin_once(timeout_sec=0.05), "keys" not in planner._sequences)[1], 10,
+        wait_for(lambda: (executor.spin_once(timeout_sec=0.05), planner.goals.sequence("keys") == [])[1], 10,
                  what="clear by key x")
     finally:
         executor.remove_node(teleop)

@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 
 from dexwm_robot.franka import HOME as ARM_HOME
 from dexwm_robot.kinematics import RobotKinematics
-from dexwm_ros.teleop_node import HAND_CLOSED, CartesianJogger
+from dexwm_ros.cartesian_jog import HAND_CLOSED, CartesianJogger
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_keyboard_reader_reads_keys_from_a_terminal_and_restores_it():
     import os
     import termios
 
-    from dexwm_ros.teleop_node import KeyboardReader
+    from dexwm_ros.teleop_input import KeyboardReader
 
     master, slave = os.openpty()
     stream = os.fdopen(slave, "r")

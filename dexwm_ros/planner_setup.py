@@ -1,0 +1,72 @@
+"""What the planner node plans with (ROS-free): the DexWM world model, the robot's kinematics and
+camera extrinsic, the stop thresholds fitted for the checkpoint; it makes each goal's MPC planner and
+stop rule from the node's settings (dexwm_ros.planner_settings)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from dexwm_planner.mpc import MPCPlanner
+from dexwm_planner.stop_rule import FittedStop, StopRule, load_fitted
+from dexwm_ros.planner_settings import PlannerSettings
+
+
+def load_world_model(checkpoint: str):
+    """The DexWM world model from a checkpoint (empty: the shipped simulation model)."""
+    from dexwm_planner import world_model
+
+    return world_model.DexWM.load(str(checkpoint or world_model.default_checkpoint()))
+
+
+def load_fitted_stop(checkpoint: str, log) -> FittedStop | None:
+    """The stop thresholds fitted for the checkpoint (``dexwm-eval --fit-stop``), or None."""
+    from dexwm_planner import world_model
+
+    path = checkpoint or world_model.default_checkpoint()
+    try:
+        fitted = load_fitted(path)
+    except (OSError, ValueError) as e:
+        log.error(f"stop thresholds of {path} unusable ({e}): stopping only at plateau or budget")
+        return None
+    if fitted is None:
+        log.warning(f"no fitted stop thresholds beside {path} (dexwm-eval --fit-stop): "
+                    "stopping only at plateau or budget unless done_cost is set")
+    return fitted
+
+
+class WorldModelPlanning:
+    def __init__(self, settings: PlannerSettings, model=None, kinematics=None, log=None):
+        """``model``: a world model object (tests), else the settings' checkpoint is loaded; a model
+        object without a checkpoint has no file, so no fitted thresholds."""
+        from dexwm_planner.actions import allegro_actions
+        from dexwm_robot.camera import HeadCamera
+        from dexwm_robot.kinematics import RobotKinematics
+
+        log = log if log is not None else logging.getLogger("dexwm_ros.planner")
+        self.kin = kinematics if kinematics is not None else RobotKinematics.from_description()
+        self.lower = np.asarray(self.kin.lower, dtype=np.float64)
+        self.upper = np.asarray(self.kin.upper, dtype=np.float64)
+        extrinsic = settings.camera_extrinsic()
+        self.world_to_camera = extrinsic if extrinsic is not None else HeadCamera().world_to_camera
+        self.model = model if model is not None else load_world_model(settings.checkpoint)
+        self.fitted_stop = (None if model is not None and not settings.checkpoint
+                            else load_fitted_stop(settings.checkpoint, log))
+        self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
+        self.frame_step = float(getattr(self.model, "frame_step", 0.2))
+        kin, w2c = self.kin, self.world_to_camera
+        self._actions = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)
+        self._rotation = lambda q: kin.ee_pose(q)[1]
+
+    def planner(self, settings: PlannerSettings, task: str, seed: int | None = None) -> MPCPlanner:
+        return MPCPlanner(self.model, self._actions, self.lower, self.upper, settings.mpc(task),
+                          rotation_fn=self._rotation, seed=settings.seed if seed is None else seed)
+
+    def fitted_done_cost(self, settings: PlannerSettings):
+        """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal
+        instead: None)."""
+        return self.fitted_stop.for_kind if settings.done_cost < 0 and self.fitted_stop is not None else None
+
+    def stop_rule(self, settings: PlannerSettings, task: str, max_steps: int) -> StopRule:
+        fitted = self.fitted_stop.for_kind(task) if self.fitted_stop is not None else None
+        return settings.stop_rule(max_steps, fitted)
