@@ -3,22 +3,20 @@
 Publishes /allegro/joint_states (16 joints, names and order from dexwm_robot.allegro) and
 /diagnostics; takes position targets on /allegro/joint_command (sensor_msgs/JointState, by name or
 all 16 in order) and the /allegro/move_joints action (dexwm_ros.move_joints: the semantics every
-driver shares); /allegro/stop (std_srvs/Trigger) holds the current position (stop_mode "hold") or
-switches the torques off until the next command ("torque_off"). kp/kd are parameters that can be
-changed live, within their bounds.
+driver shares, out-of-limit targets refused, never clamped); /allegro/stop (std_srvs/Trigger) holds
+the current position (stop_mode "hold") or switches the torques off until the next command
+("torque_off"). kp/kd can be changed live, within their bounds. In the hand's error state (encoder
+silence, a wrong hand) the torques are zero, the cause goes on /diagnostics at once, and the node
+recovers by itself when the encoders return.
 
-Targets outside the joint limits, stale or badly timed goals and absurd tolerances are refused with
-the reason, never clamped. When the hand enters its error state (encoder silence, a wrong hand) the
-torques are zero, the cause goes on /diagnostics at once, and the node recovers by itself when the
-encoders return.
-
-The 333 Hz PD loop (which also follows the goals' trajectories) runs in the controller's own thread,
-never in the executor. With can_interface:=virtual emulate_hand:=true the node starts the hand
-firmware emulator in-process on the same virtual channel (python-can's virtual bus only links
-endpoints of one process).
+The 333 Hz PD loop (which also follows the goals' trajectories) runs in the controller's own thread.
+With can_interface:=virtual emulate_hand:=true the node starts the hand firmware emulator in-process
+on the same virtual channel (python-can's virtual bus only links endpoints of one process).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
 
@@ -36,7 +34,7 @@ from allegro_driver.controller import (GAIN_BOUNDS, CommandRejected, ControllerC
                                        open_bus, validate_gains)
 from allegro_driver.emulator import HandEmulator
 from dexwm_robot import allegro as joints
-from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE, MAX_TIME_LIMIT_S,
+from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, MAX_COMMAND_AGE_PARAMETER, TIME_LIMIT_RANGE, TOLERANCE_RANGE,
                                    GoalRefused, MoveJointsServer, check_command_age, full_points, joint_index)
 from dexwm_ros.node_main import run_node
 from dexwm_ros.parameter_bounds import first_problem, ranged
@@ -46,8 +44,8 @@ _LIVE_GAINS = ("kp", "kd")
 # Live parameters with bounds (declared and checked on every set); gains are checked per joint.
 LIVE_BOUNDS = {
     **GAIN_BOUNDS,
-    "goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
-    "goal_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "goal_tolerance": TOLERANCE_RANGE,
+    "goal_time_limit_s": TIME_LIMIT_RANGE,
     "max_command_age_s": COMMAND_AGE_RANGE,
     "temperature_warn_c": (20.0, 120.0),
 }
@@ -84,13 +82,11 @@ LIVE = {
     "kd": (list(_d.kd), "derivative gains [Nm s/rad], 16 values (live)"),
     "goal_tolerance": (0.03, "default MoveJoints tolerance [rad]"),
     "goal_time_limit_s": (5.0, "default MoveJoints time limit [s]"),
-    "max_command_age_s": (DEFAULT_MAX_COMMAND_AGE_S,
-                          "refuse commands whose header stamp is older than this (unstamped ones are accepted) [s]"),
+    "max_command_age_s": MAX_COMMAND_AGE_PARAMETER,
     "temperature_warn_c": (60.0, "diagnostics warn above this motor temperature"),
 }
-_CONTROLLER = ("device_id", "control_rate_hz", "realtime_priority", "kp", "kd", "torque_limit", "pwm_limit",
-               "encoder_direction", "encoder_offset", "motor_direction", "max_joint_velocity", "encoder_timeout_s",
-               "command_timeout_s", "hand")
+STOP_MODE = "what ~/stop does: hold (keep the current position) or torque_off (zero torques until the next command)"
+_CONTROLLER = {f.name for f in dataclasses.fields(ControllerConfig)} & {*FIXED, *LIVE, "hand"}
 
 
 def _fixed(text: str, bounds=None) -> ParameterDescriptor:
@@ -105,9 +101,7 @@ class AllegroNode(Node):
             self.declare_parameter(name, default, _fixed(text, *bounds))
         for name, (default, text) in LIVE.items():
             self.declare_parameter(name, default, ranged(text, *LIVE_BOUNDS[name]))
-        self.declare_parameter("stop_mode", "hold", ParameterDescriptor(
-            description="what ~/stop does: hold (keep the current position) or torque_off (zero torques until the "
-                        "next command)"))
+        self.declare_parameter("stop_mode", "hold", ParameterDescriptor(description=STOP_MODE))
         g = lambda name: self.get_parameter(name).value  # noqa: E731
         interface, channel, hand = g("can_interface"), g("can_channel"), g("hand")
         self._config = ControllerConfig(**{name: g(name) for name in _CONTROLLER}).validated()
@@ -124,7 +118,7 @@ class AllegroNode(Node):
                     "endpoints of this process, so no hand will answer (set emulate_hand:=true)")
             self._buses.append(open_bus(interface, channel, g("can_bitrate")))
         except Exception as exc:
-            self._close_buses()
+            self.close()
             raise RuntimeError(f"cannot open CAN bus interface={interface!r} channel={channel!r}: {exc}") from exc
         self.controller = HandController(self._buses[-1], self._config)
         self.controller.start()
@@ -150,19 +144,14 @@ class AllegroNode(Node):
         super().destroy_node()
 
     def close(self) -> None:
-        # getattr: a constructor interrupted part-way (Ctrl-C during start-up) leaves a partial node.
-        if getattr(self, "controller", None) is not None:
-            self.controller.close()  # zero torques, streaming off, servo off
-        if getattr(self, "emulator", None) is not None:
-            self.emulator.close()
-        self._close_buses()
-
-    def _close_buses(self) -> None:
+        """Controller (zero torques, streaming off, servo off), emulator, buses; copes with a
+        constructor interrupted part-way (Ctrl-C during start-up, a bus that did not open)."""
+        for part in (getattr(self, "controller", None), getattr(self, "emulator", None)):
+            if part is not None:
+                part.close()
         for bus in getattr(self, "_buses", []):
-            try:
+            with contextlib.suppress(Exception):  # shutting down anyway
                 bus.shutdown()
-            except Exception:  # shutting down anyway
-                pass
         self._buses = []
 
     def _warn(self, text: str) -> None:

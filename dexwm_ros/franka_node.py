@@ -33,7 +33,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexwm_robot.franka import JOINT_NAMES
 from dexwm_robot.joint_group import RUNNING, TIMED_OUT
-from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE, MAX_TIME_LIMIT_S,
+from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, MAX_COMMAND_AGE_PARAMETER, TIME_LIMIT_RANGE, TOLERANCE_RANGE,
                                    GoalRefused, MoveJointsServer, check_command_age, check_timing, full_points,
                                    joint_index)
 from dexwm_ros.node_main import run_node
@@ -44,8 +44,8 @@ from franka_driver.arm import SETTING_BOUNDS, CommandRejected, FrankaArm, Franka
 # Every live parameter that bounds a motion, with its allowed range (declared and checked on set).
 LIVE_BOUNDS = {
     **SETTING_BOUNDS,
-    "goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
-    "default_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "goal_tolerance": TOLERANCE_RANGE,
+    "default_time_limit_s": TIME_LIMIT_RANGE,
     "max_command_age_s": COMMAND_AGE_RANGE,
 }
 # Start-up settings (read-only): name -> description; defaults from FrankaConfig.
@@ -67,8 +67,7 @@ LIVE = {
     "reconnect_period_s": (None, "seconds between reconnect attempts"),
     "goal_tolerance": (0.01, "default per-joint goal tolerance of move_joints [rad]"),
     "default_time_limit_s": (30.0, "move_joints time limit when the goal gives none [s]"),
-    "max_command_age_s": (DEFAULT_MAX_COMMAND_AGE_S,
-                          "refuse commands whose header stamp is older than this (unstamped ones are accepted) [s]"),
+    "max_command_age_s": MAX_COMMAND_AGE_PARAMETER,
 }
 
 

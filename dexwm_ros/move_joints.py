@@ -57,9 +57,14 @@ R = MoveJoints.Result
 MAX_GOAL_TOLERANCE = 1.0
 # Ten minutes: longer than any motion of these drivers; a larger value is a unit mistake.
 MAX_TIME_LIMIT_S = 600.0
-# Bounds of the servers' max_command_age_s parameter [s].
+# Bounds of the nodes' parameters for the default tolerance [rad] and time limit [s] of a goal and
+# for max_command_age_s [s].
+TOLERANCE_RANGE = (1e-4, MAX_GOAL_TOLERANCE)
+TIME_LIMIT_RANGE = (0.1, MAX_TIME_LIMIT_S)
 COMMAND_AGE_RANGE = (0.05, 60.0)
-DEFAULT_MAX_COMMAND_AGE_S = 2.0
+# max_command_age_s of every driver node: (default, description).
+MAX_COMMAND_AGE_PARAMETER = (2.0, "refuse commands whose header stamp is older than this (unstamped ones are "
+                                  "accepted) [s]")
 # Feedback rate while a goal runs; the wait itself ends as soon as the motion does.
 FEEDBACK_PERIOD_S = 0.05
 # How long a cancel waits for the group to confirm the stop.
@@ -193,8 +198,9 @@ class MoveJointsServer:
     """``action_name`` (MoveJoints) for ``group``, with the node's parameters for the defaults.
 
     ``report(problem, refused)`` hears refusals (``refused`` True: nothing was done) and failures,
-    for the node's log and diagnostics, and ``report(None, False)`` when a goal started; ``wall_time_factor`` scales the wall-clock backstop for a
-    group whose time runs slower than the wall clock (a simulation).
+    for the node's log and diagnostics, and ``report(None, False)`` when a goal started;
+    ``wall_time_factor`` scales the wall-clock backstop for a group whose time runs slower than the
+    wall clock (a simulation); ``move_kwargs`` go to every ``group.move``.
     """
 
     def __init__(self, node, action_name: str, group: JointGroup, *, tolerance_param: str,
@@ -206,13 +212,11 @@ class MoveJointsServer:
         self._report = report or (lambda problem, refused: None)
         self._wall_time_factor = wall_time_factor
         self._move_kwargs = move_kwargs or {}
+        # Every goal is accepted and checked in execute, so that a refusal comes with its reason.
         self.server = ActionServer(node, MoveJoints, action_name, execute_callback=self._execute,
-                                   goal_callback=lambda request: GoalResponse.ACCEPT,  # refused in execute, with a reason
+                                   goal_callback=lambda request: GoalResponse.ACCEPT,
                                    cancel_callback=lambda handle: CancelResponse.ACCEPT,
                                    callback_group=callback_group)
-
-    def destroy(self) -> None:
-        self.server.destroy()
 
     def _param(self, name: str) -> float:
         return float(self.node.get_parameter(name).value)

@@ -23,37 +23,30 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-
-import numpy as np
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from camera_driver.sources import Intrinsics
-from dexwm_ros.camera_node import camera_info_msg
-from dexwm_ros.image_conversion import numpy_to_image
-from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, DEFAULT_MAX_COMMAND_AGE_S, MAX_GOAL_TOLERANCE, MAX_TIME_LIMIT_S,
+from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, MAX_COMMAND_AGE_PARAMETER, TIME_LIMIT_RANGE, TOLERANCE_RANGE,
                                    MoveJointsServer, check_command_age, check_timing, full_points, joint_index)
-from dexwm_ros.msg import EpisodeState
 from dexwm_ros.node_main import run_node
 from dexwm_ros.parameter_bounds import first_problem, ranged
 from dexwm_ros.ros_time import seconds
+from dexwm_ros.sim_publishers import SimPublishers
 from dexwm_ros.srv import ResetEpisode
 
 # Live parameters with bounds (declared and checked on set); the arm's step cap has the real
 # franka driver's bounds.
 LIVE_BOUNDS = {
-    "arm_goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
-    "hand_goal_tolerance": (1e-4, MAX_GOAL_TOLERANCE),
-    "arm_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
-    "hand_time_limit_s": (0.1, MAX_TIME_LIMIT_S),
+    "arm_goal_tolerance": TOLERANCE_RANGE,
+    "hand_goal_tolerance": TOLERANCE_RANGE,
+    "arm_time_limit_s": TIME_LIMIT_RANGE,
+    "hand_time_limit_s": TIME_LIMIT_RANGE,
     "max_command_age_s": COMMAND_AGE_RANGE,
 }
 # Start-up values only (read-only; later episodes come from /sim/reset): name -> (default, description).
@@ -74,8 +67,7 @@ LIVE = {
     "hand_goal_tolerance": (0.03, "default move_joints tolerance of the hand [rad]"),
     "arm_time_limit_s": (30.0, "arm move_joints time limit when the goal gives none [s]"),
     "hand_time_limit_s": (5.0, "hand move_joints time limit when the goal gives none [s]"),
-    "max_command_age_s": (DEFAULT_MAX_COMMAND_AGE_S,
-                          "refuse commands whose header stamp is older than this (unstamped ones are accepted) [s]"),
+    "max_command_age_s": MAX_COMMAND_AGE_PARAMETER,
 }
 POSITIVE = ("real_time_factor", "image_rate_hz", "state_rate_hz", "arm_speed", "hand_speed", *LIVE)
 # part -> (driver namespace, diagnostics name)
@@ -119,21 +111,8 @@ class SimNode(Node):
         if not (16 <= width <= 640 and 16 <= height <= 480):
             raise ValueError(f"image size must be within 16x16 .. 640x480, got {width}x{height}")
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.frame_id = g("frame_id")
 
-        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.image_pub = self.create_publisher(Image, "/camera/camera/color/image_raw", reliable)
-        self.info_pub = self.create_publisher(CameraInfo, "/camera/camera/color/camera_info", reliable)
-        self.depth_pub = None
-        if g("publish_depth"):
-            self.depth_pub = self.create_publisher(Image, "/camera/camera/aligned_depth_to_color/image_raw", reliable)
-        self.state_pubs = {part: self.create_publisher(JointState, f"{ns}/joint_states", 10)
-                           for part, (ns, _) in PARTS.items()}
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.episode_pub = self.create_publisher(EpisodeState, "/sim/episode", 10)
-        self.goal_pub = self.create_publisher(Image, "/sim/goal_image", latched)
 
         self._problem = {"arm": "", "hand": ""}
         config = RunnerConfig(task=g("task"), seed=int(g("seed")), real_time_factor=float(g("real_time_factor")),
@@ -143,10 +122,12 @@ class SimNode(Node):
                               goal_size=(width, height), lockstep=bool(g("lockstep")),
                               arm_max_joint_step=float(g("max_joint_step")))
         # The runner validates task, seed and rates (ValueError -> clear message in main()).
-        self.runner = SimRunner(config, on_state=self._on_state, on_frame=self._on_frame,
-                                on_episode=self._on_episode, on_goal=self._on_goal)
-        K = self.runner.env.camera.intrinsics(width, height)
-        self.intrinsics = Intrinsics(width, height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+        self.runner = SimRunner(config)
+        self.topics = SimPublishers(self, g("frame_id"), self.runner.env.camera.intrinsics(width, height), width,
+                                    height, bool(g("publish_depth")))
+        t = self.topics
+        self.runner.on_state, self.runner.on_frame, self.runner.on_episode, self.runner.on_goal = (
+            t.on_state, t.on_frame, t.on_episode, t.on_goal)
         self.groups = {part: SimJointGroup(self.runner, part) for part in PARTS}
 
         group = ReentrantCallbackGroup()
@@ -184,45 +165,6 @@ class SimNode(Node):
             return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)
 
-    # --- runner callbacks (physics thread) ---------------------------------------------------------
-    def _stamp(self):
-        return self.get_clock().now().to_msg()
-
-    def _on_state(self, snap) -> None:
-        if snap is None or not self.context.ok():
-            return
-        stamp = self._stamp()
-        for part, pub in self.state_pubs.items():
-            sl = self.runner.part_slice(part)
-            msg = JointState(name=list(self.groups[part].names), position=snap.position[sl].tolist(),
-                             velocity=snap.velocity[sl].tolist(), effort=snap.effort[sl].tolist())
-            msg.header.stamp = stamp
-            pub.publish(msg)
-
-    def _on_frame(self, frame) -> None:
-        if not self.context.ok():
-            return
-        now = time.time()
-        self.image_pub.publish(numpy_to_image(frame.rgb, now, self.frame_id, "rgb8"))
-        self.info_pub.publish(camera_info_msg(self.intrinsics, now, self.frame_id))
-        if self.depth_pub is not None and frame.depth is not None:
-            mm = np.clip(np.nan_to_num(frame.depth * 1000.0, nan=0.0, posinf=0.0), 0, 65535).astype(np.uint16)
-            self.depth_pub.publish(numpy_to_image(mm, now, self.frame_id, "16UC1"))
-
-    def _on_episode(self, status, episode) -> None:
-        if not self.context.ok():
-            return
-        msg = EpisodeState(task=status.task, seed=int(status.seed), step=int(status.step),
-                           success_now=bool(status.success_now), success_streak=int(status.streak),
-                           required_streak=int(status.required_streak), success=bool(status.success),
-                           distance=float(status.distance) if math.isfinite(status.distance) else float("nan"))
-        msg.header.stamp = self._stamp()
-        self.episode_pub.publish(msg)
-
-    def _on_goal(self, result) -> None:
-        if self.context.ok() and result.goal_image is not None:
-            self.goal_pub.publish(numpy_to_image(result.goal_image, time.time(), self.frame_id, "rgb8"))
-
     # --- commands ---------------------------------------------------------------------------------
     def _report(self, part: str, problem: str | None) -> None:
         self._problem[part] = problem or ""
@@ -256,7 +198,7 @@ class SimNode(Node):
         result = self.runner.reset(request.task, int(request.seed))
         response.success, response.message = result.ok, result.message
         if result.ok:
-            response.goal_image = numpy_to_image(result.goal_image, time.time(), self.frame_id, "rgb8")
+            response.goal_image = self.topics.image(result.goal_image)
             self.get_logger().info(result.message)
         else:
             self.get_logger().warning(f"/sim/reset: {result.message}")
@@ -284,7 +226,7 @@ class SimNode(Node):
                 KeyValue(key="task", value=status.task if status else ""),
                 KeyValue(key="seed", value=str(status.seed) if status else "")]))
         msg = DiagnosticArray(status=statuses)
-        msg.header.stamp = self._stamp()
+        msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(msg)
 
     def destroy_node(self):
