@@ -10,8 +10,8 @@ silence, a wrong hand) the torques are zero, the cause goes on /diagnostics at o
 recovers by itself when the encoders return.
 
 The 333 Hz PD loop (which also follows the goals' trajectories) runs in the controller's own thread.
-With can_interface:=virtual emulate_hand:=true the node starts the hand firmware emulator in-process
-on the same virtual channel (python-can's virtual bus only links endpoints of one process).
+With can_interface:=virtual emulate_hand:=true the hand's firmware emulator runs in this process
+(python-can's virtual bus only links endpoints of one process).
 """
 from __future__ import annotations
 
@@ -57,18 +57,15 @@ FIXED = {
     "can_channel": ("can0", "python-can channel (can0, PCAN_USBBUS1, any name for virtual)"),
     "can_bitrate": (1_000_000, "CAN bit rate [bit/s]; the V4 hand uses 1 Mbit/s"),
     "device_id": (0, "hand device id (low 2 bits of the CAN id), 0..3"),
-    "emulate_hand": (False, "start the firmware emulator in this process on the same bus (tests and demos with "
-                            "can_interface:=virtual)"),
+    "emulate_hand": (False, "start the firmware emulator in this process on the same bus (can_interface:=virtual)"),
     "hand": ("right", "right or left; must match what the hand reports"),
     "control_rate_hz": (_d.control_rate_hz, "PD loop rate [Hz]", (50.0, 1000.0)),
-    "realtime_priority": (0, "SCHED_FIFO priority of the PD thread (0 = normal); needs rtprio permission, as set "
-                             "up for libfranka"),
+    "realtime_priority": (0, "SCHED_FIFO priority of the PD thread (0 = normal); needs rtprio permission"),
     "publish_rate_hz": (100.0, "joint_states rate [Hz]", (1.0, 333.0)),
     "diagnostics_rate_hz": (1.0, "/diagnostics rate [Hz]", (0.1, 10.0)),
     "torque_limit": (list(_d.torque_limit), "torque caps [Nm], 16 values"),
     "pwm_limit": (list(_d.pwm_limit), "PWM caps, 16 values (pwm = torque x 1200)"),
-    "encoder_direction": (list(_d.encoder_direction),
-                          "per-joint encoder sign (+1/-1); V4 hands are calibrated in firmware: all +1"),
+    "encoder_direction": (list(_d.encoder_direction), "per-joint encoder sign (+1/-1); V4 (calibrated): all +1"),
     "encoder_offset": (list(_d.encoder_offset), "per-joint encoder offset [rad] added after scaling; V4: all 0"),
     "motor_direction": (list(_d.motor_direction), "per-joint PWM sign (+1/-1); V4: all +1"),
     "max_joint_velocity": (_d.max_joint_velocity, "set-point slew limit [rad/s]", (0.01, 20.0)),

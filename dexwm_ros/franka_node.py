@@ -1,21 +1,15 @@
 """ROS 2 node ``franka``: a thin adapter over :class:`franka_driver.arm.FrankaArm` (franky).
 
-Interfaces (node name ``franka`` at the root namespace):
-
-- publishes ``/franka/joint_states`` (sensor_msgs/JointState, fr3_joint1..7) at ``rate_hz`` and
-  ``/diagnostics`` (connection, robot mode, last error) once a second;
-- action ``/franka/move_joints`` (dexwm_ros/action/MoveJoints), served by dexwm_ros.move_joints
-  with the semantics every driver shares (names and subsets, limits refused, tolerance, time limit,
-  stale stamps, pre-emption, cancel);
-- topic ``/franka/joint_command`` (trajectory_msgs/JointTrajectory), fire-and-forget, checked as a
-  goal is: a streaming sender must send at least every ``watchdog_timeout_s`` while the arm should
-  keep moving;
+- publishes ``/franka/joint_states`` (fr3_joint1..7) at ``rate_hz`` and ``/diagnostics``
+  (connection, robot mode, last error) once a second;
+- action ``/franka/move_joints``: the one MoveJoints server (dexwm_ros.move_joints), shared semantics;
+- topic ``/franka/joint_command`` (JointTrajectory), fire-and-forget, checked as a goal is: a
+  streaming sender must send at least every ``watchdog_timeout_s`` while the arm should keep moving;
 - services ``/franka/stop`` and ``/franka/recover`` (std_srvs/Trigger).
 
-Refusals and failures are logged and shown on /diagnostics; losing the robot (network, simulator
-killed) aborts the running goal with ROBOT_ERROR; the node stays up and reconnects every
-``reconnect_period_s``. Panda (FER) arms need franky built against libfranka 0.9.x (see
-franka_driver.arm).
+Refusals and failures are logged and shown on /diagnostics; losing the robot aborts the running goal
+with ROBOT_ERROR, the node stays up and reconnects every ``reconnect_period_s``. Panda (FER) arms
+need franky built against libfranka 0.9.x (see franka_driver.arm).
 """
 from __future__ import annotations
 
