@@ -21,6 +21,11 @@ Safety behaviour:
 - command watchdog: no new target for ``command_timeout_s`` -> keep holding the last target (flagged
   as stale in the status, never extrapolated);
 - stop(): hold the current position, or send zero torques until the next command.
+
+The controller is a :class:`~dexwm_robot.joint_group.JointGroup`: ``move`` hands the PD loop a
+trajectory (waypoints at the slew-limited speed, or timed points interpolated linearly) that the loop
+follows and judges at its own rate (reached, timed out, pre-empted by ``set_target`` or a newer
+``move``, stopped, failed when the hand enters its error state).
 """
 from __future__ import annotations
 
@@ -38,6 +43,10 @@ import can
 import numpy as np
 
 from dexwm_robot import allegro as joints
+# A target that was not applied; the message says why, nothing was changed (one class for every driver).
+from dexwm_robot.command_limits import CommandRejected
+from dexwm_robot.joint_group import (FAILED, PREEMPTED, REACHED, STOPPED, TIMED_OUT, GroupState, JointGroup,
+                                     Motion)
 
 from . import protocol
 
@@ -160,10 +169,6 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class CommandRejected(ValueError):
-    """A target that was not applied; the message says why. Nothing was changed."""
-
-
 @dataclass
 class LoopTiming:
     period_error_ms_mean: float = 0.0
@@ -201,8 +206,12 @@ class HandStatus:
     timing: LoopTiming = field(default_factory=LoopTiming)
 
 
-class HandController:
+class HandController(JointGroup):
     """Runs the 333 Hz PD loop in its own thread against a python-can bus."""
+
+    names = joints.JOINT_NAMES
+    lower = joints.LOWER
+    upper = joints.UPPER
 
     def __init__(self, bus: can.BusABC, config: ControllerConfig | None = None,
                  clock=time.monotonic) -> None:
@@ -244,6 +253,9 @@ class HandController:
         self._start_time = 0.0
         self._torque_off = False
         self._scheduling = "normal"
+        self._motion: Motion | None = None   # the trajectory the loop follows (move), if any
+        self._motion_start = np.zeros(N)     # set-point when it started (timed interpolation)
+        self._motion_index = 0               # waypoint being approached (untimed)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -297,6 +309,7 @@ class HandController:
                 self._last_reject = str(exc)
             raise
         with self._lock:
+            self._end_motion(PREEMPTED, "pre-empted by a joint command")
             self._target = full
             self._command_time = self._clock()
             self._torque_off = False
@@ -325,33 +338,107 @@ class HandController:
             if len(names) != values.size:
                 raise CommandRejected(f"{len(names)} names but {values.size} positions")
             if len(set(names)) != len(names):
-                raise CommandRejected("duplicate joint names")
+                raise CommandRejected("duplicate joint names", code="invalid_joints")
             unknown = [n for n in names if n not in joints.JOINT_NAMES]
             if unknown:
                 raise CommandRejected(f"unknown joint names {unknown}; expected names from "
-                                      f"dexwm_robot.allegro.JOINT_NAMES")
+                                      f"dexwm_robot.allegro.JOINT_NAMES", code="invalid_joints")
             for n, v in zip(names, values):
                 full[joints.JOINT_NAMES.index(n)] = v
         problem = joints.outside_limits(full)
         if problem:
-            raise CommandRejected(f"target refused: {problem}")
+            raise CommandRejected(f"target refused: {problem}", code="invalid_joints")
         return full
 
-    def hold(self) -> None:
+    def move(self, points, tolerance=None, time_limit: float | None = None, times=None) -> Motion:
+        """Follow (N, 16) targets: at the slew-limited speed, each reached (within ``tolerance``)
+        before the next, or, with ``times`` (time_from_start, increasing from > 0), interpolated
+        linearly from the current set-point. Pre-empts the running motion. CommandRejected (nothing
+        changes) for a point that is not 16 finite values inside the limits."""
+        pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+        full = np.stack([self._resolve_target(p, None) for p in pts]) if pts.size else pts
+        if len(full) == 0:
+            raise CommandRejected("a motion needs at least one point")
+        t = np.zeros(len(full)) if times is None else np.asarray(times, dtype=np.float64)
+        if t.shape != (len(full),):
+            raise CommandRejected(f"{len(full)} points but {t.size} times")
+        with self._lock:
+            motion = Motion(full, tolerance, time_limit, t, started=self._clock())
+            self._end_motion(PREEMPTED, "pre-empted by a newer motion")
+            self._motion, self._motion_start, self._motion_index = motion, self._setpoint.copy(), 0
+            self._target = full[0] if not t[-1] > 0 else self._setpoint.copy()
+            self._command_time = motion.started
+            self._torque_off = False
+            if self._state is State.STOPPED:
+                self._setpoint = self._q.copy()
+                self._state = State.RUNNING
+                self._reason = ""
+        return motion
+
+    def state(self) -> GroupState | None:
+        with self._lock:
+            if not self._have_q:
+                return None
+            return GroupState(position=self._q.copy(), stamp=self._q_stamp, velocity=self._dq.copy(),
+                              effort=self._tau.copy())
+
+    def commanded(self) -> np.ndarray:
+        with self._lock:
+            motion = self._motion
+            return (motion.target if motion is not None and not motion.done else self._target).copy()
+
+    def _end_motion(self, status: str, reason: str) -> None:
+        """End the loop's motion (lock held)."""
+        if self._motion is not None:
+            self._motion.end(status, reason, self._q)
+            self._motion = None
+
+    def _follow_motion(self, now: float) -> None:
+        """One tick of the motion under way: its set target, then its verdict (lock held, RUNNING)."""
+        m = self._motion
+        if m is None:
+            return
+        elapsed = now - m.started
+        timed = m.times[-1] > 0
+        if timed:
+            self._target = _interpolate(self._motion_start, m.points, m.times, elapsed)
+        else:
+            at_waypoint = (_same(self._setpoint, self._target)
+                           and (m.tolerance is None or bool(np.all(np.abs(self._target - self._q) <= m.tolerance))))
+            if at_waypoint and self._motion_index < len(m.points) - 1:
+                self._motion_index += 1
+            self._target = m.points[self._motion_index]
+        self._command_time = now
+        finished = (elapsed >= m.times[-1]) if timed else self._motion_index == len(m.points) - 1
+        finished = finished and _same(self._setpoint, m.target)
+        if finished and m.within_tolerance(self._q):
+            self._end_motion(REACHED, "target reached")
+        elif m.time_limit is not None and elapsed > m.time_limit:
+            if not finished:   # still under way: stop where it is
+                self._target = self._q.copy()
+                self._setpoint = self._q.copy()
+            # Finished off target (a finger on an object): the target stays, the finger keeps pressing.
+            self._end_motion(TIMED_OUT, f"target not reached within {m.time_limit:.2f} s (max error "
+                                        f"{np.max(np.abs(m.target - self._q)):.3f} rad); "
+                                        f"{'holding' if not finished else 'keeping the target'}")
+
+    def hold(self, reason: str = "stop requested") -> None:
         """Hold the measured position (used by stop and by action cancel)."""
         with self._lock:
+            self._end_motion(STOPPED, reason)
             self._target = self._q.copy()
             self._setpoint = self._q.copy()
             self._command_time = self._clock()
 
-    def stop(self, mode: str = "hold") -> str:
+    def stop(self, reason: str = "stop requested", mode: str = "hold") -> str:
         """``hold``: keep the current position under PD; ``torque_off``: zero torques until the
-        next command. Returns a description."""
+        next command. Ends the motion under way (STOPPED). Returns a description."""
         if mode == "hold":
-            self.hold()
+            self.hold(reason)
             return "holding the current position"
         if mode == "torque_off":
             with self._lock:
+                self._end_motion(STOPPED, reason)
                 self._torque_off = True
                 if self._state is State.RUNNING:
                     self._state = State.STOPPED
@@ -461,6 +548,7 @@ class HandController:
                 self._state = State.ERROR
                 self._reason = (f"hand mismatch: configured {cfg.hand}, the hand reports "
                                 f"{self._hand_info.hand}")
+                self._end_motion(FAILED, f"hand error: {self._reason}")
                 tau = np.zeros(N)
             elif not fresh:
                 if self._state is State.RUNNING or self._state is State.STOPPED or (
@@ -471,6 +559,7 @@ class HandController:
                     self._state = State.ERROR
                     self._reason = (f"no encoder data for > {cfg.encoder_timeout_s * 1e3:.0f} ms "
                                     f"from {', '.join(stale)}: torques zero")
+                    self._end_motion(FAILED, f"hand error: {self._reason}")
                 tau = np.zeros(N)
             else:
                 if self._state in (State.INIT, State.ERROR):
@@ -481,6 +570,7 @@ class HandController:
                     self._reason = "" if not self._torque_off else "stopped: torques off"
                 if self._state is State.RUNNING:
                     self._torque_off = False
+                    self._follow_motion(now)
                     step = cfg.max_joint_velocity / cfg.control_rate_hz
                     self._setpoint += np.clip(self._target - self._setpoint, -step, step)
                     tau = self._kp * (self._setpoint - self._q) - self._kd * self._dq
@@ -554,6 +644,21 @@ class HandController:
             with self._lock:
                 self._tx_errors += 1
             log.debug("CAN send failed: %s", exc)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Set-point at a target: the slew step lands on it up to float rounding."""
+    return bool(np.max(np.abs(a - b)) <= 1e-9)
+
+
+def _interpolate(start: np.ndarray, points: np.ndarray, times: np.ndarray, t: float) -> np.ndarray:
+    """Piecewise-linear position along timed waypoints, starting at ``start`` at t = 0."""
+    prev_q, prev_t = start, 0.0
+    for q, tp in zip(points, times):
+        if t < tp:
+            return prev_q + (t - prev_t) / (tp - prev_t) * (q - prev_q)
+        prev_q, prev_t = q, tp
+    return points[-1].copy()
 
 
 def _pwm(tau: np.ndarray, cfg: ControllerConfig) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The one check of a joint command against joint limits and the per-command step cap.
 
-The real Franka driver (dexwm_ros.franka_arm) and the simulation (dexwm_sim.runner) both call
+The real Franka driver (franka_driver.arm) and the simulation (dexwm_sim.runner) both call
 :func:`check_joint_command`, so the simulation refuses exactly what the real driver refuses and a
 planner that breaks a limit or the cap is caught in simulation too. Rule: a target outside the
 limits, or a step over the cap, is refused (never clamped) and nothing moves. No rclpy, no MuJoCo.

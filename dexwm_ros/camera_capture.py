@@ -1,4 +1,4 @@
-"""Frames of a camera source (dexwm_ros.camera_sources) read in a thread of their own, with the
+"""Frames of a camera source (camera_driver.sources) read in a thread of their own, with the
 reconnect rule (ROS-free): when frames stop for ``frame_timeout_s``, or the source fails, the error is
 reported and the source reopened every ``reconnect_period_s``; a missing device or file is
 reported by name and retried, never fatal. Waits are on an event, so stop() ends it at once."""
@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from dexwm_ros.camera_sources import Frame, FrameSource, SourceError
+from camera_driver.sources import Frame, FrameSource, SourceError
 
 # How long one read may block, at most: the loop notices a stop and the frame timeout this often.
 MAX_READ_S = 0.5

@@ -1,4 +1,4 @@
-"""ROS 2 node ``camera`` (namespace ``camera``): publishes frames of a :mod:`dexwm_ros.camera_sources`
+"""ROS 2 node ``camera`` (namespace ``camera``): publishes frames of a :mod:`camera_driver.sources`
 source with the realsense-ros topic layout, so a stock RealSense driver can stand in for it:
 
 - ``/camera/camera/color/image_raw`` (sensor_msgs/Image rgb8) and ``.../color/camera_info``;
@@ -25,9 +25,9 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
+from camera_driver.sources import Frame, Intrinsics
 from dexwm_ros.camera_capture import FrameStream
 from dexwm_ros.camera_settings import CameraSettings
-from dexwm_ros.camera_sources import Frame, Intrinsics
 from dexwm_ros.image_conversion import numpy_to_image, to_time_msg
 from dexwm_ros.image_transport import use_large_image_profile
 from dexwm_ros.node_main import run_node

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dexwm_ros.camera_sources import FrameSource, make_source, parse_profile
+from camera_driver.sources import FrameSource, make_source, parse_profile
 from dexwm_ros.node_parameters import setting
 
 

@@ -749,7 +749,7 @@ def run(quick: bool, only: str | None, verbose: bool) -> Report:
             startup_cases(runner, work)
             if not quick:
                 # 4. the franka node on franky-sim
-                from dexwm_ros.franka_arm import start_franky_sim
+                from franka_driver.franky_sim import start_franky_sim
 
                 sim_proc, host = start_franky_sim(work / "franky_sim.log")
                 try:

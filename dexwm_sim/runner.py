@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from dexwm_robot import joint_group
 from dexwm_robot.command_limits import check_joint_command
 from dexwm_robot.joints import ARM_DOF, ARM_JOINT_NAMES, DOF, HAND_JOINT_NAMES
 
@@ -39,6 +40,10 @@ log = logging.getLogger("dexwm_sim.runner")
 # Command states
 MOVING, DONE, PREEMPTED, STOPPED, RESET = "moving", "done", "preempted", "stopped", "reset"
 REACHED, TIMED_OUT = "reached", "timed_out"     # end states of a command with a goal
+# How a command's end reads as the end of its JointGroup motion (dexwm_sim.joint_groups); DONE ends
+# only a command without a goal.
+MOTION_ENDS = {DONE: joint_group.REACHED, PREEMPTED: joint_group.PREEMPTED, STOPPED: joint_group.STOPPED,
+               RESET: joint_group.FAILED, REACHED: joint_group.REACHED, TIMED_OUT: joint_group.TIMED_OUT}
 
 # Simulated seconds per loop iteration of the physics thread (and the granularity of goal checks).
 CHUNK_S = 0.01
@@ -63,6 +68,20 @@ class Command:
     time_limit: float | None = None       # simulated seconds after the start: TIMED_OUT
     started: float = float("nan")         # simulated time the runner started the command
     final_error: np.ndarray | None = None  # target - joints when the verdict (REACHED/TIMED_OUT) fell
+    motion: joint_group.Motion | None = None  # the JointGroup view of this command, ended with it
+
+    def end(self, status: str, note: str | None = None, position: np.ndarray | None = None) -> None:
+        """Set the command's status (runner thread, lock held); an end also ends its motion."""
+        self.status = status
+        if note is not None:
+            self.note = note
+        if self.motion is None or status not in MOTION_ENDS or (status == DONE and self.has_goal):
+            return
+        reason = {RESET: f"simulation reset: {self.note}", REACHED: "target reached", DONE: "target reached",
+                  PREEMPTED: "pre-empted by a newer command"}.get(status, self.note)
+        self.motion.end(MOTION_ENDS[status], reason, position)
+        if self.final_error is not None:
+            self.motion.final_error = self.final_error
 
     @property
     def target(self) -> np.ndarray:
@@ -91,6 +110,7 @@ class Snapshot:
     position: np.ndarray
     velocity: np.ndarray
     effort: np.ndarray
+    setpoint: np.ndarray | None = None   # what the actuators are commanded to now
 
 
 @dataclass
@@ -180,11 +200,13 @@ class SimRunner:
         with self._lock:
             return self._goal_image
 
-    def command(self, part: str, points, durations=None, tolerance=None, time_limit: float | None = None) -> Command:
+    def command(self, part: str, points, durations=None, tolerance=None, time_limit: float | None = None,
+                motion: joint_group.Motion | None = None) -> Command:
         """Validate and queue a waypoint command (pre-empts the part's running command).
 
-        ``tolerance`` (one value or one per joint, rad) and ``time_limit`` (simulated s) give the
-        command a goal; the runner then ends it as REACHED or TIMED_OUT. Raises ValueError (nothing
+        ``tolerance`` (one value or one per joint, rad; inf: not judged) and ``time_limit``
+        (simulated s) give the command a goal; the runner then ends it as REACHED or TIMED_OUT, and
+        ``motion`` (its JointGroup view) with it. Raises ValueError (nothing
         changes) for wrong sizes, non-finite values, points outside the joint limits, and arm steps
         over ``arm_max_joint_step`` (from the measured joints to point 0 and between points): the
         real drivers refuse the same commands.
@@ -206,7 +228,7 @@ class SimRunner:
         if tolerance is not None:
             tol = np.asarray(tolerance, dtype=np.float64).ravel()
             tol = np.full(n, tol[0]) if tol.size == 1 else tol
-            if tol.shape != (n,) or not np.all(np.isfinite(tol)) or np.any(tol <= 0):
+            if tol.shape != (n,) or np.any(np.isnan(tol)) or np.any(tol <= 0):
                 raise ValueError(f"tolerance needs 1 or {n} positive values")
         if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
@@ -220,12 +242,12 @@ class SimRunner:
         else:
             pts = check_joint_command(pts, lo, hi, names)
         cmd = Command(part=part, points=pts, durations=dur, id=next(self._ids), note=note, tolerance=tol,
-                      time_limit=None if time_limit is None else float(time_limit))
+                      time_limit=None if time_limit is None else float(time_limit), motion=motion)
         self._requests.put(("command", cmd))
         return cmd
 
-    def stop(self, part: str) -> None:
-        self._requests.put(("stop", part))
+    def stop(self, part: str, reason: str = "stopped by the stop service") -> None:
+        self._requests.put(("stop", (part, reason)))
 
     @staticmethod
     def joint_names(part: str) -> tuple[str, ...]:
@@ -330,7 +352,7 @@ class SimRunner:
             with self._lock:
                 for cmd in self._commands.values():
                     if cmd is not None and cmd.under_way:
-                        cmd.status, cmd.note = RESET, env.faults[-1].message
+                        cmd.end(RESET, env.faults[-1].message)
                 self._commands = {"arm": None, "hand": None}
         with self._lock:
             # Set-points that arrived, then goal verdicts, on this chunk's end state.
@@ -361,7 +383,7 @@ class SimRunner:
             raise RuntimeError("stop_now needs a runner whose thread is not running")
         with self._lock:
             for part in ("arm", "hand"):
-                self._hold(part, STOPPED)
+                self._hold(part, STOPPED, "stopped")
 
     def _publish_periodic(self, next_state: float, next_frame: float, state_period: float,
                           frame_period: float) -> tuple[float, float]:
@@ -389,13 +411,14 @@ class SimRunner:
                     # DONE too: a command can reach its set-point just before its server reports
                     # success; superseded then, it must end as pre-empted rather than wait forever.
                     if old is not None and old.status in (MOVING, DONE):
-                        old.status = PREEMPTED
+                        old.end(PREEMPTED, position=self.env.joint_positions()[self.part_slice(old.part)])
                     payload.started = self.env.time
                     self._commands[payload.part] = payload
                     self._start_segment(payload)
             elif kind == "stop":
+                part, reason = payload
                 with self._lock:
-                    self._hold(payload, STOPPED)
+                    self._hold(part, STOPPED, reason)
             elif kind == "reset":
                 task, seed, done = payload
                 done.put(self._do_reset(task, seed))
@@ -408,7 +431,7 @@ class SimRunner:
         with self._lock:
             for cmd in self._commands.values():
                 if cmd is not None and cmd.under_way:
-                    cmd.status, cmd.note = RESET, "episode reset"
+                    cmd.end(RESET, "episode reset")
             self._commands = {"arm": None, "hand": None}
         try:
             episode = env.reset(task, seed)
@@ -455,7 +478,7 @@ class SimRunner:
                 cmd.index += 1
                 self._start_segment(cmd)
             else:
-                cmd.status = DONE
+                cmd.end(DONE, position=env.joint_positions()[sl])
 
     def _check_goals(self) -> None:
         """End commands with a goal: REACHED (set-points done, joints within tolerance) or TIMED_OUT."""
@@ -468,20 +491,26 @@ class SimRunner:
             error = cmd.target - q[sl]
             if cmd.status == DONE and (cmd.tolerance is None or np.all(np.abs(error) <= cmd.tolerance)):
                 cmd.final_error = error
-                cmd.status = REACHED
+                cmd.end(REACHED)
             elif cmd.time_limit is not None and env.time - cmd.started >= cmd.time_limit - 1e-9:
+                cmd.final_error = error
+                limit = (f"target not reached within {cmd.time_limit:.2f} s (max error "
+                         f"{np.max(np.abs(error)):.4f} rad)")
                 if cmd.status == MOVING:
-                    self._hold(part, TIMED_OUT)     # a motion still under way stops where it is
+                    self._hold(part, TIMED_OUT, limit + "; holding")   # still under way: stops where it is
                 # At its set-point but not within tolerance (a finger on an object): the target
                 # stays commanded, the hand keeps squeezing.
-                cmd.final_error = error
-                cmd.status = TIMED_OUT
+                cmd.end(TIMED_OUT, limit + "; keeping the target" if cmd.motion and not cmd.motion.done else None)
 
-    def _hold(self, part: str, status: str) -> None:
+    @staticmethod
+    def part_slice(part: str) -> slice:
+        return slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+
+    def _hold(self, part: str, status: str, note: str) -> None:
         env = self.env
         cmd = self._commands[part]
         if cmd is not None and cmd.under_way:
-            cmd.status = status
+            cmd.end(status, note, env.joint_positions()[self.part_slice(part)])
         q = env.joint_positions()
         if part == "arm":
             env.command(arm=np.clip(q[:ARM_DOF], env.lower[:ARM_DOF], env.upper[:ARM_DOF]), duration=env.physics_dt)
@@ -490,7 +519,7 @@ class SimRunner:
 
     def _publish_state(self, env, ticks: int) -> None:
         snap = Snapshot(stamp=env.time, position=env.joint_positions(), velocity=env.joint_velocities(),
-                        effort=env.joint_efforts())
+                        effort=env.joint_efforts(), setpoint=env.data.ctrl[env.scene.actuator_ids].copy())
         status = replace(env.status)
         with self._lock:
             self._snapshot = snap

@@ -213,16 +213,16 @@ def test_stop_modes(rig):
     _running(ctl)
     ctl.set_target(joints.UPPER)
     time.sleep(0.1)
-    ctl.stop("hold")
+    ctl.stop(mode="hold")
     held = ctl.status().target
     time.sleep(0.3)
     assert np.max(np.abs(emu.position - held)) < 0.03
-    ctl.stop("torque_off")
+    ctl.stop(mode="torque_off")
     wait_for(lambda: ctl.status().state is State.STOPPED and np.all(emu.pwm == 0), 1.0, what="torques off")
     ctl.set_target(joints.OPEN_POSE)
     wait_for(lambda: ctl.status().state is State.RUNNING, 1.0, what="resume after a command")
     with pytest.raises(ValueError):
-        ctl.stop("brake")
+        ctl.stop(mode="brake")
 
 
 @pytest.mark.parametrize("rig", [{"hand": "left", "emu_hand": "right"}], indirect=True)

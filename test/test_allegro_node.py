@@ -139,9 +139,10 @@ def test_allegro_node_end_to_end(client, node_env, tmp_path):
         for key in ("temperature_thumb_max_c", "temperatures_c", "can_frames_truncated", "loop_period_error_ms_p99"):
             client.diag_value(key)
 
-        # an invalid goal is answered with its error code
+        # an invalid goal is answered with its error code (a malformed point: INVALID_GOAL, as on every
+        # driver) and the reason
         bad = client.call(client.move([0.1] * 3).get_result_async()).result
-        assert bad.error_code == MoveJoints.Result.INVALID_JOINTS
+        assert bad.error_code == MoveJoints.Result.INVALID_GOAL and "3 positions for 16 joints" in bad.message
 
         # out-of-limit targets, stale stamps, bad timing, absurd tolerances, negative time limits are
         # refused (one rule for every driver) and nothing moves

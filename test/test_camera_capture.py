@@ -10,7 +10,7 @@ from rosutil import wait_for
 from test_camera_node import make_video
 
 from dexwm_ros.camera_capture import FrameStream
-from dexwm_ros.camera_sources import make_source
+from camera_driver.sources import make_source
 
 
 def stream_of(path, frames, errors, **kw):

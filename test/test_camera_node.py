@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from rosutil import node_command, process, wait_for
 
-from dexwm_ros.camera_sources import Intrinsics, record_realsense_file
+from camera_driver.sources import Intrinsics, record_realsense_file
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dexwm_ros.camera_sources import (Intrinsics, OpenCVSource, RealSenseFileSource, RealSenseSource, SourceError,
+from camera_driver.sources import (Intrinsics, OpenCVSource, RealSenseFileSource, RealSenseSource, SourceError,
                                       parse_profile, record_realsense_file)
 
 W, H, N = 64, 48, 6
@@ -75,7 +75,7 @@ def test_missing_inputs_name_what_was_looked_for(tmp_path):
 
 
 def test_make_source_needs_its_input():
-    from dexwm_ros.camera_sources import make_source
+    from camera_driver.sources import make_source
     with pytest.raises(ValueError, match="file_path"):
         make_source("file", path="")
     with pytest.raises(ValueError, match="video_device"):

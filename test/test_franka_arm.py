@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from dexwm_robot.franka import FR3_JOINT_LIMITS
-from dexwm_ros.franka_arm import CommandRejected, FrankaArm, FrankaConfig, RobotUnavailable, config_from_mapping
+from franka_driver.arm import CommandRejected, FrankaArm, FrankaConfig, RobotUnavailable, config_from_mapping
 
 HOME = np.array([0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785])
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from rosutil import node_command, process, wait_for
 
-from dexwm_ros.franka_arm import start_franky_sim
+from franka_driver.franky_sim import start_franky_sim
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,7 +1,7 @@
 """The layer rule and "a robot fact is defined once", read from the source with ast.
 
-Layers (imports point down only): dexwm_ros -> dexwm_planner, dexwm_sim, allegro_driver ->
-dexwm_robot. The planner never imports the simulation (a planner on the robot loads no scene), and
+Layers (imports point down only): dexwm_ros -> dexwm_planner, dexwm_sim, the driver cores
+(allegro_driver, franka_driver, camera_driver) -> dexwm_robot. The planner never imports the simulation (a planner on the robot loads no scene), and
 nothing below dexwm_ros imports rclpy.
 """
 import ast
@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dexwm_robot", "dexwm_planner", "dexwm_sim", "allegro_driver", "dexwm_ros")
+DRIVERS = ("allegro_driver", "franka_driver", "camera_driver")
+PACKAGES = ("dexwm_robot", "dexwm_planner", "dexwm_sim", *DRIVERS, "dexwm_ros")
 FORBIDDEN = {
-    "dexwm_robot": ("rclpy", "dexwm_ros", "dexwm_planner", "dexwm_sim", "allegro_driver"),
-    "dexwm_planner": ("rclpy", "dexwm_ros", "dexwm_sim", "allegro_driver"),
-    "dexwm_sim": ("rclpy", "dexwm_ros", "dexwm_planner", "allegro_driver"),
-    "allegro_driver": ("rclpy", "dexwm_ros", "dexwm_planner", "dexwm_sim"),
+    "dexwm_robot": ("rclpy", "dexwm_ros", "dexwm_planner", "dexwm_sim", *DRIVERS),
+    "dexwm_planner": ("rclpy", "dexwm_ros", "dexwm_sim", *DRIVERS),
+    "dexwm_sim": ("rclpy", "dexwm_ros", "dexwm_planner", *DRIVERS),
+    # A driver core stands on the robot's facts only; drivers do not import each other either.
+    **{driver: ("rclpy", "dexwm_ros", "dexwm_planner", "dexwm_sim", *(d for d in DRIVERS if d != driver))
+       for driver in DRIVERS},
 }
 
 

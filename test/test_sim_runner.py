@@ -109,7 +109,7 @@ def test_a_goal_is_judged_in_simulated_time(runner):
 
 
 def test_arm_step_cap_is_enforced_exactly_as_the_franka_driver_does(runner):
-    """Same check as dexwm_ros.franka_arm (dexwm_robot.command_limits): the simulation refuses a step the
+    """Same check as franka_driver.arm (dexwm_robot.command_limits): the simulation refuses a step the
     real driver would refuse, from the measured joints to point 0 and between points."""
     from dexwm_robot.command_limits import CommandRejected, check_joint_command
 

@@ -1,8 +1,9 @@
 """ROS-free control core of the Franka arm over franky (libfranka).
 
-The ``franka`` node is a thin rclpy adapter over :class:`FrankaArm`; everything that decides what the
-robot does (validation, limits, pre-emption, watchdog, error handling, reconnects) lives here so it
-can be exercised against franky-sim without ROS.
+The ``franka`` node is a thin rclpy adapter over :class:`FrankaArm`, a
+:class:`~dexwm_robot.joint_group.JointGroup`; everything that decides what the robot does
+(validation, limits, pre-emption, watchdog, error handling, reconnects) lives here so it can be
+exercised against franky-sim without ROS.
 
 Backend: ``franky`` from PyPI ``franky-control`` 2.0, built against libfranka 0.21, which speaks the
 protocol of the Franka Research 3 (FR3) and of franky-sim. **Panda (FER) arms need franky built
@@ -12,9 +13,11 @@ franky from source with that libfranka and set the Panda joint limits
 
 Motions are started asynchronously (``Robot.move(..., asynchronous=True)``): a new command replaces
 the running one seamlessly inside franky's control loop, so pre-emption needs no stop in between.
-Each command is a :class:`Command` whose ``status`` the caller can watch; :meth:`FrankaArm.update`
-(called periodically, e.g. by the node's state timer) reads the robot state, notices finished or
-failed motions, enforces the command watchdog and reconnects after a lost connection.
+franky times the motion itself (``relative_dynamics_factor``): the points' time_from_start is not
+followed. Each command is an :class:`ArmMotion`; :meth:`FrankaArm.update` (called periodically, e.g.
+by the node's state thread) reads the robot state, judges the motion under way (reached once franky
+finished it and the joints are within tolerance; its time limit is the watchdog: a motion that runs
+longer is stopped and the arm holds) and reconnects after a lost connection.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -31,9 +34,11 @@ import numpy as np
 # driver refuses; CommandRejected is re-exported from here for the driver's callers.
 from dexwm_robot.command_limits import CommandRejected, check_joint_command  # noqa: F401
 from dexwm_robot.franka import FR3_JOINT_LIMITS, JOINT_NAMES
+from dexwm_robot.joint_group import (FAILED, PREEMPTED, REACHED, RUNNING, STOPPED, TIMED_OUT, GroupState,
+                                     GroupUnavailable, JointGroup, Motion)
 
 
-class RobotUnavailable(RuntimeError):
+class RobotUnavailable(GroupUnavailable):
     """The robot cannot be reached (not connected, connection lost)."""
 
 
@@ -91,44 +96,25 @@ class FrankaConfig:
                 raise ValueError(f"{name} must be within [{low:g}, {high:g}], got {value}")
 
 
-@dataclass
-class ArmState:
-    stamp: float          # time.time() when read
-    position: np.ndarray  # (7,) rad
-    velocity: np.ndarray  # (7,) rad/s
-    effort: np.ndarray    # (7,) measured joint torques, Nm
-    robot_mode: str
+@dataclass(frozen=True)
+class ArmState(GroupState):
+    """position/velocity [rad, rad/s], effort = measured joint torques [Nm], stamp = time.time()."""
+
+    robot_mode: str = ""
 
 
-# Command life cycle: "moving" -> one of the final states below.
+# franky's control thread takes a moment to start; "not in control" only means "finished" once
+# the motion has been seen running (or after START_GRACE_S).
 START_GRACE_S = 1.0
 
-MOVING, DONE, PREEMPTED, STOPPED, WATCHDOG, ERROR = "moving", "done", "preempted", "stopped", "watchdog", "error"
 
-
-@dataclass
-class Command:
-    id: int
-    points: np.ndarray            # (N, 7) absolute joint positions
-    source: str                   # who sent it (for diagnostics)
-    started: float                # time.monotonic()
-    keepalive_until: float        # watchdog deadline (inf: none)
-    keepalive_s: float = 0.0
-    status: str = MOVING
-    message: str = ""
-    # franky's control thread takes a moment to start; "not in control" only means "finished" once
-    # the motion has been seen running (or after START_GRACE_S).
-    seen_in_control: bool = False
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def target(self) -> np.ndarray:
-        return self.points[-1]
-
-    def _finish(self, status: str, message: str = "") -> None:
-        if self.status == MOVING:
-            self.status, self.message = status, message
-            self.finished.set()
+class ArmMotion(Motion):
+    def __init__(self, id: int, source: str, points, tolerance, time_limit: float, started: float):
+        super().__init__(points, tolerance, time_limit, started=started)
+        self.id = id
+        self.source = source              # who sent it (for diagnostics)
+        self.seen_in_control = False
+        self.trajectory_done = False      # franky finished it; the arm settles onto the target after
 
 
 def _default_factory(cfg: FrankaConfig):
@@ -138,8 +124,10 @@ def _default_factory(cfg: FrankaConfig):
     return franky.Robot(cfg.robot_ip, realtime_config=realtime)
 
 
-class FrankaArm:
+class FrankaArm(JointGroup):
     """One Franka arm behind franky: validated, pre-emptible joint motions plus safety handling."""
+
+    names = JOINT_NAMES
 
     def __init__(self, config: FrankaConfig, robot_factory: Optional[Callable[[FrankaConfig], object]] = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -150,7 +138,7 @@ class FrankaArm:
         self._lock = threading.RLock()
         self._robot = None
         self._ids = itertools.count(1)
-        self._command: Optional[Command] = None
+        self._command: Optional[ArmMotion] = None
         self._last_state: Optional[ArmState] = None
         self._next_reconnect = 0.0
         self._connecting = False
@@ -198,7 +186,7 @@ class FrankaArm:
         self.last_error = f"lost the connection to the Franka at {self.config.robot_ip}: {exc}"
         self._next_reconnect = self._clock() + self.config.reconnect_period_s
         if self._command is not None:
-            self._command._finish(ERROR, self.last_error)
+            self._command.end(FAILED, self.last_error)
 
     def _require_robot(self):
         if self._robot is None:
@@ -207,7 +195,7 @@ class FrankaArm:
 
     # ---- state and supervision ----------------------------------------------------------------------
     def update(self) -> Optional[ArmState]:
-        """Read the state; settle the running command; watchdog; reconnect. None when disconnected."""
+        """Read the state; judge the running motion; watchdog; reconnect. None when disconnected."""
         with self._lock:
             due = self._robot is None and not self._connecting and self._clock() >= self._next_reconnect
         if due:
@@ -221,21 +209,12 @@ class FrankaArm:
                 return None
             try:
                 state = robot.state
-                arm_state = ArmState(time.time(), np.array(state.q, dtype=float), np.array(state.dq, dtype=float),
-                                     np.array(state.tau_J, dtype=float), state.robot_mode.name)
+                arm_state = ArmState(position=np.array(state.q, dtype=float), stamp=time.time(),
+                                     velocity=np.array(state.dq, dtype=float),
+                                     effort=np.array(state.tau_J, dtype=float), robot_mode=state.robot_mode.name)
                 cmd = self._command
-                if cmd is not None and cmd.status == MOVING:
-                    in_control = robot.is_in_control
-                    cmd.seen_in_control |= in_control
-                    if not in_control:
-                        if cmd.seen_in_control or self._clock() - cmd.started > START_GRACE_S:
-                            self._settle(cmd)
-                    elif self._clock() > cmd.keepalive_until:
-                        robot.stop()
-                        self._harvest()
-                        cmd._finish(WATCHDOG, f"no new command for {cmd.keepalive_s:.2f} s "
-                                              "while moving: stopped and holding")
-                        self.last_error = cmd.message
+                if cmd is not None and not cmd.done:
+                    self._judge(robot, cmd, arm_state.position)
             except Exception as exc:
                 if _is_network_error(exc):
                     self._lose_connection(exc)
@@ -254,20 +233,51 @@ class FrankaArm:
             return str(exc)
         return None
 
-    def _settle(self, cmd: Command) -> None:
+    def _judge(self, robot, cmd: ArmMotion, q: np.ndarray) -> None:
+        in_control = robot.is_in_control
+        cmd.seen_in_control |= in_control
+        now = self._clock()
+        if not in_control and not cmd.trajectory_done and (cmd.seen_in_control or now - cmd.started > START_GRACE_S):
+            self._settle(cmd)
+        if cmd.done:
+            return
+        if cmd.trajectory_done and cmd.within_tolerance(q):
+            cmd.end(REACHED, "target reached", q)
+        elif now - cmd.started > cmd.time_limit:
+            if in_control:   # the time limit is the motion's watchdog: stop, the arm holds
+                robot.stop()
+                self._harvest()
+            cmd.end(TIMED_OUT, f"target not reached within {cmd.time_limit:.2f} s "
+                               f"(max error {np.max(np.abs(cmd.target - q)):.4f} rad); "
+                               f"{'stopped and ' if in_control else ''}holding", q)
+
+    def _settle(self, cmd: ArmMotion) -> None:
+        """franky's motion ended: finished (judged next), or failed with the exception franky kept."""
         error = self._harvest()
         if error and "preempted" not in error.lower():
-            cmd._finish(ERROR, f"motion failed: {error}")
-            self.last_error = cmd.message
+            cmd.end(FAILED, f"motion failed: {error}", self._position())
+            self.last_error = cmd.reason
         else:
-            cmd._finish(DONE)
+            cmd.trajectory_done = True
+
+    def _position(self) -> Optional[np.ndarray]:
+        return None if self._last_state is None else self._last_state.position
+
+    def state(self) -> Optional[ArmState]:
+        return self._last_state
+
+    def commanded(self) -> Optional[np.ndarray]:
+        cmd = self._command
+        if cmd is not None and cmd.status in (RUNNING, REACHED):
+            return cmd.target.copy()
+        return self._position()
 
     @property
     def last_state(self) -> Optional[ArmState]:
         return self._last_state
 
     @property
-    def command(self) -> Optional[Command]:
+    def command(self) -> Optional[ArmMotion]:
         return self._command
 
     # ---- commands -----------------------------------------------------------------------------------
@@ -275,12 +285,14 @@ class FrankaArm:
         """Validate (N, 7) joint positions; return them as float array or raise CommandRejected."""
         return check_joint_command(points, self.lower, self.upper, JOINT_NAMES, self.config.max_joint_step, current)
 
-    def move(self, points, source: str = "command", keepalive_s: Optional[float] = None) -> Command:
+    def move(self, points, tolerance=None, time_limit: Optional[float] = None, times=None,
+             source: str = "command") -> ArmMotion:
         """Validate and start a joint motion through the points, pre-empting the running one.
 
-        ``keepalive_s``: how long this motion may run without a newer command before the watchdog
-        stops it (default: the configured watchdog timeout; callers with their own time limit, such
-        as an action goal, pass it).
+        ``time_limit``: how long this motion may run before it is stopped (the watchdog; default
+        the configured ``watchdog_timeout_s``: a streaming sender must send again within it).
+        ``tolerance`` None: reached when franky finished the motion. ``times`` are not followed
+        (franky times the motion at its dynamics limits).
         """
         import franky
 
@@ -301,12 +313,11 @@ class FrankaArm:
                                        f"({_safe(lambda: str(robot.state.current_errors))})")
             waypoints = [franky.JointWaypoint(p.tolist()) for p in pts]
             motion = franky.JointWaypointMotion(waypoints)
-            now = self._clock()
-            timeout = self.config.watchdog_timeout_s if keepalive_s is None else keepalive_s
-            cmd = Command(next(self._ids), pts, source, now, now + timeout if timeout > 0 else float("inf"), timeout)
+            limit = self.config.watchdog_timeout_s if time_limit is None else float(time_limit)
+            cmd = ArmMotion(next(self._ids), source, pts, tolerance, limit, self._clock())
             old = self._command
             try:
-                if old is not None and old.status == MOVING and not robot.is_in_control:
+                if old is not None and not old.done and not old.trajectory_done and not robot.is_in_control:
                     self._settle(old)
                 elif not robot.is_in_control:
                     self._harvest()  # clear a stale stored exception so it cannot fail this motion
@@ -318,7 +329,7 @@ class FrankaArm:
                 self.last_error = f"franky refused the motion: {exc}"
                 raise RobotUnavailable(self.last_error) from exc
             if old is not None:
-                old._finish(PREEMPTED, f"pre-empted by command {cmd.id} ({source})")
+                old.end(PREEMPTED, f"pre-empted by command {cmd.id} ({source})", self._position())
             self._command = cmd
             return cmd
 
@@ -327,7 +338,7 @@ class FrankaArm:
         with self._lock:
             robot = self._require_robot()
             cmd = self._command
-            was_moving = cmd is not None and cmd.status == MOVING
+            was_moving = cmd is not None and not cmd.done
             try:
                 robot.stop()
                 self._harvest()
@@ -337,7 +348,7 @@ class FrankaArm:
                     raise RobotUnavailable(self.last_error) from exc
                 raise
             if cmd is not None:
-                cmd._finish(STOPPED, reason)
+                cmd.end(STOPPED, reason, self._position())
             return f"stopped command {cmd.id}" if was_moving else "no motion was running; robot holds"
 
     def recover(self) -> tuple[bool, str]:
@@ -406,41 +417,3 @@ def config_from_mapping(values: dict) -> FrankaConfig:
     cfg = FrankaConfig(**values)
     cfg.validate()
     return cfg
-
-
-_sim_counter = itertools.count(1)
-
-
-def start_franky_sim(log_path, host: Optional[str] = None, timeout_s: float = 60.0):
-    """Start franky-sim (MuJoCo FR3 behind the libfranka protocol) as its own process group.
-
-    Returns (Popen, host). ``host`` defaults to a loopback address unique to this process so that
-    parallel runs on one machine do not collide on franky-sim's fixed port. For demos without a
-    robot: start it, then run the node with ``-p robot_ip:=<host>``.
-    """
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    if host is None:
-        host = f"127.77.{os.getpid() % 250 + 1}.{next(_sim_counter) % 250 + 1}"
-    log = open(log_path, "wb")
-    # SIGINT back to its default in the child: started from a background job of a non-interactive
-    # shell (a script, CI) it would inherit SIGINT as ignored and sleep through the Ctrl-C that stops it.
-    proc = subprocess.Popen([sys.executable, "-m", "franky_sim.run_server", "-s", "mujoco", "--hostname", host],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            cwd=os.path.dirname(os.path.abspath(log_path)),  # MuJoCo writes MUJOCO_LOG.TXT here
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    log.close()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = open(log_path, "rb").read().decode(errors="replace")
-        if "Connect to the server" in text:
-            return proc, host
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-            raise RuntimeError(f"franky-sim did not start on {host}:\n{text[-2000:]}")
-        time.sleep(0.05)
