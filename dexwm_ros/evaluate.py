@@ -52,8 +52,9 @@ command-safety check, stop rule). In-process (default) the planner and the simul
 process: the session drives the lock-step simulation directly (dexwm_planner.sim_robot); with
 ``--through-ros`` the same episodes run through the ROS graph (sim node + planner node, separate
 processes started by ``dexwm-up``), where the planner node's session drives the lock-step sim node
-through MoveJoints (same frames, planner settings, stop rule and CEM seeds). Through ROS, the outcome is judged from the
-simulation's episode state when the planner stops (no 2 s hold): ``success_rule: at_stop``.
+through MoveJoints (same frames, planner settings, stop rule and CEM seeds). Through ROS the episode
+is judged the same way: the sim node's ``/sim/hold`` lets ``--hold-s`` of simulated time pass with the
+last targets kept and reports whether the rule held at every control step.
 
 Output JSON: ``protocol``, ``task``, ``sim_task``, ``episodes``, ``planner_seeds``, ``success_rule``,
 ``success_rate``, ``ci95`` (Wilson, over episodes x seeds), ``success_rate_paper_rule``,
@@ -607,7 +608,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     from dexwm_ros.action import Execute
     from dexwm_ros.bringup import stop_graph, tool_executable
     from dexwm_ros.msg import EpisodeState
-    from dexwm_ros.srv import ResetEpisode
+    from dexwm_ros.srv import HoldEpisode, ResetEpisode
 
     graph_name = "composite-reach" if settings.sim_task == "reach" else settings.sim_task
     cmd = [sys.executable, str(tool_executable("dexwm-up")), graph_name, "sim:=true", "sim_lockstep:=true"]
@@ -627,6 +628,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
             episode_state["msg"] = msg
     node.create_subscription(EpisodeState, "/sim/episode", on_episode, 10)
     reset = node.create_client(ResetEpisode, "/sim/reset")
+    hold = node.create_client(HoldEpisode, "/sim/hold")
     params = node.create_client(SetParameters, "/dexwm/planner/set_parameters")
     execute = ActionClient(node, Execute, "/dexwm/execute")
     executor = MultiThreadedExecutor(num_threads=2, context=context)
@@ -635,14 +637,16 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     spin.start()
 
     def wait(predicate, timeout, what):
+        """The predicate's first truthy value."""
         deadline = time.monotonic() + timeout
-        while not predicate():
+        while not (value := predicate()):
             if graph.poll() is not None:
                 raise RuntimeError(f"the ROS graph exited with code {graph.returncode}"
                                    + (f" (log: {log_path})" if log_path else ""))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.05)
+        return value
 
     def set_parameters(**values):
         msgs = []
@@ -660,8 +664,8 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
 
     stop = settings.stop_rule(settings.kind)
     try:
-        wait(lambda: reset.service_is_ready() and execute.server_is_ready() and params.service_is_ready(),
-             startup_timeout, "/sim/reset, /dexwm/execute and the planner's parameters")
+        wait(lambda: reset.service_is_ready() and hold.service_is_ready() and execute.server_is_ready()
+             and params.service_is_ready(), startup_timeout, "/sim/reset, /sim/hold, /dexwm/execute and the planner's parameters")
         # The in-process stop rule, exactly.
         set_parameters(done_cost=stop.done_cost, plateau_steps=stop.plateau_steps, plateau_rel=stop.plateau_rel,
                        move_duration_s=float(settings.move_duration_s), move_timeout_s=float(settings.move_timeout_s))
@@ -698,14 +702,28 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
             result = result_future.result().result
             with lock:
                 ep = episode_state.get("msg")
-            # Judged on the simulation's episode state when the planner stopped (no hold here).
             at_stop = ep is not None and bool(ep.success_now)
+            # Judged as in-process: the robot keeps its last targets for hold_s of simulated time
+            # (the lock-step sim advances for it) and the rule must hold at every control step.
+            fut = hold.call_async(HoldEpisode.Request(duration_s=float(settings.hold_s)))
+            wait(fut.done, 60 + 10 * settings.hold_s, "the hold after the stop")
+            held = fut.result()
+            if not held.success:
+                raise RuntimeError(f"/sim/hold failed for seed {seed}: {held.message}")
+            # The episode state at the hold's end (its any-time rule may have been met during it).
+            end_step = (ep.step if ep is not None else 0) + held.control_steps
+
+            def at_end():
+                with lock:
+                    msg = episode_state.get("msg")
+                return msg if msg is not None and msg.step >= end_step else None
+            ep_end = wait(at_end, 10, "the episode state after the hold")
             outcomes.append(EpisodeOutcome(
-                seed=seed, success=at_stop, steps=int(result.steps), reason=result.reason,
-                final_distance=float(ep.distance) if ep is not None else float("nan"),
+                seed=seed, success=bool(held.held), steps=int(result.steps), reason=result.reason,
+                final_distance=float(held.distance),
                 replan_seconds_median=float(np.median(replans)) if replans else float("nan"),
                 wall_seconds=time.perf_counter() - t0, costs=[float(c) for c in costs] + [float(result.final_cost)],
-                success_paper_rule=ep is not None and bool(ep.success), success_at_stop=at_stop))
+                success_paper_rule=bool(ep_end.success), success_at_stop=at_stop))
             bar.update(1)
             bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
     finally:
@@ -929,7 +947,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         main = summarize(outcomes)
         results = {"protocol": settings.protocol, "task": settings.task, "sim_task": settings.sim_task,
                    "episodes": len({o.seed for o in outcomes}), "planner_seeds": planner_seeds,
-                   "success_rule": "at_stop" if through_ros else f"final_hold_{settings.hold_s:g}s",
+                   "success_rule": f"final_hold_{settings.hold_s:g}s",
                    **main, "through_ros": through_ros, "stop_rule": asdict(stop),
                    "seeds": sorted({o.seed for o in outcomes}), "skipped_seeds": skipped,
                    "settings": asdict(settings), "baselines": {}, "baseline_outcomes": {},

@@ -12,7 +12,8 @@ simulation:
   (JointTrajectory), services ``/franka/stop``, ``/franka/recover``;
 - hand: ``/allegro/joint_states``, action ``/allegro/move_joints``, topic ``/allegro/joint_command``
   (JointState positions), service ``/allegro/stop``; ``/diagnostics``;
-- simulation: service ``/sim/reset`` (ResetEpisode: seeded episode + goal image), topic
+- simulation: services ``/sim/reset`` (ResetEpisode: seeded episode + goal image) and ``/sim/hold``
+  (HoldEpisode: simulated time passes with the last targets kept; did the success rule hold), topic
   ``/sim/episode`` (EpisodeState, every control step), ``/sim/goal_image`` (transient local).
 
 Both MoveJoints actions are the one server of dexwm_ros.move_joints (tolerances and time limits in
@@ -38,7 +39,7 @@ from dexwm_ros.node_main import run_node
 from dexwm_ros.parameter_bounds import first_problem, ranged
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.sim_publishers import SimPublishers
-from dexwm_ros.srv import ResetEpisode
+from dexwm_ros.srv import HoldEpisode, ResetEpisode
 
 # Live parameters with bounds (declared and checked on set); the arm's step cap has the real
 # franka driver's bounds.
@@ -139,6 +140,7 @@ class SimNode(Node):
         self.create_service(Trigger, "/franka/recover", self._on_recover, callback_group=group)
         # Resets block for the goal rendering (about a second): their own group keeps the rest responsive.
         self.create_service(ResetEpisode, "/sim/reset", self._on_reset, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(HoldEpisode, "/sim/hold", self._on_hold, callback_group=MutuallyExclusiveCallbackGroup())
         self.servers = []
         for part, (ns, _) in PARTS.items():
             self.create_service(Trigger, f"{ns}/stop", lambda rq, rs, part=part: self._stop(part, rs),
@@ -202,6 +204,14 @@ class SimNode(Node):
             self.get_logger().info(result.message)
         else:
             self.get_logger().warning(f"/sim/reset: {result.message}")
+        return response
+
+    def _on_hold(self, request, response):
+        result = self.runner.hold(float(request.duration_s))
+        response.success, response.message = result.ok, result.message
+        response.control_steps, response.held, response.distance = result.control_steps, result.held, result.distance
+        if not result.ok:
+            self.get_logger().warning(f"/sim/hold: {result.message}")
         return response
 
     def _publish_diagnostics(self) -> None:

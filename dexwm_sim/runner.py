@@ -122,6 +122,25 @@ class ResetResult:
 
 
 @dataclass
+class HoldResult:
+    """How a hold (:meth:`SimRunner.hold`) went: whether the episode's success rule held at every
+    control step of it (evaluation only: a robot has no such flag)."""
+
+    ok: bool
+    message: str
+    control_steps: int = 0
+    held: bool = False
+    distance: float = float("nan")
+
+
+@dataclass
+class _Hold:
+    until: float                    # simulated time the hold ends
+    start_step: int                 # the episode's control step when it began
+    done: queue.Queue
+
+
+@dataclass
 class RunnerConfig:
     task: str = "paper-grasp"
     seed: int = 0
@@ -164,6 +183,7 @@ class SimRunner:
         self._status = None
         self._episode = None
         self._goal_image = None
+        self._holding: _Hold | None = None
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
         self.achieved_rtf = float("nan")
@@ -276,6 +296,39 @@ class SimRunner:
         except queue.Empty:
             return ResetResult(ok=False, message=f"reset did not finish within {timeout:.0f} s")
 
+    def hold(self, seconds: float, timeout: float | None = None) -> HoldResult:
+        """Let ``seconds`` of simulated time pass with no new command (the robot keeps its last
+        targets; in lock-step mode time advances for it), then report whether the episode's success
+        rule held at every control step of that time: how an evaluation judges the state a
+        policy stopped in. Blocks until done."""
+        if not (np.isfinite(seconds) and 0 < seconds <= 60):
+            return HoldResult(ok=False, message=f"hold time must be in (0, 60] s, got {seconds}")
+        if not self.alive:
+            return HoldResult(ok=False, message="the simulation thread is not running")
+        done = queue.Queue()
+        self._requests.put(("hold", (float(seconds), done)))
+        timeout = timeout if timeout is not None else 60.0 + 10.0 * seconds / self.config.real_time_factor
+        try:
+            return done.get(timeout=timeout)
+        except queue.Empty:
+            return HoldResult(ok=False, message=f"hold did not finish within {timeout:.0f} s")
+
+    def _end_hold(self, result: HoldResult) -> None:
+        if self._holding is not None:
+            self._holding.done.put(result)
+            self._holding = None
+
+    def _check_hold(self) -> None:
+        hold, status = self._holding, self.env.status
+        if hold is None or self.env.time < hold.until - 1e-9:
+            return
+        steps = status.step - hold.start_step
+        # The streak counts the consecutive control steps the rule has held up to now.
+        held = steps > 0 and status.streak >= steps
+        self._end_hold(HoldResult(ok=True, message=f"held {steps} control steps; the rule held "
+                                  f"{'throughout' if held else 'not throughout'}",
+                                  control_steps=steps, held=held, distance=float(status.distance)))
+
     # --- the physics thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         env = self.env
@@ -294,7 +347,7 @@ class SimRunner:
                 if self.config.lockstep:
                     with self._lock:
                         idle = not any(c is not None and c.under_way for c in self._commands.values())
-                    if idle:
+                    if idle and self._holding is None:
                         if not paused:
                             # The world stops here: show it at once, so that no frame of the
                             # move's end is missed by whoever waits for the first still frame.
@@ -308,10 +361,12 @@ class SimRunner:
                         continue
                     if paused:
                         paused = False
-                        self._gather_move()
+                        if self._holding is None:
+                            self._gather_move()
                         wall0, sim0 = time.monotonic(), env.time
                 ticks = self._physics_chunk()
                 self._publish_state(env, ticks)
+                self._check_hold()
                 next_state, next_frame = self._publish_periodic(next_state, next_frame, state_period, frame_period)
                 # Keep simulated time = real_time_factor x wall time; never burst to catch up.
                 wall_target = wall0 + (env.time - sim0) / rtf
@@ -419,7 +474,12 @@ class SimRunner:
                 part, reason = payload
                 with self._lock:
                     self._hold(part, STOPPED, reason)
+            elif kind == "hold":
+                seconds, done = payload
+                self._end_hold(HoldResult(ok=False, message="superseded by a newer hold"))
+                self._holding = _Hold(until=self.env.time + seconds, start_step=self.env.status.step, done=done)
             elif kind == "reset":
+                self._end_hold(HoldResult(ok=False, message="the simulation was reset during the hold"))
                 task, seed, done = payload
                 done.put(self._do_reset(task, seed))
                 restarted = True

@@ -276,3 +276,28 @@ def test_executed_step_is_the_model_frame_step(tmp_path):
     explicit = ev.EvalSettings(protocol="paper", task="reach", move_duration_s=0.5, move_timeout_s=1.0)
     explicit.resolve_step(0.2)
     assert (explicit.move_duration_s, explicit.move_timeout_s) == (0.5, 1.0)
+
+
+@pytest.mark.timeout(600)
+def test_through_ros_and_in_process_agree_step_for_step_and_judge_after_the_same_hold(tmp_path, random_checkpoint,
+                                                                                      monkeypatch):
+    """One paper-stage episode in-process and through the ROS graph (sim node in lock-step + planner
+    node, separate processes): the same steps, stop reason and latent costs, and both judged after
+    the same simulated hold (/sim/hold through ROS)."""
+    from rosutil import ros_env
+
+    for name, value in ros_env().items():
+        if name.startswith(("ROS_", "RMW_", "FASTDDS_")):
+            monkeypatch.setenv(name, value)
+    common = ["--protocol", "paper", "--task", "reach", "--episodes", "1", "--max-steps", "2",
+              "--checkpoint", str(random_checkpoint), "--hold-s", "0.5", "--no-baselines", "--quiet"]
+    assert ev.main(common + ["--out", str(tmp_path / "in.json")]) == 0
+    assert ev.main(common + ["--through-ros", "--out", str(tmp_path / "ros.json")]) == 0
+    local, ros = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("in", "ros"))
+    assert local["success_rule"] == ros["success_rule"] == "final_hold_0.5s" and ros["through_ros"]
+    (a,), (b,) = local["outcomes"], ros["outcomes"]
+    assert (a["seed"], a["steps"], a["reason"]) == (b["seed"], b["steps"], b["reason"])
+    np.testing.assert_allclose(a["costs"], b["costs"], rtol=1e-4, atol=1e-6)
+    assert (a["success"], a["success_paper_rule"], a["success_at_stop"]) == \
+        (b["success"], b["success_paper_rule"], b["success_at_stop"])
+    assert a["final_distance"] == pytest.approx(b["final_distance"], abs=1e-3)

@@ -169,3 +169,45 @@ def test_lockstep_world_waits_and_moves_exactly_like_move_now():
     finally:
         threaded.close()
         env.close()
+
+
+def test_a_hold_judges_the_rule_over_simulated_time_exactly_like_the_in_process_hold():
+    """hold() (what the sim node's /sim/hold runs for dexwm-eval --through-ros) lets simulated time
+    pass with the last targets kept, and judges the success rule at every control step of it, as the
+    in-process evaluation's hold loop does: same steps, same verdict, same state."""
+    from dexwm_sim import tasks
+    from dexwm_sim.scene import SimEnv
+
+    size = (160, 120)
+    env = SimEnv(render_size=size)
+    in_process = SimRunner(RunnerConfig(task="reach", seed=3, lockstep=True, image_size=size), env=env)
+    goal = tasks.make_goal(env, env.reset("reach", 3), sizes=(size,))
+    assert goal.solved and goal.joints is not None
+    threaded = SimRunner(RunnerConfig(task="reach", seed=3, lockstep=True, real_time_factor=4.0, image_size=size))
+    try:
+        assert threaded.start().ok
+        assert not threaded.hold(0.0).ok and not threaded.hold(float("nan")).ok
+        verdicts = []
+        for target in (goal.joints, env.joint_positions() + np.r_[0.3, np.zeros(22)]):   # at the goal, then off it
+            for _ in range(4):      # capped steps toward the target
+                step = np.clip(target - env.joint_positions(), -0.4, 0.4)
+                point = np.clip(env.joint_positions() + step, env.lower, env.upper)
+                in_process.move_now(point[:7], point[7:], 0.5, 1.0, 0.05)
+                arm = threaded.command("arm", point[:7], [0.5], tolerance=0.05, time_limit=1.0)
+                hand = threaded.command("hand", point[7:], [0.5], tolerance=0.05, time_limit=1.0)
+                wait_for(lambda: not (arm.under_way or hand.under_way), 10, what="the lock-step move")
+            held = []
+            for _ in range(int(round(1.0 / env.control_dt))):
+                env.advance(env.control_dt)
+                held.append(bool(env.status.success_now))
+            result = threaded.hold(1.0)
+            assert result.ok, result.message
+            assert result.control_steps == len(held) and result.held == all(held)
+            time.sleep(0.1)
+            assert threaded.snapshot().stamp == env.time
+            assert np.array_equal(threaded.snapshot().position, env.joint_positions())
+            verdicts.append(result.held)
+        assert verdicts == [True, False]
+    finally:
+        threaded.close()
+        env.close()
