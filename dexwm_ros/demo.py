@@ -50,7 +50,8 @@ from dexwm_ros.srv import ResetEpisode
 
 
 # An evaluation seed of the place stage (dexwm-eval --protocol paper --task place, docs/eval/paper).
-# Seed 1,000,003 succeeded with both planner seeds there.
+# Seed 1,000,003 succeeded there with the first planner seed (the CEM seed the demo uses, in lock-step)
+# and failed with the second: another CEM seed may fail.
 DEMO_SEED = 1_000_003
 # --subgoals: the first composite pick-place evaluation seed (dexwm-eval --protocol composite).
 SUBGOAL_DEMO_SEED = 1_000_000
