@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from camera_driver.sources import FrameSource, make_source, parse_profile
-from dexwm_ros.node_parameters import setting
+from dexwm_ros.node_settings import setting
 
 
 @dataclass(frozen=True)

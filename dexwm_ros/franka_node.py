@@ -9,16 +9,15 @@
 
 Refusals and failures are logged and shown on /diagnostics; losing the robot aborts the running goal
 with ROBOT_ERROR, the node stays up and reconnects every ``reconnect_period_s``. Panda (FER) arms
-need franky built against libfranka 0.9.x (see franka_driver.arm).
+need franky built against libfranka 0.9.x (see franka_driver.arm). Parameters:
+:class:`dexwm_ros.franka_settings.FrankaSettings` (a live change is checked, then applied).
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -27,64 +26,24 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexwm_robot.franka import JOINT_NAMES
 from dexwm_robot.joint_group import RUNNING, TIMED_OUT
-from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, MAX_COMMAND_AGE_PARAMETER, TIME_LIMIT_RANGE, TOLERANCE_RANGE,
-                                   GoalRefused, MoveJointsServer, check_command_age, check_timing, full_points,
+from dexwm_ros.franka_settings import FrankaSettings
+from dexwm_ros.move_joints import (GoalRefused, MoveJointsServer, check_command_age, check_timing, full_points,
                                    joint_index)
 from dexwm_ros.node_main import run_node
-from dexwm_ros.parameter_bounds import first_problem, ranged
+from dexwm_ros.node_parameters import NodeParameters
 from dexwm_ros.ros_time import seconds
-from franka_driver.arm import SETTING_BOUNDS, CommandRejected, FrankaArm, FrankaConfig, RobotUnavailable
+from franka_driver.arm import CommandRejected, FrankaArm, RobotUnavailable
 
-# Every live parameter that bounds a motion, with its allowed range (declared and checked on set).
-LIVE_BOUNDS = {
-    **SETTING_BOUNDS,
-    "goal_tolerance": TOLERANCE_RANGE,
-    "default_time_limit_s": TIME_LIMIT_RANGE,
-    "max_command_age_s": COMMAND_AGE_RANGE,
-}
-# Start-up settings (read-only): name -> description; defaults from FrankaConfig.
-FIXED = {
-    "robot_ip": "Franka control-box (FCI) address; 127.x.y.z for franky-sim",
-    "lower_torque_thresholds": "collision behaviour: lower joint torque thresholds [Nm] (7)",
-    "upper_torque_thresholds": "collision behaviour: upper joint torque thresholds [Nm] (7)",
-    "lower_force_thresholds": "collision behaviour: lower Cartesian force/torque thresholds [N, Nm] (6)",
-    "upper_force_thresholds": "collision behaviour: upper Cartesian force/torque thresholds [N, Nm] (6)",
-    "joint_lower_limits": "lower joint limits [rad] (7)",
-    "joint_upper_limits": "upper joint limits [rad] (7)",
-    "enforce_realtime": "require a realtime kernel (libfranka RealtimeConfig.Enforce)",
-}
-# Live settings: name -> (default, description).
-LIVE = {
-    "relative_dynamics_factor": (None, "scales franky's max velocity/acceleration/jerk; slow by default"),
-    "max_joint_step": (None, "largest joint change per command (current -> first point, between points) [rad]"),
-    "watchdog_timeout_s": (None, "stop and hold when a topic-commanded motion gets no new command for this long [s]"),
-    "reconnect_period_s": (None, "seconds between reconnect attempts"),
-    "goal_tolerance": (0.01, "default per-joint goal tolerance of move_joints [rad]"),
-    "default_time_limit_s": (30.0, "move_joints time limit when the goal gives none [s]"),
-    "max_command_age_s": MAX_COMMAND_AGE_PARAMETER,
-}
+# Live settings the arm core reads from its configuration at its next use.
+_ARM_LIMITS = ("max_joint_step", "watchdog_timeout_s", "reconnect_period_s")
 
 
 class FrankaNode(Node):
     def __init__(self):
         super().__init__("franka")
-        d = FrankaConfig()
-        for name, text in FIXED.items():
-            value = getattr(d, name)
-            self.declare_parameter(name, value if isinstance(value, (str, bool)) else list(value),
-                                   ParameterDescriptor(description=text, read_only=True))
-        self.declare_parameter("rate_hz", 100.0, ParameterDescriptor(description="joint_states publishing rate [Hz]",
-                                                                     read_only=True))
-        for name, (default, text) in LIVE.items():
-            self.declare_parameter(name, getattr(d, name) if default is None else default,
-                                   ranged(text, *LIVE_BOUNDS[name]))
-        g = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.config = FrankaConfig(**{name: g(name) for name in (*FIXED, *SETTING_BOUNDS)})
-        self.rate_hz = float(g("rate_hz"))
-        if not (self.rate_hz > 0 and math.isfinite(self.rate_hz)):
-            raise ValueError(f"parameter rate_hz must be a positive number, got {self.rate_hz}")
-        self.arm = FrankaArm(self.config)  # validates the configuration
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.params = NodeParameters(self, FrankaSettings, apply=self._apply_parameters)
+        self.config = self.params.values.arm_config()
+        self.arm = FrankaArm(self.config)
 
         self.state_pub = self.create_publisher(JointState, "~/joint_states", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -103,44 +62,36 @@ class FrankaNode(Node):
         # in a busy executor on a small machine loses ticks (measured about 50 of 100 Hz here). It also
         # connects (at once, then every reconnect_period_s): a connect to an unreachable host blocks
         # for about a minute and must not hold up the node's start.
-        self._running = threading.Event()
-        self._running.set()
+        self._stopping = threading.Event()
         # Ctrl-C shuts the context down before destroy_node runs: stop publishing from then on.
-        self.context.on_shutdown(self._running.clear)
+        self.context.on_shutdown(self._stopping.set)
         self._state_thread = threading.Thread(target=self._state_loop, name="franka_state", daemon=True)
         self._state_thread.start()
 
     def _state_loop(self):
-        period = 1.0 / self.rate_hz
+        period = 1.0 / self.params.values.rate_hz
         next_tick = time.monotonic()
-        while self._running.is_set():
+        while not self._stopping.is_set():
             try:
                 self._on_state_tick()
             except Exception as exc:  # never let a surprise kill the state stream
-                if not (self._running.is_set() and self.context.ok()):
+                if self._stopping.is_set() or not self.context.ok():
                     break  # shutting down
                 self.get_logger().error(f"state update failed: {exc!r}")
             next_tick += period
             delay = next_tick - time.monotonic()
             if delay < -period:  # fell far behind (e.g. a blocking reconnect): do not burst
-                next_tick = time.monotonic()
-            else:
-                time.sleep(max(0.0, delay))
+                next_tick, delay = time.monotonic(), 0.0
+            self._stopping.wait(max(0.0, delay))   # a shutdown ends the wait at once
 
-    def _on_set_parameters(self, params):
-        problem = first_problem(params, LIVE_BOUNDS)
-        if problem:
-            self.get_logger().warning(f"parameter change refused: {problem}")
-            return SetParametersResult(successful=False, reason=problem)
-        for param in params:
-            if param.name == "relative_dynamics_factor":
-                try:
-                    self.arm.set_relative_dynamics_factor(param.value)
-                except Exception as exc:  # lost robot: keep the old value and say why
-                    return SetParametersResult(successful=False, reason=str(exc))
-            elif hasattr(self.config, param.name):
-                setattr(self.config, param.name, param.value)
-        return SetParametersResult(successful=True)
+    def _apply_parameters(self, settings: FrankaSettings, changed: set[str]) -> None:
+        for name in changed.intersection(_ARM_LIMITS):
+            setattr(self.config, name, getattr(settings, name))
+        if "relative_dynamics_factor" in changed:
+            try:
+                self.arm.set_relative_dynamics_factor(settings.relative_dynamics_factor)
+            except Exception as exc:  # a lost robot: the core keeps the factor for the next connection
+                self.get_logger().warning(f"relative_dynamics_factor not passed to the robot now: {exc}")
 
     def _on_state_tick(self):
         was_connected = self.arm.connected
@@ -204,7 +155,7 @@ class FrankaNode(Node):
     def _on_joint_command(self, msg: JointTrajectory):
         try:
             check_command_age(seconds(msg.header.stamp), self.get_clock().now().nanoseconds * 1e-9,
-                              float(self.get_parameter("max_command_age_s").value), "joint_command")
+                              self.params.values.max_command_age_s, "joint_command")
             check_timing(seconds(p.time_from_start) for p in msg.points)
             points = full_points(joint_index(msg.joint_names, self.arm), (p.positions for p in msg.points), self.arm)
             self.arm.move(points, source="joint_command")
@@ -230,9 +181,9 @@ class FrankaNode(Node):
         return response
 
     def destroy_node(self):
-        if not hasattr(self, "_running"):  # the constructor failed part-way
+        if not hasattr(self, "_stopping"):  # the constructor failed part-way
             return super().destroy_node()
-        self._running.clear()
+        self._stopping.set()
         self._state_thread.join(timeout=2.0)  # may sit in a blocking connect: it is a daemon
         self.arm.close()
         super().destroy_node()

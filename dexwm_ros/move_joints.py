@@ -50,21 +50,10 @@ from dexwm_robot.command_limits import CommandRejected
 from dexwm_robot.joint_group import (FAILED, PREEMPTED, REACHED, RUNNING, STOPPED, TIMED_OUT, GroupUnavailable,
                                      JointGroup)
 from dexwm_ros.action import MoveJoints
+from dexwm_ros.driver_settings import MAX_GOAL_TOLERANCE, MAX_TIME_LIMIT_S
 from dexwm_ros.ros_time import seconds
 
 R = MoveJoints.Result
-# A per-joint tolerance above 1 rad would call almost any motion a success.
-MAX_GOAL_TOLERANCE = 1.0
-# Ten minutes: longer than any motion of these drivers; a larger value is a unit mistake.
-MAX_TIME_LIMIT_S = 600.0
-# Bounds of the nodes' parameters for the default tolerance [rad] and time limit [s] of a goal and
-# for max_command_age_s [s].
-TOLERANCE_RANGE = (1e-4, MAX_GOAL_TOLERANCE)
-TIME_LIMIT_RANGE = (0.1, MAX_TIME_LIMIT_S)
-COMMAND_AGE_RANGE = (0.05, 60.0)
-# max_command_age_s of every driver node: (default, description).
-MAX_COMMAND_AGE_PARAMETER = (2.0, "refuse commands whose header stamp is older than this (unstamped ones are "
-                                  "accepted) [s]")
 # Feedback rate while a goal runs; the wait itself ends as soon as the motion does.
 FEEDBACK_PERIOD_S = 0.05
 # How long a cancel waits for the group to confirm the stop.

@@ -1,7 +1,7 @@
 """A node's parameters declared from a dataclass of settings, validated before a change and applied
 after it (the pattern of the ROS 2 demos' ``set_parameters_callback.py``).
 
-Each field of the dataclass is a :func:`setting`: its name is the parameter's name, its default the
+Each field of the dataclass is a :func:`dexwm_ros.node_settings.setting`: its name is the parameter's name, its default the
 parameter's default, its metadata the description, the bounds (declared in the descriptor, so rclpy
 and ``ros2 param describe`` know them, and checked again here, finiteness included), the allowed
 choices and whether it is read-only. The dataclass itself stays ROS-free: its ``problem()`` method
@@ -16,43 +16,27 @@ the node's ``apply``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Generic, TypeVar
 
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 
-from dexwm_ros.parameter_bounds import bounds_problem, ranged
+from dexwm_ros.node_settings import settings_problem
 
 S = TypeVar("S")
 
 
-def setting(default, description: str, *, bounds: tuple[float, float] | None = None, choices=None,
-            read_only: bool = False, any_type: bool = False):
-    """A dataclass field that is a node parameter. ``bounds``: (low, high), inclusive; ``choices``:
-    the allowed values; ``any_type``: the parameter's type is not fixed by its default (an empty list
-    says nothing about the type of its elements), so :func:`settings_problem` and ``problem()``
-    check it instead of rclpy."""
-    metadata = {"description": description, "bounds": bounds, "read_only": read_only, "any_type": any_type,
-                "choices": tuple(choices) if choices is not None else None}
-    return dataclasses.field(default=tuple(default) if isinstance(default, list) else default, metadata=metadata)
-
-
-def settings_problem(settings) -> str | None:
-    """Why ``settings`` cannot be used: a value outside its bounds or its choices, a float that is not
-    finite, or the settings' own ``problem()``; None when they are fine."""
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        bounds, choices = f.metadata.get("bounds"), f.metadata.get("choices")
-        if bounds is not None:
-            problem = bounds_problem(f.name, value, *bounds)
-            if problem:
-                return problem
-        elif isinstance(value, float) and not math.isfinite(value):
-            return f"{f.name} must be finite, got {value}"
-        if choices is not None and value not in choices:
-            return f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}"
-    check = getattr(settings, "problem", None)
-    return check() if check is not None else None
+def ranged(description: str, low: float, high: float, read_only: bool = False,
+           integer: bool = False) -> ParameterDescriptor:
+    """A descriptor whose range also appears in the description (shown by ``ros2 param describe``);
+    ``integer``: an integer parameter's range (rclpy checks a range of the parameter's own type only,
+    and no range of an array: :func:`settings_problem` checks those)."""
+    shown = f"{int(low)} .. {int(high)}" if integer else f"{low:g} .. {high:g}"
+    descriptor = ParameterDescriptor(description=f"{description}; allowed {shown}", read_only=read_only)
+    if integer:
+        descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+    else:
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+    return descriptor
 
 
 def descriptor(f: dataclasses.Field) -> ParameterDescriptor:
@@ -61,7 +45,9 @@ def descriptor(f: dataclasses.Field) -> ParameterDescriptor:
     read_only = bool(meta.get("read_only"))
     if meta.get("bounds") is not None:
         integer = isinstance(f.default, int) and not isinstance(f.default, bool)
-        return ranged(meta["description"], *meta["bounds"], read_only=read_only, integer=integer)
+        ranged_descriptor = ranged(meta["description"], *meta["bounds"], read_only=read_only, integer=integer)
+        ranged_descriptor.dynamic_typing = bool(meta.get("any_type"))
+        return ranged_descriptor
     text = meta["description"]
     if meta.get("choices") is not None:
         text += f"; one of {', '.join(map(str, meta['choices']))}"

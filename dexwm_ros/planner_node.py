@@ -21,8 +21,6 @@ A goal runs on its own executor thread, so subscriptions, services and cancels a
 """
 from __future__ import annotations
 
-import threading
-
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped, PoseWithCovarianceStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -45,7 +43,7 @@ from dexwm_ros.msg import PlannerStatus
 from dexwm_ros.node_main import run_node
 from dexwm_ros.node_parameters import NodeParameters
 from dexwm_ros.planner_robot import MoveJointsRobot
-from dexwm_ros.planner_run import GoalRun
+from dexwm_ros.planner_run import GoalRun, GoalSlot
 from dexwm_ros.planner_settings import PlannerSettings
 from dexwm_ros.planner_setup import WorldModelPlanning
 from dexwm_ros.ros_logging import log_outcome
@@ -62,9 +60,7 @@ class PlannerNode(Node):
         s = self.params.values
         self.planning = WorldModelPlanning(s, model, kinematics, self.get_logger())
         self.goals = GoalStore()
-        self._lock = threading.Lock()
-        self._busy = False
-        self._active = None                          # the running session or sequence (a cancel ends it)
+        self._slot = GoalSlot()                      # one goal at a time; a cancel ends its run
         self.shown = out.PlannerState(task=s.task)     # what the status and the diagnostics report
 
         sensors, work = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
@@ -157,12 +153,10 @@ class PlannerNode(Node):
 
     # ------------------------------------------------------------------------------ action
     def _on_goal_request(self, _request):
-        with self._lock:
-            if self._busy:
-                self.get_logger().warning("Execute goal rejected: another goal is being executed")
-                return GoalResponse.REJECT
-            self._busy = True
-        return GoalResponse.ACCEPT
+        if self._slot.take():
+            return GoalResponse.ACCEPT
+        self.get_logger().warning("Execute goal rejected: another goal is being executed")
+        return GoalResponse.REJECT
 
     def _on_cancel(self, _goal_handle):
         self.get_logger().info("cancel requested")
@@ -173,10 +167,7 @@ class PlannerNode(Node):
         self._interrupt_goal("shutdown")
 
     def _interrupt_goal(self, reason: str) -> None:
-        with self._lock:
-            active = self._active
-        if active is not None:
-            active.cancel(reason)
+        self._slot.cancel(reason)
         self.robot.wake()          # a move under way stops waiting now
 
     def _execute(self, goal_handle):
@@ -189,8 +180,7 @@ class PlannerNode(Node):
                           on_state=self._set_state, on_plan=self._publish_plan, on_subgoal=self._on_subgoal,
                           interrupt=lambda: self._interruption(goal_handle), log=self.get_logger())
             self.shown.task, self.shown.sequence, self.shown.progress = plan.task, plan.name, run.progress
-            with self._lock:
-                self._active = run
+            self._slot.start(run)
             self.get_logger().info(f"executing {run.describe()}")
             success, steps, reason, subgoal_reasons = run.run()
         except Refused as e:
@@ -204,8 +194,7 @@ class PlannerNode(Node):
             return out.result_message(False, self.shown.progress.steps, self.shown.progress, "error: " + str(e))
         finally:
             self.shown.sequence = self.shown.phase = ""
-            with self._lock:
-                self._busy, self._active = False, None
+            self._slot.release()
         out.end_goal(goal_handle, success, reason)
         return out.result_message(success, steps, self.shown.progress, reason, subgoal_reasons)
 
@@ -238,7 +227,7 @@ class PlannerNode(Node):
     def _publish_plan(self, image, plan):
         stamp = self.get_clock().now().to_msg()
         try:
-            strip = out.rollout_image(self.planning.model, self._active.planner, image, plan, self.planning.image_size)
+            strip = out.rollout_image(self.planning.model, self._slot.run.planner, image, plan, self.planning.image_size)
             self.rollout_pub.publish(numpy_to_image(strip, stamp, CAMERA_FRAME))
         except Exception as e:  # visualisation must never stop the robot
             self.get_logger().warning(f"rollout image not published: {e}", throttle_duration_sec=10.0)

@@ -1,9 +1,11 @@
 """One Execute goal's run (ROS-free): a PlanningSession toward a single goal, or a SubgoalSequence
 through several, over any JointGroupRobot, with the stop rule, session configuration and MPC
 planners made from the planner's settings. The node runs it on the goal's thread and cancels it
-from the action's cancel callback; a test can run it against the simulation."""
+from the action's cancel callback; a test can run it against the simulation. :class:`GoalSlot` keeps
+the single-goal rule of the node's Execute server."""
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
@@ -65,3 +67,39 @@ class GoalRun:
     def _make_planner(self, seed: int | None) -> MPCPlanner:
         self.planner = self.planning.planner(self.settings, self.plan.task, seed)
         return self.planner
+
+
+class GoalSlot:
+    """At most one run at a time: taken when a goal is accepted, holding the run under way (so that a
+    cancel or a shutdown from another thread can end it), free again when the goal has ended."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._taken = False
+        self._run: GoalRun | None = None
+
+    def take(self) -> bool:
+        """Whether the slot was free (it is now taken)."""
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
+
+    def start(self, run: GoalRun) -> None:
+        with self._lock:
+            self._run = run
+
+    @property
+    def run(self) -> GoalRun | None:
+        """The run under way, None between goals."""
+        with self._lock:
+            return self._run
+
+    def cancel(self, reason: str) -> None:
+        """End the run under way, if any (any thread)."""
+        run = self.run
+        if run is not None:
+            run.cancel(reason)
+
+    def release(self) -> None:
+        with self._lock:
+            self._taken, self._run = False, None

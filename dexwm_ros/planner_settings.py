@@ -17,7 +17,7 @@ from dexwm_planner.session import CommandLimits, SessionConfig
 from dexwm_planner.stop_rule import StopRule
 from dexwm_robot.tasks import TASK_KINDS
 from dexwm_ros.goal_store import DEFAULT_SEQUENCE, check_sequence_name
-from dexwm_ros.node_parameters import setting
+from dexwm_ros.node_settings import setting
 
 # Executed MPC steps per goal: the max_steps parameter's range, and the bound of a request's value.
 MAX_STEPS_RANGE = (1, 10000)

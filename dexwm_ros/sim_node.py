@@ -18,59 +18,30 @@ simulation:
 
 Both MoveJoints actions are the one server of dexwm_ros.move_joints (tolerances and time limits in
 simulated time); the runner refuses exactly what the franka and allegro drivers refuse
-(dexwm_robot.command_limits). Refusals are logged and shown on /diagnostics.
+(dexwm_robot.command_limits). Refusals are logged and shown on /diagnostics. Parameters:
+:class:`dexwm_ros.sim_settings.SimSettings`.
 """
 from __future__ import annotations
 
 import logging
-import math
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from dexwm_ros.move_joints import (COMMAND_AGE_RANGE, MAX_COMMAND_AGE_PARAMETER, TIME_LIMIT_RANGE, TOLERANCE_RANGE,
-                                   MoveJointsServer, check_command_age, check_timing, full_points, joint_index)
+from dexwm_ros.move_joints import MoveJointsServer, check_command_age, check_timing, full_points, joint_index
 from dexwm_ros.node_main import run_node
-from dexwm_ros.parameter_bounds import first_problem, ranged
+from dexwm_ros.node_parameters import NodeParameters
 from dexwm_ros.ros_time import seconds
 from dexwm_ros.sim_publishers import SimPublishers
+from dexwm_ros.sim_settings import SimSettings
 from dexwm_ros.srv import HoldEpisode, ResetEpisode
+from dexwm_sim.joint_groups import SimJointGroup
+from dexwm_sim.runner import SimRunner
 
-# Live parameters with bounds (declared and checked on set); the arm's step cap has the real
-# franka driver's bounds.
-LIVE_BOUNDS = {
-    "arm_goal_tolerance": TOLERANCE_RANGE,
-    "hand_goal_tolerance": TOLERANCE_RANGE,
-    "arm_time_limit_s": TIME_LIMIT_RANGE,
-    "hand_time_limit_s": TIME_LIMIT_RANGE,
-    "max_command_age_s": COMMAND_AGE_RANGE,
-}
-# Start-up values only (read-only; later episodes come from /sim/reset): name -> (default, description).
-FIXED = {
-    "real_time_factor": (1.0, "simulated seconds per wall-clock second"),
-    "lockstep": (False, "simulated time advances only while a motion command is under way (the world waits for "
-                        "the planner, as in an in-process evaluation)"),
-    "image_rate_hz": (10.0, "camera image rate [Hz] (wall clock)"),
-    "image_width": (224, "camera image width [px] (up to 640)"),
-    "image_height": (224, "camera image height [px] (up to 480)"),
-    "publish_depth": (False, "also publish aligned depth (16UC1, mm)"),
-    "state_rate_hz": (50.0, "joint_states rate [Hz]"),
-    "arm_speed": (0.8, "joint speed of arm motions without timing [rad/s]"),
-    "hand_speed": (3.0, "joint speed of hand motions without timing [rad/s]"),
-}
-LIVE = {
-    "arm_goal_tolerance": (0.01, "default move_joints tolerance of the arm [rad]"),
-    "hand_goal_tolerance": (0.03, "default move_joints tolerance of the hand [rad]"),
-    "arm_time_limit_s": (30.0, "arm move_joints time limit when the goal gives none [s]"),
-    "hand_time_limit_s": (5.0, "hand move_joints time limit when the goal gives none [s]"),
-    "max_command_age_s": MAX_COMMAND_AGE_PARAMETER,
-}
-POSITIVE = ("real_time_factor", "image_rate_hz", "state_rate_hz", "arm_speed", "hand_speed", *LIVE)
 # part -> (driver namespace, diagnostics name)
 PARTS = {"arm": ("/franka", "sim: franka arm"), "hand": ("/allegro", "sim: allegro hand")}
 
@@ -78,54 +49,17 @@ PARTS = {"arm": ("/franka", "sim: franka arm"), "hand": ("/allegro", "sim: alleg
 class SimNode(Node):
     def __init__(self):
         super().__init__("sim")
-        from dexwm_sim.joint_groups import SimJointGroup
-        from dexwm_sim.runner import RunnerConfig, SimRunner
-        from dexwm_sim.tasks import MAX_SEED, TASKS
-        from franka_driver.arm import SETTING_BOUNDS, FrankaConfig
-
-        p = self.declare_parameter
-        p("task", "paper-grasp", ParameterDescriptor(description=f"episode task at start: {', '.join(TASKS)}",
-                                                     read_only=True))
-        # dynamic_typing: a seed too large for an int64 arrives as a double, which rclpy would
-        # otherwise drop in favour of the default (episode 0) without a word; it is refused below.
-        p("seed", 0, ParameterDescriptor(description=f"episode seed at start, 0 .. {MAX_SEED}", read_only=True,
-                                         dynamic_typing=True,
-                                         integer_range=[IntegerRange(from_value=0, to_value=MAX_SEED, step=1)]))
-        for name, (default, text) in FIXED.items():
-            p(name, default, ParameterDescriptor(description=text, read_only=True))
-        for name, (default, text) in LIVE.items():
-            p(name, default, ranged(text, *LIVE_BOUNDS[name]))
-        p("max_joint_step", FrankaConfig().max_joint_step,
-          ranged("largest arm joint change per command, enforced as the franka driver does [rad]",
-                 *SETTING_BOUNDS["max_joint_step"], read_only=True))
-        p("frame_id", "camera_color_optical_frame", ParameterDescriptor(description="camera frame id", read_only=True))
-        g = lambda name: self.get_parameter(name).value  # noqa: E731
-        if g("task") not in TASKS:
-            raise ValueError(f"unknown task {g('task')!r}; choose one of {', '.join(TASKS)}")
-        seed = g("seed")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-        for name in POSITIVE:
-            if not (float(g(name)) > 0 and math.isfinite(float(g(name)))):
-                raise ValueError(f"parameter {name} must be a positive number, got {float(g(name))}")
-        width, height = int(g("image_width")), int(g("image_height"))
-        if not (16 <= width <= 640 and 16 <= height <= 480):
-            raise ValueError(f"image size must be within 16x16 .. 640x480, got {width}x{height}")
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
+        # Live changes (tolerances, time limits, command age) are read when a command comes.
+        self.params = NodeParameters(self, SimSettings)
+        s = self.params.values
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self._problem = {"arm": "", "hand": ""}
-        config = RunnerConfig(task=g("task"), seed=int(g("seed")), real_time_factor=float(g("real_time_factor")),
-                              image_rate_hz=float(g("image_rate_hz")), image_size=(width, height),
-                              render_depth=bool(g("publish_depth")), state_rate_hz=float(g("state_rate_hz")),
-                              arm_speed=float(g("arm_speed")), hand_speed=float(g("hand_speed")),
-                              goal_size=(width, height), lockstep=bool(g("lockstep")),
-                              arm_max_joint_step=float(g("max_joint_step")))
+        config = s.runner_config()
         # The runner validates task, seed and rates (ValueError -> clear message in main()).
         self.runner = SimRunner(config)
-        self.topics = SimPublishers(self, g("frame_id"), self.runner.env.camera.intrinsics(width, height), width,
-                                    height, bool(g("publish_depth")))
+        self.topics = SimPublishers(self, s.frame_id, self.runner.env.camera.intrinsics(*config.image_size),
+                                    *config.image_size, s.publish_depth)
         t = self.topics
         self.runner.on_state, self.runner.on_frame, self.runner.on_episode, self.runner.on_goal = (
             t.on_state, t.on_frame, t.on_episode, t.on_goal)
@@ -157,15 +91,8 @@ class SimNode(Node):
             self.runner.close()
             raise ValueError(start.message)
         self.get_logger().info(f"simulation running: {start.message}, real-time factor {config.real_time_factor:g}"
-                               f"{' (lock-step)' if config.lockstep else ''}, camera {width}x{height} at "
-                               f"{config.image_rate_hz:g} Hz")
-
-    def _on_set_parameters(self, params):
-        problem = first_problem(params, LIVE_BOUNDS)
-        if problem:
-            self.get_logger().warning(f"parameter change refused: {problem}")
-            return SetParametersResult(successful=False, reason=problem)
-        return SetParametersResult(successful=True)
+                               f"{' (lock-step)' if config.lockstep else ''}, camera {s.image_width}x"
+                               f"{s.image_height} at {config.image_rate_hz:g} Hz")
 
     # --- commands ---------------------------------------------------------------------------------
     def _report(self, part: str, problem: str | None) -> None:
@@ -177,7 +104,7 @@ class SimNode(Node):
         group = self.groups[part]
         try:
             check_command_age(seconds(stamp), self.get_clock().now().nanoseconds * 1e-9,
-                              float(self.get_parameter("max_command_age_s").value), "joint_command")
+                              self.params.values.max_command_age_s, "joint_command")
             group.move(full_points(joint_index(names, group), rows, group), times=check_timing(times))
             self._problem[part] = ""
         except ValueError as exc:   # GoalRefused, CommandRejected and the runner's checks

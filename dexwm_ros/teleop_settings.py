@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dexwm_ros.goal_store import check_sequence_name
-from dexwm_ros.node_parameters import setting
+from dexwm_ros.node_settings import setting
 
 
 @dataclass(frozen=True)

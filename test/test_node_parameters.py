@@ -8,9 +8,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from dexwm_ros.allegro_settings import AllegroSettings
 from dexwm_ros.camera_settings import CameraSettings
-from dexwm_ros.node_parameters import NodeParameters, descriptor, setting, settings_problem
+from dexwm_ros.franka_settings import FrankaSettings
+from dexwm_ros.node_parameters import NodeParameters, descriptor
+from dexwm_ros.node_settings import setting, settings_problem
 from dexwm_ros.planner_settings import PlannerSettings
+from dexwm_ros.sim_settings import SimSettings
 from dexwm_ros.teleop_settings import TeleopSettings
 
 
@@ -36,6 +40,9 @@ def test_settings_problem_checks_bounds_choices_finiteness_and_relations():
 
 
 def test_descriptors_carry_description_bounds_and_flags():
+    seed = descriptor(next(f for f in dataclasses.fields(SimSettings) if f.name == "seed"))
+    assert seed.dynamic_typing and seed.read_only and seed.integer_range[0].to_value == 2**32 - 1
+    assert seed.description.endswith("allowed 0 .. 4294967295")
     fields = {f.name: f for f in dataclasses.fields(Example)}
     gain, count = descriptor(fields["gain"]), descriptor(fields["count"])
     assert gain.floating_point_range[0].to_value == 1.0 and not gain.integer_range
@@ -56,6 +63,40 @@ PLANNER_BOUNDS = {"samples": (0, 8192), "elites": (0, 1024), "iterations": (0, 1
 TELEOP_BOUNDS = {"step_m": (1e-4, 0.1), "step_rad": (1e-3, 0.5), "max_joint_step": (1e-3, 0.5),
                  "damping": (1e-4, 1.0), "move_duration_s": (0.01, 10.0), "rate_hz": (1.0, 200.0),
                  "joy_deadzone": (0.0, 0.9), "stale_timeout_s": (0.05, 60.0)}
+# The drivers' MoveJoints defaults and command age (dexwm_ros.driver_settings).
+GOAL_DEFAULT_BOUNDS = {"tolerance": (1e-4, 1.0), "time_limit": (0.1, 600.0), "max_command_age_s": (0.05, 60.0)}
+FRANKA_BOUNDS = {"relative_dynamics_factor": (0.001, 1.0), "max_joint_step": (0.001, 0.5),
+                 "watchdog_timeout_s": (0.05, 10.0), "reconnect_period_s": (0.1, 60.0),
+                 "goal_tolerance": GOAL_DEFAULT_BOUNDS["tolerance"],
+                 "default_time_limit_s": GOAL_DEFAULT_BOUNDS["time_limit"],
+                 "max_command_age_s": GOAL_DEFAULT_BOUNDS["max_command_age_s"]}
+FRANKA_READ_ONLY = {"robot_ip", "rate_hz", "lower_torque_thresholds", "upper_torque_thresholds",
+                    "lower_force_thresholds", "upper_force_thresholds", "joint_lower_limits", "joint_upper_limits",
+                    "enforce_realtime"}
+ALLEGRO_BOUNDS = {"control_rate_hz": (50.0, 1000.0), "publish_rate_hz": (1.0, 333.0),
+                  "diagnostics_rate_hz": (0.1, 10.0),
+                  "max_joint_velocity": (0.01, 20.0), "encoder_timeout_s": (0.005, 1.0),
+                  "command_timeout_s": (0.01, 3600.0), "kp": (0.0, 5.0), "kd": (0.0, 0.3),
+                  "goal_tolerance": GOAL_DEFAULT_BOUNDS["tolerance"],
+                  "goal_time_limit_s": GOAL_DEFAULT_BOUNDS["time_limit"],
+                  "max_command_age_s": GOAL_DEFAULT_BOUNDS["max_command_age_s"], "temperature_warn_c": (20.0, 120.0)}
+ALLEGRO_LIVE = {"kp", "kd", "goal_tolerance", "goal_time_limit_s", "max_command_age_s", "temperature_warn_c",
+                "stop_mode"}
+ALLEGRO_READ_ONLY = {"can_interface", "can_channel", "can_bitrate", "device_id", "emulate_hand", "hand",
+                     "control_rate_hz", "realtime_priority", "publish_rate_hz", "diagnostics_rate_hz", "torque_limit",
+                     "pwm_limit", "encoder_direction", "encoder_offset", "motor_direction", "max_joint_velocity",
+                     "encoder_timeout_s", "command_timeout_s"}
+SIM_BOUNDS = {"seed": (0, 2**32 - 1), "arm_goal_tolerance": GOAL_DEFAULT_BOUNDS["tolerance"],
+              "hand_goal_tolerance": GOAL_DEFAULT_BOUNDS["tolerance"],
+              "arm_time_limit_s": GOAL_DEFAULT_BOUNDS["time_limit"],
+              "hand_time_limit_s": GOAL_DEFAULT_BOUNDS["time_limit"],
+              "max_command_age_s": GOAL_DEFAULT_BOUNDS["max_command_age_s"], "max_joint_step": (0.001, 0.5)}
+SIM_READ_ONLY = {"task", "seed", "real_time_factor", "lockstep", "image_rate_hz", "image_width", "image_height",
+                 "publish_depth", "state_rate_hz", "arm_speed", "hand_speed", "max_joint_step", "frame_id"}
+SIM_LIVE = {"arm_goal_tolerance", "hand_goal_tolerance", "arm_time_limit_s", "hand_time_limit_s", "max_command_age_s"}
+# Values the shipped YAML sets on purpose to other than the defaults (the FR3's graded collision thresholds).
+YAML_CHOICES = {"lower_torque_thresholds", "upper_torque_thresholds", "lower_force_thresholds",
+                "upper_force_thresholds"}
 
 
 @pytest.mark.parametrize("settings, yaml_name, bounds, read_only", [
@@ -63,6 +104,9 @@ TELEOP_BOUNDS = {"step_m": (1e-4, 0.1), "step_rad": (1e-3, 0.5), "max_joint_step
      {"checkpoint", "image_topic", "arm_state_topic", "hand_state_topic", "world_to_camera"}),
     (TeleopSettings, "teleop.yaml", TELEOP_BOUNDS, {"joy_topic"}),
     (CameraSettings, "camera.yaml", {}, {f.name for f in dataclasses.fields(CameraSettings)}),
+    (FrankaSettings, "franka.yaml", FRANKA_BOUNDS, FRANKA_READ_ONLY),
+    (AllegroSettings, "allegro.yaml", ALLEGRO_BOUNDS, ALLEGRO_READ_ONLY),
+    (SimSettings, "sim.yaml", SIM_BOUNDS, SIM_READ_ONLY),
 ])
 def test_node_settings_keep_their_parameters(settings, yaml_name, bounds, read_only):
     import yaml
@@ -72,11 +116,60 @@ def test_node_settings_keep_their_parameters(settings, yaml_name, bounds, read_o
     fields = {f.name: f for f in dataclasses.fields(settings)}
     shipped = yaml.safe_load((ROOT / "config" / yaml_name).read_text())["/**"]["ros__parameters"]
     assert set(shipped) <= set(fields), set(shipped) - set(fields)
+    shipped = {name: tuple(v) if isinstance(v, list) else v for name, v in shipped.items()}
     for name, value in shipped.items():
-        assert fields[name].default == value, name           # the YAML repeats the defaults
+        if name not in YAML_CHOICES:
+            assert fields[name].default == value, name           # the YAML repeats the defaults
     assert {n: f.metadata["bounds"] for n, f in fields.items() if f.metadata["bounds"]} == bounds
     assert {n for n, f in fields.items() if f.metadata["read_only"]} == read_only
     assert settings_problem(settings()) is None
+    assert settings_problem(settings(**shipped)) is None
+
+
+@pytest.mark.parametrize("settings, live", [
+    (FrankaSettings, set(FRANKA_BOUNDS)), (AllegroSettings, ALLEGRO_LIVE), (SimSettings, SIM_LIVE)])
+def test_driver_settings_keep_every_parameter(settings, live):
+    """Every parameter the driver nodes declared by hand: the read-only ones and the live ones."""
+    read_only = {FrankaSettings: FRANKA_READ_ONLY, AllegroSettings: ALLEGRO_READ_ONLY, SimSettings: SIM_READ_ONLY}
+    names = {f.name for f in dataclasses.fields(settings)}
+    assert names == read_only[settings] | live and not read_only[settings] & live
+
+
+def test_driver_settings_refuse_what_the_nodes_refused():
+    franka, hand, sim = FrankaSettings(), AllegroSettings(), SimSettings()
+    assert "needs 7 finite values" in settings_problem(dataclasses.replace(franka, joint_lower_limits=(0.0,) * 6))
+    assert "rate_hz must be a positive number" in settings_problem(dataclasses.replace(franka, rate_hz=0.0))
+    assert "max_joint_step must be within [0.001, 0.5]" in settings_problem(dataclasses.replace(franka,
+                                                                                               max_joint_step=1.0))
+    assert "kd: expected 16 values, got 15" in settings_problem(dataclasses.replace(hand, kd=(0.03,) * 15))
+    assert "kp must be within [0, 5]" in settings_problem(dataclasses.replace(hand, kp=(-1.0,) * 16))
+    assert "kp must be finite" in settings_problem(dataclasses.replace(hand, kp=(float("nan"),) * 16))
+    assert "stop_mode must be one of hold, torque_off" in settings_problem(dataclasses.replace(hand, stop_mode="off"))
+    assert "hand must be 'right' or 'left'" in settings_problem(dataclasses.replace(hand, hand="middle"))
+    assert hand.controller_config().kp.shape == (16,)
+    assert "seed must be an integer, got 1e+23" in settings_problem(dataclasses.replace(sim, seed=1e23))
+    assert "unknown task 'fly'" in settings_problem(dataclasses.replace(sim, task="fly"))
+    assert "image size must be within" in settings_problem(dataclasses.replace(sim, image_width=641))
+    assert "arm_speed must be a positive number" in settings_problem(dataclasses.replace(sim, arm_speed=-1.0))
+    config = dataclasses.replace(sim, image_width=320, image_height=240).runner_config()
+    assert config.image_size == config.goal_size == (320, 240) and config.arm_max_joint_step == 0.5
+
+
+def test_settings_modules_are_ros_free():
+    import os
+    import subprocess
+    import sys
+
+    from rosutil import ROOT
+
+    modules = ["dexwm_ros.node_settings", "dexwm_ros.driver_settings", "dexwm_ros.franka_settings",
+               "dexwm_ros.allegro_settings", "dexwm_ros.sim_settings"]
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces')))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_planner_settings_refuse_bad_combinations():
