@@ -113,8 +113,10 @@ def _rollout(wm: DexWM, e, idx, context: int, probe) -> dict:
                uv=e.uv[idx[context:]], vis=e.visible[idx[context:]])
     pos = ep.object_positions
     if probe is not None and pos is not None and pos.shape[1] == probe.num_objects:
-        # The probe reads latents only: the predicted ones, and the actual ones for its floor.
-        out["objects"] = readout_errors(probe, pred.numpy(), true.numpy(), pos[idx[context:]], pos[idx[context - 1]])
+        # The probe reads latents (the predicted ones; the actual ones for its floor) and, at most, what
+        # is known at the last context frame: never the future positions.
+        out["objects"] = readout_errors(probe, pred.numpy(), true.numpy(), pos[idx[context:]],
+                                        e.latents[idx[context - 1]].numpy(), pos[idx[context - 1]])
     return out
 
 
@@ -209,7 +211,8 @@ def write_markdown(res: dict, path: str, dt: float):
             row += " - |" * 7
         lines.append(row)
     if obj is not None:
-        lines += ["", "Object error: the object-position probe (`<checkpoint>.probe.npz`) read on the predicted "
+        lines += ["", f"Object error: the object-position probe (`<checkpoint>.probe.npz`, {res['object_probe']['target']} "
+                  "read-out) on the predicted "
                   "latents, on the actual future latents (the probe's floor), and \"nothing moves\" (the positions "
                   "at the last context frame), against the recorded positions; moved: > 1 cm from there."]
     with open(path, "w") as fh:
@@ -279,7 +282,7 @@ def open_loop(args) -> int:
                context=args.context, skipped=skipped)
     if probe is not None:
         fitted = set(probe.meta.get("fit_episodes", ()))
-        res["object_probe"] = {"path": os.path.abspath(probe_path), "pooling": probe.pooling,
+        res["object_probe"] = {"path": os.path.abspath(probe_path), "pooling": probe.pooling, "target": probe.target,
                                "alpha": probe.meta.get("alpha"), "fit_episodes": len(fitted),
                                "evaluated_on_fit_episodes": sum(os.path.basename(e.episode.name) in fitted
                                                                 for e in encoded)}

@@ -8,6 +8,12 @@ Why a linear probe: it measures what the latent already holds in a form a planne
 (distances in latent space), not what a deep read-out could extract; and it fits in closed form on
 CPU from per-episode sums, so 500 episodes x 50 frames need no more memory than one episode.
 
+Targets: ``position`` reads where each object is from the latent alone; ``change`` reads how far
+each object moved between two latents (fitted on frame pairs of the same episode) and adds that to
+the positions recorded at the last context frame, the same information the "nothing moves"
+baseline has. A latent that registers an object's motion better than its absolute place (most
+objects stand still, so 500 episodes are only 500 layouts) reads better this way.
+
 Features: the flattened patch latents (``flat``: P x d, each patch position keeps its own weights,
 so where an object sits in the image can map to where it is) or their mean over patches
 (``mean``: d; position is mostly lost). ``models/README.md`` records the measured choice.
@@ -29,6 +35,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 POOLINGS = ("flat", "mean")
+TARGETS = ("position", "change")
+# Frame gaps of the pairs a change probe is fitted on: the evaluation's horizons, 0.2 s to 4 s.
+CHANGE_GAPS = (1, 2, 5, 10, 20)
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 # An object "moved" over a horizon when it is this far from where it was at the last context frame
 # (the 1 cm dexwm-collect uses for its moving fraction).
@@ -94,13 +103,17 @@ class _Sums:
 class ObjectProbe:
     """xyz of K objects from a frame's latent: ``y = (features(latent) - x_mean) @ weights + y_mean``."""
 
-    def __init__(self, weights, x_mean, y_mean, pooling: str, latent_shape, meta: dict | None = None):
+    def __init__(self, weights, x_mean, y_mean, pooling: str, latent_shape, meta: dict | None = None,
+                 target: str = "position"):
         self.weights = np.asarray(weights, dtype=np.float64)
         self.x_mean = np.asarray(x_mean, dtype=np.float64)
         self.y_mean = np.asarray(y_mean, dtype=np.float64)
         self.pooling = pooling
         self.latent_shape = tuple(int(v) for v in latent_shape)
         self.meta = dict(meta or {})
+        if target not in TARGETS:
+            raise ValueError(f"unknown probe target {target!r}: one of {TARGETS}")
+        self.target = target
 
     @property
     def num_objects(self) -> int:
@@ -114,18 +127,26 @@ class ObjectProbe:
         y = (features(latents, self.pooling) - self.x_mean) @ self.weights + self.y_mean
         return y.reshape(len(y), self.num_objects, 3)
 
+    def read(self, latents, context_latent, context_positions) -> np.ndarray:
+        """Object positions (N, K, 3) for the frames of ``latents`` after a context frame whose latent
+        (P, d) and recorded positions (K, 3) are given: a change probe adds the change it reads
+        between the two latents to those positions; a position probe reads ``latents`` alone."""
+        if self.target == "position":
+            return self(latents)
+        return np.asarray(context_positions) + self(latents) - self(np.asarray(context_latent)[None])
+
     def save(self, path: str | Path):
         tmp = f"{path}.tmp{os.getpid()}.npz"
         np.savez(tmp, weights=self.weights.astype(np.float32), x_mean=self.x_mean, y_mean=self.y_mean,
                  pooling=np.array(self.pooling), latent_shape=np.array(self.latent_shape),
-                 meta=np.array(json.dumps(self.meta)))
+                 meta=np.array(json.dumps(self.meta)), target=np.array(self.target))
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "ObjectProbe":
         with np.load(path) as z:
             return cls(z["weights"], z["x_mean"], z["y_mean"], str(z["pooling"]), z["latent_shape"],
-                       json.loads(str(z["meta"])))
+                       json.loads(str(z["meta"])), str(z["target"]) if "target" in z else "position")
 
 
 def _object_frames(latents, positions, num_objects: int | None):
@@ -135,10 +156,20 @@ def _object_frames(latents, positions, num_objects: int | None):
     return np.asarray(latents), np.asarray(positions, dtype=np.float64).reshape(len(positions), -1)
 
 
-def fit(episodes, pooling: str = "flat", alphas=ALPHAS, tune_fraction: float = 0.1, seed: int = 0):
+def _changes(x: np.ndarray, y: np.ndarray):
+    """Feature and position differences of the frame pairs CHANGE_GAPS apart within an episode."""
+    gaps = [g for g in CHANGE_GAPS if g < len(x)]
+    return (np.concatenate([x[g:] - x[:-g] for g in gaps]), np.concatenate([y[g:] - y[:-g] for g in gaps]))
+
+
+def fit(episodes, pooling: str = "flat", alphas=ALPHAS, tune_fraction: float = 0.1, seed: int = 0,
+        target: str = "position"):
     """Fit a probe on ``episodes``: an iterable of (name, latents (N, P, d), object positions
     (N, K, 3) or None) read one at a time. Returns the probe; its meta has the chosen alpha, the
-    tuning errors and the fitted episode names."""
+    tuning errors (mean over frames, or over frame pairs for a change probe) and the fitted
+    episode names."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown probe target {target!r}: one of {TARGETS}")
     rng = np.random.default_rng(seed)
     fit_sums = tune_sums = None
     tune_x, tune_y, names, shape, k = [], [], [], None, None
@@ -153,6 +184,8 @@ def fit(episodes, pooling: str = "flat", alphas=ALPHAS, tune_fraction: float = 0
             x0 = features(lat[:1], pooling)
             fit_sums, tune_sums = _Sums(x0.shape[1], y.shape[1]), _Sums(x0.shape[1], y.shape[1])
         x = features(lat, pooling)
+        if target == "change":
+            x, y = _changes(x, y)
         names.append(os.path.basename(name))
         # Whole episodes go to the tuning part, so the alpha is chosen on frames of unseen episodes.
         if rng.random() < tune_fraction:
@@ -175,27 +208,30 @@ def fit(episodes, pooling: str = "flat", alphas=ALPHAS, tune_fraction: float = 0
         alpha = float(alphas[len(alphas) // 2])
     fit_sums += tune_sums
     w, mx, my = fit_sums.solve(alpha)
-    meta = {"alpha": alpha, "tuning_error_cm": tuning, "fit_episodes": names, "fit_frames": int(fit_sums.n),
+    meta = {"alpha": alpha, "tuning_error_cm": tuning, "fit_episodes": names, "fit_rows": int(fit_sums.n),
             "tune_fraction": tune_fraction}
-    return ObjectProbe(w, mx, my, pooling, shape, meta)
+    return ObjectProbe(w, mx, my, pooling, shape, meta, target)
 
 
-def readout_errors(probe: ObjectProbe, predicted, actual, positions, last_positions) -> dict:
+def readout_errors(probe: ObjectProbe, predicted, actual, positions, last_latent, last_positions) -> dict:
     """Per horizon step and object (H, K), in metres: the probe on the predicted latents, on the
     actual latents (the probe's own floor) and "nothing moves" (the objects where they were at the
-    last context frame), all against the recorded positions; plus which objects moved (> 1 cm)."""
+    last context frame), all against the recorded positions; plus which objects moved (> 1 cm).
+    Only the last context frame's latent and positions are known at prediction time."""
     positions = np.asarray(positions, dtype=np.float64)
     still = np.broadcast_to(np.asarray(last_positions, dtype=np.float64), positions.shape)
-    return {"predicted": np.linalg.norm(probe(predicted) - positions, axis=-1),
-            "true_latents": np.linalg.norm(probe(actual) - positions, axis=-1),
+    return {"predicted": np.linalg.norm(probe.read(predicted, last_latent, last_positions) - positions, axis=-1),
+            "true_latents": np.linalg.norm(probe.read(actual, last_latent, last_positions) - positions, axis=-1),
             "nothing_moves": np.linalg.norm(still - positions, axis=-1),
             "moved": np.linalg.norm(still - positions, axis=-1) > MOVED_M}
 
 
 def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_dir=None,
-                       pooling: str = "flat", seed: int = 0, fraction: float | None = None) -> tuple:
-    """Fit the probe of a loaded checkpoint on the training part of ``data`` (``probe_split``),
-    reading one episode's latents at a time (backbone tokens from ``cache_dir`` when cached).
+                       pooling: str = "flat", seed: int = 0, fraction: float | None = None,
+                       limit: int | None = None, target: str = "position") -> tuple:
+    """Fit the probe of a loaded checkpoint on the training part of ``data`` (``probe_split``; at
+    most ``limit`` of those episodes, where encoding them all takes too long), reading one
+    episode's latents at a time (backbone tokens from ``cache_dir`` when cached).
     Returns (probe, held-out episodes); the probe's meta says what it was fitted on."""
     from .datasets import cached_tokens, load_episodes
     episodes, skipped = load_episodes(data, kind)
@@ -204,11 +240,11 @@ def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_
     train, held_out = probe_split(episodes, wm.meta, seed, fraction)
 
     def latents():
-        for ep in train:
+        for ep in train[:limit]:
             yield ep.name, wm.encoder.project(cached_tokens(ep, wm.encoder, cache_dir)).float().numpy(), \
                 ep.object_positions
 
-    probe = fit(latents(), pooling, seed=seed)
+    probe = fit(latents(), pooling, seed=seed, target=target)
     probe.meta.update(checkpoint=os.path.basename(str(checkpoint)), data=os.path.abspath(data), kind=kind,
                       split_seed=seed, split_fraction=fraction, held_out_episodes=[os.path.basename(e.name) for e in held_out])
     return probe, held_out

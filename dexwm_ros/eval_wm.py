@@ -1,7 +1,7 @@
 """dexwm-eval-wm CHECKPOINT DATA: open-loop rollouts of the world model against recorded episodes.
 
     dexwm-eval-wm CHECKPOINT DATA [--held-out] [--start-every K] [--episodes N] [--cache-dir D]
-    dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean]
+    dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean] [--probe-target position|change]
 
     dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
     dexwm-eval-wm --object-sensitivity --encoder crop=[...] --encoder projection=whiten \
@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--horizon", type=int, default=20)
     ap.add_argument("--context", type=int, default=1)
     ap.add_argument("--stride", type=int, default=1, help="kept frames per step")
-    ap.add_argument("--episodes", type=int, default=None, help="at most this many episodes")
+    ap.add_argument("--episodes", type=int, default=None,
+                    help="at most this many episodes (--fit-probe: training episodes fitted on)")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default="runs/eval_wm")
     ap.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-probe", action="store_true",
                     help="fit the object-position probe on DATA's training episodes, write <checkpoint>.probe.npz")
     ap.add_argument("--pooling", default="flat", choices=("flat", "mean"), help="probe input (--fit-probe)")
+    ap.add_argument("--probe-target", default="position", choices=("position", "change"),
+                    help="probe reads object positions, or their change since the last context frame (--fit-probe)")
     ap.add_argument("--probe", default=None, help="probe file (default: <checkpoint>.probe.npz when present)")
     ap.add_argument("--held-out", action="store_true",
                     help="evaluate only the episodes of DATA kept out of training (the probe's split)")
@@ -92,15 +95,17 @@ def fit_probe(args) -> int:
     try:
         wm = DexWM.load(args.checkpoint)
         probe, held_out = fit_for_checkpoint(wm, args.checkpoint, args.data, args.kind, args.cache_dir,
-                                             args.pooling, args.split_seed, args.split_fraction)
+                                             args.pooling, args.split_seed, args.split_fraction, args.episodes,
+                                             args.probe_target)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
     path = args.probe or str(probe_file(args.checkpoint))
     probe.save(path)
-    summary = {"probe": os.path.abspath(path), "pooling": probe.pooling, "alpha": probe.meta["alpha"],
+    summary = {"probe": os.path.abspath(path), "pooling": probe.pooling, "target": probe.target,
+               "alpha": probe.meta["alpha"],
                "tuning_error_cm": probe.meta["tuning_error_cm"], "fit_episodes": len(probe.meta["fit_episodes"]),
-               "fit_frames": probe.meta["fit_frames"], "held_out_episodes": len(held_out)}
+               "fit_rows": probe.meta["fit_rows"], "held_out_episodes": len(held_out)}
     print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     return 0
 

@@ -53,6 +53,25 @@ def test_probe_fits_a_linear_read_out_and_round_trips(tmp_path):
     assert fit(iter(eps), "mean").weights.shape == (D, 6)
 
 
+def test_change_probe_reads_motion_since_the_context_frame(tmp_path):
+    rng = np.random.default_rng(2)
+    eps = []
+    for i in range(20):
+        pos = rng.uniform(0.3, 0.7, (1, 2, 3)) + np.cumsum(rng.normal(0, 0.01, (25, 2, 3)), 0)
+        eps.append((f"ep{i}.h5", embed(pos, rng), pos))
+    probe = fit(iter(eps), "flat", target="change")
+    assert probe.target == "change" and probe.meta["fit_rows"] > 20 * 24
+    pos = eps[0][2]
+    lat = eps[0][1]
+    # Read from the context frame's latent and recorded positions, never from the future positions.
+    read = probe.read(lat[5:], lat[4], pos[4])
+    assert np.abs(read - pos[5:]).max() < 2e-3
+    probe.save(tmp_path / "c.probe.npz")
+    assert ObjectProbe.load(tmp_path / "c.probe.npz").target == "change"
+    with pytest.raises(ValueError, match="target"):
+        fit(iter(eps), "flat", target="velocity")
+
+
 def test_split_is_the_training_split():
     from dexwm_planner.train import split_episodes
     items = list(range(540))
@@ -74,7 +93,8 @@ def tiny_wm():
     return DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=D)))
 
 
-def test_read_out_comes_from_predicted_latents_only(data, tiny_wm, monkeypatch):
+@pytest.mark.parametrize("target", ["position", "change"])
+def test_read_out_comes_from_predicted_latents_only(data, tiny_wm, monkeypatch, target):
     """Latents that hold the positions exactly, and a 'model' that predicts nothing moves: the
     read-out on its predictions must then err as much as "nothing moves" on the sliding object,
     while the probe on the actual latents is exact. A read-out from the true future (latents or
@@ -85,7 +105,8 @@ def test_read_out_comes_from_predicted_latents_only(data, tiny_wm, monkeypatch):
     for ep in episodes:
         uv, vis = np.zeros((len(ep), 12, 2), np.float32), np.zeros((len(ep), 12), bool)
         encoded.append(EncodedEpisode(ep, torch.from_numpy(embed(ep.object_positions, rng)), uv, vis))
-    probe = fit(((e.episode.name, e.latents.numpy(), e.episode.object_positions) for e in encoded), "flat")
+    probe = fit(((e.episode.name, e.latents.numpy(), e.episode.object_positions) for e in encoded), "flat",
+                target=target)
 
     def frozen(context, actions, **kw):
         return context[-1:].repeat(actions.shape[1], 1, 1)[None]
@@ -108,6 +129,10 @@ def test_fit_probe_command_and_evaluation_report(data, tiny_wm, tmp_path, capsys
     ckpt = str(tmp_path / "tiny.pt")
     tiny_wm.save(ckpt)
     cache = str(tmp_path / "cache")
+    assert cli.main(["--fit-probe", ckpt, data, "--cache-dir", cache, "--split-fraction", "0.25", "--episodes", "3",
+                     "--probe-target", "change", "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["fit_episodes"] == 3 and fitted["target"] == "change"
     assert cli.main(["--fit-probe", ckpt, data, "--cache-dir", cache, "--split-fraction", "0.25", "--json"]) == 0
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["fit_episodes"] == 6 and fitted["held_out_episodes"] == 2
