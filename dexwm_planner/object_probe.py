@@ -162,6 +162,17 @@ def _changes(x: np.ndarray, y: np.ndarray):
     return (np.concatenate([x[g:] - x[:-g] for g in gaps]), np.concatenate([y[g:] - y[:-g] for g in gaps]))
 
 
+def _tuning_error(err: np.ndarray, y: np.ndarray, target: str) -> float:
+    """The error [cm] the ridge strength is chosen by. For a change probe, moved and still objects
+    count alike: most pairs are still, and over all pairs the best probe would read no change at
+    all (it would be "nothing moves")."""
+    if target == "change":
+        moved = np.linalg.norm(y, axis=-1) > MOVED_M
+        if moved.any() and not moved.all():
+            return float((err[moved].mean() + err[~moved].mean()) / 2 * 100)
+    return float(err.mean() * 100)
+
+
 def fit(episodes, pooling: str = "flat", alphas=ALPHAS, tune_fraction: float = 0.1, seed: int = 0,
         target: str = "position"):
     """Fit a probe on ``episodes``: an iterable of (name, latents (N, P, d), object positions
@@ -202,7 +213,7 @@ def fit(episodes, pooling: str = "flat", alphas=ALPHAS, tune_fraction: float = 0
         for a in alphas:
             w, mx, my = fit_sums.solve(a)
             err = np.linalg.norm(((tx - mx) @ w + my - ty).reshape(len(ty), k, 3), axis=-1)
-            tuning[str(a)] = float(err.mean() * 100)
+            tuning[str(a)] = _tuning_error(err, ty.reshape(len(ty), k, 3), target)
         alpha = float(min(alphas, key=lambda a: tuning[str(a)]))
     else:
         alpha = float(alphas[len(alphas) // 2])
