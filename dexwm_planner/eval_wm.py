@@ -281,9 +281,12 @@ def open_loop(args) -> int:
     res.update(checkpoint=os.path.abspath(args.checkpoint), data=os.path.abspath(args.data), dt=dt,
                context=args.context, skipped=skipped)
     if probe is not None:
-        fitted = set(probe.meta.get("fit_episodes", ()))
+        # Episode names are file names: they identify episodes only within the data the probe was fitted on.
+        same_data = probe.meta.get("data") == os.path.abspath(args.data)
+        fitted = set(probe.meta.get("fit_episodes", ())) if same_data else set()
         res["object_probe"] = {"path": os.path.abspath(probe_path), "pooling": probe.pooling, "target": probe.target,
-                               "alpha": probe.meta.get("alpha"), "fit_episodes": len(fitted),
+                               "alpha": probe.meta.get("alpha"),
+                               "fit_episodes": len(probe.meta.get("fit_episodes", ())),
                                "evaluated_on_fit_episodes": sum(os.path.basename(e.episode.name) in fitted
                                                                 for e in encoded)}
         res["object_readout_at"] = object_readout_at(res["object_readout"], dt)

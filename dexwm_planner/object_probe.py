@@ -6,7 +6,8 @@ hand PCK cannot tell.
 
 Why a linear probe: it measures what the latent already holds in a form a planner's cost can use
 (distances in latent space), not what a deep read-out could extract; and it fits in closed form on
-CPU from per-episode sums, so 500 episodes x 50 frames need no more memory than one episode.
+CPU from per-episode sums, so 500 episodes x 50 frames need the memory of one episode and of
+the F x F sums (80 MB for 49 x 64 latents), not of all frames.
 
 Targets: ``position`` reads where each object is from the latent alone; ``change`` reads how far
 each object moved between two latents (fitted on frame pairs of the same episode) and adds that to

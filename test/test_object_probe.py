@@ -150,6 +150,9 @@ def test_fit_probe_command_and_evaluation_report(data, tiny_wm, tmp_path, capsys
     assert res["object_readout_at"]["1"]["predicted_moved_cm"] > 0
     md = open(os.path.join(out, "metrics.md")).read()
     assert "nothing moves" in md and "| 1 |" in md
+    # Evaluated on every episode, the report says how many the probe was fitted on.
+    assert cli.main([ckpt, data, "--cache-dir", cache, "--horizon", "3", "--out", out, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["object_probe"]["evaluated_on_fit_episodes"] == 6
     # Without a probe the report is as before.
     os.remove(probe_file(ckpt))
     assert cli.main([ckpt, data, "--cache-dir", cache, "--horizon", "3", "--out", out, "--json"]) == 0
