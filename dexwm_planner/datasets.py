@@ -10,7 +10,8 @@ Formats read:
 - simulation (``dexwm-collect``): one HDF5 per episode, see dexwm_sim/FORMAT.md: ``frames``
   (T, H, W, 3), ``keypoints_world`` (T, 42, 3) (or ``joints`` (T, 23) through forward kinematics),
   ``keypoints_visible`` (T, 42), ``camera/extrinsics`` (world -> camera), ``camera/intrinsics``,
-  ``timestamps`` (or attribute ``control_hz``) for the frame period.
+  ``timestamps`` (or attribute ``control_hz``) for the frame period; ``object_poses`` (T, K, 7),
+  when present, gives the objects' positions (read by the object probe, never by training).
 - EgoDex: ``<task>/<k>.hdf5`` + ``<task>/<k>.mp4`` (30 Hz). HDF5: ``transforms/<joint>`` (N, 4, 4)
   world poses of ARKit joints (``camera``, ``rightHand``, ``rightThumbKnuckle`` ...),
   ``camera/intrinsic`` (3, 3), optional ``confidences/<joint>`` (N,).
@@ -59,6 +60,7 @@ class Episode:
     dt: float                      # seconds between kept frames
     hand_loss: bool = True         # False for gripper data
     visible: Optional[np.ndarray] = None  # (N, 42) bool, e.g. tracking confidence
+    object_positions: Optional[np.ndarray] = None  # (N, K, 3) [m] of the scene's objects (simulation only)
 
     def __len__(self):
         return len(self.keypoints_world)
@@ -136,6 +138,8 @@ def read_sim_episode(path: str, target_dt: Optional[float] = None, kinematics=No
         hw = tuple(rgb.shape[1:3])
         vis = _first(f, ("keypoints_visible",))
         vis = None if vis is None else np.asarray(vis, dtype=bool)
+        obj = _first(f, ("object_poses",))
+        obj = None if obj is None else np.asarray(obj[..., :3], dtype=np.float64)
     keep = _subsample(n, dt, target_dt)
     if vis is not None and vis.shape[-1] == NUM_HAND_KEYPOINTS:
         vis = np.concatenate([vis, np.zeros_like(vis)], -1)
@@ -148,7 +152,8 @@ def read_sim_episode(path: str, target_dt: Optional[float] = None, kinematics=No
     return Episode(name=os.path.abspath(path), source="sim", load_frames=load, keypoints_world=kp[keep],
                    cam_to_world=np.ascontiguousarray(c2w[keep]), intrinsics=K, image_hw=hw,
                    dt=dt * (keep[1] - keep[0] if len(keep) > 1 else 1), hand_loss=True,
-                   visible=None if vis is None else vis[keep]).validate()
+                   visible=None if vis is None else vis[keep],
+                   object_positions=None if obj is None else obj[keep]).validate()
 
 
 # ------------------------------------------------------------------------------------------------

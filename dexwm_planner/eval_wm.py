@@ -6,8 +6,12 @@ steps of 0.2 s) predicted autoregressively from the recorded actions. Per horizo
 the latent error (mean squared error per latent element, next to the error of simply repeating
 the last context frame) and PCK@{2.5, 5, 10, 20} px of the 12 hand keypoints read from the
 predicted latents (and, as the head's upper bound, from the actual latents), in model-image pixels.
-Writes ``metrics.json``, ``metrics.png`` and ``strip.png`` (top: actual frames with the true
-keypoints, bottom: the same frames with the keypoints decoded from the *predicted* latents).
+When the checkpoint has an object-position probe (``object_probe``, ``<checkpoint>.probe.npz``) it
+also reports where the objects are read from the predicted latents, in cm, next to "nothing
+moves" and the probe on the actual latents (``object_readout``; ``object_readout_at`` at 0.2 / 1 /
+2 / 4 s). Writes ``metrics.json``, ``metrics.md`` (those horizons), ``metrics.png`` and
+``strip.png`` (top: actual frames with the true keypoints, bottom: the same frames with the
+keypoints decoded from the *predicted* latents).
 """
 from __future__ import annotations
 
@@ -21,9 +25,12 @@ import torch
 from .actions import keypoint_actions
 from .datasets import EncodedEpisode, cached_tokens, heatmap_targets, load_episodes
 from .hand_head import pck
+from .object_probe import ObjectProbe, probe_file, probe_split, readout_errors
 from .world_model import CheckpointError, DexWM
 
 THRESHOLDS = (2.5, 5.0, 10.0, 20.0)
+# Horizons [s] of the markdown table and the object read-out summary (issue 11).
+REPORT_SECONDS = (0.2, 1.0, 2.0, 4.0)
 
 
 def encode_episodes(wm: DexWM, episodes, cache_dir=None):
@@ -36,33 +43,36 @@ def encode_episodes(wm: DexWM, episodes, cache_dir=None):
     return out
 
 
+def rollout_starts(n: int, context: int, horizon: int, stride: int, every: int) -> list:
+    """First frames of the rollouts in an n-frame episode: 0 (as far as the episode reaches), and
+    with ``every`` > 0 also every ``every`` frames while a whole horizon still fits, so rollouts
+    also start mid-episode, where objects are carried and pushed."""
+    span = (context + horizon - 1) * stride
+    starts = [0]
+    if every > 0:
+        starts += list(range(every, n - span, every))
+    return starts
+
+
 @torch.no_grad()
-def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: int = 1):
-    """Returns per-step arrays and the rollouts needed for the strip."""
+def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: int = 1, probe=None,
+             start_every: int = 0):
+    """Returns per-step arrays and the rollouts needed for the strip. With an object ``probe``
+    (``object_probe.ObjectProbe``) also the object read-out errors per step."""
     steps = []
     for e in encoded:
-        need = context + horizon
         n = len(e.episode)
         if n < context + 1:
             continue
-        H = min(horizon, n - context)
-        idx = np.arange(0, context + H) * stride
-        idx = idx[idx < n]
-        H = len(idx) - context
-        if H < 1:
-            continue
-        ep = e.episode
-        acts = keypoint_actions(ep.keypoints_world[idx], ep.cam_to_world[idx])
-        dt = float(ep.dt * stride)
-        pred = wm.rollout(e.latents[idx[:context]], acts[None, context - 1:], context_actions=acts[:context - 1],
-                          dt=dt, context_dt=dt)[0]
-        true = e.latents[idx[context:]]
-        err = ((pred - true) ** 2).mean((-1, -2)).numpy()
-        copy = ((e.latents[idx[context - 1]][None] - true) ** 2).mean((-1, -2)).numpy()
-        kp_pred = wm.keypoints_2d(pred).numpy()
-        kp_act = wm.keypoints_2d(true).numpy()
-        steps.append(dict(err=err, copy=copy, kp_pred=kp_pred, kp_act=kp_act, uv=e.uv[idx[context:]],
-                          vis=e.visible[idx[context:]], episode=e, idx=idx, need=need))
+        for start in rollout_starts(n, context, horizon, stride, start_every):
+            idx = start + np.arange(0, context + horizon) * stride
+            idx = idx[idx < n]
+            H = len(idx) - context
+            if H < 1:
+                continue
+            step = _rollout(wm, e, idx, context, probe)
+            step.update(episode=e, idx=idx)
+            steps.append(step)
     if not steps:
         raise ValueError(f"no episode has the {context + 1} frames an evaluation needs")
     Hmax = max(len(s["err"]) for s in steps)
@@ -79,11 +89,66 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
             p = pck(np.stack([s[key][h] for s in at]), uv, vis, THRESHOLDS)
             for t in THRESHOLDS:
                 res[name][str(t)].append(p[t])
+    if probe is not None:
+        res["object_readout"] = object_readout_per_step([s.get("objects") for s in steps], Hmax)
     res["horizon"] = Hmax
-    res["episodes"] = len(steps)
+    res["episodes"] = len({id(s["episode"]) for s in steps})
+    res["rollouts"] = len(steps)
     res["latent_error_last"] = res["latent_error"][-1]
     res["pck20_last"] = res["pck"]["20.0"][-1]
     return res, steps
+
+
+def _rollout(wm: DexWM, e, idx, context: int, probe) -> dict:
+    """One open-loop rollout over the frames ``idx`` of an encoded episode: errors per step."""
+    ep = e.episode
+    acts = keypoint_actions(ep.keypoints_world[idx], ep.cam_to_world[idx])
+    dt = float(ep.dt * (idx[1] - idx[0]))
+    pred = wm.rollout(e.latents[idx[:context]], acts[None, context - 1:], context_actions=acts[:context - 1],
+                      dt=dt, context_dt=dt)[0]
+    true = e.latents[idx[context:]]
+    out = dict(err=((pred - true) ** 2).mean((-1, -2)).numpy(),
+               copy=((e.latents[idx[context - 1]][None] - true) ** 2).mean((-1, -2)).numpy(),
+               kp_pred=wm.keypoints_2d(pred).numpy(), kp_act=wm.keypoints_2d(true).numpy(),
+               uv=e.uv[idx[context:]], vis=e.visible[idx[context:]])
+    pos = ep.object_positions
+    if probe is not None and pos is not None and pos.shape[1] == probe.num_objects:
+        # The probe reads latents (the predicted ones; the actual ones for its floor) and, at most, what
+        # is known at the last context frame: never the future positions.
+        out["objects"] = readout_errors(probe, pred.numpy(), true.numpy(), pos[idx[context:]],
+                                        e.latents[idx[context - 1]].numpy(), pos[idx[context - 1]])
+    return out
+
+
+def object_readout_per_step(per_rollout, horizon: int) -> dict:
+    """Mean object position error [cm] per horizon step over all objects and over the objects that
+    moved, for the probe on predicted latents, on actual latents and for "nothing moves"."""
+    out = {"rollouts": 0, "objects_moved": [], "objects": []}
+    kinds = ("predicted", "true_latents", "nothing_moves")
+    for k in kinds:
+        out[f"{k}_cm"], out[f"{k}_moved_cm"] = [], []
+    have = [r for r in per_rollout if r is not None]
+    out["rollouts"] = len(have)
+    for h in range(horizon):
+        at = [r for r in have if len(r["moved"]) > h]
+        moved = np.concatenate([r["moved"][h] for r in at]) if at else np.zeros(0, bool)
+        out["objects"].append(int(moved.size))
+        out["objects_moved"].append(int(moved.sum()))
+        for k in kinds:
+            e = np.concatenate([r[k][h] for r in at]) * 100 if at else np.zeros(0)
+            out[f"{k}_cm"].append(float(e.mean()) if e.size else None)
+            out[f"{k}_moved_cm"].append(float(e[moved].mean()) if moved.any() else None)
+    return out
+
+
+def object_readout_at(readout: dict, dt: float, seconds=REPORT_SECONDS) -> dict:
+    """The read-out errors at the reported horizons (0.2 / 1 / 2 / 4 s), keyed by seconds."""
+    out = {}
+    for t in seconds:
+        h = int(round(t / dt)) - 1
+        if 0 <= h < len(readout["objects"]):
+            out[f"{t:g}"] = {"step": h + 1, **{k: v[h] for k, v in readout.items() if isinstance(v, list)}}
+    return out
 
 
 def plot_metrics(res: dict, path: str, dt: float):
@@ -91,7 +156,8 @@ def plot_metrics(res: dict, path: str, dt: float):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     t = (np.arange(res["horizon"]) + 1) * dt
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    obj = res.get("object_readout")
+    fig, ax = plt.subplots(1, 3 if obj else 2, figsize=(15 if obj else 10, 3.8))
     ax[0].plot(t, res["latent_error"], "o-", label="world model")
     ax[0].plot(t, res["latent_error_copy_baseline"], "--", label="repeat last frame")
     ax[0].set_xlabel("prediction horizon [s]")
@@ -103,9 +169,54 @@ def plot_metrics(res: dict, path: str, dt: float):
     ax[1].set_ylabel("PCK (predicted latents)")
     ax[1].set_ylim(0, 1)
     ax[1].legend()
+    if obj:
+        for key, style, label in (("predicted", "o-", "probe on predicted latents"),
+                                  ("true_latents", ":", "probe on actual latents"),
+                                  ("nothing_moves", "--", "nothing moves")):
+            vals = [np.nan if v is None else v for v in obj[f"{key}_moved_cm"]]
+            ax[2].plot(t, vals, style, label=label)
+        ax[2].set_xlabel("prediction horizon [s]")
+        ax[2].set_ylabel("object position error [cm] (moved objects)")
+        ax[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_markdown(res: dict, path: str, dt: float):
+    """metrics.md: the evaluation at 0.2 / 1 / 2 / 4 s, object read-out beside latent error and PCK."""
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = [f"{res['episodes']} episodes, {res['rollouts']} rollouts, {res['context']} context frame(s), "
+             f"steps of {dt:.2f} s; checkpoint `{os.path.basename(res['checkpoint'])}`", ""]
+    obj = res.get("object_readout_at")
+    head = "| horizon (s) | latent error | repeat last frame | PCK@10 | PCK@20 |"
+    if obj is not None:
+        head += (" objects moved / all | object error moved (cm): predicted | actual latents | nothing moves "
+                 "| all objects (cm): predicted | actual latents | nothing moves |")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for t in REPORT_SECONDS:
+        h = int(round(t / dt)) - 1
+        if not 0 <= h < res["horizon"]:
+            continue
+        row = (f"| {t:g} | {res['latent_error'][h]:.3f} | {res['latent_error_copy_baseline'][h]:.3f} "
+               f"| {res['pck']['10.0'][h]:.3f} | {res['pck']['20.0'][h]:.3f} |")
+        o = (obj or {}).get(f"{t:g}")
+        if o is not None:
+            row += (f" {o['objects_moved']} / {o['objects']} | {f(o['predicted_moved_cm'])} "
+                    f"| {f(o['true_latents_moved_cm'])} | {f(o['nothing_moves_moved_cm'])} "
+                    f"| {f(o['predicted_cm'])} | {f(o['true_latents_cm'])} | {f(o['nothing_moves_cm'])} |")
+        elif obj is not None:
+            row += " - |" * 7
+        lines.append(row)
+    if obj is not None:
+        lines += ["", f"Object error: the object-position probe (`<checkpoint>.probe.npz`, {res['object_probe']['target']} "
+                  "read-out) on the predicted "
+                  "latents, on the actual future latents (the probe's floor), and \"nothing moves\" (the positions "
+                  "at the last context frame), against the recorded positions; moved: > 1 cm from there."]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def draw_strip(wm: DexWM, rollout: dict, path: str, max_frames: int = 8):
@@ -128,34 +239,72 @@ def draw_strip(wm: DexWM, rollout: dict, path: str, max_frames: int = 8):
     cv2.imwrite(path, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
 
 
+def select_episodes(args, wm: DexWM):
+    """The episodes of ``args.data`` to evaluate: with ``args.held_out`` only those the probe split
+    (``object_probe.probe_split``) keeps out of training, else the first ones; at most
+    ``args.episodes``."""
+    held_out = getattr(args, "held_out", False)
+    episodes, skipped = load_episodes(args.data, args.kind, limit=None if held_out else args.episodes)
+    if held_out:
+        episodes = probe_split(episodes, wm.meta, getattr(args, "split_seed", 0),
+                               getattr(args, "split_fraction", None))[1][:args.episodes]
+    if not episodes:
+        raise ValueError(f"no readable episodes in {args.data} ({skipped} broken)")
+    return episodes, skipped
+
+
+def load_probe(args):
+    """``args.probe``, else the checkpoint's ``<name>.probe.npz`` when it exists, else None."""
+    path = getattr(args, "probe", None) or probe_file(args.checkpoint)
+    if not os.path.isfile(path):
+        if getattr(args, "probe", None):
+            raise FileNotFoundError(f"probe not found: {path}")
+        return None, None
+    return ObjectProbe.load(path), str(path)
+
+
 def open_loop(args) -> int:
     """The open-loop evaluation for the parsed arguments of ``dexwm-eval-wm`` (dexwm_ros.eval_wm):
-    checkpoint, data, kind, episodes, cache_dir, horizon, context, stride, out, json."""
+    checkpoint, data, kind, episodes, cache_dir, horizon, context, stride, out, json; optional
+    probe, held_out, split_fraction, split_seed, start_every."""
     try:
         wm = DexWM.load(args.checkpoint)
-        episodes, skipped = load_episodes(args.data, args.kind, limit=args.episodes)
-        if not episodes:
-            raise ValueError(f"no readable episodes in {args.data} ({skipped} broken)")
+        probe, probe_path = load_probe(args)
+        episodes, skipped = select_episodes(args, wm)
         encoded = encode_episodes(wm, episodes, args.cache_dir)
-        res, rollouts = evaluate(wm, encoded, args.horizon, args.context, args.stride)
+        res, rollouts = evaluate(wm, encoded, args.horizon, args.context, args.stride, probe,
+                                 getattr(args, "start_every", 0))
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
     dt = float(np.median([e.episode.dt for e in encoded])) * args.stride
     res.update(checkpoint=os.path.abspath(args.checkpoint), data=os.path.abspath(args.data), dt=dt,
                context=args.context, skipped=skipped)
+    if probe is not None:
+        # Episode names are file names: they identify episodes only within the data the probe was fitted on.
+        same_data = probe.meta.get("data") == os.path.abspath(args.data)
+        fitted = set(probe.meta.get("fit_episodes", ())) if same_data else set()
+        res["object_probe"] = {"path": os.path.abspath(probe_path), "pooling": probe.pooling, "target": probe.target,
+                               "alpha": probe.meta.get("alpha"),
+                               "fit_episodes": len(probe.meta.get("fit_episodes", ())),
+                               "evaluated_on_fit_episodes": sum(os.path.basename(e.episode.name) in fitted
+                                                                for e in encoded)}
+        res["object_readout_at"] = object_readout_at(res["object_readout"], dt)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as fh:
         json.dump(res, fh, indent=1)
     plot_metrics(res, os.path.join(args.out, "metrics.png"), dt)
+    write_markdown(res, os.path.join(args.out, "metrics.md"), dt)
     draw_strip(wm, max(rollouts, key=lambda r: len(r["err"])), os.path.join(args.out, "strip.png"))
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{res['episodes']} episodes, horizon {res['horizon']} x {dt:.2f} s")
+        print(f"{res['episodes']} episodes, {res['rollouts']} rollouts, horizon {res['horizon']} x {dt:.2f} s")
         print("step  latent_err  copy_base  " + "  ".join(f"PCK@{t}" for t in THRESHOLDS))
         for h in range(res["horizon"]):
             print(f"{h + 1:4d}  {res['latent_error'][h]:10.4f}  {res['latent_error_copy_baseline'][h]:9.4f}  "
                   + "  ".join(f"{res['pck'][str(t)][h]:7.3f}" for t in THRESHOLDS))
-        print(f"wrote {args.out}/metrics.json, metrics.png, strip.png")
+        with open(os.path.join(args.out, "metrics.md")) as fh:
+            print(fh.read())
+        print(f"wrote {args.out}/metrics.json, metrics.md, metrics.png, strip.png")
     return 0

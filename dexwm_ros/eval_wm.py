@@ -1,5 +1,8 @@
 """dexwm-eval-wm CHECKPOINT DATA: open-loop rollouts of the world model against recorded episodes.
 
+    dexwm-eval-wm CHECKPOINT DATA [--held-out] [--start-every K] [--episodes N] [--cache-dir D]
+    dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean] [--probe-target position|change]
+
     dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
     dexwm-eval-wm --object-sensitivity --encoder crop=[...] --encoder projection=whiten \
         --fit-data DIR [--cache-dir D] [--json]
@@ -12,6 +15,9 @@ the median of latent-MSE(object moved to its place target) / latent-MSE(arm join
 representation instead: the checkpoint's (or the default) encoder config with these overrides, its
 projection fitted on the episodes of ``--fit-data`` exactly as ``dexwm-train`` fits it. The command
 lives here, above the planner and the simulation, because that mode renders simulation scenes.
+``--fit-probe`` fits the checkpoint's object-position probe (``dexwm_planner.object_probe``) on the
+training part of DATA and writes ``<checkpoint>.probe.npz``, which the open-loop evaluation then
+reads; ``--held-out`` evaluates on the episodes of DATA that split keeps out (never trained on).
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--horizon", type=int, default=20)
     ap.add_argument("--context", type=int, default=1)
     ap.add_argument("--stride", type=int, default=1, help="kept frames per step")
-    ap.add_argument("--episodes", type=int, default=None, help="at most this many episodes")
+    ap.add_argument("--episodes", type=int, default=None,
+                    help="at most this many episodes (--fit-probe: training episodes fitted on)")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default="runs/eval_wm")
     ap.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
@@ -45,6 +52,19 @@ def main(argv=None) -> int:
                     help="measure a candidate encoder: the checkpoint's encoder config with this override")
     ap.add_argument("--fit-data", default=None, help="episodes to fit a candidate encoder's projection on")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--fit-probe", action="store_true",
+                    help="fit the object-position probe on DATA's training episodes, write <checkpoint>.probe.npz")
+    ap.add_argument("--pooling", default="flat", choices=("flat", "mean"), help="probe input (--fit-probe)")
+    ap.add_argument("--probe-target", default="position", choices=("position", "change"),
+                    help="probe reads object positions, or their change since the last context frame (--fit-probe)")
+    ap.add_argument("--probe", default=None, help="probe file (default: <checkpoint>.probe.npz when present)")
+    ap.add_argument("--held-out", action="store_true",
+                    help="evaluate only the episodes of DATA kept out of training (the probe's split)")
+    ap.add_argument("--split-fraction", type=float, default=None,
+                    help="held-out fraction of the split (default: the checkpoint's val_episodes / episodes)")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the split (dexwm-train's train.seed)")
+    ap.add_argument("--start-every", type=int, default=0,
+                    help="also start rollouts every K frames within an episode (0: from its first frame only)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -58,9 +78,36 @@ def main(argv=None) -> int:
         args.checkpoint = args.checkpoint_opt
     if not args.checkpoint or not args.data:
         ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity)")
+    if args.fit_probe:
+        return fit_probe(args)
     from dexwm_planner.eval_wm import open_loop
 
     return open_loop(args)
+
+
+def fit_probe(args) -> int:
+    import json
+    import os
+
+    from dexwm_planner.object_probe import fit_for_checkpoint, probe_file
+    from dexwm_planner.world_model import CheckpointError, DexWM
+
+    try:
+        wm = DexWM.load(args.checkpoint)
+        probe, held_out = fit_for_checkpoint(wm, args.checkpoint, args.data, args.kind, args.cache_dir,
+                                             args.pooling, args.split_seed, args.split_fraction, args.episodes,
+                                             args.probe_target)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
+        return 1
+    path = args.probe or str(probe_file(args.checkpoint))
+    probe.save(path)
+    summary = {"probe": os.path.abspath(path), "pooling": probe.pooling, "target": probe.target,
+               "alpha": probe.meta["alpha"],
+               "tuning_error_cm": probe.meta["tuning_error_cm"], "fit_episodes": len(probe.meta["fit_episodes"]),
+               "fit_rows": probe.meta["fit_rows"], "held_out_episodes": len(held_out)}
+    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
 
 
 if __name__ == "__main__":

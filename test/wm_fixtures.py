@@ -61,7 +61,16 @@ def render(kp_world, cam_to_world, K, hw):
     return img
 
 
-def write_sim_episode(path, n=12, seed=0, hw=(120, 160), dt=0.2):
+def object_track(n, rng, k=2):
+    """Positions (n, k, 3) of k objects on the table: one slides 2 cm per frame, the others stay."""
+    start = np.concatenate([rng.uniform([0.4, -0.15], [0.6, 0.15], (k, 2)), np.full((k, 1), 0.025)], 1)
+    pos = np.repeat(start[None], n, 0)
+    pos[:, 0, 0] += 0.02 * np.arange(n)
+    return pos
+
+
+def write_sim_episode(path, n=12, seed=0, hw=(120, 160), dt=0.2, objects=False):
+    """A dexwm-collect-like episode; with ``objects`` also ``object_poses`` (see object_track)."""
     rng = np.random.default_rng(seed)
     c2w = look_at_camera((1.2, 0.3, 0.8))
     K = np.array([[150.0, 0, hw[1] / 2], [0, 150.0, hw[0] / 2], [0, 0, 1]])
@@ -76,6 +85,9 @@ def write_sim_episode(path, n=12, seed=0, hw=(120, 160), dt=0.2):
         f["camera/pose"] = c2w
         f["camera/intrinsics"] = K
         f.attrs["control_hz"] = 1.0 / dt
+        if objects:
+            pos = object_track(n, rng)
+            f["object_poses"] = np.concatenate([pos, np.tile([1.0, 0, 0, 0], pos.shape[:2] + (1,))], -1)
     return kp, c2w, K
 
 
