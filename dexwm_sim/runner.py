@@ -252,7 +252,7 @@ class SimRunner:
                 raise ValueError(f"tolerance needs 1 or {n} positive values")
         if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
-        sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+        sl = self.part_slice(part)
         lo, hi = self.env.lower[sl], self.env.upper[sl]
         note = ""
         names = self.joint_names(part)
@@ -514,7 +514,7 @@ class SimRunner:
 
     def _start_segment(self, cmd: Command) -> None:
         env = self.env
-        sl = slice(0, ARM_DOF) if cmd.part == "arm" else slice(ARM_DOF, DOF)
+        sl = self.part_slice(cmd.part)
         point = cmd.points[cmd.index]
         current = env.data.ctrl[env.scene.actuator_ids][sl]
         duration = cmd.durations[cmd.index]
@@ -531,7 +531,7 @@ class SimRunner:
         for part, cmd in self._commands.items():
             if cmd is None or cmd.status != MOVING:
                 continue
-            sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+            sl = self.part_slice(part)
             if np.max(np.abs(ctrl[sl] - cmd.points[cmd.index])) > 1e-9:
                 continue
             if cmd.index + 1 < len(cmd.points):
@@ -547,7 +547,7 @@ class SimRunner:
         for part, cmd in self._commands.items():
             if cmd is None or not cmd.has_goal or cmd.status not in (MOVING, DONE):
                 continue
-            sl = slice(0, ARM_DOF) if part == "arm" else slice(ARM_DOF, DOF)
+            sl = self.part_slice(part)
             error = cmd.target - q[sl]
             if cmd.status == DONE and (cmd.tolerance is None or np.all(np.abs(error) <= cmd.tolerance)):
                 cmd.final_error = error
