@@ -141,11 +141,16 @@ def object_readout_per_step(per_rollout, horizon: int) -> dict:
     return out
 
 
+def horizon_index(seconds: float, dt: float) -> int:
+    """Index of the rollout step that lands ``seconds`` ahead (step 1 is index 0)."""
+    return int(round(seconds / dt)) - 1
+
+
 def object_readout_at(readout: dict, dt: float, seconds=REPORT_SECONDS) -> dict:
     """The read-out errors at the reported horizons (0.2 / 1 / 2 / 4 s), keyed by seconds."""
     out = {}
     for t in seconds:
-        h = int(round(t / dt)) - 1
+        h = horizon_index(t, dt)
         if 0 <= h < len(readout["objects"]):
             out[f"{t:g}"] = {"step": h + 1, **{k: v[h] for k, v in readout.items() if isinstance(v, list)}}
     return out
@@ -197,7 +202,7 @@ def write_markdown(res: dict, path: str, dt: float):
                  "| all objects (cm): predicted | actual latents | nothing moves |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for t in REPORT_SECONDS:
-        h = int(round(t / dt)) - 1
+        h = horizon_index(t, dt)
         if not 0 <= h < res["horizon"]:
             continue
         row = (f"| {t:g} | {res['latent_error'][h]:.3f} | {res['latent_error_copy_baseline'][h]:.3f} "
