@@ -22,11 +22,13 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 
 
 class VizNode(Node):
-    def __init__(self, view, camera_hz: float = 10.0):
+    def __init__(self, view, camera_hz: float = 10.0, joints_hz: float = 30.0):
         super().__init__("dexwm_viz")
         self.view = view
         self.camera_period = 1.0 / camera_hz
+        self.joints_period = 1.0 / joints_hz
         self._last_camera = -float("inf")
+        self._last_joints = {"arm": -float("inf"), "hand": -float("inf")}
         self._last_state = ""
         self.create_subscription(Image, "/camera/camera/color/image_raw", self._on_camera, IMAGE_QOS)
         self.create_subscription(Image, "/dexwm/goal_image", self._image_logger("planner/goal"), LATCHED)
@@ -59,8 +61,11 @@ class VizNode(Node):
 
     def _joint_logger(self, group: str):
         def on_joints(msg: JointState) -> None:
-            if len(msg.name) != len(msg.position):
+            # The Franka publishes at up to 1 kHz and the Allegro at 333 Hz: a plot needs far fewer.
+            now = time.monotonic()
+            if len(msg.name) != len(msg.position) or now - self._last_joints[group] < self.joints_period:
                 return
+            self._last_joints[group] = now
             self.view.time(seconds(msg.header.stamp))
             self.view.joints(group, msg.name, msg.position)
         return on_joints
@@ -90,5 +95,5 @@ class VizNode(Node):
                            level="WARN" if msg.state in ("failed", "paused_stale_input") else "INFO")
 
 
-def run(view, camera_hz: float = 10.0) -> int:
-    return run_node("dexwm_viz", lambda: VizNode(view, camera_hz), num_threads=1)
+def run(view, camera_hz: float = 10.0, joints_hz: float = 30.0) -> int:
+    return run_node("dexwm_viz", lambda: VizNode(view, camera_hz, joints_hz), num_threads=1)

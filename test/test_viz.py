@@ -109,9 +109,10 @@ class GraphTopics:
         self.node.destroy_node()
 
 
-def _screenshots(url: str, out_dir: Path, accept, timeout: float = 90.0) -> Path:
+def _screenshots(url: str, out_dir: Path, accept, connected, timeout: float = 90.0) -> Path:
     """Open ``url`` in headless Chromium (DevTools protocol) and take a screenshot every 2 s until
-    ``accept(rgb)`` holds; returns the last screenshot's path (kept in ``out_dir``)."""
+    ``accept(rgb)`` holds; returns the last screenshot's path (kept in ``out_dir``). The page is
+    loaded again only while ``connected(rgb)`` does not hold."""
     from PIL import Image as PILImage
     from websockets.sync.client import connect
 
@@ -147,16 +148,19 @@ def _screenshots(url: str, out_dir: Path, accept, timeout: float = 90.0) -> Path
             shot = out_dir / "viewer.png"
             while True:
                 time.sleep(2.0)
-                if time.monotonic() > reload_at:
-                    # The viewer page sometimes loads before its data stream is up and stays blank:
-                    # load it again, as a user would.
-                    call("Page.reload")
-                    reload_at = time.monotonic() + 25.0
-                    continue
                 shot.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
                 rgb = np.asarray(PILImage.open(shot).convert("RGB"))
                 if accept(rgb) or time.monotonic() > deadline:
                     return shot
+                if connected(rgb):
+                    # Never reload a page that is receiving: it would fetch the whole history again, and
+                    # on a loaded machine the software-rendered viewer then never catches up with now.
+                    reload_at = float("inf")
+                elif time.monotonic() > reload_at:
+                    # The viewer page sometimes loads before its data stream is up and stays blank:
+                    # load it again, as a user would.
+                    call("Page.reload")
+                    reload_at = time.monotonic() + 25.0
     finally:
         browser.terminate()
         try:
@@ -174,7 +178,7 @@ def test_live_viewer_renders_in_headless_chromium(node_env, rclpy_context, tmp_p
     web, grpc = _free_port(), _free_port()
     graph = GraphTopics(rclpy_context)
     try:
-        with process(VIZ + ["live", "--web-port", str(web), "--grpc-port", str(grpc), "--no-install"], node_env,
+        with process(VIZ + ["live", "--web-port", str(web), "--grpc-port", str(grpc), "--camera-hz", "2", "--no-install"], node_env,
                      tmp_path / "viz.log"):
             log = tmp_path / "viz.log"
             wait_for(lambda: "dexwm-viz: open http://localhost" in log.read_text(), 30, what="the viewer's address")
@@ -185,7 +189,10 @@ def test_live_viewer_renders_in_headless_chromium(node_env, rclpy_context, tmp_p
             def shows_camera_and_goal(rgb):
                 return _pixels_near(rgb, MAGENTA) > 2000 and _pixels_near(rgb, YELLOW) > 2000
 
-            shot = _screenshots(url, tmp_path, shows_camera_and_goal)
+            def shows_goal(rgb):   # the latched goal is the first thing the stream carries
+                return _pixels_near(rgb, YELLOW) > 2000
+
+            shot = _screenshots(url, tmp_path, shows_camera_and_goal, shows_goal)
     finally:
         graph.stop()
     from PIL import Image as PILImage
@@ -211,10 +218,10 @@ def test_live_viewer_records_every_graph_topic(node_env, rclpy_context, tmp_path
         rows[chunk.entity_path] = rows.get(chunk.entity_path, 0) + chunk.num_rows
     log = (tmp_path / "viz.log").read_text()[-2000:]
     for path in ("/camera", "/planner/goal", "/planner/predicted_rollout", "/world/planned/step_2",
-                 "/joints/arm/fr3_joint1", "/joints/hand/allegro_thumb_3", "/planner/cost/current",
+                 "/joints/arm", "/joints/hand", "/planner/cost/current",
                  "/planner/replan_seconds", "/planner/log"):
         assert rows.get(path, 0) > 0, f"{path} not recorded: {sorted(rows)}\n{log}"
-    assert rows["/joints/arm/fr3_joint1"] > 5
+    assert rows["/joints/arm"] > 5
 
 
 def test_saved_evaluation_episodes(tmp_path):
