@@ -14,9 +14,22 @@ import sys
 import time
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from .predictor import CDiTPredictor, PredictorConfig
+
+# Torch counts its CUDA attention kernels but not the CPU one that scaled_dot_product_attention
+# runs here, which left every attention matmul of the predictor out of the count: same formula.
+_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+if _CPU_ATTENTION not in flop_counter.flop_registry:
+    flop_counter.register_flop_formula(_CPU_ATTENTION)(_cpu_attention_flops)
 
 
 def _time(fn, min_time=1.0, min_reps=2):

@@ -23,3 +23,24 @@ def test_planner_bench_json(tmp_path):
     for key in ("replan_seconds_median", "predictor_flops_per_s", "matmul_flops_per_s"):
         assert data[key] > 0
     assert data["replans"] == 3 and data["model"] == str(ckpt)
+
+
+def test_wm_bench_counts_every_attention_matmul():
+    """The FLOP count behind `dexwm-bench wm`'s ratio includes the attention of every block (the
+    CPU attention kernel is not counted by torch itself): hand count for one rollout step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import dexwm_planner.bench  # noqa: F401  (registers the CPU attention formula)
+    from dexwm_planner.predictor import CDiTPredictor, PredictorConfig
+
+    cfg = PredictorConfig(latent_dim=16, num_patches=6, width=32, depth=2, heads=2, action_dim=132)
+    m = CDiTPredictor(cfg).eval()
+    B, P, h, hd = 5, cfg.num_patches, cfg.heads, cfg.width // cfg.heads
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:   # two context frames, one step
+        m.rollout(torch.randn(1, 2, P, 16), torch.zeros(1, 1, 132), torch.full((1, 1), 0.2), torch.randn(B, 1, 132),
+                  torch.full((B, 1), 0.2))
+    attention = sum(v for k, v in fc.get_flop_counts()["Global"].items() if "attention" in str(k))
+    # Per block, each over P queries of hd: the cache of the first frame (batch 1: self-attention over
+    # P keys, cross-attention over null + P), then the step (batch B: the same two).
+    assert attention == cfg.depth * 4 * h * P * hd * (1 + B) * (P + 1 + P)

@@ -153,6 +153,26 @@ def test_incremental_rollout_equals_teacher_forcing_and_shares_context():
     assert long.shape == (B, 10, 6, 16) and torch.isfinite(long).all()
 
 
+def test_shared_context_attention_is_the_same_copied_out_or_broadcast(monkeypatch):
+    """Small caches are copied out to the batch for one fused attention call, large ones are read by
+    broadcast (MATERIALISE_BYTES): both give the same rollout."""
+    import dexwm_planner.predictor as predictor
+
+    m = randomised()
+    z, ca = torch.randn(1, 3, 6, 16), torch.randn(1, 2, ACTION_DIM)
+    acts, dt = torch.randn(4, 5, ACTION_DIM), torch.full((4, 5), 0.2)
+    calls = []
+    monkeypatch.setattr(predictor, "_attend_broadcast",
+                        lambda *a, f=predictor._attend_broadcast: calls.append(1) or f(*a))
+    with torch.no_grad():
+        fused = m.rollout(z, ca, torch.full((1, 2), 0.2), acts, dt)
+        assert not calls
+        monkeypatch.setattr(predictor, "MATERIALISE_BYTES", 0)
+        broadcast = m.rollout(z, ca, torch.full((1, 2), 0.2), acts, dt)
+        assert calls
+    torch.testing.assert_close(fused, broadcast, atol=1e-5, rtol=1e-5)
+
+
 def test_paper_preset_size():
     cfg = PredictorConfig.paper()
     assert (cfg.width, cfg.depth, cfg.heads) == (1024, 32, 16)
