@@ -103,6 +103,27 @@ def check_images(images) -> torch.Tensor:
     return images
 
 
+# Rows per float64 chunk of the projection fit: the fit's 100k tokens of a zoomed backbone (2560
+# features) in float64 at once, with torch.cov's copies, took 8.5 GB; chunked it needs ~0.2 GB more
+# than the tokens themselves.
+_FIT_CHUNK = 8192
+
+
+def _mean_and_covariance(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and unbiased covariance (D, D) of the rows of ``flat`` (N, D), accumulated in
+    float64 over chunks of rows."""
+    n, dim = flat.shape
+    mean = torch.zeros(dim, dtype=torch.float64)
+    for chunk in flat.split(_FIT_CHUNK):
+        mean += chunk.double().sum(0)
+    mean /= n
+    cov = torch.zeros(dim, dim, dtype=torch.float64)
+    for chunk in flat.split(_FIT_CHUNK):
+        centred = chunk.double() - mean
+        cov.addmm_(centred.T, centred)
+    return mean, cov / max(n - 1, 1)
+
+
 class FrozenEncoder(nn.Module):
     """Backbone + shared preprocessing + optional fixed projection. Always eval, never trained."""
 
@@ -242,11 +263,10 @@ class FrozenEncoder(nn.Module):
         if self.config.per_position and (tokens.ndim != 3 or tokens.shape[1] != self.num_patches):
             raise ValueError(f"per_position needs whole frames of tokens (N, {self.num_patches}, D), "
                              f"got {tuple(tokens.shape)}")
-        flat = tokens.reshape(-1, tokens.shape[-1]).double()
+        flat = tokens.reshape(-1, tokens.shape[-1])
         if flat.shape[0] < d:
             raise ValueError(f"need at least {d} tokens to fit a {d}-d projection, got {flat.shape[0]}")
-        mean = flat.mean(0)
-        cov = torch.cov((flat - mean).T)
+        mean, cov = _mean_and_covariance(flat)
         evals, evecs = torch.linalg.eigh(cov)
         order = torch.argsort(evals, descending=True)[:d]
         comps, var = evecs[:, order], evals[order].clamp_min(0)
@@ -257,7 +277,8 @@ class FrozenEncoder(nn.Module):
         self.proj_mean.copy_(mean.float())
         self.proj_matrix.copy_((comps * scale).float())
         if self.config.per_position:
-            z = ((tokens.double() - mean) @ (comps * scale)).reshape(tokens.shape[0], self.num_patches, d)
+            w = comps * scale
+            z = torch.cat([(chunk.double() - mean) @ w for chunk in tokens.split(max(1, _FIT_CHUNK // self.num_patches))])
             std = z.std(0)
             # Floor: a (patch, dim) that never varied in the fit data must not be amplified without bound.
             floor = 0.05 * std.mean()

@@ -129,6 +129,28 @@ def test_per_position_projection_standardises_and_round_trips(tmp_path):
     assert wm2.encoder.config.per_position and wm2.frame_step == pytest.approx(0.2)
 
 
+def test_projection_fit_in_chunks_equals_the_whole_batch_fit(monkeypatch):
+    """The fit accumulates mean and covariance over chunks of rows (memory): same projection as
+    one float64 pass with torch.cov."""
+    import dexwm_planner.encoders as encoders
+
+    torch.manual_seed(1)
+    tokens = torch.randn(60, 49, 1280) * torch.linspace(0.5, 3.0, 1280) + torch.linspace(-1, 1, 1280)
+    mean, cov = encoders._mean_and_covariance(tokens.reshape(-1, 1280))
+    flat = tokens.reshape(-1, 1280).double()
+    torch.testing.assert_close(mean, flat.mean(0))
+    torch.testing.assert_close(cov, torch.cov(flat.T))
+    cfg = EncoderConfig(proj_dim=8, per_position=True)
+    whole, chunked = DexWM(WorldModelConfig(encoder=cfg)).encoder, DexWM(WorldModelConfig(encoder=cfg)).encoder
+    whole.fit_projection(tokens)
+    monkeypatch.setattr(encoders, "_FIT_CHUNK", 500)    # 2940 rows: 6 chunks, the last one short
+    chunked.fit_projection(tokens)
+    for name in ("proj_mean", "pos_mean", "pos_scale"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name))
+    # eigenvectors up to sign
+    torch.testing.assert_close(chunked.proj_matrix.abs(), whole.proj_matrix.abs())
+
+
 def test_old_checkpoints_load_with_the_default_frame_step(tmp_path):
     wm = DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=16), frame_dt=0.5))
     path = str(tmp_path / "a.pt")
