@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import sys
 
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
 from dexwm_ros.joint_state_merge import JointSample, JointStateMerger, RejectedSample
+from dexwm_ros.joint_state_merger_settings import JointStateMergerSettings
 from dexwm_ros.node_main import run_node
+from dexwm_ros.node_parameters import NodeParameters
 from dexwm_ros.ros_time import seconds
-
-DEFAULT_SOURCES = ["/franka/joint_states", "/allegro/joint_states"]
 
 
 class JointStateMergerNode(Node):
     def __init__(self) -> None:
         super().__init__("joint_state_merger")
-        self.declare_parameter("sources", DEFAULT_SOURCES, ParameterDescriptor(
-            description="JointState topics to merge, in output order", read_only=True))
-        self.declare_parameter("max_age_s", 0.5, ParameterDescriptor(
-            description="leave out a source whose latest stamp is this much older than the newest [s]",
-            read_only=True, floating_point_range=[FloatingPointRange(from_value=0.01, to_value=60.0)]))
-        sources = list(self.get_parameter("sources").value)
-        self.merger = JointStateMerger(sources, self.get_parameter("max_age_s").value)
+        settings = NodeParameters(self, JointStateMergerSettings).values
+        sources = list(settings.sources)
+        self.merger = JointStateMerger(sources, settings.max_age_s)
         self.publisher = self.create_publisher(JointState, "/joint_states", 10)
         for topic in sources:
             self.create_subscription(JointState, topic, lambda msg, t=topic: self._on_state(t, msg), 10)

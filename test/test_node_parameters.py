@@ -11,6 +11,7 @@ import pytest
 from dexwm_ros.allegro_settings import AllegroSettings
 from dexwm_ros.camera_settings import CameraSettings
 from dexwm_ros.franka_settings import FrankaSettings
+from dexwm_ros.joint_state_merger_settings import JointStateMergerSettings
 from dexwm_ros.node_parameters import NodeParameters, descriptor
 from dexwm_ros.node_settings import setting, settings_problem
 from dexwm_ros.planner_settings import PlannerSettings
@@ -107,6 +108,7 @@ YAML_CHOICES = {"lower_torque_thresholds", "upper_torque_thresholds", "lower_for
     (FrankaSettings, "franka.yaml", FRANKA_BOUNDS, FRANKA_READ_ONLY),
     (AllegroSettings, "allegro.yaml", ALLEGRO_BOUNDS, ALLEGRO_READ_ONLY),
     (SimSettings, "sim.yaml", SIM_BOUNDS, SIM_READ_ONLY),
+    (JointStateMergerSettings, "joint_state_merger.yaml", {"max_age_s": (0.01, 60.0)}, {"sources", "max_age_s"}),
 ])
 def test_node_settings_keep_their_parameters(settings, yaml_name, bounds, read_only):
     import yaml
@@ -163,7 +165,7 @@ def test_settings_modules_are_ros_free():
     from rosutil import ROOT
 
     modules = ["dexwm_ros.node_settings", "dexwm_ros.driver_settings", "dexwm_ros.franka_settings",
-               "dexwm_ros.allegro_settings", "dexwm_ros.sim_settings"]
+               "dexwm_ros.allegro_settings", "dexwm_ros.sim_settings", "dexwm_ros.joint_state_merger_settings"]
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces')))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -228,3 +230,9 @@ def test_declared_checked_refused_and_applied_on_a_node(node):
 def test_a_bad_start_up_value_stops_the_node(node):
     with pytest.raises(ValueError, match="count must be even when fast"):
         NodeParameters(node([("mode", "fast")]), Example)
+
+
+def test_merger_settings_refuse_no_or_repeated_sources():
+    assert "non-empty" in settings_problem(JointStateMergerSettings(sources=()))
+    assert "must not repeat" in settings_problem(JointStateMergerSettings(sources=("/a", "/a")))
+    assert "within [0.01, 60]" in settings_problem(JointStateMergerSettings(max_age_s=0.0))
