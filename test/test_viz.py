@@ -214,14 +214,20 @@ def test_live_viewer_records_every_graph_topic(node_env, rclpy_context, tmp_path
     finally:
         graph.stop()
     rows: dict[str, int] = {}
+    series: dict[str, list] = {}
     for chunk in RrdReader(rrd).stream():
         rows[chunk.entity_path] = rows.get(chunk.entity_path, 0) + chunk.num_rows
+        if chunk.is_static and chunk.entity_path.startswith("/joints/"):
+            series[chunk.entity_path] = chunk.to_record_batch().column("SeriesLines:names").to_pylist()[-1]
     log = (tmp_path / "viz.log").read_text()[-2000:]
     for path in ("/camera", "/planner/goal", "/planner/predicted_rollout", "/world/planned/step_2",
                  "/joints/arm", "/joints/hand", "/planner/cost/current",
                  "/planner/replan_seconds", "/planner/log"):
         assert rows.get(path, 0) > 0, f"{path} not recorded: {sorted(rows)}\n{log}"
     assert rows["/joints/arm"] > 5
+    # one entity per joint group, one named series per joint
+    assert series["/joints/arm"] == [f"fr3_joint{i}" for i in range(1, 8)]
+    assert "allegro_thumb_3" in series["/joints/hand"] and len(series["/joints/hand"]) == 16
 
 
 def test_saved_evaluation_episodes(tmp_path):
