@@ -188,8 +188,9 @@ def plot_metrics(res: dict, path: str, dt: float):
     plt.close(fig)
 
 
-def write_markdown(res: dict, path: str, dt: float):
-    """metrics.md: the evaluation at 0.2 / 1 / 2 / 4 s, object read-out beside latent error and PCK."""
+def write_markdown(res: dict, path: str, dt: float) -> str:
+    """metrics.md: the evaluation at 0.2 / 1 / 2 / 4 s, object read-out beside latent error and PCK.
+    Returns the text written."""
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
@@ -220,8 +221,10 @@ def write_markdown(res: dict, path: str, dt: float):
                   "read-out) on the predicted "
                   "latents, on the actual future latents (the probe's floor), and \"nothing moves\" (the positions "
                   "at the last context frame), against the recorded positions; moved: > 1 cm from there."]
+    text = "\n".join(lines) + "\n"
     with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write(text)
+    return text
 
 
 def draw_strip(wm: DexWM, rollout: dict, path: str, max_frames: int = 8):
@@ -299,7 +302,7 @@ def open_loop(args) -> int:
     with open(os.path.join(args.out, "metrics.json"), "w") as fh:
         json.dump(res, fh, indent=1)
     plot_metrics(res, os.path.join(args.out, "metrics.png"), dt)
-    write_markdown(res, os.path.join(args.out, "metrics.md"), dt)
+    table = write_markdown(res, os.path.join(args.out, "metrics.md"), dt)
     draw_strip(wm, max(rollouts, key=lambda r: len(r["err"])), os.path.join(args.out, "strip.png"))
     if args.json:
         print(json.dumps(res))
@@ -309,7 +312,6 @@ def open_loop(args) -> int:
         for h in range(res["horizon"]):
             print(f"{h + 1:4d}  {res['latent_error'][h]:10.4f}  {res['latent_error_copy_baseline'][h]:9.4f}  "
                   + "  ".join(f"{res['pck'][str(t)][h]:7.3f}" for t in THRESHOLDS))
-        with open(os.path.join(args.out, "metrics.md")) as fh:
-            print(fh.read())
+        print(table)
         print(f"wrote {args.out}/metrics.json, metrics.md, metrics.png, strip.png")
     return 0

@@ -232,10 +232,10 @@ def readout_errors(probe: ObjectProbe, predicted, actual, positions, last_latent
     Only the last context frame's latent and positions are known at prediction time."""
     positions = np.asarray(positions, dtype=np.float64)
     still = np.broadcast_to(np.asarray(last_positions, dtype=np.float64), positions.shape)
+    nothing_moves = np.linalg.norm(still - positions, axis=-1)
     return {"predicted": np.linalg.norm(probe.read(predicted, last_latent, last_positions) - positions, axis=-1),
             "true_latents": np.linalg.norm(probe.read(actual, last_latent, last_positions) - positions, axis=-1),
-            "nothing_moves": np.linalg.norm(still - positions, axis=-1),
-            "moved": np.linalg.norm(still - positions, axis=-1) > MOVED_M}
+            "nothing_moves": nothing_moves, "moved": nothing_moves > MOVED_M}
 
 
 def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_dir=None,

@@ -27,8 +27,7 @@ class VizNode(Node):
         self.view = view
         self.camera_period = 1.0 / camera_hz
         self.joints_period = 1.0 / joints_hz
-        self._last_camera = -float("inf")
-        self._last_joints = {"arm": -float("inf"), "hand": -float("inf")}
+        self._last_shown: dict[str, float] = {}   # stream -> monotonic time it was last shown
         self._last_state = ""
         self.create_subscription(Image, "/camera/camera/color/image_raw", self._on_camera, IMAGE_QOS)
         self.create_subscription(Image, "/dexwm/goal_image", self._image_logger("planner/goal"), LATCHED)
@@ -48,13 +47,18 @@ class VizNode(Node):
         self.view.time(seconds(msg.header.stamp))
         self.view.image(path, rgb, jpeg_quality)
 
+    def _due(self, stream: str, period: float) -> bool:
+        """Whether ``stream`` was last shown at least ``period`` seconds ago (and is shown now)."""
+        now = time.monotonic()
+        if now - self._last_shown.get(stream, -float("inf")) < period:
+            return False
+        self._last_shown[stream] = now
+        return True
+
     def _on_camera(self, msg: Image) -> None:
         # The camera runs at 30 Hz; a few frames a second are enough to watch, and keep the viewer light.
-        now = time.monotonic()
-        if now - self._last_camera < self.camera_period:
-            return
-        self._last_camera = now
-        self._image("camera", msg, jpeg_quality=85)
+        if self._due("camera", self.camera_period):
+            self._image("camera", msg, jpeg_quality=85)
 
     def _image_logger(self, path: str):
         return lambda msg: self._image(path, msg)
@@ -62,10 +66,8 @@ class VizNode(Node):
     def _joint_logger(self, group: str):
         def on_joints(msg: JointState) -> None:
             # The Franka publishes at up to 1 kHz and the Allegro at 333 Hz: a plot needs far fewer.
-            now = time.monotonic()
-            if len(msg.name) != len(msg.position) or now - self._last_joints[group] < self.joints_period:
+            if len(msg.name) != len(msg.position) or not self._due(group, self.joints_period):
                 return
-            self._last_joints[group] = now
             self.view.time(seconds(msg.header.stamp))
             self.view.joints(group, msg.name, msg.position)
         return on_joints
