@@ -65,8 +65,11 @@ class CEMConfig:
 
 # DexWM paper: horizon 3, 512 samples, 10 elites, 10 iterations, std 0.3 (arm) / 0.1 (fingers).
 PAPER = CEMConfig()
-# CPU preset: fewer samples and iterations, same horizon and noise (see dexwm_ros.planner_bench for timings).
-CPU = CEMConfig(samples=48, elites=6, iterations=3, chunk=48)
+# CPU preset: fewer samples and iterations, same horizon and noise. Sized to the largest search
+# whose median replan stays under a second on 2 cores (`dexwm-bench planner`): success grew with
+# the search budget on the paper protocol (README, "Search budget"), 144 evaluations per replan
+# (48 x 3) left it starved.
+CPU = CEMConfig(samples=96, elites=8, iterations=4, chunk=96)
 PRESETS = {"paper": PAPER, "cpu": CPU}
 
 

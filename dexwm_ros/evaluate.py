@@ -2,6 +2,7 @@
 
     dexwm-eval --protocol paper|composite --task T --episodes N --seed S --out results.json
                [--planner-seeds K] [--through-ros] [--checkpoint PATH] [--max-steps K] [--preset cpu|paper]
+               [--search SAMPLES,ELITES,ITERATIONS]   (a search-budget sweep: the CEM size instead of the preset's)
                [--subgoals]   (composite pick-place through the scripted solution's subgoal images)
     dexwm-eval --fit-stop [--checkpoint PATH]      fit the planner's stop thresholds (see below)
     dexwm-eval --report DIR                         tables and plots of saved results
@@ -153,6 +154,9 @@ class EvalSettings:
     seed: int = 0
     max_steps: int = 0             # 0 = DEFAULT_MAX_STEPS of the protocol
     preset: str = "cpu"
+    # (samples, elites, iterations) of the CEM instead of the preset's; empty = the preset's
+    # (search-budget sweeps: --search).
+    search: tuple = ()
     checkpoint: str = ""
     protocol: str = "paper"
     planner_seeds: int = 1
@@ -171,6 +175,9 @@ class EvalSettings:
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
+        if self.search:
+            self.search = tuple(int(v) for v in self.search)
+            shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size
         if self.subgoals and self.sim_task != "pick-place":
             raise ValueError("subgoals are made for the composite pick-place task (--protocol composite "
                              "--task pick-place)")
@@ -223,6 +230,13 @@ class EvalSettings:
             fitted = load_fitted(self.checkpoint or DEFAULT_CHECKPOINT)
             done = fitted.for_kind(kind) if fitted else 0.0
         return StopRule(done_cost=float(done), plateau_steps=int(self.plateau_steps), max_steps=int(self.max_steps))
+
+    def search_changes(self) -> dict:
+        """CEM changes of ``search`` (none for the preset's own search)."""
+        if not self.search:
+            return {}
+        samples, elites, iterations = self.search
+        return dict(samples=samples, elites=elites, iterations=iterations, chunk=samples)
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule, the simulation's joint limits,
@@ -292,12 +306,10 @@ class WorldModelPolicy:
         return self.plans.plan(joints, should_stop)
 
 
-def random_shooting_wm(model, kinematics, world_to_camera, preset: str) -> WorldModelPolicy:
+def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed."""
-    from dexwm_planner.cem import PRESETS
-
-    cem = PRESETS[preset]
+    cem = shipped_cem_config(preset, **(search_changes or {}))
     total = cem.samples * cem.iterations
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset,
                               cem_changes=dict(samples=total, iterations=1, chunk=total))
@@ -810,7 +822,7 @@ def agreement(a: dict, b: dict) -> dict:
     shared = sorted(set(left) & set(right))
     same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
     same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
-    keys = ("protocol", "max_steps", "preset", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance",
+    keys = ("protocol", "max_steps", "preset", "search", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance",
             "plateau_steps", "done_cost")
     settings_differ = [k for k in keys if a.get("settings", {}).get(k) != b.get("settings", {}).get(k)]
     return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
@@ -941,7 +953,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             runner = make_runner(settings)
             starts, skipped = collect_starts(runner, settings, progress)
             model = DexWM.load(settings.checkpoint or None)
-            policy = WorldModelPolicy(model, kin, w2c, settings.preset)
+            policy = WorldModelPolicy(model, kin, w2c, settings.preset, settings.search_changes())
             planner_seeds = settings.planner_seeds
             outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
         main = summarize(outcomes)
@@ -957,7 +969,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             policies = []
             own_settings = {}     # an ablation checkpoint stops by its own fitted thresholds
             if "random_shooting_wm" in wanted:
-                policies.append(random_shooting_wm(model, kin, w2c, settings.preset))
+                policies.append(random_shooting_wm(model, kin, w2c, settings.preset, settings.search_changes()))
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "hold_still" in wanted:
@@ -965,7 +977,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             if "random_joint_walk" in wanted:
                 policies.append(RandomJointWalkPolicy(kin, settings.preset))
             for name, path in (ablations if ablations is not None else default_ablations()).items():
-                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset)
+                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, settings.search_changes())
                 policy.name = name
                 policies.append(policy)
                 own_settings[name] = replace(settings, checkpoint=str(path))
@@ -1027,6 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=0,
                         help=f"executed MPC steps per episode (default {DEFAULT_MAX_STEPS})")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
+    parser.add_argument("--search", default="", metavar="SAMPLES,ELITES,ITERATIONS",
+                        help="CEM search size instead of the preset's (search-budget sweeps; the random-shooting "
+                             "baseline gets the same total)")
     parser.add_argument("--hold-s", type=float, default=HOLD_S, help="simulated hold after the stop before judging")
     parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
     parser.add_argument("--done-cost", type=float, default=-1.0,
@@ -1083,18 +1098,29 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             parser.error(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
-    if args.through_ros and args.preset != "cpu":
-        parser.error("--through-ros uses the planner node's configured preset (config/planner.yaml)")
+    search = ()
+    if args.search:
+        try:
+            search = tuple(int(v) for v in args.search.split(","))
+            if len(search) != 3:
+                raise ValueError
+        except ValueError:
+            parser.error(f"--search needs SAMPLES,ELITES,ITERATIONS (three integers), got {args.search!r}")
+    if args.through_ros and (args.preset != "cpu" or search):
+        parser.error("--through-ros uses the planner node's configured preset and search (config/planner.yaml)")
     if args.through_ros and args.planner_seeds != 1:
         parser.error("--through-ros runs one planner seed per episode")
     if args.subgoals and (args.protocol, args.task) != ("composite", "pick-place"):
         parser.error("--subgoals needs --protocol composite --task pick-place")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
-    settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
-                            max_steps=args.max_steps, preset=args.preset, checkpoint=args.checkpoint,
-                            planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
-                            done_cost=args.done_cost, subgoals=args.subgoals)
+    try:
+        settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
+                                max_steps=args.max_steps, preset=args.preset, search=search, checkpoint=args.checkpoint,
+                                planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
+                                done_cost=args.done_cost, subgoals=args.subgoals)
+    except ValueError as e:
+        parser.error(str(e))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         results = evaluate(settings, through_ros=args.through_ros, ablations=ablations, baselines=baselines,

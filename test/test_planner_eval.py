@@ -278,6 +278,27 @@ def test_executed_step_is_the_model_frame_step(tmp_path):
     assert (explicit.move_duration_s, explicit.move_timeout_s) == (0.5, 1.0)
 
 
+def test_search_size_replaces_the_presets_for_the_planner_and_the_random_shooting_budget(capsys):
+    """--search S,E,I sizes the DexWM policy's CEM and gives random shooting the same total budget;
+    a size the CEM cannot run is refused before any episode."""
+    from dexwm_planner.cem import CPU
+
+    settings = ev.EvalSettings(protocol="paper", task="reach", search=(16, 4, 2))
+    assert settings.search_changes() == dict(samples=16, elites=4, iterations=2, chunk=16)
+    cem = ev.WorldModelPolicy(None, None, None, "cpu", settings.search_changes()).config.cem
+    assert (cem.samples, cem.elites, cem.iterations, cem.max_step_arm) == (16, 4, 2, 0.25)
+    shooting = ev.random_shooting_wm(None, None, None, "cpu", settings.search_changes()).config.cem
+    assert (shooting.samples, shooting.iterations) == (32, 1)
+    preset = ev.random_shooting_wm(None, None, None, "cpu").config.cem
+    assert (preset.samples, preset.iterations) == (CPU.samples * CPU.iterations, 1)
+    with pytest.raises(ValueError, match="elites"):
+        ev.EvalSettings(protocol="paper", task="reach", search=(4, 8, 1))
+    for bad, why in (("16,4", "--search needs"), ("16,4,x", "--search needs"), ("4,8,1", "must not exceed")):
+        with pytest.raises(SystemExit) as exit_info:
+            ev.main(["--protocol", "paper", "--task", "reach", "--search", bad, "--out", "/nonexistent/r.json"])
+        assert exit_info.value.code == 2 and why in capsys.readouterr().err
+
+
 @pytest.mark.timeout(600)
 def test_through_ros_and_in_process_agree_step_for_step_and_judge_after_the_same_hold(tmp_path, random_checkpoint,
                                                                                       monkeypatch):
