@@ -175,15 +175,18 @@ def test_settings_modules_are_ros_free():
 
 
 def test_planner_settings_refuse_bad_combinations():
+    from dexwm_planner.cem import CPU
+
     s = PlannerSettings()
-    assert "elites (100) must not exceed samples (48)" in settings_problem(dataclasses.replace(s, elites=100))
+    assert f"elites (100) must not exceed samples ({CPU.samples})" in settings_problem(dataclasses.replace(s, elites=100))
     assert "sequence name" in settings_problem(dataclasses.replace(s, capture_sequence=" x"))
     assert "16 finite numbers" in settings_problem(dataclasses.replace(s, world_to_camera=(1.0,) * 12))
     assert "task must be one of" in settings_problem(dataclasses.replace(s, task="fly"))
     w2c = dataclasses.replace(s, world_to_camera=tuple(float(i == j) for i in range(4) for j in range(4)))
     assert settings_problem(w2c) is None and w2c.camera_extrinsic().shape == (4, 4)
-    cem = dataclasses.replace(s, samples=64, horizon=2).cem()
-    assert (cem.samples, cem.horizon, cem.chunk) == (64, 2, 48)
+    # More samples than the preset's chunk: evaluated in chunks of the preset's size (peak memory).
+    cem = dataclasses.replace(s, samples=CPU.chunk + 16, horizon=2).cem()
+    assert (cem.samples, cem.horizon, cem.chunk) == (CPU.chunk + 16, 2, CPU.chunk)
     assert s.stop_rule(7, None).done_cost == 0.0 and s.stop_rule(7, 0.3).done_cost == 0.3
     assert dataclasses.replace(s, done_cost=0.1).stop_rule(7, 0.3).done_cost == 0.1
 
