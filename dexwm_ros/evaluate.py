@@ -815,6 +815,15 @@ def plot_success(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# Settings added after results were saved, with the value every run before them had: a result
+# without "search" ran the preset's own search.
+_BEFORE_THE_SETTING = {"search": []}
+
+
+def _setting(result: dict, key: str):
+    return result.get("settings", {}).get(key, _BEFORE_THE_SETTING.get(key))
+
+
 def agreement(a: dict, b: dict) -> dict:
     """Episode-by-episode comparison of two results of one task on their shared seeds (planner seed 0)."""
     left = {o["seed"]: o for o in a["outcomes"] if o.get("planner_seed", 0) == 0}
@@ -822,9 +831,9 @@ def agreement(a: dict, b: dict) -> dict:
     shared = sorted(set(left) & set(right))
     same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
     same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
-    keys = ("protocol", "max_steps", "preset", "search", "checkpoint", "move_duration_s", "move_timeout_s", "goal_tolerance",
-            "plateau_steps", "done_cost")
-    settings_differ = [k for k in keys if a.get("settings", {}).get(k) != b.get("settings", {}).get(k)]
+    keys = ("protocol", "max_steps", "preset", "search", "checkpoint", "move_duration_s", "move_timeout_s",
+            "goal_tolerance", "plateau_steps", "done_cost")
+    settings_differ = [k for k in keys if _setting(a, k) != _setting(b, k)]
     return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
             "differ": [s for s in shared if s not in same_costs], "settings_differ": settings_differ}
 

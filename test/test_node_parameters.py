@@ -178,7 +178,8 @@ def test_planner_settings_refuse_bad_combinations():
     from dexwm_planner.cem import CPU
 
     s = PlannerSettings()
-    assert f"elites (100) must not exceed samples ({CPU.samples})" in settings_problem(dataclasses.replace(s, elites=100))
+    too_many_elites = settings_problem(dataclasses.replace(s, elites=100))
+    assert f"elites (100) must not exceed samples ({CPU.samples})" in too_many_elites
     assert "sequence name" in settings_problem(dataclasses.replace(s, capture_sequence=" x"))
     assert "16 finite numbers" in settings_problem(dataclasses.replace(s, world_to_camera=(1.0,) * 12))
     assert "task must be one of" in settings_problem(dataclasses.replace(s, task="fly"))

@@ -257,6 +257,17 @@ def test_report_tables_both_protocols_and_the_through_ros_agreement(tmp_path, ca
     (tmp_path / "reach_ros.json").write_text(json.dumps(_result("reach", [(1, 1, 7)], through_ros=True, max_steps=5)))
     assert ev.main(["--report", str(tmp_path)]) == 0
     assert "NOT comparable: max_steps differ" in (tmp_path / "summary.md").read_text()
+    # a result saved before --search existed ran the preset's search: comparable with one that says so
+    current = _result("reach", [(1, 1, 7), (2, 0, 12), (3, 1, 12)])
+    current["settings"]["search"] = []
+    (tmp_path / "reach.json").write_text(json.dumps(current))
+    (tmp_path / "reach_ros.json").write_text(json.dumps(_result("reach", [(1, 1, 7)], through_ros=True)))
+    assert ev.main(["--report", str(tmp_path)]) == 0
+    assert "NOT comparable" not in (tmp_path / "summary.md").read_text()
+    current["settings"]["search"] = [16, 4, 2]
+    (tmp_path / "reach.json").write_text(json.dumps(current))
+    assert ev.main(["--report", str(tmp_path)]) == 0
+    assert "NOT comparable: search differ" in (tmp_path / "summary.md").read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert ev.main(["--report", str(empty)]) == 1
