@@ -19,6 +19,10 @@ from franka_driver.franky_sim import start_franky_sim
 pytestmark = pytest.mark.timeout(120)
 
 
+def stamp_s(msg) -> float:
+    return msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+
+
 class Client:
     """In-test ROS client of the franka node, spun in a background thread."""
 
@@ -50,12 +54,19 @@ class Client:
     def q(self) -> np.ndarray:
         return np.array(self.states[-1].position)
 
-    def wait_at_rest(self, what, timeout=5.0):
-        """Position-based: franky-sim keeps reporting the last velocity while the arm is idle."""
+    def wait_at_rest(self, what, timeout=10.0, window_s=0.5, tolerance=0.002):
+        """Position-based (franky-sim keeps reporting the last velocity while the arm is idle), and judged
+        over the node's own stamps: on a loaded machine this client may be starved, and two reads of an
+        unchanged last message would look like rest while the arm still moves."""
         def still():
-            q1 = self.q()
-            time.sleep(0.25)
-            return np.max(np.abs(self.q() - q1)) < 0.003
+            time.sleep(0.1)
+            recent = self.states[-500:]
+            t_end = stamp_s(recent[-1])
+            window = [s for s in recent if stamp_s(s) >= t_end - window_s]
+            if stamp_s(window[0]) > t_end - 0.8 * window_s:   # too few messages seen over the window
+                return False
+            spread = np.ptp(np.array([s.position for s in window]), axis=0)
+            return np.max(spread) < tolerance
         wait_for(still, timeout, interval=0.0, what=what)
 
     def send_goal(self, points, tolerance=(), time_limit=0.0, times=None, age=None):
@@ -225,7 +236,9 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     res = result_of(fut, 5)
     assert res.error_code == R.INVALID_JOINTS and "max_joint_step = 0.5000" in res.message, res.message
     time.sleep(0.3)
-    assert np.max(np.abs(client.q() - q_before)) < 0.01
+    # Each refused goal, had it run, would move some joint by 0.05 rad or more; the bound leaves room for
+    # franky-sim's idle creep onto its last set-point (see the stop above).
+    assert np.max(np.abs(client.q() - q_before)) < 0.02
 
     # Fire-and-forget topic; the watchdog (0.5 s here) stops a motion that gets no new commands.
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint

@@ -210,7 +210,13 @@ def test_live_viewer_records_every_graph_topic(node_env, rclpy_context, tmp_path
     graph = GraphTopics(rclpy_context)
     try:
         with process(VIZ + ["live", "--save", str(rrd), "--no-install"], node_env, tmp_path / "viz.log"):
-            time.sleep(8.0)   # discovery, then a few cycles of every topic
+            time.sleep(5.0)   # discovery, then a few cycles of every topic
+            # A new goal while the viewer runs, as the planner publishes one per goal and subgoal. The
+            # goal published before the viewer started reaches it through the latch (the rollout
+            # here, the goal in the screenshot test); once in CI on a loaded machine this recording
+            # lacked that latched goal, so the goal's row here also covers the live path.
+            graph.pubs["goal"].publish(graph._image(np.full((224, 224, 3), YELLOW, np.uint8)))
+            time.sleep(3.0)
     finally:
         graph.stop()
     rows: dict[str, int] = {}
