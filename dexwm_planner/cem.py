@@ -39,6 +39,10 @@ class CEMConfig:
     max_step_hand: float = 0.3
     # Cost evaluations are done in chunks of this many samples (bounds peak memory of the model).
     chunk: int = 512
+    # Elites carried into the next iteration's candidates with the costs they already have (the
+    # world model is deterministic, so no evaluation is spent on them; iCEM, Pinneri et al. 2020,
+    # keeps a fraction of them). 0: plain CEM, each iteration ranks only its fresh samples.
+    keep_elites: int = 0
 
     def __post_init__(self):
         for name in ("samples", "elites", "iterations", "horizon", "chunk"):
@@ -46,6 +50,8 @@ class CEMConfig:
                 raise ValueError(f"CEMConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.elites > self.samples:
             raise ValueError(f"CEMConfig.elites ({self.elites}) must not exceed samples ({self.samples})")
+        if not 0 <= int(self.keep_elites) <= self.elites:
+            raise ValueError(f"CEMConfig.keep_elites must be in [0, elites={self.elites}], got {self.keep_elites}")
         for name in ("std_arm", "std_hand", "max_step_arm", "max_step_hand"):
             value = float(getattr(self, name))
             if not np.isfinite(value) or value <= 0:
@@ -170,6 +176,7 @@ class CEM:
         best_plan, best_cost = None, np.inf
         history: list[float] = []
         evaluations = 0
+        kept, kept_costs = np.zeros((0, horizon, self.dof)), np.zeros(0)
         for _ in range(cfg.iterations):
             noise = rng.standard_normal((cfg.samples, horizon, self.dof))
             samples = self.project(mean[None] + std[None] * noise, q0)
@@ -177,11 +184,13 @@ class CEM:
             samples[0] = self.project(mean, q0)
             costs = self._evaluate(cost_fn, samples)
             evaluations += len(samples)
+            samples, costs = np.concatenate([samples, kept]), np.concatenate([costs, kept_costs])
             order = np.argsort(costs, kind="stable")
             if costs[order[0]] < best_cost:
                 best_cost = float(costs[order[0]])
                 best_plan = samples[order[0]].copy()
             elites = samples[order[: cfg.elites]]
+            kept, kept_costs = elites[: cfg.keep_elites], costs[order[: cfg.keep_elites]]
             mean = elites.mean(axis=0)
             std = np.maximum(elites.std(axis=0), cfg.min_std)
             if held is not None:

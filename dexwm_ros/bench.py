@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "camera": ("dexwm_ros.camera_bench", "640x480 rgb at 30 Hz through Fast DDS to another process"),
     "wm": ("dexwm_planner.bench", "world-model predictor throughput and FLOP/s vs a plain matmul"),
     "planner": ("dexwm_ros.planner_bench", "time per CEM replan at the CPU preset"),
+    "optimiser": ("dexwm_ros.optimiser_bench", "planned cost each search finds vs random shooting, same budget"),
 }
 
 

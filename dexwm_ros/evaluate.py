@@ -154,8 +154,8 @@ class EvalSettings:
     seed: int = 0
     max_steps: int = 0             # 0 = DEFAULT_MAX_STEPS of the protocol
     preset: str = "cpu"
-    # (samples, elites, iterations) of the CEM instead of the preset's; empty = the preset's
-    # (search-budget sweeps: --search).
+    # (samples, elites, iterations[, kept elites]) of the CEM instead of the preset's; empty = the
+    # preset's (search-budget sweeps: --search; kept elites: CEMConfig.keep_elites, default 0).
     search: tuple = ()
     checkpoint: str = ""
     protocol: str = "paper"
@@ -235,8 +235,9 @@ class EvalSettings:
         """CEM changes of ``search`` (none for the preset's own search)."""
         if not self.search:
             return {}
-        samples, elites, iterations = self.search
-        return dict(samples=samples, elites=elites, iterations=iterations, chunk=samples)
+        samples, elites, iterations, *kept = self.search
+        changes = dict(samples=samples, elites=elites, iterations=iterations, chunk=samples)
+        return {**changes, "keep_elites": kept[0]} if kept else changes
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule, the simulation's joint limits,
@@ -1048,9 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=0,
                         help=f"executed MPC steps per episode (default {DEFAULT_MAX_STEPS})")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
-    parser.add_argument("--search", default="", metavar="SAMPLES,ELITES,ITERATIONS",
+    parser.add_argument("--search", default="", metavar="SAMPLES,ELITES,ITERATIONS[,KEPT]",
                         help="CEM search size instead of the preset's (search-budget sweeps; the random-shooting "
-                             "baseline gets the same total)")
+                             "baseline gets the same total); KEPT: elites carried into the next iteration")
     parser.add_argument("--hold-s", type=float, default=HOLD_S, help="simulated hold after the stop before judging")
     parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
     parser.add_argument("--done-cost", type=float, default=-1.0,
@@ -1111,10 +1112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.search:
         try:
             search = tuple(int(v) for v in args.search.split(","))
-            if len(search) != 3:
+            if len(search) not in (3, 4):
                 raise ValueError
         except ValueError:
-            parser.error(f"--search needs SAMPLES,ELITES,ITERATIONS (three integers), got {args.search!r}")
+            parser.error(f"--search needs SAMPLES,ELITES,ITERATIONS[,KEPT] (three or four integers), "
+                         f"got {args.search!r}")
     if args.through_ros and (args.preset != "cpu" or search):
         parser.error("--through-ros uses the planner node's configured preset and search (config/planner.yaml)")
     if args.through_ros and args.planner_seeds != 1:

@@ -44,3 +44,29 @@ def test_wm_bench_counts_every_attention_matmul():
     # Per block, each over P queries of hd: the cache of the first frame (batch 1: self-attention over
     # P keys, cross-attention over null + P), then the step (batch B: the same two).
     assert attention == cfg.depth * 4 * h * P * hd * (1 + B) * (P + 1 + P)
+
+
+def test_optimiser_bench_compares_searches_at_one_budget_and_executes_their_plans(tmp_path):
+    """dexwm-bench optimiser: every variant gets the same evaluations, ratios are to random shooting on
+    the same scene and seed, and every plan is executed (the runs end in different places);
+    a run without random shooting, the reference of every ratio, is refused."""
+    # The shipped model: a freshly initialised predictor ignores its actions (zero-initialised
+    # modulation), so every search would return the held start.
+    bench = [sys.executable, str(VENV_BIN / "dexwm-bench"), "optimiser"]
+    r = subprocess.run(bench + ["--json", "--tasks", "reach", "--scenes", "1", "--seeds", "2", "--search", "8,2,2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(r.stdout)
+    reach = data["tasks"]["reach"]
+    assert data["evaluations_per_replan"] == 16 and len(reach["scenes"]) == 1
+    variants = reach["variants"]
+    assert {v["evaluations"] for v in variants.values()} == {16}
+    assert variants["rs"]["planned_ratio_to_rs"] == variants["rs"]["realised_ratio_to_rs"] == 1.0
+    for v in variants.values():
+        assert len(v["realised"]) == len(v["distance"]) == 2 and v["planned_ratio_to_rs"] > 0
+    # Unexecuted plans would leave every run on the start frame, at one distance and one latent cost.
+    assert len({round(d, 6) for v in variants.values() for d in v["distance"]}) > 1
+    assert len({round(c, 6) for v in variants.values() for c in v["realised"]}) > 1
+    assert -1.0 <= reach["predicted_vs_realised_spearman"] <= 1.0
+    r = subprocess.run(bench + ["--variants", "cem"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "random shooting" in r.stderr

@@ -34,6 +34,43 @@ def test_finds_minimum_of_known_cost():
     assert result.evaluations == PAPER.samples * PAPER.iterations
 
 
+def test_kept_elites_cost_no_evaluation_and_are_ranked_with_the_fresh_samples():
+    """keep_elites carries the previous iteration's elites, with their costs, into the next ranking:
+    the evaluation count is that of plain CEM (no kept elite is evaluated again), and an elite that
+    no later sample beats keeps steering the distribution."""
+    rng = np.random.default_rng(3)
+    q0 = rng.uniform(LOWER + 0.3, UPPER - 0.3)
+    target = q0 + rng.uniform(-0.15, 0.15, DOF)
+    base = CPU.with_(max_step_arm=0.3)
+    evaluated = []
+
+    def counting(samples):
+        evaluated.append(samples.copy())
+        return quadratic(target)(samples)
+
+    kept = CEM(base.with_(keep_elites=base.elites), LOWER, UPPER)
+    result = kept.optimize(counting, q0, rng=np.random.default_rng(4))
+    assert result.evaluations == base.samples * base.iterations == sum(len(e) for e in evaluated)
+    assert all(b <= a + 1e-12 for a, b in zip(result.cost_history, result.cost_history[1:]))
+
+    # Only the first iteration's samples are any good: with every elite kept, the final distribution
+    # is still that of the first iteration's elites; plain CEM follows its last (poor) samples.
+    def first_call_only(samples):
+        evaluated.append(samples.copy())
+        return quadratic(target)(samples) + (0.0 if len(evaluated) == 1 else 1e6)
+
+    for cem, stays in ((kept, True), (CEM(base, LOWER, UPPER), False)):
+        evaluated.clear()
+        result = cem.optimize(first_call_only, q0, rng=np.random.default_rng(5))
+        first = evaluated[0]
+        elites = first[np.argsort(quadratic(target)(first), kind="stable")[: base.elites]]
+        assert np.allclose(result.mean, cem.project(elites.mean(axis=0), q0)) == stays
+    with pytest.raises(ValueError, match="keep_elites"):
+        CPU.with_(keep_elites=CPU.elites + 1)
+    with pytest.raises(ValueError, match="keep_elites"):
+        CPU.with_(keep_elites=-1)
+
+
 def test_minimum_outside_limits_ends_on_the_limit():
     q0 = np.zeros(DOF)
     target = np.r_[np.full(7, 0.2), np.full(16, -1.0)]    # hand target below its lower limit (-0.2)

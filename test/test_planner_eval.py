@@ -304,7 +304,12 @@ def test_search_size_replaces_the_presets_for_the_planner_and_the_random_shootin
     assert (preset.samples, preset.iterations) == (CPU.samples * CPU.iterations, 1)
     with pytest.raises(ValueError, match="elites"):
         ev.EvalSettings(protocol="paper", task="reach", search=(4, 8, 1))
-    for bad, why in (("16,4", "--search needs"), ("16,4,x", "--search needs"), ("4,8,1", "must not exceed")):
+    # A fourth value carries that many elites into the next iteration (the planner's CEM only).
+    kept = ev.EvalSettings(protocol="paper", task="reach", search=(16, 4, 2, 3)).search_changes()
+    assert ev.WorldModelPolicy(None, None, None, "cpu", kept).config.cem.keep_elites == 3
+    assert ev.random_shooting_wm(None, None, None, "cpu", kept).config.cem.samples == 32
+    for bad, why in (("16,4", "--search needs"), ("16,4,x", "--search needs"), ("16,4,2,1,1", "--search needs"),
+                     ("4,8,1", "must not exceed"), ("16,4,2,5", "keep_elites")):
         with pytest.raises(SystemExit) as exit_info:
             ev.main(["--protocol", "paper", "--task", "reach", "--search", bad, "--out", "/nonexistent/r.json"])
         assert exit_info.value.code == 2 and why in capsys.readouterr().err
