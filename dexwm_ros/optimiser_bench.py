@@ -65,12 +65,11 @@ def _scenes(task: str, count: int):
 
 
 def _execute(runner, plan: np.ndarray, step_s: float) -> np.ndarray:
-    """Move through ``plan`` (T, 23) one model frame step per row, as the evaluation does; the
-    frame it ends on."""
+    """Move through ``plan`` (T, 23) as one command, a waypoint per model frame step (open loop: the
+    evaluation would replan after the first); the frame it ends on."""
     from dexwm_robot.joints import ARM_DOF
 
-    for target in plan:
-        runner.move_now(target[:ARM_DOF], target[ARM_DOF:], step_s, step_s, 0.05)
+    runner.move_now(plan[:, :ARM_DOF], plan[:, ARM_DOF:], step_s, step_s * len(plan), 0.05)
     return runner.env.render()
 
 

@@ -418,13 +418,16 @@ class SimRunner:
     def move_now(self, arm, hand, duration: float, time_limit: float, tolerance: float) -> dict[str, Command]:
         """One arm + hand move to its goals, run in the calling thread: the lock-step node's
         semantics without the node (the in-process evaluation uses it, so both modes move alike).
+        ``arm`` and ``hand`` are one target each, or N waypoints each (N x joints), ``duration``
+        seconds apart; ``time_limit`` covers the whole move.
 
         Needs a runner whose thread is not running (construct it with ``env=``, do not start it).
         Returns the two finished commands (REACHED, TIMED_OUT, or RESET on a physics fault).
         """
         if self.alive:
             raise RuntimeError("move_now needs a runner whose thread is not running")
-        commands = {part: self.command(part, target, [duration], tolerance=tolerance, time_limit=time_limit)
+        points = 1 if np.ndim(arm) == 1 else len(arm)
+        commands = {part: self.command(part, target, [duration] * points, tolerance=tolerance, time_limit=time_limit)
                     for part, target in (("arm", arm), ("hand", hand))}
         self._serve_requests()
         while any(cmd.under_way for cmd in commands.values()):

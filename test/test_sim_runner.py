@@ -172,6 +172,31 @@ def test_lockstep_world_waits_and_moves_exactly_like_move_now():
         env.close()
 
 
+def test_move_now_through_waypoints_ends_at_the_last_one_a_duration_apart_each():
+    """move_now with N waypoints per part (dexwm-bench optimiser executes a whole plan open loop):
+    one command, the step cap checked from the measured joints to the first point and between
+    points, the last point reached, and about N durations of simulated time spent."""
+    from dexwm_sim.scene import SimEnv
+
+    size = (160, 120)
+    env = SimEnv(render_size=size)
+    runner = SimRunner(RunnerConfig(task="reach-grasp", seed=7, lockstep=True, image_size=size), env=env)
+    try:
+        env.reset("reach-grasp", 7)
+        q0, t0 = env.joint_positions(), env.time
+        steps = np.clip(q0 + np.outer([1, 2, 3], np.r_[np.full(7, 0.1), np.full(16, 0.05)]), env.lower, env.upper)
+        done = runner.move_now(steps[:, :7], steps[:, 7:], 0.3, 1.5, 0.05)
+        assert (done["arm"].status, done["hand"].status) == (REACHED, REACHED)
+        assert np.max(np.abs(env.joint_positions() - steps[-1])) < 0.05
+        assert 0.9 - 1e-9 <= env.time - t0 < 1.5
+        far = env.joint_positions()[None].repeat(2, 0)
+        far[1, 0] += 0.6                                       # a second point beyond the per-step cap
+        with pytest.raises(ValueError, match="max_joint_step"):
+            runner.move_now(far[:, :7], far[:, 7:], 0.3, 1.0, 0.05)
+    finally:
+        env.close()
+
+
 def test_a_hold_judges_the_rule_over_simulated_time_exactly_like_the_in_process_hold():
     """hold() (what the sim node's /sim/hold runs for dexwm-eval --through-ros) lets simulated time
     pass with the last targets kept, and judges the success rule at every control step of it, as the
