@@ -60,7 +60,9 @@ class PlannerSettings:
     done_cost: float = setting(-1.0, "stop as reached when the latent distance to the goal drops below this; -1 = "
                                "the threshold fitted for the checkpoint and task (<checkpoint>.stop.json, 0 when "
                                "there is none); 0 off", bounds=(-1.0, 1e3))
-    plateau_steps: int = setting(5, "stop when the best latent distance did not improve (by plateau_rel) over "
+    # Off by default: the latent distance jumps from frame to frame, so its best value comes early
+    # and a plateau stop cut reaches short (README, "Stop rule").
+    plateau_steps: int = setting(0, "stop when the best latent distance did not improve (by plateau_rel) over "
                                  "this many executed steps; 0 off", bounds=(0, 1000))
     plateau_rel: float = setting(0.02, "relative improvement that counts as progress for plateau_steps",
                                  bounds=(0.0, 0.99))
