@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from dexwm_robot.tasks import TASK_KINDS
+
 VARIANTS = ("cem", "cem-keep", "rs")
 TUNING_SEED = 500   # dexwm-eval --seed 500: seeds 1,000,500 on, kept for tuning
 
@@ -84,7 +86,7 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def run(tasks=("reach", "grasp", "place"), scenes: int = 8, seeds: int = 3, variants=VARIANTS,
+def run(tasks=TASK_KINDS, scenes: int = 8, seeds: int = 3, variants=VARIANTS,
         search: tuple = (), checkpoint: str | None = None, progress: bool = True) -> dict:
     import torch
     from tqdm import tqdm
@@ -167,7 +169,7 @@ def run(tasks=("reach", "grasp", "place"), scenes: int = 8, seeds: int = 3, vari
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dexwm-bench optimiser", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--tasks", default="reach,grasp,place", help="paper-protocol stages, comma-separated")
+    ap.add_argument("--tasks", default=",".join(TASK_KINDS), help="paper-protocol stages, comma-separated")
     ap.add_argument("--scenes", type=int, default=8, help="stage starts per task (tuning seeds)")
     ap.add_argument("--seeds", type=int, default=3, help="planner seeds per scene")
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tasks = tuple(t for t in args.tasks.split(",") if t)
     variants = tuple(v for v in args.variants.split(",") if v)
-    bad = [t for t in tasks if t not in ("reach", "grasp", "place")] + [v for v in variants if v not in VARIANTS]
+    bad = [t for t in tasks if t not in TASK_KINDS] + [v for v in variants if v not in VARIANTS]
     if bad or not tasks:
         ap.error(f"unknown task or variant: {', '.join(bad) or '(none given)'}")
     if args.scenes < 1 or args.seeds < 1:
