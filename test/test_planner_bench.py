@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rosutil import VENV_BIN
 
 
@@ -70,3 +72,15 @@ def test_optimiser_bench_compares_searches_at_one_budget_and_executes_their_plan
     r = subprocess.run(bench + ["--variants", "cem"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "random shooting" in r.stderr
+
+
+def test_every_optimiser_variant_spends_the_presets_evaluations():
+    from dexwm_planner.cem import CPU
+    from dexwm_ros.optimiser_bench import VARIANTS, variant_config
+
+    configs = {v: variant_config(v, CPU) for v in VARIANTS}
+    assert {c.samples * c.iterations for c in configs.values()} == {CPU.samples * CPU.iterations}
+    assert configs["cem-keep"].keep_elites == CPU.elites and configs["rs"].iterations == 1
+    assert (configs["cem-narrow"].std_arm, configs["cem-narrow"].std_hand) == (CPU.std_arm / 2, CPU.std_hand / 2)
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config("gradient", CPU)
