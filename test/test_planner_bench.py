@@ -62,7 +62,8 @@ def test_optimiser_bench_compares_searches_at_one_budget_and_executes_their_plan
     assert data["evaluations_per_replan"] == 16 and len(reach["scenes"]) == 1
     variants = reach["variants"]
     assert {v["evaluations"] for v in variants.values()} == {16}
-    assert variants["rs"]["planned_ratio_to_rs"] == variants["rs"]["realised_ratio_to_rs"] == 1.0
+    rs = variants["rs"]
+    assert rs["planned_ratio_to_rs"] == rs["realised_ratio_to_rs"] == rs["task_distance_ratio_to_rs"] == 1.0
     for v in variants.values():
         assert len(v["realised"]) == len(v["distance"]) == 2 and v["planned_ratio_to_rs"] > 0
     # Unexecuted plans would leave every run on the start frame, at one distance and one latent cost.
