@@ -179,9 +179,13 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
 
     # Stop: the goal ends STOPPED (not SUCCESSFUL: the stop came before the target) and the arm
     # comes to rest close to where it was when the stop was answered.
-    # Out and back (two waypoints): a long motion, so the stop surely lands while it runs.
+    # Out and back (two waypoints): a long motion, so the stop surely lands while it runs. The stop
+    # service is discovered first (its first discovery once took longer than the whole motion) and
+    # called once the arm moves.
+    assert client.stop_srv.wait_for_service(timeout_sec=10)
+    q_start = client.q()
     _, fut = client.send_goal([mid + 0.45, mid], time_limit=15)
-    time.sleep(0.3)
+    wait_for(lambda: np.max(np.abs(client.q() - q_start)) > 0.02, 10, 0.01, "the out-and-back motion to start")
     reply = client.call(client.stop_srv)
     q_at_stop = client.q()
     assert reply.success, reply.message
@@ -199,7 +203,7 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     # Cancel: the goal ends CANCELED (not SUCCESSFUL) and the arm holds close to where it was.
     q_c = client.q()
     handle, fut = client.send_goal([q_c - 0.45, q_c], time_limit=15)
-    time.sleep(0.3)
+    wait_for(lambda: np.max(np.abs(client.q() - q_c)) > 0.02, 10, 0.01, "the motion to cancel to start")
     handle.cancel_goal_async()
     res = result_of(fut, 5)
     q_at_cancel = client.q()
