@@ -309,13 +309,18 @@ class WorldModelPolicy:
         return self.plans.plan(joints, should_stop)
 
 
+def random_shooting_changes(cem) -> dict:
+    """Changes to a preset that make it random shooting with ``cem``'s budget: one iteration whose
+    samples equal ``cem``'s evaluations per replan (samples x iterations)."""
+    total = cem.samples * cem.iterations
+    return dict(samples=total, iterations=1, chunk=total)
+
+
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
-    total = cem.samples * cem.iterations
-    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset,
-                              cem_changes=dict(samples=total, iterations=1, chunk=total))
+    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem))
     policy.name = "random_shooting_wm"
     return policy
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 
@@ -48,7 +47,8 @@ TUNING_SEED = 500   # dexwm-eval --seed 500: seeds 1,000,500 on, kept for tuning
 
 
 def variant_config(name: str, base):
-    """The CEM settings of variant ``name`` with the evaluations per replan of ``base``."""
+    """The CEM settings of variant ``name`` with the evaluations per replan of ``base`` (random
+    shooting: the evaluation's baseline, built from the CPU preset as there)."""
     if name == "cem":
         return base
     if name == "cem-keep":
@@ -56,8 +56,9 @@ def variant_config(name: str, base):
     if name == "cem-narrow":   # half the sampling std: plans nearer the motions the model was trained on
         return base.with_(std_arm=base.std_arm / 2, std_hand=base.std_hand / 2)
     if name == "rs":
-        total = base.samples * base.iterations
-        return base.with_(samples=total, iterations=1, chunk=total, elites=min(base.elites, total))
+        from dexwm_ros.evaluate import random_shooting_changes, shipped_cem_config
+
+        return shipped_cem_config("cpu", **random_shooting_changes(base))
     raise ValueError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
 
 
@@ -100,15 +101,16 @@ def run(tasks=TASK_KINDS, scenes: int = 8, seeds: int = 3, variants=DEFAULT_VARI
     from dexwm_planner.mpc import MPCConfig, MPCPlanner
     from dexwm_planner.world_model import DexWM, default_checkpoint
     from dexwm_robot.camera import HeadCamera
-    from dexwm_ros.evaluate import shipped_cem_config
+    from dexwm_ros.evaluate import EvalSettings, shipped_cem_config
 
     if "rs" not in variants:
         raise ValueError("the figures are ratios to random shooting: keep 'rs' among the variants")
     path = checkpoint or default_checkpoint()
     model = DexWM.load(path)
     step_s = float(model.frame_step)
-    base = shipped_cem_config("cpu", **(dict(samples=search[0], elites=search[1], iterations=search[2],
-                                             chunk=search[0]) if search else {}))
+    # The CEM of ``dexwm-eval --search S,E,I`` (the preset's without it).
+    searched = EvalSettings(protocol="paper", task="reach", search=search)
+    base = shipped_cem_config("cpu", **searched.search_changes())
     configs = {v: variant_config(v, base) for v in variants}
     w2c = HeadCamera().world_to_camera
     result = {"checkpoint": path, "search": [base.samples, base.elites, base.iterations],
@@ -131,7 +133,7 @@ def run(tasks=TASK_KINDS, scenes: int = 8, seeds: int = 3, variants=DEFAULT_VARI
                     env.restore_episode(start.episode, start.state)
                     frame, q = env.render(), env.joint_positions()
                     planner = MPCPlanner(model, actions_fn, kin.lower, kin.upper, MPCConfig(cem=configs[v]),
-                                         rotation_fn=rotation_fn, seed=start.seed + 1_000_003 * k)
+                                         rotation_fn=rotation_fn, seed=searched.cem_seed(start.seed, k))
                     planner.set_goal(start.goal.image)
                     planner.observe(frame, q)
                     step = planner.step(q)

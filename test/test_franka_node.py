@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 from rosutil import node_command, process, wait_for
 
+from dexwm_ros.ros_time import seconds
 from franka_driver.franky_sim import start_franky_sim
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def stamp_s(msg) -> float:
-    return msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
 
 
 class Client:
@@ -61,9 +58,9 @@ class Client:
         def still():
             time.sleep(0.1)
             recent = self.states[-500:]
-            t_end = stamp_s(recent[-1])
-            window = [s for s in recent if stamp_s(s) >= t_end - window_s]
-            if stamp_s(window[0]) > t_end - 0.8 * window_s:   # too few messages seen over the window
+            t_end = seconds(recent[-1].header.stamp)
+            window = [s for s in recent if seconds(s.header.stamp) >= t_end - window_s]
+            if seconds(window[0].header.stamp) > t_end - 0.8 * window_s:   # too few messages seen over the window
                 return False
             spread = np.ptp(np.array([s.position for s in window]), axis=0)
             return np.max(spread) < tolerance
@@ -151,7 +148,7 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
     assert list(msg.name) == [f"fr3_joint{i}" for i in range(1, 8)]
     n0 = len(client.states)
     wait_for(lambda: len(client.states) >= n0 + 5, 10, what="more /franka/joint_states")
-    stamps = [s.header.stamp.sec + 1e-9 * s.header.stamp.nanosec for s in client.states[-5:]]
+    stamps = [seconds(s.header.stamp) for s in client.states[-5:]]
     assert all(b > a for a, b in zip(stamps, stamps[1:]))
     q0 = client.q()
 

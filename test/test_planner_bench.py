@@ -55,7 +55,8 @@ def test_optimiser_bench_compares_searches_at_one_budget_and_executes_their_plan
     # The shipped model: a freshly initialised predictor ignores its actions (zero-initialised
     # modulation), so every search would return the held start.
     bench = [sys.executable, str(VENV_BIN / "dexwm-bench"), "optimiser"]
-    r = subprocess.run(bench + ["--json", "--tasks", "reach", "--scenes", "1", "--seeds", "2", "--search", "8,2,2"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(bench + ["--json", "--tasks", "reach", "--scenes", "1", "--seeds", "2", "--search", "8,2,2"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(r.stdout)
     reach = data["tasks"]["reach"]
@@ -70,8 +71,7 @@ def test_optimiser_bench_compares_searches_at_one_budget_and_executes_their_plan
     assert len({round(d, 6) for v in variants.values() for d in v["distance"]}) > 1
     assert len({round(c, 6) for v in variants.values() for c in v["realised"]}) > 1
     assert -1.0 <= reach["predicted_vs_realised_spearman"] <= 1.0
-    r = subprocess.run(bench + ["--variants", "cem"], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(bench + ["--variants", "cem"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "random shooting" in r.stderr
 
 
