@@ -27,6 +27,7 @@ from dexwm_ros.msg import PlannerStatus  # noqa: E402
 from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_NAMES, HAND_JOINT_NAMES as HAND_NAMES  # noqa: E402
 from dexwm_ros.image_conversion import numpy_to_image  # noqa: E402
 from dexwm_ros.planner_node import PlannerNode  # noqa: E402
+from dexwm_ros.ros_time import seconds  # noqa: E402
 from rosutil import wait_for  # noqa: E402
 
 
@@ -44,6 +45,7 @@ class RobotDouble(Node):
         self.q = np.r_[ARM_HOME, hand_joints.OPEN_POSE]
         self.move_seconds = move_seconds
         self.publish_images = True
+        self.last_image_stamp: float | None = None   # stamp of the last image published [s]
         self.image_clock_offset = 0.0     # seconds added to image stamps (a camera on another clock)
         self.targets: list[tuple[str, np.ndarray, np.ndarray]] = []   # (driver, q before, target)
         self.stamps: list[float] = []        # trajectory header stamps of the goals received [s]
@@ -87,7 +89,9 @@ class RobotDouble(Node):
             image_stamp = stamp
             if self.image_clock_offset:
                 image_stamp = self.get_clock().now().nanoseconds * 1e-9 + self.image_clock_offset
-            self.image_pub.publish(rgb_to_image_msg(self.image(), image_stamp))
+            msg = rgb_to_image_msg(self.image(), image_stamp)
+            self.image_pub.publish(msg)
+            self.last_image_stamp = seconds(msg.header.stamp)
 
     def _accept(self, goal):
         from rclpy.action import GoalResponse
@@ -181,6 +185,18 @@ def graph(rclpy_context):
         node.destroy_node()
 
 
+def _stop_images(robot, planner, what="the image to go stale"):
+    """The camera stops; waits until the planner has taken in the last frame published and calls it
+    stale (a frame still queued in the executor would otherwise arrive after the check, fresh)."""
+    robot.publish_images = False
+
+    def stale_and_last_taken_in():
+        image = planner.robot.latest_image()
+        return ("camera image" in planner.stale_inputs() and image is not None
+                and image.stamp == robot.last_image_stamp)
+    wait_for(stale_and_last_taken_in, 5, what=what)
+
+
 def _call(future, timeout=20.0):
     wait_for(future.done, timeout, what="a response")
     return future.result()
@@ -212,8 +228,7 @@ def test_goal_capture_through_each_trigger(graph):
 
 def test_capture_fails_clearly_without_camera(graph):
     robot, client, planner = graph
-    robot.publish_images = False
-    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale")
+    _stop_images(robot, planner)
     resp = _call(client.capture.call_async(Trigger.Request()))
     assert not resp.success and "camera image" in resp.message
     assert planner.goals.goal is None
@@ -374,8 +389,7 @@ def test_frames_stamped_before_the_last_move_are_not_planned_from(graph):
 def test_a_failed_capture_then_a_good_one_does_not_kill_the_planner(graph):
     """Capture logged at two severities from one call site crashed rclpy (issue: logger severity)."""
     robot, client, planner = graph
-    robot.publish_images = False
-    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale")
+    _stop_images(robot, planner)
     assert not _call(client.capture.call_async(Trigger.Request())).success
     client.pose_pub.publish(PoseStamped())                 # the RViz tools' path fails too
     time.sleep(0.3)
@@ -385,8 +399,7 @@ def test_a_failed_capture_then_a_good_one_does_not_kill_the_planner(graph):
     client.point_pub.publish(PointStamped())
     wait_for(lambda: planner.goals.goal is not None and planner.goals.goal.source == "/clicked_point", 5,
              what="capture from /clicked_point")
-    robot.publish_images = False
-    wait_for(lambda: "camera image" in planner.stale_inputs(), 5, what="the image to go stale again")
+    _stop_images(robot, planner, "the image to go stale again")
     assert not _call(client.capture.call_async(Trigger.Request())).success   # still serving
 
 
