@@ -14,7 +14,8 @@ from scipy.spatial.transform import Rotation
 
 from dexwm_robot.joints import DOF as DECISION_DIM
 
-from .keypoints import NUM_HAND_KEYPOINTS, NUM_KEYPOINTS
+from .keypoints import (HEATMAP_KEYPOINTS, NUM_HAND_KEYPOINTS, NUM_KEYPOINTS, RIGHT_HAND_HEATMAPS, project_points,
+                        transform_points)
 
 ACTION_DIM = 3 * NUM_KEYPOINTS + 6  # 132
 CAM_TRANSLATION = slice(3 * NUM_KEYPOINTS, 3 * NUM_KEYPOINTS + 3)
@@ -92,6 +93,16 @@ def allegro_actions(q_seq: np.ndarray, world_to_camera: np.ndarray, kinematics=N
     if W.shape != (4, 4):
         raise ValueError(f"world_to_camera must be (4, 4), got {W.shape}")
     return static_camera_actions(allegro_keypoints_world(q, kinematics), W)
+
+
+def allegro_hand_pixels(q: np.ndarray, world_to_camera: np.ndarray, intrinsics: np.ndarray,
+                        kinematics=None) -> np.ndarray:
+    """Right-hand wrist + 5 fingertip pixels (..., 6, 2) of joint vectors q (..., 23): forward
+    kinematics projected into the camera (``intrinsics``: K of the model image, see
+    ``dexwm_robot.view.model_view_intrinsics``), in the heatmap head's keypoint order."""
+    kp = allegro_keypoints_world(q, kinematics)[..., HEATMAP_KEYPOINTS[RIGHT_HAND_HEATMAPS], :]
+    uv, _ = project_points(transform_points(np.asarray(world_to_camera, dtype=np.float64), kp), intrinsics)
+    return uv
 
 
 class ActionNormalizer:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
 from .cem import CEM, CEMConfig, CEMResult, CPU
-from .objective import ActionsFn, GoalObjective, ObjectiveConfig, RotationFn, WorldModelLike
+from .objective import ActionsFn, GoalObjective, HandPixelsFn, ObjectiveConfig, RotationFn, WorldModelLike
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,16 @@ class MPCPlanner:
     """Plans joint targets toward a goal image with a world model (CEM inside receding-horizon MPC)."""
 
     def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, lower: np.ndarray, upper: np.ndarray,
-                 config: MPCConfig = MPCConfig(), rotation_fn: RotationFn | None = None, seed: int | None = None):
+                 config: MPCConfig = MPCConfig(), rotation_fn: RotationFn | None = None, seed: int | None = None,
+                 hand_pixels_fn: HandPixelsFn | None = None):
+        """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
+        planned-hand keypoint terms (needed only when their weights are on)."""
         self.model = model
         self.actions_fn = actions_fn
         self.config = config
         self.cem = CEM(config.cem, lower, upper)
         self.rotation_fn = rotation_fn
+        self.hand_pixels_fn = hand_pixels_fn
         self.rng = np.random.default_rng(seed)
         self._context: collections.deque = collections.deque(maxlen=config.context_frames)
         # Joints at each context frame (None when unknown): the actions between context frames.
@@ -90,9 +94,10 @@ class MPCPlanner:
         objective_cfg = self.config.objective
         if objective_cfg.orientation_weight > 0 and goal_rotation is None:
             # Without goal joints the orientation reference is taken at the first replan (see step).
-            objective_cfg = ObjectiveConfig(decay=objective_cfg.decay, keypoint_weight=objective_cfg.keypoint_weight)
+            objective_cfg = replace(objective_cfg, orientation_weight=0.0)
         self.objective = GoalObjective(self.model, self.actions_fn, latent, objective_cfg,
-                                       rotation_fn=self.rotation_fn, goal_rotation=goal_rotation)
+                                       rotation_fn=self.rotation_fn, goal_rotation=goal_rotation,
+                                       hand_pixels_fn=self.hand_pixels_fn)
         self.goal_latent = latent
         self.goal_image = image
         self.goal_rotation = goal_rotation
@@ -158,7 +163,8 @@ class MPCPlanner:
                 and self.rotation_fn is not None:
             # No goal joints known: keep the end-effector orientation the robot has now.
             self.objective = GoalObjective(self.model, self.actions_fn, self.goal_latent, self.config.objective,
-                                           rotation_fn=self.rotation_fn, goal_rotation=self.rotation_fn(q[None])[0])
+                                           rotation_fn=self.rotation_fn, goal_rotation=self.rotation_fn(q[None])[0],
+                                           hand_pixels_fn=self.hand_pixels_fn)
         t0 = time.perf_counter()
         horizon = self._next_horizon
         context = self.context

@@ -10,7 +10,12 @@ Terms (DexWM paper, section on planning):
   weighted over time like the latent term;
 * optional end-effector orientation: ``orientation_weight`` times the squared rotation angle [rad^2]
   between the planned final end-effector orientation and a reference (used for grasping, where the
-  palm should keep its approach orientation).
+  palm should keep its approach orientation);
+* optional planned hand keypoints: ``hand_pixel_weight`` times the MSE [px^2] between the 2D
+  right-hand keypoints of the *planned joints* (forward kinematics projected into the camera: exact
+  where the world model's heatmaps are noisy) and those the heatmap head decodes from the goal image,
+  weighted over time like the latent term. Not the paper's (it decodes both from latents); it uses
+  nothing but the goal image and the robot's own kinematics and camera calibration.
 
 The world model is anything that follows ``WorldModelLike`` (the real ``DexWM`` or a small test
 model); joint plans become 132-d keypoint-delta actions through ``actions_fn`` (forward kinematics).
@@ -47,6 +52,8 @@ class WorldModelLike(Protocol):
 ActionsFn = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
 # joints (B, 23) -> end-effector rotation matrices (B, 3, 3)
 RotationFn = Callable[[np.ndarray], np.ndarray]
+# joints (..., 23) -> right-hand wrist + 5 fingertip pixels (..., 6, 2) in the model image
+HandPixelsFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,17 @@ class ObjectiveConfig:
     decay: float = 0.6
     keypoint_weight: float = 1e-3
     orientation_weight: float = 0.0
+    hand_pixel_weight: float = 0.0
 
     def __post_init__(self):
         if not (0 < self.decay <= 1):
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
-        if self.keypoint_weight < 0 or self.orientation_weight < 0:
+        if min(self.keypoint_weight, self.orientation_weight, self.hand_pixel_weight) < 0:
             raise ValueError("cost weights must be >= 0")
+
+    @property
+    def needs_goal_keypoints(self) -> bool:
+        return self.keypoint_weight > 0 or self.hand_pixel_weight > 0
 
 
 def step_weights(horizon: int, decay: float) -> np.ndarray:
@@ -81,6 +93,7 @@ class CostTerms:
     latent: np.ndarray         # (N,) weighted latent MSE
     keypoint: np.ndarray       # (N,) weighted right-hand keypoint MSE [px^2] (before the weight)
     orientation: np.ndarray    # (N,) squared final orientation error [rad^2] (before the weight)
+    hand_pixels: np.ndarray    # (N,) weighted planned-hand keypoint MSE [px^2] (before the weight)
     predicted_keypoints: np.ndarray | None = None  # (N, T, 12, 2)
 
 
@@ -89,7 +102,7 @@ class GoalObjective:
 
     def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, goal_latent: torch.Tensor,
                  config: ObjectiveConfig = ObjectiveConfig(), rotation_fn: RotationFn | None = None,
-                 goal_rotation: np.ndarray | None = None):
+                 goal_rotation: np.ndarray | None = None, hand_pixels_fn: HandPixelsFn | None = None):
         self.model = model
         self.actions_fn = actions_fn
         self.config = config
@@ -97,10 +110,13 @@ class GoalObjective:
         if self.goal_latent.ndim != 2:
             raise ValueError(f"goal latent must be (P, d), got shape {tuple(self.goal_latent.shape)}")
         with torch.no_grad():
-            kp = model.keypoints_2d(self.goal_latent[None])[0] if config.keypoint_weight > 0 else None
+            kp = model.keypoints_2d(self.goal_latent[None])[0] if config.needs_goal_keypoints else None
         self.goal_keypoints = None if kp is None else torch.as_tensor(kp)[RIGHT_HAND_KEYPOINTS].float()
         if config.orientation_weight > 0 and (rotation_fn is None or goal_rotation is None):
             raise ValueError("an orientation weight needs rotation_fn and goal_rotation")
+        if config.hand_pixel_weight > 0 and hand_pixels_fn is None:
+            raise ValueError("a hand pixel weight needs hand_pixels_fn (kinematics and camera)")
+        self.hand_pixels_fn = hand_pixels_fn
         self.rotation_fn = rotation_fn
         self.goal_rotation = None if goal_rotation is None else np.asarray(goal_rotation, dtype=np.float64)
 
@@ -148,6 +164,12 @@ class GoalObjective:
             final = np.asarray(samples, dtype=np.float64)[:, -1]
             rotations = np.asarray(self.rotation_fn(final), dtype=np.float64).reshape(n, 3, 3)
             orientation = rotation_angle(rotations, self.goal_rotation) ** 2
-        total = latent + cfg.keypoint_weight * keypoint + cfg.orientation_weight * orientation
+        hand_pixels = np.zeros(n)
+        if cfg.hand_pixel_weight > 0:
+            planned = np.asarray(self.hand_pixels_fn(np.asarray(samples, dtype=np.float64)), dtype=np.float64)
+            sq = ((planned - self.goal_keypoints.numpy().astype(np.float64)) ** 2).mean(axis=(-2, -1))  # (N, T)
+            hand_pixels = sq @ w.numpy()
+        total = (latent + cfg.keypoint_weight * keypoint + cfg.orientation_weight * orientation
+                 + cfg.hand_pixel_weight * hand_pixels)
         return CostTerms(total=total, latent=latent, keypoint=keypoint, orientation=orientation,
-                         predicted_keypoints=kp_np)
+                         hand_pixels=hand_pixels, predicted_keypoints=kp_np)

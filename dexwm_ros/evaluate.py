@@ -100,6 +100,8 @@ HOLD_S = 2.0
 # planner node's default: on the tuning seeds a 5-step plateau stopped reaches early (README, "Stop
 # rule"); the figures measured with it say plateau_steps 5 in their JSON (--plateau-steps 5).
 PLATEAU_STEPS = 0
+# Weight of the planned-hand keypoint term (dexwm_planner.objective), as config/planner.yaml ships it.
+HAND_PIXEL_WEIGHT = 0.0
 
 
 def sim_task(protocol: str, task: str) -> str:
@@ -174,9 +176,12 @@ class EvalSettings:
     # Plan through the scripted solution's subgoal images (composite pick-place), one planning
     # session each, advancing by the stop rule (dexwm_planner.subgoals); max_steps is per subgoal.
     subgoals: bool = False
+    # Planned-hand keypoint term (dexwm_planner.objective.ObjectiveConfig.hand_pixel_weight).
+    hand_pixel_weight: float = HAND_PIXEL_WEIGHT
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
+        self.objective()                            # raises on a bad weight
         if self.search:
             self.search = tuple(int(v) for v in self.search)
             shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size
@@ -241,6 +246,12 @@ class EvalSettings:
         changes = dict(samples=samples, elites=elites, iterations=iterations, chunk=samples)
         return {**changes, "keep_elites": kept[0]} if kept else changes
 
+    def objective(self):
+        """The planning cost's settings (the planner node's defaults but for the weights set here)."""
+        from dexwm_planner.objective import ObjectiveConfig
+
+        return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight))
+
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule, the simulation's joint limits,
         the per-step caps every policy moves under, and the (resolved) step timing."""
@@ -271,22 +282,29 @@ class WorldModelPolicy:
 
     name = "dexwm"
 
-    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None):
-        from dexwm_planner.actions import allegro_actions
+    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None):
+        from dexwm_planner.actions import allegro_actions, allegro_hand_pixels
         from dexwm_planner.mpc import MPCConfig
+        from dexwm_planner.objective import ObjectiveConfig
         from dexwm_planner.session import WorldModelPlans
+        from dexwm_robot.camera import HeadCamera
 
         self.model, self.kin = model, kinematics
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, world_to_camera, kinematics=kinematics)
         self.rotation_fn = lambda q: kinematics.ee_pose(q)[1]
-        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})))
+        # The simulation renders at the model's image size (sim_camera_size), so its K is the model image's.
+        h, w = tuple(getattr(model, "image_size", (224, 224)))
+        K = HeadCamera().intrinsics(w, h)
+        self.hand_pixels_fn = lambda q: allegro_hand_pixels(q, world_to_camera, K, kinematics=kinematics)
+        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})),
+                                objective=objective if objective is not None else ObjectiveConfig())
         self.plans = WorldModelPlans(self._make_planner)
 
     def _make_planner(self, seed):
         from dexwm_planner.mpc import MPCPlanner
 
         return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
-                          rotation_fn=self.rotation_fn, seed=seed)
+                          rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn)
 
     def start(self, goal_image, goal_joints, seed):
         # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
@@ -316,11 +334,13 @@ def random_shooting_changes(cem) -> dict:
     return dict(samples=total, iterations=1, chunk=total)
 
 
-def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None) -> WorldModelPolicy:
+def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
+                       objective=None) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
-    total evaluations per replan (samples x iterations), the best sample executed."""
+    total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
-    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem))
+    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
+                              objective=objective)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -970,7 +990,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             runner = make_runner(settings)
             starts, skipped = collect_starts(runner, settings, progress)
             model = DexWM.load(settings.checkpoint or None)
-            policy = WorldModelPolicy(model, kin, w2c, settings.preset, settings.search_changes())
+            policy = WorldModelPolicy(model, kin, w2c, settings.preset, settings.search_changes(),
+                                      objective=settings.objective())
             planner_seeds = settings.planner_seeds
             outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
         main = summarize(outcomes)
@@ -986,7 +1007,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             policies = []
             own_settings = {}     # an ablation checkpoint stops by its own fitted thresholds
             if "random_shooting_wm" in wanted:
-                policies.append(random_shooting_wm(model, kin, w2c, settings.preset, settings.search_changes()))
+                policies.append(random_shooting_wm(model, kin, w2c, settings.preset, settings.search_changes(),
+                                                   objective=settings.objective()))
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "hold_still" in wanted:
@@ -994,7 +1016,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             if "random_joint_walk" in wanted:
                 policies.append(RandomJointWalkPolicy(kin, settings.preset))
             for name, path in (ablations if ablations is not None else default_ablations()).items():
-                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, settings.search_changes())
+                policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, settings.search_changes(),
+                                          objective=settings.objective())
                 policy.name = name
                 policies.append(policy)
                 own_settings[name] = replace(settings, checkpoint=str(path))
@@ -1061,6 +1084,8 @@ def main(argv: list[str] | None = None) -> int:
                              "baseline gets the same total); KEPT: elites carried into the next iteration")
     parser.add_argument("--hold-s", type=float, default=HOLD_S, help="simulated hold after the stop before judging")
     parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
+    parser.add_argument("--hand-pixel-weight", type=float, default=HAND_PIXEL_WEIGHT,
+                        help="weight of the planned-hand keypoint term [1/px^2] (dexwm_planner.objective)")
     parser.add_argument("--done-cost", type=float, default=-1.0,
                         help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
@@ -1136,7 +1161,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
                                 max_steps=args.max_steps, preset=args.preset, search=search, checkpoint=args.checkpoint,
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
-                                done_cost=args.done_cost, subgoals=args.subgoals)
+                                done_cost=args.done_cost, subgoals=args.subgoals,
+                                hand_pixel_weight=args.hand_pixel_weight)
     except ValueError as e:
         parser.error(str(e))
     args.out.parent.mkdir(parents=True, exist_ok=True)

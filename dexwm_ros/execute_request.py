@@ -24,6 +24,7 @@ class ExecutePlan:
     sequence: bool               # run as a sequence of subgoals
     name: str = ""               # the captured sequence's name
     new_goal: bool = False       # a single goal image sent with the request (it becomes the current goal)
+    camera_hw: tuple[int, int] | None = None   # the camera's frame size when the goal was accepted
 
 
 def read_request(request, default_task: str, default_max_steps: int, goals: GoalStore,
@@ -41,17 +42,17 @@ def read_request(request, default_task: str, default_max_steps: int, goals: Goal
         name, sequence = _sequence(request, goals, camera_hw)
         if sequence:
             sequence_subgoals(sequence)       # unknown phases fail before anything moves
-            return ExecutePlan(task, max_steps, sequence, True, name)
+            return ExecutePlan(task, max_steps, sequence, True, name, camera_hw=camera_hw)
         if request.goal_image.height > 0 and not request.use_captured_goal:
             goal = Goal(fit_goal_image(image_to_numpy(request.goal_image), camera_hw), None, "the Execute request")
-            return ExecutePlan(task, max_steps, [goal], False, new_goal=True)
+            return ExecutePlan(task, max_steps, [goal], False, new_goal=True, camera_hw=camera_hw)
     except ValueError as e:
         raise Refused(f"bad_goal: {e}") from None
     goal = goals.goal
     if goal is None:
         raise Refused("no_goal: no goal: send a goal image, call /dexwm/capture_goal, use the RViz tools or set "
                       "the goal_image parameter")
-    return ExecutePlan(task, max_steps, [goal], False)
+    return ExecutePlan(task, max_steps, [goal], False, camera_hw=camera_hw)
 
 
 def _sequence(request, goals: GoalStore, camera_hw) -> tuple[str, list[Goal]]:

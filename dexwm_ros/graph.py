@@ -207,6 +207,26 @@ def robot_description(extrinsics: str) -> str:
     return robot_urdf(world_to_camera=world_to_camera)
 
 
+def camera_extrinsic(extrinsics: str) -> list[float]:
+    """The calibration file's 4x4 world->camera transform as the 16 row-major values of the planner's
+    ``world_to_camera`` parameter."""
+    from dexwm_robot.camera import load_extrinsics
+
+    try:
+        return [float(v) for v in load_extrinsics(Path(extrinsics)).ravel()]
+    except ValueError as e:
+        raise GraphError(f"camera calibration: {e}") from e
+
+
+def _file_argument(entry: dict, key: str, values: dict[str, str]) -> str:
+    """The file an entry's ``key`` names: a "$(argument)" (its value) or a literal path."""
+    source = str(entry[key])
+    ref = _ARG_REF.match(source)
+    if ref and ref.group(1) not in values:
+        raise GraphError(f"node '{entry['name']}' refers to unknown argument '{ref.group(1)}'")
+    return values[ref.group(1)] if ref else source
+
+
 def resolve_graph(graph: str, arguments: dict[str, str] | None = None,
                   description: dict | None = None, notices: list[str] | None = None) -> list[NodeSpec]:
     """The nodes a graph starts for the given launch arguments (unknown names are an error).
@@ -256,11 +276,13 @@ def resolve_graph(graph: str, arguments: dict[str, str] | None = None,
         if "robot_description" in entry:
             # The URDF is generated here, at launch, so it always matches the installed model and the
             # calibration file given now ("$(argument)" names that file).
-            source = str(entry["robot_description"])
-            ref = _ARG_REF.match(source)
-            if ref and ref.group(1) not in values:
-                raise GraphError(f"node '{entry['name']}' refers to unknown argument '{ref.group(1)}'")
-            parameters["robot_description"] = robot_description(values[ref.group(1)] if ref else source)
+            parameters["robot_description"] = robot_description(_file_argument(entry, "robot_description", values))
+        if "world_to_camera" in entry:
+            # The planner computes its actions (and projects the planned hand) in the camera frame:
+            # the same calibration file as TF, or the node's default (the simulated camera) when empty.
+            calibration = _file_argument(entry, "world_to_camera", values)
+            if calibration:
+                parameters["world_to_camera"] = camera_extrinsic(calibration)
         nodes.append(NodeSpec(
             executable=entry["executable"], name=entry["name"], namespace=entry.get("namespace", ""),
             params_file=params_file, parameters=parameters, required=bool(entry.get("required", True)),

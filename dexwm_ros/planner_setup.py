@@ -4,6 +4,7 @@ stop rule from the node's settings (dexwm_ros.planner_settings)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -54,13 +55,38 @@ class WorldModelPlanning:
                             else load_fitted_stop(settings.checkpoint, log))
         self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
         self.frame_step = float(getattr(self.model, "frame_step", 0.2))
+        self.camera_matrix = settings.intrinsics()
+        self.log = log
         kin, w2c = self.kin, self.world_to_camera
         self._actions = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)
         self._rotation = lambda q: kin.ee_pose(q)[1]
 
-    def planner(self, settings: PlannerSettings, task: str, seed: int | None = None) -> MPCPlanner:
-        return MPCPlanner(self.model, self._actions, self.lower, self.upper, settings.mpc(task),
-                          rotation_fn=self._rotation, seed=settings.seed if seed is None else seed)
+    def hand_pixels_fn(self, camera_hw: tuple[int, int] | None):
+        """joints (..., 23) -> the right hand's wrist + fingertip pixels (..., 6, 2) in the model image,
+        for colour frames of size ``camera_hw`` (None: not known yet, no function)."""
+        from dexwm_planner.actions import allegro_hand_pixels
+        from dexwm_robot.camera import HeadCamera
+        from dexwm_robot.view import model_view_intrinsics
+
+        if camera_hw is None:
+            return None
+        h, w = int(camera_hw[0]), int(camera_hw[1])
+        K_frames = self.camera_matrix if self.camera_matrix is not None else HeadCamera().intrinsics(w, h)
+        K = model_view_intrinsics(K_frames, (w, h), int(self.image_size[0]))
+        kin, w2c = self.kin, self.world_to_camera
+        return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)
+
+    def planner(self, settings: PlannerSettings, task: str, seed: int | None = None,
+                camera_hw: tuple[int, int] | None = None) -> MPCPlanner:
+        """The MPC planner of a goal; ``camera_hw``: the colour frames' size (the planned-hand term
+        projects into them; without it that term is off for this goal)."""
+        config = settings.mpc(task)
+        hand_pixels = self.hand_pixels_fn(camera_hw)
+        if config.objective.hand_pixel_weight > 0 and hand_pixels is None:
+            self.log.warning("hand_pixel_weight is set but no camera frame size is known: the term is off for this goal")
+            config = replace(config, objective=replace(config.objective, hand_pixel_weight=0.0))
+        return MPCPlanner(self.model, self._actions, self.lower, self.upper, config, rotation_fn=self._rotation,
+                          seed=settings.seed if seed is None else seed, hand_pixels_fn=hand_pixels)
 
     def fitted_done_cost(self, settings: PlannerSettings):
         """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal

@@ -41,6 +41,30 @@ def test_arguments_are_typed_like_the_node_yaml():
     assert "checkpoint" not in hw["planner"].parameters
 
 
+def test_planner_plans_in_the_calibrated_camera_frame(tmp_path):
+    """The calibration file that places the camera in TF also gives the planner its extrinsic (its
+    actions and planned-hand pixels are in the camera frame); without one the node keeps its default."""
+    import numpy as np
+
+    from dexwm_ros.planner_settings import PlannerSettings
+
+    w2c = np.eye(4)
+    w2c[:3, 3] = (0.1, -0.2, 1.3)
+    calib = tmp_path / "calib.yaml"
+    calib.write_text(yaml.safe_dump(w2c.tolist()))
+    planner = next(n for n in resolve_graph("grasp", {"sim": "false", "extrinsics": str(calib)}) if n.name == "planner")
+    assert planner.parameters["world_to_camera"] == [float(v) for v in w2c.ravel()]
+    assert "world_to_camera:=[1.0, 0.0, 0.0, 0.1," in " ".join(planner.ros_args())
+    settings = PlannerSettings(world_to_camera=tuple(planner.parameters["world_to_camera"]))
+    np.testing.assert_array_equal(settings.camera_extrinsic(), w2c)
+    default = next(n for n in resolve_graph("grasp", {"sim": "false"}) if n.name == "planner")
+    assert "world_to_camera" not in default.parameters
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("[1, 2, 3]")
+    with pytest.raises(GraphError, match="camera calibration"):
+        resolve_graph("grasp", {"sim": "false", "extrinsics": str(bad)})
+
+
 def test_ros_args_name_and_namespace():
     cam = next(n for n in resolve_graph("grasp", {"sim": "false"}) if n.name == "camera")
     args = cam.ros_args()

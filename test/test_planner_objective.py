@@ -73,3 +73,33 @@ def test_orientation_term():
     assert np.isclose(rotation_angle(Rotation.from_euler("x", 0.3).as_matrix(), np.eye(3)), 0.3)
     with pytest.raises(ValueError, match="orientation weight"):
         GoalObjective(model, delta_actions, goal_latent, cfg)
+
+
+def test_planned_hand_pixel_term():
+    """The planned joints' projected hand keypoints against the keypoints decoded from the goal."""
+    model = LinearTestModel()
+    rng = np.random.default_rng(1)
+    q0 = np.zeros(DOF)
+    goal_latent = model.encode(model.render(rng.uniform(-0.2, 0.2, DOF))[None])[0]
+    goal_kp = model.keypoints_2d(goal_latent[None])[0][:6].numpy().astype(np.float64)
+    context = model.encode(model.render(q0)[None])
+
+    def hand_pixels_fn(q):   # a stand-in for FK + projection: joints 0..11 as six (u, v) pairs, scaled
+        return 100.0 * np.asarray(q)[..., :12].reshape(q.shape[:-1] + (6, 2))
+    cfg = ObjectiveConfig(keypoint_weight=0, hand_pixel_weight=0.01)
+    objective = GoalObjective(model, delta_actions, goal_latent, cfg, hand_pixels_fn=hand_pixels_fn)
+    samples = rng.uniform(-0.2, 0.2, (4, 3, DOF))
+    terms = objective.terms(context, q0, samples)
+    per_step = ((hand_pixels_fn(samples) - goal_kp) ** 2).mean(axis=(-2, -1))      # (4, 3)
+    assert np.allclose(terms.hand_pixels, per_step @ step_weights(3, 0.6))
+    assert np.allclose(terms.total, terms.latent + 0.01 * terms.hand_pixels)
+    # a plan whose hand lands on the goal's keypoints pays nothing for this term
+    on_goal = np.zeros((1, 3, DOF))
+    on_goal[0, :, :12] = goal_kp.reshape(-1) / 100.0
+    assert objective.terms(context, q0, on_goal).hand_pixels[0] < 1e-9
+    assert np.all(GoalObjective(model, delta_actions, goal_latent, ObjectiveConfig(keypoint_weight=0)).terms(
+        context, q0, samples).hand_pixels == 0)
+    with pytest.raises(ValueError, match="hand pixel weight"):
+        GoalObjective(model, delta_actions, goal_latent, cfg)
+    with pytest.raises(ValueError, match=">= 0"):
+        ObjectiveConfig(hand_pixel_weight=-1.0)

@@ -1,0 +1,54 @@
+"""The planned-hand keypoint term's projection: forward kinematics into the model image's pixels,
+the pixel frame the heatmap head decodes goal images in, for any colour frame size."""
+import dataclasses
+import types
+
+import numpy as np
+
+from dexwm_planner.actions import allegro_hand_pixels
+from dexwm_planner.keypoints import HEATMAP_KEYPOINTS
+from dexwm_robot.camera import HeadCamera
+from dexwm_robot.franka import HOME
+from dexwm_robot.kinematics import RobotKinematics
+from dexwm_ros.planner_settings import PlannerSettings
+from dexwm_ros.planner_setup import WorldModelPlanning
+
+
+def _poses(kin, n=5, seed=0):
+    """Joint vectors around the arm's home pose (the hand in front of the camera), hand joints anywhere."""
+    rng = np.random.default_rng(seed)
+    lower, upper = np.asarray(kin.lower), np.asarray(kin.upper)
+    q = lower + rng.uniform(0.2, 0.8, (n, len(lower))) * (upper - lower)
+    q[:, :7] = HOME + rng.uniform(-0.3, 0.3, (n, 7))
+    return q
+
+
+def test_hand_pixels_are_the_heatmap_keypoints_projected():
+    kin, cam = RobotKinematics.from_description(), HeadCamera()
+    q = _poses(kin)
+    uv = allegro_hand_pixels(q, cam.world_to_camera, cam.intrinsics(224, 224), kinematics=kin)
+    wrist_and_tips = np.asarray(kin.keypoints_world(q))[:, HEATMAP_KEYPOINTS[:6]]
+    expected, _, _ = cam.project(wrist_and_tips, 224, 224)
+    assert uv.shape == (5, 6, 2)
+    np.testing.assert_allclose(uv, expected, atol=1e-6)
+
+
+def test_planner_projects_into_the_model_view_of_any_frame_size():
+    """A 640x480 frame of the sim camera, resized to height 224 and centre-cropped, shows the hand
+    where a 224x224 render does (to the third of a pixel the crop rounds to); an explicit
+    camera_matrix gives the same as the default."""
+    kin, cam = RobotKinematics.from_description(), HeadCamera()
+    model = types.SimpleNamespace(image_size=(224, 224), frame_step=0.2)
+    planning = WorldModelPlanning(PlannerSettings(), model=model, kinematics=kin)
+    q = _poses(kin, seed=1)
+    square = planning.hand_pixels_fn((224, 224))(q)
+    wide = planning.hand_pixels_fn((480, 640))(q)
+    np.testing.assert_allclose(wide, square, atol=0.34)
+    explicit = dataclasses.replace(PlannerSettings(), camera_matrix=tuple(cam.intrinsics(640, 480).ravel()))
+    given = WorldModelPlanning(explicit, model=model, kinematics=kin).hand_pixels_fn((480, 640))(q)
+    np.testing.assert_allclose(given, wide, atol=1e-9)
+    assert planning.hand_pixels_fn(None) is None
+    # Without a known frame size the term is off for that goal, not an error.
+    weighted = dataclasses.replace(PlannerSettings(), hand_pixel_weight=1e-3)
+    assert planning.planner(weighted, "reach", camera_hw=None).config.objective.hand_pixel_weight == 0.0
+    assert planning.planner(weighted, "reach", camera_hw=(224, 224)).config.objective.hand_pixel_weight == 1e-3
