@@ -12,7 +12,7 @@ Per-subgoal search settings (:class:`SearchSettings`) change what the CEM sample
 rule ends the subgoal: finger sampling std (the paper's planner samples fingers with std 0.01 rad
 while placing so that the object stays held), a hand held at its last targets, an end-effector
 orientation term (the paper's grasp, weight 0.4), a step budget, a stop threshold. Named profiles
-(``PHASES``) give the defaults of grasp -> lift -> carry -> release (``PICK_PLACE``).
+(``PHASES``) give the defaults of reach -> grasp -> lift -> carry -> release (``PICK_PLACE``).
 
 ROS-free: the planner node (one Execute goal with several goal images or a captured sequence), the
 in-process evaluation (``dexwm-eval --subgoals``) and the tests run this object.
@@ -96,8 +96,11 @@ class SearchSettings:
 PHASES: dict[str, SearchSettings] = {
     # Move the open hand somewhere (e.g. above the object): everything searched.
     "reach": SearchSettings(phase="reach", kind="reach"),
-    # Close on the object and lift it: keep the approach orientation (paper: grasp, weight 0.4).
+    # Close on the object (and lift it, when no lift subgoal follows): keep the approach orientation
+    # (paper: grasp, weight 0.4).
     "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4),
+    # Lift the object in the closed hand: the hand keeps the targets that close it, only the arm moves.
+    "lift": SearchSettings(phase="lift", kind="grasp", hold_hand=True),
     # Carry the object: the hand keeps the targets that close it, only the arm moves.
     "carry": SearchSettings(phase="carry", kind="place", hold_hand=True),
     # Object in hand near its target (the paper's place): fingers barely sampled so it stays held.
@@ -105,8 +108,10 @@ PHASES: dict[str, SearchSettings] = {
     # Put it down and open: small arm motions near the target, fingers free to open.
     "release": SearchSettings(phase="release", kind="place", std_arm=0.1),
 }
-# grasp -> lift -> carry -> release: pre-grasp pose, grasped and lifted, above the target, released.
-PICK_PLACE = ("reach", "grasp", "carry", "release")
+# reach -> grasp -> lift -> carry -> release: pre-grasp pose, closed on the object, lifted, above the
+# target, released; four subgoals leave out the lift (the grasp subgoal shows the object lifted).
+PICK_PLACE = ("reach", "grasp", "lift", "carry", "release")
+PICK_PLACE_WITHOUT_LIFT = ("reach", "grasp", "carry", "release")
 
 
 def phase_settings(name: str) -> SearchSettings:
@@ -118,10 +123,11 @@ def phase_settings(name: str) -> SearchSettings:
 
 
 def default_phases(count: int) -> tuple[str, ...]:
-    """Phases of a sequence whose subgoals name none: grasp -> lift -> carry -> release for four,
-    the paper's single-stage profiles otherwise (the last subgoal places nothing it did not grasp)."""
-    if count == len(PICK_PLACE):
-        return PICK_PLACE
+    """Phases of a sequence whose subgoals name none: reach -> grasp -> lift -> carry -> release for
+    five, the same without the lift for four, reach for every subgoal otherwise."""
+    for phases in (PICK_PLACE, PICK_PLACE_WITHOUT_LIFT):
+        if count == len(phases):
+            return phases
     return ("reach",) * count
 
 

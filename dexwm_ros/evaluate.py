@@ -32,11 +32,13 @@ without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without 
 ``--ablation NAME=PATH``).
 
 **Subgoals** (``--subgoals``, composite ``pick-place`` only): the planner gets the scripted
-solution's images at four marks (hand open above the object, object grasped and lifted, object
-carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals``) instead of the
-final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
-planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
-stop rule; ``--max-steps`` is then per subgoal, default 12). Images only: the subgoal states' joints
+solution's images at five marks (hand open above the object, hand closed on it on the table,
+object lifted, object carried above its target, object released there;
+``dexwm_sim.tasks.make_subgoals``) instead of the final image alone, and runs them as the planner
+node runs a sequence (dexwm_planner.subgoals: one planning session per subgoal with the reach,
+grasp, lift, carry, release search settings, advancing by the stop rule; ``--max-steps`` is then per
+subgoal, default 12). ``--subgoal-marks`` picks other marks (the four of earlier figures:
+``pregrasp,lifted,above,released``). Images only: the subgoal states' joints
 are not given. Baselines that plan toward one goal only are skipped (``skipped_baselines``);
 ``subgoal_reasons`` of every outcome says how each subgoal ended.
 
@@ -101,7 +103,7 @@ HOLD_S = 2.0
 # rule"); the figures measured with it say plateau_steps 5 in their JSON (--plateau-steps 5).
 PLATEAU_STEPS = 0
 # Weight of the planned-hand keypoint term (dexwm_planner.objective), as config/planner.yaml ships it.
-HAND_PIXEL_WEIGHT = 0.0
+HAND_PIXEL_WEIGHT = 1e-3
 
 
 def sim_task(protocol: str, task: str) -> str:
@@ -176,6 +178,7 @@ class EvalSettings:
     # Plan through the scripted solution's subgoal images (composite pick-place), one planning
     # session each, advancing by the stop rule (dexwm_planner.subgoals); max_steps is per subgoal.
     subgoals: bool = False
+    subgoal_marks: tuple = ()      # marks of the scripted solution shown as subgoals; empty = tasks.SUBGOAL_MARKS
     # Planned-hand keypoint term (dexwm_planner.objective.ObjectiveConfig.hand_pixel_weight).
     hand_pixel_weight: float = HAND_PIXEL_WEIGHT
 
@@ -185,6 +188,9 @@ class EvalSettings:
         if self.search:
             self.search = tuple(int(v) for v in self.search)
             shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size
+        self.subgoal_marks = tuple(self.subgoal_marks)
+        if self.subgoal_marks and not self.subgoals:
+            raise ValueError("subgoal marks need subgoals (--subgoals)")
         if self.subgoals and self.sim_task != "pick-place":
             raise ValueError("subgoals are made for the composite pick-place task (--protocol composite "
                              "--task pick-place)")
@@ -296,8 +302,8 @@ class WorldModelPolicy:
         h, w = tuple(getattr(model, "image_size", (224, 224)))
         K = HeadCamera().intrinsics(w, h)
         self.hand_pixels_fn = lambda q: allegro_hand_pixels(q, world_to_camera, K, kinematics=kinematics)
-        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})),
-                                objective=objective if objective is not None else ObjectiveConfig())
+        objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
+        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective)
         self.plans = WorldModelPlans(self._make_planner)
 
     def _make_planner(self, seed):
@@ -445,7 +451,9 @@ def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
     episode = env.reset(settings.sim_task, seed)
     goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),))
     state = env.initial_state if settings.sim_task in tasks.PAPER_TASKS else None
-    subgoals = tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),)) if settings.subgoals else None
+    marks = tuple(settings.subgoal_marks) or tasks.SUBGOAL_MARKS
+    subgoals = (tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),), marks=marks)
+                if settings.subgoals else None)
     return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal, subgoals=subgoals)
 
 
@@ -493,7 +501,7 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
 
 def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int):
     """One episode through its subgoal images (the planner node's SubgoalSequence), with the default
-    phases of a four-subgoal pick-and-place; images only: the subgoal states' joints are privileged."""
+    phases of a pick-and-place of that many subgoals; images only: the subgoal states' joints are privileged."""
     from dexwm_planner.sim_robot import SimulatedRobot
     from dexwm_planner.subgoals import Subgoal, SubgoalSequence, default_phases, phase_settings
 
@@ -1098,6 +1106,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="composite pick-place: plan through the scripted solution's subgoal images (pre-grasp, "
                              "lifted, above the target, released), advancing by the stop rule; --max-steps per "
                              f"subgoal (default {DEFAULT_SUBGOAL_MAX_STEPS})")
+    parser.add_argument("--subgoal-marks", default="", metavar="MARK,MARK,...",
+                        help="with --subgoals: the scripted solution's marks shown as subgoals (default "
+                             "pregrasp,closed,lifted,above,released)")
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
@@ -1162,7 +1173,8 @@ def main(argv: list[str] | None = None) -> int:
                                 max_steps=args.max_steps, preset=args.preset, search=search, checkpoint=args.checkpoint,
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
-                                hand_pixel_weight=args.hand_pixel_weight)
+                                hand_pixel_weight=args.hand_pixel_weight,
+                                subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))
     args.out.parent.mkdir(parents=True, exist_ok=True)

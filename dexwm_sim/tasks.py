@@ -391,7 +391,8 @@ def _grasp_and_lift(env, episode: Episode, lift: float = 0.12, marks: dict | Non
     """Scripted power grasp of the episode's object; returns (closed hand, grasp point, open hand, rot).
 
     ``marks`` (optional) receives the states at the end of the approach ("pregrasp": hand open,
-    palm 8 cm above its grasp pose) and of the grasp ("lifted")."""
+    palm 8 cm above its grasp pose), with the hand closed on the object still on the table
+    ("closed") and at the end of the grasp ("lifted")."""
     obj = env.object_position(episode.object_kind)
     plan = plan_grasp(env, episode)
     rot, gp, pregrasp, closed = plan.rot, plan.grasp_point, plan.pregrasp, plan.closed
@@ -404,6 +405,7 @@ def _grasp_and_lift(env, episode: Episode, lift: float = 0.12, marks: dict | Non
     _mark(marks, "pregrasp", env)
     _move(env, _palm_target(obj, rot, gp), rot, pregrasp, 8, segments=2)
     _drive(env, None, closed, 10)
+    _mark(marks, "closed", env)
     _move(env, _palm_target(obj + [0, 0, lift], rot, gp), rot, closed, 12, segments=3)
     _drive(env, None, None, 3)
     _mark(marks, "lifted", env)
@@ -534,27 +536,31 @@ class Goal:
     solved: bool                 # the success rule held for the required streak
 
 
-# Subgoals of a pick-and-place (marks of its scripted solution): hand open above the object, object
-# grasped and lifted, object carried above its target, object released on it (hand open, raised).
-SUBGOAL_MARKS = ("pregrasp", "lifted", "above", "released")
+# Subgoals of a pick-and-place (marks of its scripted solution): hand open above the object, hand
+# closed on the object on the table, object lifted, object carried above its target, object released
+# on it (hand open, raised). Each is a short, direct motion from the one before: a 3-step horizon
+# cannot see that going down first is the way to "closed and lifted".
+SUBGOAL_MARKS = ("pregrasp", "closed", "lifted", "above", "released")
 
 
-def make_subgoals(env, episode: Episode, sizes=((224, 224),)) -> list[Goal]:
+def make_subgoals(env, episode: Episode, sizes=((224, 224),), marks=SUBGOAL_MARKS) -> list[Goal]:
     """The subgoal images of a composite pick-and-place episode: the scripted solution run from the
-    episode start, rendered at each of ``SUBGOAL_MARKS``; the start is restored. ValueError for
-    another task, or when the scripted solution fails (its subgoals would show a failure)."""
+    episode start, rendered at each of ``marks`` (names of its stage marks, default
+    ``SUBGOAL_MARKS``); the start is restored. ValueError for another task, an unknown mark, or when
+    the scripted solution fails (its subgoals would show a failure)."""
     if episode.task != "pick-place":
         raise ValueError(f"subgoals exist for the pick-place task, not {episode.task!r}")
     start = env.get_state()
     try:
-        marks: dict = {}
-        solved = solve(env, episode, marks=marks)
-        missing = [m for m in SUBGOAL_MARKS if m not in marks]
+        states: dict = {}
+        solved = solve(env, episode, marks=states)
+        missing = [m for m in marks if m not in states]
         if missing:
-            raise ValueError(f"the scripted solution of seed {episode.seed} has no {', '.join(missing)}")
+            raise ValueError(f"the scripted solution of seed {episode.seed} has no mark {', '.join(missing)} "
+                             f"(marks: {', '.join(states)})")
         goals = []
-        for name in SUBGOAL_MARKS:
-            env.set_state(marks[name])
+        for name in marks:
+            env.set_state(states[name])
             images = {tuple(s): env.render(*s) for s in sizes}
             goals.append(Goal(image=images[tuple(sizes[0])], images=images, joints=env.joint_positions(),
                               object_poses=env.object_poses(), solved=solved))

@@ -1,4 +1,4 @@
-"""Subgoals in simulation: the scripted pick-and-place yields its four subgoal images
+"""Subgoals in simulation: the scripted pick-and-place yields its five subgoal images
 (dexwm_sim.tasks.make_subgoals), and `dexwm-eval --protocol composite --task pick-place --subgoals`
 runs an episode through them with a policy that sees images and joints only."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
     episode = env.reset("pick-place", 1_000_000)
     start_q, start_objects = env.joint_positions(), env.object_poses()
     goals = tasks.make_subgoals(env, episode, sizes=((96, 96),))
-    assert len(goals) == len(tasks.SUBGOAL_MARKS) == 4 and all(g.solved for g in goals)
+    assert len(goals) == len(tasks.SUBGOAL_MARKS) == 5 and all(g.solved for g in goals)
     assert np.array_equal(env.joint_positions(), start_q)                      # the start is back
     assert all(np.array_equal(a, env.object_poses()[k]) for k, a in start_objects.items())
     for a, b in zip(goals, goals[1:]):
@@ -35,19 +35,25 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
     rest_z = start_objects[episode.object_kind][2]
     obj = [g.object_poses[episode.object_kind][:3] for g in goals]
     target = np.asarray(episode.target)
-    assert obj[1][2] > rest_z + 0.08 and obj[2][2] > rest_z + 0.08            # lifted, carried high
-    assert np.linalg.norm(obj[2][:2] - target[:2]) < 0.1                      # above the target
-    assert np.linalg.norm(obj[3] - target) < tasks.PLACE_THRESHOLD            # released on it
+    assert abs(obj[1][2] - rest_z) < 0.02                                     # closed on it, on the table
+    assert obj[2][2] > rest_z + 0.08 and obj[3][2] > rest_z + 0.08            # lifted, carried high
+    assert np.linalg.norm(obj[3][:2] - target[:2]) < 0.1                      # above the target
+    assert np.linalg.norm(obj[4] - target) < tasks.PLACE_THRESHOLD            # released on it
+    # The four-subgoal sequence of earlier figures leaves out the closed hand on the table.
+    four = tasks.make_subgoals(env, episode, sizes=((96, 96),), marks=("pregrasp", "lifted", "above", "released"))
+    assert len(four) == 4 and np.abs(four[1].image.astype(int) - goals[2].image).mean() < 1.0
+    with pytest.raises(ValueError, match="no mark"):
+        tasks.make_subgoals(env, episode, marks=("pregrasp", "flying"))
     # The last one shows the task's goal (a state restored for rendering differs by a few pixel levels).
     final = tasks.make_goal(env, episode, sizes=((96, 96),)).image
-    assert np.abs(goals[3].image.astype(int) - final).mean() < 1.0
+    assert np.abs(goals[-1].image.astype(int) - final).mean() < 1.0
     with pytest.raises(ValueError, match="pick-place"):
         tasks.make_subgoals(env, env.reset("reach-grasp", 3))
 
 
 def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):  # noqa: F811
     """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
-    advances by the stop rule (here the budget of one step per subgoal) through all four."""
+    advances by the stop rule (here the budget of one step per subgoal) through all five."""
     from dexwm_planner.world_model import DexWM
     from dexwm_robot.camera import HeadCamera
     from dexwm_robot.kinematics import RobotKinematics
@@ -87,9 +93,9 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
         outcome = ev.run_episode(runner, policy, start, settings)
     finally:
         env.close()
-    assert len(start.subgoals) == 4
+    assert len(start.subgoals) == 5
     assert outcome.subgoal_reasons and all(r in ("reached", "plateau", "budget") for r in outcome.subgoal_reasons)
-    assert len(outcome.subgoal_reasons) == 4 and outcome.steps <= 4 and calls.count("start") == 4
+    assert len(outcome.subgoal_reasons) == 5 and outcome.steps <= 5 and calls.count("start") == 5
 
 
 def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_checkpoint, capsys):  # noqa: F811
@@ -100,9 +106,9 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["settings"]["subgoals"] is True and data["settings"]["max_steps"] == 1
-    assert len(data["outcomes"]) == 1 and len(data["outcomes"][0]["subgoal_reasons"]) == 4
+    assert len(data["outcomes"]) == 1 and len(data["outcomes"][0]["subgoal_reasons"]) == 5
     assert set(data["baselines"]) == {"random_shooting_wm"} and set(data["skipped_baselines"]) == {"hold_still"}
-    assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 4
+    assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 5
     plain = dict(data, settings=dict(data["settings"], subgoals=False), baselines={})
     (tmp_path / "plain.json").write_text(json.dumps(plain))
     assert ev.main(["--report", str(tmp_path)]) == 0                  # both, side by side
@@ -116,3 +122,5 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
         assert e.value.code == 2, bad
     with pytest.raises(ValueError, match="pick-place"):
         ev.EvalSettings(protocol="composite", task="reach", subgoals=True)
+    with pytest.raises(ValueError, match="need subgoals"):
+        ev.EvalSettings(protocol="composite", task="pick-place", subgoal_marks=("pregrasp",))

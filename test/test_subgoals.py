@@ -134,7 +134,9 @@ def test_search_settings_are_checked_and_applied():
     assert PHASES["grasp"].mpc_config(base).objective.orientation_weight == 0.4
     rule = PHASES["release"].stop_rule(StopRule(done_cost=0.1, plateau_steps=5, max_steps=12))
     assert (rule.done_cost, rule.plateau_steps, rule.max_steps) == (0.1, 5, 12)
-    assert default_phases(4) == PICK_PLACE and default_phases(2) == ("reach", "reach")
+    assert default_phases(5) == PICK_PLACE == ("reach", "grasp", "lift", "carry", "release")
+    assert default_phases(4) == ("reach", "grasp", "carry", "release") and default_phases(2) == ("reach", "reach")
+    assert PHASES["lift"].hold_hand and PHASES["lift"].kind == "grasp"
 
 
 def test_held_joints_are_targeted_within_the_step_cap():
