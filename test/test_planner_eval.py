@@ -315,6 +315,27 @@ def test_search_size_replaces_the_presets_for_the_planner_and_the_random_shootin
         assert exit_info.value.code == 2 and why in capsys.readouterr().err
 
 
+def test_planned_hand_term_is_the_planner_nodes_and_shared_with_random_shooting(capsys):
+    """The evaluation plans with the planner node's default cost (config/planner.yaml), random
+    shooting with the same cost; --hand-pixel-weight changes both, a negative weight is refused."""
+    import yaml
+
+    from dexwm_ros.graph import config_dir
+
+    shipped = yaml.safe_load((config_dir() / "planner.yaml").read_text())["/**"]["ros__parameters"]
+    assert ev.HAND_PIXEL_WEIGHT == shipped["hand_pixel_weight"] > 0
+    assert ev.WorldModelPolicy(None, None, None, "cpu").config.objective.hand_pixel_weight == ev.HAND_PIXEL_WEIGHT
+    settings = ev.EvalSettings(protocol="paper", task="reach", hand_pixel_weight=0.0)
+    assert settings.objective().hand_pixel_weight == 0.0
+    assert ev.random_shooting_wm(None, None, None, "cpu", objective=settings.objective()).config.objective \
+        == settings.objective()
+    with pytest.raises(ValueError, match=">= 0"):
+        ev.EvalSettings(protocol="paper", task="reach", hand_pixel_weight=-1e-3)
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--protocol", "paper", "--task", "reach", "--hand-pixel-weight", "-1", "--out", "/nonexistent/r.json"])
+    assert exit_info.value.code == 2 and ">= 0" in capsys.readouterr().err
+
+
 @pytest.mark.timeout(600)
 def test_through_ros_and_in_process_agree_step_for_step_and_judge_after_the_same_hold(tmp_path, random_checkpoint,
                                                                                       monkeypatch):
