@@ -173,7 +173,11 @@ class PlannerNode(Node):
     def _execute(self, goal_handle):
         s = self.params.values
         try:
-            plan = read_request(goal_handle.request, s.task, s.max_steps, self.goals, self.robot.camera_size())
+            plan = read_request(goal_handle.request, s.task, s.max_steps, self.goals, self.robot.camera_size(),
+                                self.robot.camera_matrix())
+            if plan.camera_matrix is None and s.hand_pixel_weight > 0:
+                self.get_logger().warning("no usable camera_info: the planned hand is projected with the simulated "
+                                          "camera's intrinsics")
             if plan.new_goal:
                 self._set_goal(plan.goals[0])
             run = GoalRun(self.robot, self.planning, s, plan, on_feedback=lambda p: self._feedback(goal_handle, p),

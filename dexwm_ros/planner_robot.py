@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectoryPoint
 
@@ -32,6 +32,20 @@ RESULT_GRACE_S = 5.0
 STOP_TIMEOUT_S = 2.0
 
 
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic beside an image topic (the image_transport convention)."""
+    return image_topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+def camera_matrix_of(msg: CameraInfo) -> np.ndarray | None:
+    """K (3, 3) of a CameraInfo message, None when it is not a pinhole matrix (an uncalibrated
+    camera publishes zeros)."""
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    ok = (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0 and K[0, 1] == 0 and K[1, 0] == 0
+          and np.array_equal(K[2], [0.0, 0.0, 1.0]))
+    return K if ok else None
+
+
 class MoveJointsRobot(JointGroupRobot):
     def __init__(self, node, arm_names, hand_names, image_topic: str, arm_state_topic: str, hand_state_topic: str,
                  sensors_group, work_group, arm_prefix: str = "/franka", hand_prefix: str = "/allegro"):
@@ -41,10 +55,13 @@ class MoveJointsRobot(JointGroupRobot):
         self._image: Reading | None = None
         self._arm: Reading | None = None
         self._hand: Reading | None = None
+        self._camera_info: tuple[np.ndarray, tuple[int, int]] | None = None   # K and the (h, w) it is for
         self._move_handles: list = []
         self._waiting: set[threading.Event] = set()    # the events the waits in progress sleep on
         image_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(Image, image_topic, self._on_image, image_qos, callback_group=sensors_group)
+        node.create_subscription(CameraInfo, camera_info_topic(image_topic), self._on_camera_info, 10,
+                                 callback_group=sensors_group)
         node.create_subscription(JointState, arm_state_topic, self._on_arm, 10, callback_group=sensors_group)
         node.create_subscription(JointState, hand_state_topic, self._on_hand, 10, callback_group=sensors_group)
         self.arm_action, self.hand_action = f"{arm_prefix}/move_joints", f"{hand_prefix}/move_joints"
@@ -62,6 +79,28 @@ class MoveJointsRobot(JointGroupRobot):
             return
         with self._lock:
             self._image = Reading(image, seconds(msg.header.stamp), time.monotonic())
+
+    def _on_camera_info(self, msg: CameraInfo):
+        K = camera_matrix_of(msg)
+        if K is None:
+            self.node.get_logger().warning("camera_info without a pinhole matrix ignored", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._camera_info = (K, (int(msg.height), int(msg.width)))
+
+    def camera_matrix(self) -> np.ndarray | None:
+        """K of the colour frames (their camera_info), None before one arrived or when it describes
+        another frame size than the frames'."""
+        with self._lock:
+            info, image = self._camera_info, self._image
+        if info is None or image is None:
+            return None
+        if tuple(image.value.shape[:2]) != info[1]:
+            self.node.get_logger().warning(f"camera_info is for {info[1][1]}x{info[1][0]} frames, the frames are "
+                                           f"{image.value.shape[1]}x{image.value.shape[0]}: ignored",
+                                           throttle_duration_sec=5.0)
+            return None
+        return info[0]
 
     def _joint_reading(self, msg: JointState, names: tuple[str, ...]) -> Reading | None:
         q = joint_vector(msg, names)

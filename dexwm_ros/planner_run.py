@@ -65,7 +65,8 @@ class GoalRun:
         return result.success, result.steps, result.reason, []
 
     def _make_planner(self, seed: int | None) -> MPCPlanner:
-        self.planner = self.planning.planner(self.settings, self.plan.task, seed, self.plan.camera_hw)
+        self.planner = self.planning.planner(self.settings, self.plan.task, seed, self.plan.camera_hw,
+                                             self.plan.camera_matrix)
         return self.planner
 
 

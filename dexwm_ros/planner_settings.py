@@ -42,7 +42,7 @@ class PlannerSettings:
     keypoint_weight: float = setting(1e-3, "weight of the 2D right-hand keypoint term", bounds=(0.0, 1.0))
     orientation_weight: float = setting(0.0, "weight of the end-effector orientation term, grasp task only; 0 off",
                                         bounds=(0.0, 100.0))
-    hand_pixel_weight: float = setting(0.0, "weight of the planned-hand keypoint term: the plan's hand (forward "
+    hand_pixel_weight: float = setting(1e-3, "weight of the planned-hand keypoint term: the plan's hand (forward "
                                        "kinematics into the camera) against the hand the heatmap head sees in the "
                                        "goal image [1/px^2]; 0 off", bounds=(0.0, 1.0))
     context_frames: int = setting(8, "observed frames kept as world-model context", bounds=(1, 32))
@@ -77,8 +77,6 @@ class PlannerSettings:
     frame_id: str = setting("world", "frame of the keypoint markers (robot base / world)")
     world_to_camera: tuple = setting((), "camera extrinsic world->camera, 16 values row-major (OpenCV axes); "
                                      "empty = sim head camera", read_only=True, any_type=True)
-    camera_matrix: tuple = setting((), "intrinsics K of the colour frames, 9 values row-major (their camera_info k); "
-                                   "empty = sim head camera", read_only=True, any_type=True)
 
     def problem(self) -> str | None:
         """What is wrong with this combination of values (None: nothing)."""
@@ -94,15 +92,7 @@ class PlannerSettings:
         if w2c and (len(w2c) != 16 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                               and math.isfinite(v) for v in w2c)):
             return f"world_to_camera needs 16 finite numbers (row-major 4x4), got {len(w2c)} values"
-        K = self.camera_matrix
-        if K and not _is_camera_matrix(K):
-            return (f"camera_matrix needs 9 finite numbers (row-major 3x3: fx 0 cx, 0 fy cy, 0 0 1 with fx, fy > 0), "
-                    f"got {list(K)}")
         return None
-
-    def intrinsics(self) -> np.ndarray | None:
-        """K (3, 3) of the colour frames from camera_matrix, None when it is empty."""
-        return np.asarray(self.camera_matrix, dtype=np.float64).reshape(3, 3) if self.camera_matrix else None
 
     def camera_extrinsic(self) -> np.ndarray | None:
         """world->camera (4, 4) from world_to_camera, None when it is empty."""
@@ -139,10 +129,3 @@ class PlannerSettings:
                              move_time_limit_s=max(self.move_timeout_s, duration), goal_tolerance=self.goal_tolerance,
                              stale_timeout_s=self.stale_timeout_s, stale_abort_s=self.stale_abort_s)
 
-
-def _is_camera_matrix(values) -> bool:
-    if len(values) != 9 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                   for v in values):
-        return False
-    fx, skew, _cx, zero_a, fy, _cy, zero_b, zero_c, one = values
-    return fx > 0 and fy > 0 and skew == 0 and zero_a == 0 and zero_b == 0 and zero_c == 0 and one == 1

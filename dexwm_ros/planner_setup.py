@@ -55,15 +55,15 @@ class WorldModelPlanning:
                             else load_fitted_stop(settings.checkpoint, log))
         self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
         self.frame_step = float(getattr(self.model, "frame_step", 0.2))
-        self.camera_matrix = settings.intrinsics()
         self.log = log
         kin, w2c = self.kin, self.world_to_camera
         self._actions = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)
         self._rotation = lambda q: kin.ee_pose(q)[1]
 
-    def hand_pixels_fn(self, camera_hw: tuple[int, int] | None):
+    def hand_pixels_fn(self, camera_hw: tuple[int, int] | None, camera_matrix: np.ndarray | None = None):
         """joints (..., 23) -> the right hand's wrist + fingertip pixels (..., 6, 2) in the model image,
-        for colour frames of size ``camera_hw`` (None: not known yet, no function)."""
+        for colour frames of size ``camera_hw`` with intrinsics ``camera_matrix`` (their camera_info;
+        None: the simulated head camera's). No frame size known yet: no function."""
         from dexwm_planner.actions import allegro_hand_pixels
         from dexwm_robot.camera import HeadCamera
         from dexwm_robot.view import model_view_intrinsics
@@ -71,17 +71,18 @@ class WorldModelPlanning:
         if camera_hw is None:
             return None
         h, w = int(camera_hw[0]), int(camera_hw[1])
-        K_frames = self.camera_matrix if self.camera_matrix is not None else HeadCamera().intrinsics(w, h)
+        K_frames = camera_matrix if camera_matrix is not None else HeadCamera().intrinsics(w, h)
         K = model_view_intrinsics(K_frames, (w, h), int(self.image_size[0]))
         kin, w2c = self.kin, self.world_to_camera
         return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)
 
     def planner(self, settings: PlannerSettings, task: str, seed: int | None = None,
-                camera_hw: tuple[int, int] | None = None) -> MPCPlanner:
-        """The MPC planner of a goal; ``camera_hw``: the colour frames' size (the planned-hand term
-        projects into them; without it that term is off for this goal)."""
+                camera_hw: tuple[int, int] | None = None, camera_matrix: np.ndarray | None = None) -> MPCPlanner:
+        """The MPC planner of a goal; ``camera_hw`` and ``camera_matrix``: the colour frames' size and
+        intrinsics (the planned-hand term projects into them; without a size that term is off for
+        this goal)."""
         config = settings.mpc(task)
-        hand_pixels = self.hand_pixels_fn(camera_hw)
+        hand_pixels = self.hand_pixels_fn(camera_hw, camera_matrix)
         if config.objective.hand_pixel_weight > 0 and hand_pixels is None:
             self.log.warning("hand_pixel_weight is set but no camera frame size is known: the term is off for this goal")
             config = replace(config, objective=replace(config.objective, hand_pixel_weight=0.0))

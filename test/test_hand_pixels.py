@@ -35,8 +35,8 @@ def test_hand_pixels_are_the_heatmap_keypoints_projected():
 
 def test_planner_projects_into_the_model_view_of_any_frame_size():
     """A 640x480 frame of the sim camera, resized to height 224 and centre-cropped, shows the hand
-    where a 224x224 render does (to the third of a pixel the crop rounds to); an explicit
-    camera_matrix gives the same as the default."""
+    where a 224x224 render does (to the third of a pixel the crop rounds to); the frames' own
+    intrinsics (their camera_info) give the same as the default."""
     kin, cam = RobotKinematics.from_description(), HeadCamera()
     model = types.SimpleNamespace(image_size=(224, 224), frame_step=0.2)
     planning = WorldModelPlanning(PlannerSettings(), model=model, kinematics=kin)
@@ -44,11 +44,25 @@ def test_planner_projects_into_the_model_view_of_any_frame_size():
     square = planning.hand_pixels_fn((224, 224))(q)
     wide = planning.hand_pixels_fn((480, 640))(q)
     np.testing.assert_allclose(wide, square, atol=0.34)
-    explicit = dataclasses.replace(PlannerSettings(), camera_matrix=tuple(cam.intrinsics(640, 480).ravel()))
-    given = WorldModelPlanning(explicit, model=model, kinematics=kin).hand_pixels_fn((480, 640))(q)
+    given = planning.hand_pixels_fn((480, 640), cam.intrinsics(640, 480))(q)
     np.testing.assert_allclose(given, wide, atol=1e-9)
+    shifted = cam.intrinsics(640, 480)
+    shifted[0, 2] += 10.0                      # another camera's principal point: 10 px * 224/480 further right
+    moved = planning.hand_pixels_fn((480, 640), shifted)(q)
+    np.testing.assert_allclose(moved[..., 0] - wide[..., 0], 10.0 * 224 / 480, atol=1e-6)
     assert planning.hand_pixels_fn(None) is None
     # Without a known frame size the term is off for that goal, not an error.
     weighted = dataclasses.replace(PlannerSettings(), hand_pixel_weight=1e-3)
     assert planning.planner(weighted, "reach", camera_hw=None).config.objective.hand_pixel_weight == 0.0
     assert planning.planner(weighted, "reach", camera_hw=(224, 224)).config.objective.hand_pixel_weight == 1e-3
+
+
+def test_camera_info_gives_the_planner_its_intrinsics():
+    from sensor_msgs.msg import CameraInfo
+
+    from dexwm_ros.planner_robot import camera_info_topic, camera_matrix_of
+
+    assert camera_info_topic("/camera/camera/color/image_raw") == "/camera/camera/color/camera_info"
+    msg = CameraInfo(width=640, height=480, k=list(HeadCamera().intrinsics(640, 480).ravel()))
+    np.testing.assert_array_equal(camera_matrix_of(msg), HeadCamera().intrinsics(640, 480))
+    assert camera_matrix_of(CameraInfo(width=640, height=480)) is None      # uncalibrated: all zeros

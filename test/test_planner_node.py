@@ -17,7 +17,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from dexwm_robot import allegro as hand_joints  # noqa: E402
@@ -58,6 +58,8 @@ class RobotDouble(Node):
         self.hand_pub = self.create_publisher(JointState, "/allegro/joint_states", 10)
         self.image_pub = self.create_publisher(Image, "/camera/camera/color/image_raw",
                                                QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        self.info_pub = self.create_publisher(CameraInfo, "/camera/camera/color/camera_info", 10)
+        self.K = np.array([[110.0, 0.0, 63.5], [0.0, 110.0, 47.5], [0.0, 0.0, 1.0]])   # of the 128x96 frames
         self.create_timer(0.05, self._publish, callback_group=group)
         for name, sl in (("arm", slice(0, 7)), ("hand", slice(7, 23))):
             prefix = "/franka" if name == "arm" else "/allegro"
@@ -91,6 +93,7 @@ class RobotDouble(Node):
                 image_stamp = self.get_clock().now().nanoseconds * 1e-9 + self.image_clock_offset
             msg = rgb_to_image_msg(self.image(), image_stamp)
             self.image_pub.publish(msg)
+            self.info_pub.publish(CameraInfo(header=msg.header, width=128, height=96, k=self.K.ravel().tolist()))
             self.last_image_stamp = seconds(msg.header.stamp)
 
     def _accept(self, goal):
@@ -282,8 +285,12 @@ def test_planner_reads_no_simulator_ground_truth(graph):
     robot, client, planner = graph
     subscribed = [sub.topic_name for sub in planner.subscriptions]
     assert subscribed and not [t for t in subscribed if t.startswith("/sim")], subscribed
-    assert set(subscribed) <= {"/camera/camera/color/image_raw", "/franka/joint_states", "/allegro/joint_states",
-                               "/goal_pose", "/clicked_point", "/initialpose", "/parameter_events"}
+    assert set(subscribed) <= {"/camera/camera/color/image_raw", "/camera/camera/color/camera_info",
+                               "/franka/joint_states", "/allegro/joint_states", "/goal_pose", "/clicked_point",
+                               "/initialpose", "/parameter_events"}
+    # The camera's intrinsics come from its camera_info (the planned-hand term projects with them).
+    wait_for(lambda: planner.robot.camera_matrix() is not None, 10.0, what="the camera_info")
+    np.testing.assert_array_equal(planner.robot.camera_matrix(), robot.K)
 
 
 def test_execute_runs_to_budget_within_limits_and_cap(graph):
