@@ -52,8 +52,10 @@ def _load_model(checkpoint: str | None):
 
 
 def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, measure_s: float = 1.0) -> dict:
-    from dexwm_planner.actions import allegro_actions
+    from dexwm_planner.actions import allegro_actions, allegro_hand_pixels
+    from dexwm_planner.objective import ObjectiveConfig
     from dexwm_robot.camera import HeadCamera
+    from dexwm_ros.planner_settings import PlannerSettings
     from dexwm_sim.scene import SimEnv
 
     model, model_name = _load_model(checkpoint)
@@ -67,10 +69,15 @@ def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, mea
         kin = env.kinematics
     finally:
         env.close()
-    w2c = HeadCamera().world_to_camera
+    camera = HeadCamera()
+    w2c, K = camera.world_to_camera, camera.intrinsics(224, 224)
     actions_fn = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)  # noqa: E731
+    hand_pixels_fn = lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)  # noqa: E731
     cem = PRESETS[preset]
-    planner = MPCPlanner(model, actions_fn, kin.lower, kin.upper, MPCConfig(cem=cem), seed=0)
+    # The planner node's cost (config/planner.yaml's defaults), planned-hand term included.
+    objective = ObjectiveConfig(hand_pixel_weight=PlannerSettings().hand_pixel_weight)
+    planner = MPCPlanner(model, actions_fn, kin.lower, kin.upper, MPCConfig(cem=cem, objective=objective), seed=0,
+                         hand_pixels_fn=hand_pixels_fn)
     planner.set_goal(goal)
     times, h3 = [], []
     # One warm-up replan (first-call allocations), then full horizon cycles.
