@@ -32,13 +32,13 @@ without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without 
 ``--ablation NAME=PATH``).
 
 **Subgoals** (``--subgoals``, composite ``pick-place`` only): the planner gets the scripted
-solution's images at five marks (hand open above the object, hand closed on it on the table,
-object lifted, object carried above its target, object released there;
-``dexwm_sim.tasks.make_subgoals``) instead of the final image alone, and runs them as the planner
-node runs a sequence (dexwm_planner.subgoals: one planning session per subgoal with the reach,
-grasp, lift, carry, release search settings, advancing by the stop rule; ``--max-steps`` is then per
-subgoal, default 12). ``--subgoal-marks`` picks other marks (the four of earlier figures:
-``pregrasp,lifted,above,released``). Images only: the subgoal states' joints
+solution's images at four marks (hand open above the object, object grasped and lifted, object
+carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals``) instead of the
+final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
+planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
+stop rule; ``--max-steps`` is then per subgoal, default 12). ``--subgoal-marks`` picks other marks,
+e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
+fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
 are not given. Baselines that plan toward one goal only are skipped (``skipped_baselines``);
 ``subgoal_reasons`` of every outcome says how each subgoal ended.
 
@@ -1108,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"subgoal (default {DEFAULT_SUBGOAL_MAX_STEPS})")
     parser.add_argument("--subgoal-marks", default="", metavar="MARK,MARK,...",
                         help="with --subgoals: the scripted solution's marks shown as subgoals (default "
-                             "pregrasp,closed,lifted,above,released)")
+                             "pregrasp,lifted,above,released; 'closed' is the hand closed on the object on the table)")
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")

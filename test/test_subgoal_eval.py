@@ -1,4 +1,4 @@
-"""Subgoals in simulation: the scripted pick-and-place yields its five subgoal images
+"""Subgoals in simulation: the scripted pick-and-place yields its subgoal images
 (dexwm_sim.tasks.make_subgoals), and `dexwm-eval --protocol composite --task pick-place --subgoals`
 runs an episode through them with a policy that sees images and joints only."""
 from __future__ import annotations
@@ -26,8 +26,9 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
 
     episode = env.reset("pick-place", 1_000_000)
     start_q, start_objects = env.joint_positions(), env.object_poses()
-    goals = tasks.make_subgoals(env, episode, sizes=((96, 96),))
-    assert len(goals) == len(tasks.SUBGOAL_MARKS) == 5 and all(g.solved for g in goals)
+    goals = tasks.make_subgoals(env, episode, sizes=((96, 96),), marks=("pregrasp", "closed", "lifted", "above",
+                                                                        "released"))
+    assert len(goals) == 5 and all(g.solved for g in goals)
     assert np.array_equal(env.joint_positions(), start_q)                      # the start is back
     assert all(np.array_equal(a, env.object_poses()[k]) for k, a in start_objects.items())
     for a, b in zip(goals, goals[1:]):
@@ -39,9 +40,9 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
     assert obj[2][2] > rest_z + 0.08 and obj[3][2] > rest_z + 0.08            # lifted, carried high
     assert np.linalg.norm(obj[3][:2] - target[:2]) < 0.1                      # above the target
     assert np.linalg.norm(obj[4] - target) < tasks.PLACE_THRESHOLD            # released on it
-    # The four-subgoal sequence of earlier figures leaves out the closed hand on the table.
-    four = tasks.make_subgoals(env, episode, sizes=((96, 96),), marks=("pregrasp", "lifted", "above", "released"))
-    assert len(four) == 4 and np.abs(four[1].image.astype(int) - goals[2].image).mean() < 1.0
+    # The default sequence leaves out the closed hand on the table.
+    four = tasks.make_subgoals(env, episode, sizes=((96, 96),))
+    assert len(four) == len(tasks.SUBGOAL_MARKS) == 4 and np.abs(four[1].image.astype(int) - goals[2].image).mean() < 1.0
     with pytest.raises(ValueError, match="no mark"):
         tasks.make_subgoals(env, episode, marks=("pregrasp", "flying"))
     # The last one shows the task's goal (a state restored for rendering differs by a few pixel levels).
@@ -53,7 +54,7 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
 
 def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):  # noqa: F811
     """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
-    advances by the stop rule (here the budget of one step per subgoal) through all five."""
+    advances by the stop rule (here the budget of one step per subgoal) through all four."""
     from dexwm_planner.world_model import DexWM
     from dexwm_robot.camera import HeadCamera
     from dexwm_robot.kinematics import RobotKinematics
@@ -93,19 +94,21 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
         outcome = ev.run_episode(runner, policy, start, settings)
     finally:
         env.close()
-    assert len(start.subgoals) == 5
+    assert len(start.subgoals) == 4
     assert outcome.subgoal_reasons and all(r in ("reached", "plateau", "budget") for r in outcome.subgoal_reasons)
-    assert len(outcome.subgoal_reasons) == 5 and outcome.steps <= 5 and calls.count("start") == 5
+    assert len(outcome.subgoal_reasons) == 4 and outcome.steps <= 4 and calls.count("start") == 4
 
 
 def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_checkpoint, capsys):  # noqa: F811
     out = tmp_path / "sub.json"
     rc = ev.main(["--protocol", "composite", "--task", "pick-place", "--subgoals", "--episodes", "1",
+                  "--subgoal-marks", "pregrasp,closed,lifted,above,released",
                   "--max-steps", "1", "--checkpoint", str(random_checkpoint), "--hold-s", "0.2",
                   "--baselines", "random_shooting_wm,hold_still", "--out", str(out), "--quiet"])
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["settings"]["subgoals"] is True and data["settings"]["max_steps"] == 1
+    assert data["settings"]["subgoal_marks"] == ["pregrasp", "closed", "lifted", "above", "released"]
     assert len(data["outcomes"]) == 1 and len(data["outcomes"][0]["subgoal_reasons"]) == 5
     assert set(data["baselines"]) == {"random_shooting_wm"} and set(data["skipped_baselines"]) == {"hold_still"}
     assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 5
