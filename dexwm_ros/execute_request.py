@@ -3,9 +3,7 @@ budget and a single goal or a sequence of subgoals; a request that cannot run is
 reason the action result carries (``bad_goal: ...``, ``no_goal: ...``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-import numpy as np
+from dataclasses import dataclass
 
 from dexwm_robot.tasks import TASK_KINDS
 from dexwm_ros.goal_images import Goal, fit_goal_image
@@ -26,21 +24,12 @@ class ExecutePlan:
     sequence: bool               # run as a sequence of subgoals
     name: str = ""               # the captured sequence's name
     new_goal: bool = False       # a single goal image sent with the request (it becomes the current goal)
-    camera_hw: tuple[int, int] | None = None   # the camera's frame size when the goal was accepted
-    camera_matrix: np.ndarray | None = None    # its intrinsics K (camera_info), None when not received
 
 
 def read_request(request, default_task: str, default_max_steps: int, goals: GoalStore,
-                 camera_hw: tuple[int, int] | None, camera_matrix: np.ndarray | None = None) -> ExecutePlan:
+                 camera_hw: tuple[int, int] | None) -> ExecutePlan:
     """The plan of an Execute goal ``request`` (dexwm_ros/action/Execute); Refused saying why not.
-    ``camera_hw``: the camera's image size, which goal images are brought to (None: not known);
-    ``camera_matrix``: its intrinsics (kept with the plan for the planner)."""
-    plan = _read_request(request, default_task, default_max_steps, goals, camera_hw)
-    return replace(plan, camera_hw=camera_hw, camera_matrix=camera_matrix)
-
-
-def _read_request(request, default_task: str, default_max_steps: int, goals: GoalStore,
-                  camera_hw: tuple[int, int] | None) -> ExecutePlan:
+    ``camera_hw``: the camera's image size, which goal images are brought to (None: not known)."""
     low, high = MAX_STEPS_RANGE
     if request.max_steps != 0 and not low <= request.max_steps <= high:
         raise Refused(f"bad_goal: max_steps {request.max_steps} is outside {low}..{high} "

@@ -173,14 +173,11 @@ class PlannerNode(Node):
     def _execute(self, goal_handle):
         s = self.params.values
         try:
-            plan = read_request(goal_handle.request, s.task, s.max_steps, self.goals, self.robot.camera_size(),
-                                self.robot.camera_matrix())
-            if plan.camera_matrix is None and s.hand_pixel_weight > 0:
-                self.get_logger().warning("no usable camera_info: the planned hand is projected with the simulated "
-                                          "camera's intrinsics")
+            plan = read_request(goal_handle.request, s.task, s.max_steps, self.goals, self.robot.camera_size())
             if plan.new_goal:
                 self._set_goal(plan.goals[0])
-            run = GoalRun(self.robot, self.planning, s, plan, on_feedback=lambda p: self._feedback(goal_handle, p),
+            run = GoalRun(self.robot, self.planning, s, plan, camera=self.robot.camera,
+                          on_feedback=lambda p: self._feedback(goal_handle, p),
                           on_state=self._set_state, on_plan=self._publish_plan, on_subgoal=self._on_subgoal,
                           interrupt=lambda: self._interruption(goal_handle), log=self.get_logger())
             self.shown.task, self.shown.sequence, self.shown.progress = plan.task, plan.name, run.progress

@@ -88,19 +88,19 @@ class MoveJointsRobot(JointGroupRobot):
         with self._lock:
             self._camera_info = (K, (int(msg.height), int(msg.width)))
 
-    def camera_matrix(self) -> np.ndarray | None:
-        """K of the colour frames (their camera_info), None before one arrived or when it describes
-        another frame size than the frames'."""
+    def camera(self) -> tuple[tuple[int, int] | None, np.ndarray | None]:
+        """(height, width) of the newest colour frame (None before one arrived) and its intrinsics K
+        from camera_info (None before one arrived, or when it describes another frame size)."""
         with self._lock:
             info, image = self._camera_info, self._image
-        if info is None or image is None:
-            return None
-        if tuple(image.value.shape[:2]) != info[1]:
+        hw = None if image is None else tuple(image.value.shape[:2])
+        if info is None or hw is None:
+            return hw, None
+        if hw != info[1]:
             self.node.get_logger().warning(f"camera_info is for {info[1][1]}x{info[1][0]} frames, the frames are "
-                                           f"{image.value.shape[1]}x{image.value.shape[0]}: ignored",
-                                           throttle_duration_sec=5.0)
-            return None
-        return info[0]
+                                           f"{hw[1]}x{hw[0]}: ignored", throttle_duration_sec=5.0)
+            return hw, None
+        return hw, info[0]
 
     def _joint_reading(self, msg: JointState, names: tuple[str, ...]) -> Reading | None:
         q = joint_vector(msg, names)

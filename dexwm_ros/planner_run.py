@@ -21,12 +21,15 @@ from dexwm_ros.planner_setup import WorldModelPlanning
 
 class GoalRun:
     def __init__(self, robot: JointGroupRobot, planning: WorldModelPlanning, settings: PlannerSettings,
-                 plan: ExecutePlan, *, on_feedback: Callable[[Progress], None], on_state: Callable[[str], None],
+                 plan: ExecutePlan, *, camera: Callable[[], tuple] | None = None,
+                 on_feedback: Callable[[Progress], None], on_state: Callable[[str], None],
                  on_plan: Callable[[np.ndarray, PlanStep], None],
                  on_subgoal: Callable[[int, Subgoal, Progress], None],
                  interrupt: Callable[[], str | None], log):
-        """Callbacks as PlanningSession's and SubgoalSequence's (``on_subgoal``: sequences only)."""
-        self.plan, self.settings, self.planning = plan, settings, planning
+        """Callbacks as PlanningSession's and SubgoalSequence's (``on_subgoal``: sequences only);
+        ``camera()``: the colour frames' (height, width) and intrinsics now (the robot's ``camera``),
+        read when the planned-hand term first projects; None: the simulated camera at the model's size."""
+        self.plan, self.settings, self.planning, self.camera = plan, settings, planning, camera
         self.planner: MPCPlanner | None = None          # the MPC planner in use (the rollout image)
         self.stop_rule = planning.stop_rule(settings, plan.task, plan.max_steps)
         config = settings.session(self.stop_rule, planning.lower, planning.upper, planning.frame_step)
@@ -65,8 +68,7 @@ class GoalRun:
         return result.success, result.steps, result.reason, []
 
     def _make_planner(self, seed: int | None) -> MPCPlanner:
-        self.planner = self.planning.planner(self.settings, self.plan.task, seed, self.plan.camera_hw,
-                                             self.plan.camera_matrix)
+        self.planner = self.planning.planner(self.settings, self.plan.task, seed, self.camera)
         return self.planner
 
 

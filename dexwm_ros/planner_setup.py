@@ -4,7 +4,7 @@ stop rule from the node's settings (dexwm_ros.planner_settings)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 
@@ -36,6 +36,24 @@ def load_fitted_stop(checkpoint: str, log) -> FittedStop | None:
     return fitted
 
 
+class _LazyHandPixels:
+    """The planned-hand projection of one goal, made at its first use from the camera then."""
+
+    def __init__(self, planning: "WorldModelPlanning", camera: Callable[[], tuple]):
+        self.planning, self.camera, self._fn = planning, camera, None
+
+    def __call__(self, q):
+        if self._fn is None:
+            hw, K = self.camera()
+            if hw is None:
+                raise RuntimeError("no camera frame yet: cannot project the planned hand")
+            if K is None:
+                self.planning.log.warning("no usable camera_info: the planned hand is projected with the simulated "
+                                          "camera's intrinsics")
+            self._fn = self.planning.hand_pixels_fn(hw, K)
+        return self._fn(q)
+
+
 class WorldModelPlanning:
     def __init__(self, settings: PlannerSettings, model=None, kinematics=None, log=None):
         """``model``: a world model object (tests), else the settings' checkpoint is loaded; a model
@@ -60,16 +78,14 @@ class WorldModelPlanning:
         self._actions = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)
         self._rotation = lambda q: kin.ee_pose(q)[1]
 
-    def hand_pixels_fn(self, camera_hw: tuple[int, int] | None, camera_matrix: np.ndarray | None = None):
+    def hand_pixels_fn(self, camera_hw: tuple[int, int], camera_matrix: np.ndarray | None = None):
         """joints (..., 23) -> the right hand's wrist + fingertip pixels (..., 6, 2) in the model image,
         for colour frames of size ``camera_hw`` with intrinsics ``camera_matrix`` (their camera_info;
-        None: the simulated head camera's). No frame size known yet: no function."""
+        None: the simulated head camera's)."""
         from dexwm_planner.actions import allegro_hand_pixels
         from dexwm_robot.camera import HeadCamera
         from dexwm_robot.view import model_view_intrinsics
 
-        if camera_hw is None:
-            return None
         h, w = int(camera_hw[0]), int(camera_hw[1])
         K_frames = camera_matrix if camera_matrix is not None else HeadCamera().intrinsics(w, h)
         K = model_view_intrinsics(K_frames, (w, h), int(self.image_size[0]))
@@ -77,17 +93,15 @@ class WorldModelPlanning:
         return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)
 
     def planner(self, settings: PlannerSettings, task: str, seed: int | None = None,
-                camera_hw: tuple[int, int] | None = None, camera_matrix: np.ndarray | None = None) -> MPCPlanner:
-        """The MPC planner of a goal; ``camera_hw`` and ``camera_matrix``: the colour frames' size and
-        intrinsics (the planned-hand term projects into them; without a size that term is off for
-        this goal)."""
-        config = settings.mpc(task)
-        hand_pixels = self.hand_pixels_fn(camera_hw, camera_matrix)
-        if config.objective.hand_pixel_weight > 0 and hand_pixels is None:
-            self.log.warning("hand_pixel_weight is set but no camera frame size is known: the term is off for this goal")
-            config = replace(config, objective=replace(config.objective, hand_pixel_weight=0.0))
-        return MPCPlanner(self.model, self._actions, self.lower, self.upper, config, rotation_fn=self._rotation,
-                          seed=settings.seed if seed is None else seed, hand_pixels_fn=hand_pixels)
+                camera: Callable[[], tuple] | None = None) -> MPCPlanner:
+        """The MPC planner of a goal. ``camera()``: the colour frames' (height, width) and intrinsics
+        (camera_info, or None), asked when the planned-hand term first projects, which is after the
+        first frame was observed (a goal may be accepted before any frame arrived); None: frames of
+        the simulated camera at the model's image size."""
+        camera = camera if camera is not None else (lambda: (tuple(self.image_size), None))
+        return MPCPlanner(self.model, self._actions, self.lower, self.upper, settings.mpc(task),
+                          rotation_fn=self._rotation, seed=settings.seed if seed is None else seed,
+                          hand_pixels_fn=_LazyHandPixels(self, camera))
 
     def fitted_done_cost(self, settings: PlannerSettings):
         """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal

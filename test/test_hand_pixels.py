@@ -1,6 +1,5 @@
 """The planned-hand keypoint term's projection: forward kinematics into the model image's pixels,
 the pixel frame the heatmap head decodes goal images in, for any colour frame size."""
-import dataclasses
 import types
 
 import numpy as np
@@ -50,11 +49,34 @@ def test_planner_projects_into_the_model_view_of_any_frame_size():
     shifted[0, 2] += 10.0                      # another camera's principal point: 10 px * 224/480 further right
     moved = planning.hand_pixels_fn((480, 640), shifted)(q)
     np.testing.assert_allclose(moved[..., 0] - wide[..., 0], 10.0 * 224 / 480, atol=1e-6)
-    assert planning.hand_pixels_fn(None) is None
-    # Without a known frame size the term is off for that goal, not an error.
-    weighted = dataclasses.replace(PlannerSettings(), hand_pixel_weight=1e-3)
-    assert planning.planner(weighted, "reach", camera_hw=None).config.objective.hand_pixel_weight == 0.0
-    assert planning.planner(weighted, "reach", camera_hw=(224, 224)).config.objective.hand_pixel_weight == 1e-3
+
+
+def test_a_goals_planner_asks_for_the_camera_when_it_first_projects():
+    """A goal can be accepted before the first frame arrives: the planner reads the frames' size and
+    intrinsics at its first projection (after a frame was observed), once per goal."""
+    import pytest
+
+    kin, cam = RobotKinematics.from_description(), HeadCamera()
+    model = types.SimpleNamespace(image_size=(224, 224), frame_step=0.2)
+    planning = WorldModelPlanning(PlannerSettings(), model=model, kinematics=kin)
+    q = _poses(kin, seed=2)
+    asked = []
+    seen = {"camera": ((None, None))}
+
+    def camera():
+        asked.append(seen["camera"])
+        return seen["camera"]
+    planner = planning.planner(PlannerSettings(), "reach", camera=camera)
+    assert planner.config.objective.hand_pixel_weight == 1e-3 and asked == []
+    with pytest.raises(RuntimeError, match="no camera frame"):
+        planner.hand_pixels_fn(q)
+    seen["camera"] = ((480, 640), cam.intrinsics(640, 480))
+    np.testing.assert_allclose(planner.hand_pixels_fn(q), planning.hand_pixels_fn((480, 640))(q), atol=1e-9)
+    planner.hand_pixels_fn(q)
+    assert len(asked) == 2                                  # the failed try and the first projection
+    # Without a camera source: the simulated camera at the model's image size.
+    default = planning.planner(PlannerSettings(), "reach")
+    np.testing.assert_allclose(default.hand_pixels_fn(q), planning.hand_pixels_fn((224, 224))(q), atol=1e-9)
 
 
 def test_camera_info_gives_the_planner_its_intrinsics():

@@ -289,8 +289,10 @@ def test_planner_reads_no_simulator_ground_truth(graph):
                                "/franka/joint_states", "/allegro/joint_states", "/goal_pose", "/clicked_point",
                                "/initialpose", "/parameter_events"}
     # The camera's intrinsics come from its camera_info (the planned-hand term projects with them).
-    wait_for(lambda: planner.robot.camera_matrix() is not None, 10.0, what="the camera_info")
-    np.testing.assert_array_equal(planner.robot.camera_matrix(), robot.K)
+    wait_for(lambda: planner.robot.camera()[1] is not None, 10.0, what="the camera_info")
+    hw, K = planner.robot.camera()
+    assert hw == (96, 128)
+    np.testing.assert_array_equal(K, robot.K)
 
 
 def test_execute_runs_to_budget_within_limits_and_cap(graph):
