@@ -45,10 +45,12 @@ def raw_to_view_pixels(uv, raw_hw, image_size) -> np.ndarray:
     return out
 
 
-def model_view_intrinsics(K: np.ndarray, src_wh: tuple[int, int], size: int) -> np.ndarray:
-    """Intrinsics of ``model_view``'s output for a (size, size) view of a src_wh frame."""
+def model_view_intrinsics(K: np.ndarray, src_wh: tuple[int, int], size) -> np.ndarray:
+    """Intrinsics of ``model_view``'s output for a view of a src_wh frame: ``size`` is the side of
+    a square view or its (H, W)."""
     w, h = src_wh
-    scale, _, x0 = view_geometry((h, w), (size, size))
+    view_hw = (size, size) if np.isscalar(size) else tuple(size)
+    scale, _, x0 = view_geometry((h, w), view_hw)
     K = np.array(K, dtype=np.float64).reshape(3, 3)
     K[:2] *= scale
     K[:2, 2] += 0.5 * scale - 0.5   # pixel centres sit at integer coordinates

@@ -88,7 +88,7 @@ class WorldModelPlanning:
 
         h, w = int(camera_hw[0]), int(camera_hw[1])
         K_frames = camera_matrix if camera_matrix is not None else HeadCamera().intrinsics(w, h)
-        K = model_view_intrinsics(K_frames, (w, h), int(self.image_size[0]))
+        K = model_view_intrinsics(K_frames, (w, h), self.image_size)
         kin, w2c = self.kin, self.world_to_camera
         return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)
 

@@ -51,6 +51,18 @@ def test_planner_projects_into_the_model_view_of_any_frame_size():
     np.testing.assert_allclose(moved[..., 0] - wide[..., 0], 10.0 * 224 / 480, atol=1e-6)
 
 
+def test_a_wide_model_view_projects_like_a_wide_render():
+    """A non-square model image (the paper's 224x392): a 1280x720 frame resized to height 224 and
+    centre-cropped to 392 wide shows the hand where a 392x224 render of the same camera does."""
+    kin, cam = RobotKinematics.from_description(), HeadCamera()
+    planning = WorldModelPlanning(PlannerSettings(), model=types.SimpleNamespace(image_size=(224, 392)),
+                                  kinematics=kin)
+    q = _poses(kin, seed=3)
+    wide = planning.hand_pixels_fn((720, 1280))(q)
+    direct = allegro_hand_pixels(q, cam.world_to_camera, cam.intrinsics(392, 224), kinematics=kin)
+    np.testing.assert_allclose(wide, direct, atol=0.34)
+
+
 def test_a_goals_planner_asks_for_the_camera_when_it_first_projects():
     """A goal can be accepted before the first frame arrives: the planner reads the frames' size and
     intrinsics at its first projection (after a frame was observed), once per goal."""
