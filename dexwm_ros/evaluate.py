@@ -3,7 +3,8 @@
     dexwm-eval --protocol paper|composite --task T --episodes N --seed S --out results.json
                [--planner-seeds K] [--through-ros] [--checkpoint PATH] [--max-steps K] [--preset cpu|paper]
                [--search SAMPLES,ELITES,ITERATIONS]   (a search-budget sweep: the CEM size instead of the preset's)
-               [--subgoals]   (composite pick-place through the scripted solution's subgoal images)
+               [--subgoals [--subgoal-marks M,M,...]]   (composite pick-place through subgoal images)
+               [--hand-pixel-weight W]   (the planned-hand term's weight; config/planner.yaml's by default)
     dexwm-eval --fit-stop [--checkpoint PATH]      fit the planner's stop thresholds (see below)
     dexwm-eval --report DIR                         tables and plots of saved results
 
