@@ -112,8 +112,10 @@ class RobotDouble(Node):
                 goal_handle.canceled()
                 return MoveJoints.Result(error_code=MoveJoints.Result.CANCELED, message="canceled")
             # A cancel right after the acceptance is still in time (the planner sends it from the
-            # acceptance's done callback: one round trip, longer on a busy machine).
-            time.sleep(1.0 if self.accept_delay else 0.1)
+            # acceptance's done callback: one round trip, which took over 1 s once on a busy machine).
+            grace = time.monotonic() + (3.0 if self.accept_delay else 0.1)
+            while time.monotonic() < grace and not goal_handle.is_cancel_requested:
+                time.sleep(0.02)
             if goal_handle.is_cancel_requested:
                 with self.lock:
                     self.canceled += 1
