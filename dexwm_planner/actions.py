@@ -105,6 +105,23 @@ def allegro_hand_pixels(q: np.ndarray, world_to_camera: np.ndarray, intrinsics: 
     return uv
 
 
+def hand_pixels_projection(world_to_camera: np.ndarray, model_hw: tuple[int, int], camera_hw=None,
+                           camera_matrix: np.ndarray | None = None, kinematics=None):
+    """The planner's planned-hand projection: joints (..., 23) -> right-hand wrist + fingertip pixels
+    (..., 6, 2) in the model image (``model_hw``: its (H, W)), for colour frames of size ``camera_hw``
+    (None: the model image's, as the simulation renders) with intrinsics ``camera_matrix`` (their
+    camera_info; None: the simulated head camera's at that size)."""
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.view import model_view_intrinsics
+
+    model_hw = (int(model_hw[0]), int(model_hw[1]))
+    h, w = model_hw if camera_hw is None else (int(camera_hw[0]), int(camera_hw[1]))
+    K_frames = camera_matrix if camera_matrix is not None else HeadCamera().intrinsics(w, h)
+    K = model_view_intrinsics(K_frames, (w, h), model_hw)
+    w2c = np.asarray(world_to_camera, dtype=np.float64)
+    return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kinematics)
+
+
 class ActionNormalizer:
     """Per-dimension standardisation, statistics fitted on training actions.
 

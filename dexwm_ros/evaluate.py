@@ -5,6 +5,7 @@
                [--search SAMPLES,ELITES,ITERATIONS]   (a search-budget sweep: the CEM size instead of the preset's)
                [--subgoals [--subgoal-marks M,M,...]]   (composite pick-place through subgoal images)
                [--hand-pixel-weight W]   (the planned-hand term's weight; config/planner.yaml's by default)
+               [--stage-settings none|phases]   (paper stages searched with their phase's settings)
     dexwm-eval --fit-stop [--checkpoint PATH]      fit the planner's stop thresholds (see below)
     dexwm-eval --report DIR                         tables and plots of saved results
 
@@ -98,6 +99,9 @@ PROTOCOL_TASKS = {"paper": TASK_KINDS, "composite": COMPOSITE_TASKS}
 DEFAULT_MAX_STEPS = {"paper": 12, "composite": 30}
 # With subgoals (--subgoals) the budget is per subgoal, each about one paper stage's piece of the task.
 DEFAULT_SUBGOAL_MAX_STEPS = 12
+# --stage-settings: "none" = the planner node's search for every stage; "phases" = each paper stage
+# searched with its phase profile (dexwm_planner.subgoals.PHASES).
+STAGE_SETTINGS = ("none", "phases")
 HOLD_S = 2.0
 # How long the stop rule waits for progress before it gives up (executed steps; 0 = off). Off, as the
 # planner node's default: on the tuning seeds a 5-step plateau stopped reaches early (README, "Stop
@@ -182,6 +186,11 @@ class EvalSettings:
     subgoal_marks: tuple = ()      # marks of the scripted solution shown as subgoals; empty = tasks.SUBGOAL_MARKS
     # Planned-hand keypoint term (dexwm_planner.objective.ObjectiveConfig.hand_pixel_weight).
     hand_pixel_weight: float = HAND_PIXEL_WEIGHT
+    # Search settings per paper stage: "none" (the planner node's for every stage) or "phases": the
+    # stage's phase profile (dexwm_planner.subgoals.PHASES, as a subgoal of that phase gets them),
+    # the paper's per-task choices: grasp with the end-effector orientation term, place with finger
+    # std 0.01 rad.
+    stage_settings: str = "none"
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -195,6 +204,11 @@ class EvalSettings:
         if self.subgoals and self.sim_task != "pick-place":
             raise ValueError("subgoals are made for the composite pick-place task (--protocol composite "
                              "--task pick-place)")
+        if self.stage_settings not in STAGE_SETTINGS:
+            raise ValueError(f"stage settings must be one of {', '.join(STAGE_SETTINGS)}, got {self.stage_settings!r}")
+        if self.stage_settings != "none" and self.protocol != "paper":
+            raise ValueError("stage settings apply to the paper protocol's stages (composite tasks: --subgoals "
+                             "carry per-phase settings)")
         if self.max_steps <= 0:
             self.max_steps = DEFAULT_SUBGOAL_MAX_STEPS if self.subgoals else DEFAULT_MAX_STEPS[self.protocol]
 
@@ -253,6 +267,14 @@ class EvalSettings:
         changes = dict(samples=samples, elites=elites, iterations=iterations, chunk=samples)
         return {**changes, "keep_elites": kept[0]} if kept else changes
 
+    def search_settings(self):
+        """The stage's search settings (dexwm_planner.subgoals.SearchSettings), None for the planner's own."""
+        if self.stage_settings == "none":
+            return None
+        from dexwm_planner.subgoals import phase_settings
+
+        return phase_settings(self.task)
+
     def objective(self):
         """The planning cost's settings (the planner node's defaults but for the weights set here)."""
         from dexwm_planner.objective import ObjectiveConfig
@@ -289,23 +311,24 @@ class WorldModelPolicy:
 
     name = "dexwm"
 
-    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None):
-        from dexwm_planner.actions import allegro_actions, allegro_hand_pixels
+    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
+                 search=None):
+        """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
+        every goal; None: the planner's own."""
+        from dexwm_planner.actions import allegro_actions, hand_pixels_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
         from dexwm_planner.session import WorldModelPlans
-        from dexwm_robot.camera import HeadCamera
 
         self.model, self.kin = model, kinematics
         self.actions_fn = lambda q_seq: allegro_actions(q_seq, world_to_camera, kinematics=kinematics)
         self.rotation_fn = lambda q: kinematics.ee_pose(q)[1]
-        # The simulation renders at the model's image size (sim_camera_size), so its K is the model image's.
-        h, w = tuple(getattr(model, "image_size", (224, 224)))
-        K = HeadCamera().intrinsics(w, h)
-        self.hand_pixels_fn = lambda q: allegro_hand_pixels(q, world_to_camera, K, kinematics=kinematics)
+        # The simulation renders at the model's image size (sim_camera_size) with the head camera.
+        self.hand_pixels_fn = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
+                                                     kinematics=kinematics)
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective)
-        self.plans = WorldModelPlans(self._make_planner)
+        self.plans = WorldModelPlans(self._make_planner, search)
 
     def _make_planner(self, seed):
         from dexwm_planner.mpc import MPCPlanner
@@ -342,12 +365,12 @@ def random_shooting_changes(cem) -> dict:
 
 
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
-                       objective=None) -> WorldModelPolicy:
+                       objective=None, search=None) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
-                              objective=objective)
+                              objective=objective, search=search)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -1000,7 +1023,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             starts, skipped = collect_starts(runner, settings, progress)
             model = DexWM.load(settings.checkpoint or None)
             policy = WorldModelPolicy(model, kin, w2c, settings.preset, settings.search_changes(),
-                                      objective=settings.objective())
+                                      objective=settings.objective(), search=settings.search_settings())
             planner_seeds = settings.planner_seeds
             outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
         main = summarize(outcomes)
@@ -1017,7 +1040,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             own_settings = {}     # an ablation checkpoint stops by its own fitted thresholds
             if "random_shooting_wm" in wanted:
                 policies.append(random_shooting_wm(model, kin, w2c, settings.preset, settings.search_changes(),
-                                                   objective=settings.objective()))
+                                                   objective=settings.objective(),
+                                                   search=settings.search_settings()))
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "hold_still" in wanted:
@@ -1026,7 +1050,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policies.append(RandomJointWalkPolicy(kin, settings.preset))
             for name, path in (ablations if ablations is not None else default_ablations()).items():
                 policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, settings.search_changes(),
-                                          objective=settings.objective())
+                                          objective=settings.objective(), search=settings.search_settings())
                 policy.name = name
                 policies.append(policy)
                 own_settings[name] = replace(settings, checkpoint=str(path))
@@ -1095,6 +1119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
     parser.add_argument("--hand-pixel-weight", type=float, default=HAND_PIXEL_WEIGHT,
                         help="weight of the planned-hand keypoint term [1/px^2] (dexwm_planner.objective)")
+    parser.add_argument("--stage-settings", choices=STAGE_SETTINGS, default="none",
+                        help="paper stages: 'phases' searches each stage with its phase profile (grasp: end-effector "
+                             "orientation term 0.4; place: finger std 0.01 rad), 'none' with the planner's own")
     parser.add_argument("--done-cost", type=float, default=-1.0,
                         help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
@@ -1167,6 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--through-ros runs one planner seed per episode")
     if args.subgoals and (args.protocol, args.task) != ("composite", "pick-place"):
         parser.error("--subgoals needs --protocol composite --task pick-place")
+    if args.stage_settings != "none" and args.through_ros:
+        parser.error("--stage-settings runs in-process (through ROS the planner node's settings apply)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:
@@ -1174,7 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
                                 max_steps=args.max_steps, preset=args.preset, search=search, checkpoint=args.checkpoint,
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
-                                hand_pixel_weight=args.hand_pixel_weight,
+                                hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

@@ -52,7 +52,7 @@ def _load_model(checkpoint: str | None):
 
 
 def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, measure_s: float = 1.0) -> dict:
-    from dexwm_planner.actions import allegro_actions, allegro_hand_pixels
+    from dexwm_planner.actions import allegro_actions, hand_pixels_projection
     from dexwm_planner.objective import ObjectiveConfig
     from dexwm_robot.camera import HeadCamera
     from dexwm_ros.planner_settings import PlannerSettings
@@ -70,9 +70,10 @@ def run(preset: str = "cpu", checkpoint: str | None = None, cycles: int = 4, mea
     finally:
         env.close()
     camera = HeadCamera()
-    w2c, K = camera.world_to_camera, camera.intrinsics(224, 224)
+    w2c = camera.world_to_camera
     actions_fn = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)  # noqa: E731
-    hand_pixels_fn = lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)  # noqa: E731
+    hand_pixels_fn = hand_pixels_projection(w2c, getattr(model, "image_size", (224, 224)), camera_hw=(224, 224),
+                                            kinematics=kin)
     cem = PRESETS[preset]
     # The planner node's cost (config/planner.yaml's defaults), planned-hand term included.
     objective = ObjectiveConfig(hand_pixel_weight=PlannerSettings().hand_pixel_weight)

@@ -82,15 +82,10 @@ class WorldModelPlanning:
         """joints (..., 23) -> the right hand's wrist + fingertip pixels (..., 6, 2) in the model image,
         for colour frames of size ``camera_hw`` with intrinsics ``camera_matrix`` (their camera_info;
         None: the simulated head camera's)."""
-        from dexwm_planner.actions import allegro_hand_pixels
-        from dexwm_robot.camera import HeadCamera
-        from dexwm_robot.view import model_view_intrinsics
+        from dexwm_planner.actions import hand_pixels_projection
 
-        h, w = int(camera_hw[0]), int(camera_hw[1])
-        K_frames = camera_matrix if camera_matrix is not None else HeadCamera().intrinsics(w, h)
-        K = model_view_intrinsics(K_frames, (w, h), self.image_size)
-        kin, w2c = self.kin, self.world_to_camera
-        return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kin)
+        return hand_pixels_projection(self.world_to_camera, self.image_size, camera_hw, camera_matrix,
+                                      kinematics=self.kin)
 
     def planner(self, settings: PlannerSettings, task: str, seed: int | None = None,
                 camera: Callable[[], tuple] | None = None) -> MPCPlanner:

@@ -100,3 +100,24 @@ def test_camera_info_gives_the_planner_its_intrinsics():
     msg = CameraInfo(width=640, height=480, k=list(HeadCamera().intrinsics(640, 480).ravel()))
     np.testing.assert_array_equal(camera_matrix_of(msg), HeadCamera().intrinsics(640, 480))
     assert camera_matrix_of(CameraInfo(width=640, height=480)) is None      # uncalibrated: all zeros
+
+
+def test_the_evaluation_and_the_benchmark_project_as_the_planner_node_does():
+    """One projection for the planner node, dexwm-eval's policy and dexwm-bench planner: with frames
+    rendered at the model's size (the simulation), each equals the simulated camera at that size."""
+    from dexwm_planner.actions import hand_pixels_projection
+    from dexwm_ros.evaluate import WorldModelPolicy
+
+    kin, cam = RobotKinematics.from_description(), HeadCamera()
+    model = types.SimpleNamespace(image_size=(224, 392), frame_step=0.2)
+    q = _poses(kin, seed=4)
+    direct = allegro_hand_pixels(q, cam.world_to_camera, cam.intrinsics(392, 224), kinematics=kin)
+    node = WorldModelPlanning(PlannerSettings(), model=model, kinematics=kin).hand_pixels_fn((224, 392))(q)
+    policy = WorldModelPolicy(model, kin, cam.world_to_camera).hand_pixels_fn(q)
+    np.testing.assert_allclose(node, direct, atol=1e-6)
+    np.testing.assert_allclose(policy, direct, atol=1e-6)
+    # Frames of another size than the model's (the benchmark renders 224x224) go through the model view.
+    square = allegro_hand_pixels(q, cam.world_to_camera, cam.intrinsics(224, 224), kinematics=kin)
+    large_frames = hand_pixels_projection(cam.world_to_camera, (224, 224), camera_hw=(448, 448), kinematics=kin)(q)
+    np.testing.assert_allclose(large_frames, square, atol=0.5)
+    assert np.abs(large_frames - 2 * square).max() > 10.0

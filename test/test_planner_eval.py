@@ -168,6 +168,40 @@ def test_an_ablation_checkpoint_stops_by_its_own_fitted_thresholds(tmp_path, ran
     assert [(o["reason"], o["steps"]) for o in data["baseline_outcomes"]["no_hc"]] == [("reached", 0)]
 
 
+def test_stage_settings_search_each_paper_stage_with_its_phase_profile(random_checkpoint, capsys):
+    """--stage-settings phases: the grasp stage plans with the orientation term, place with finger
+    std 0.01 rad (the paper's per-task choices, as PHASES gives them to subgoals); random shooting
+    gets the same; the default leaves the planner's own settings; composite tasks are refused."""
+    from dexwm_planner.subgoals import PHASES
+    from dexwm_planner.world_model import DexWM
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
+
+    assert ev.EvalSettings(protocol="paper", task="place").search_settings() is None
+    place = ev.EvalSettings(protocol="paper", task="place", stage_settings="phases").search_settings()
+    grasp = ev.EvalSettings(protocol="paper", task="grasp", stage_settings="phases").search_settings()
+    assert place == PHASES["place"] and grasp == PHASES["grasp"]
+    model, kin, cam = DexWM.load(str(random_checkpoint)), RobotKinematics.from_description(), HeadCamera()
+    goal = np.zeros((224, 224, 3), np.uint8)
+    for policy in (ev.WorldModelPolicy(model, kin, cam.world_to_camera, search=place),
+                   ev.random_shooting_wm(model, kin, cam.world_to_camera, "cpu", search=place)):
+        policy.start(goal, None, seed=0)
+        assert policy.plans.planner.config.cem.std_hand == 0.01
+        assert policy.plans.planner.config.cem.std_arm == policy.config.cem.std_arm
+    policy = ev.WorldModelPolicy(model, kin, cam.world_to_camera, search=grasp)
+    policy.start(goal, None, seed=0)
+    assert policy.plans.planner.config.objective.orientation_weight == 0.4
+    plain = ev.WorldModelPolicy(model, kin, cam.world_to_camera)
+    plain.start(goal, None, seed=0)
+    assert plain.plans.planner.config == plain.config
+    with pytest.raises(ValueError, match="paper protocol"):
+        ev.EvalSettings(protocol="composite", task="reach", stage_settings="phases")
+    for bad in (["--stage-settings", "magic"], ["--stage-settings", "phases", "--through-ros"]):
+        with pytest.raises(SystemExit) as exit_info:
+            ev.main(["--protocol", "paper", "--task", "place", *bad, "--out", "/nonexistent/r.json"])
+        assert exit_info.value.code == 2
+
+
 def test_cli_rejects_bad_arguments(tmp_path):
     for bad in (["--task", "fly"], ["--protocol", "paper", "--task", "pick-place"], ["--task", "reach", "--episodes", "0"],
                 ["--task", "reach", "--planner-seeds", "0"], ["--task", "reach", "--checkpoint", str(tmp_path / "m.pt")],
