@@ -253,15 +253,34 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
             JointTrajectoryPoint(positions=[float(v) for v in small[::-1]])]))
         return np.max(np.abs(client.q() - small)) < 0.01
     wait_for(command_small, 10, 0.2, what="joint_command target")
-    client.command_pub.publish(JointTrajectory(points=[JointTrajectoryPoint(
-        positions=[float(v) for v in small + 0.45])]))
-    wait_for(lambda: any(s.message.startswith("no new command") for d in client.diagnostics for s in d.status),
-             10, what="watchdog report on /diagnostics")
+
+    def watchdog_stops(target) -> bool:
+        """One command toward ``target`` (0.45 rad away: about 1 s of motion), then silence: True
+        when the watchdog reports the stop; False when the arm got there first, which a starved
+        driver loop can let happen (the motion then ended, truthfully, as reached)."""
+        seen = len(client.diagnostics)
+        client.command_pub.publish(JointTrajectory(points=[JointTrajectoryPoint(
+            positions=[float(v) for v in target])]))
+        deadline, arrived = time.monotonic() + 10, None
+        while time.monotonic() < deadline:
+            if any(s.message.startswith("no new command") for d in client.diagnostics[seen:] for s in d.status):
+                return True
+            if arrived is None and np.max(np.abs(client.q() - target)) < 0.01:
+                arrived = time.monotonic()
+            if arrived is not None and time.monotonic() - arrived > 1.0:
+                return False
+            time.sleep(0.02)
+        raise AssertionError("neither a watchdog report on /diagnostics nor the arm at its target within 10 s")
+
+    # Out, back, out: the arm arriving before the watchdog once (a starved machine) is no failure, three times is.
+    targets = [small + 0.45, small, small + 0.45]
+    stopped = next((t for t in targets if watchdog_stops(t)), None)
+    assert stopped is not None, "the watchdog never stopped a motion that got no new commands"
     client.wait_at_rest("arm at rest after the watchdog")
     q_hold = client.q()
     time.sleep(0.5)
     assert np.max(np.abs(client.q() - q_hold)) < 0.01
-    assert np.max(np.abs(q_hold - (small + 0.45))) > 0.05
+    assert np.max(np.abs(q_hold - stopped)) > 0.05
     assert node_proc.poll() is None
 
 
