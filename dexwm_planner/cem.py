@@ -142,7 +142,8 @@ class CEM:
     def optimize(self, cost_fn: Callable[[np.ndarray], np.ndarray], q0: np.ndarray,
                  horizon: int | None = None, mean: np.ndarray | None = None, std: np.ndarray | None = None,
                  rng: np.random.Generator | None = None,
-                 should_stop: Callable[[], bool] | None = None, hold: np.ndarray | None = None) -> CEMResult:
+                 should_stop: Callable[[], bool] | None = None, hold: np.ndarray | None = None,
+                 proposal: np.ndarray | None = None) -> CEMResult:
         """Minimise ``cost_fn`` over feasible (T, D) joint sequences starting from joints ``q0``.
 
         ``mean``/``std`` warm-start the distribution (shape (T, D)); by default it starts at ``q0``
@@ -150,6 +151,8 @@ class CEM:
         cancelled goal does not wait for a full optimisation. ``hold`` (D,): joints not searched,
         targeted at these values at every step (NaN = searched), e.g. a closed hand carrying an
         object; the targets are projected like any sample, so the per-step cap still holds.
+        ``proposal`` (T, D): a plan offered as one candidate of every iteration (projected like any
+        sample), e.g. heading for joints estimated from the goal image; ranked like the others.
         """
         cfg = self.config
         q0 = self._check_q(q0)
@@ -171,6 +174,11 @@ class CEM:
         if held is not None:
             mean = np.where(held, hold, mean)
             std = np.where(held, 0.0, std)
+        if proposal is not None:
+            proposal = self._check_seq(proposal, horizon, "proposal")
+            if held is not None:
+                proposal = np.where(held, hold, proposal)
+            proposal = self.project(proposal, q0)
         rng = rng if rng is not None else np.random.default_rng()
 
         best_plan, best_cost = None, np.inf
@@ -182,6 +190,8 @@ class CEM:
             samples = self.project(mean[None] + std[None] * noise, q0)
             # The current mean is always a candidate: CEM then never ends worse than its start.
             samples[0] = self.project(mean, q0)
+            if proposal is not None and len(samples) > 1:
+                samples[1] = proposal
             costs = self._evaluate(cost_fn, samples)
             evaluations += len(samples)
             samples, costs = np.concatenate([samples, kept]), np.concatenate([costs, kept_costs])

@@ -29,6 +29,9 @@ class MPCConfig:
     context_frames: int = 8
     # Paper schedule: horizon T, T-1, ..., 1, then start over. False: constant horizon, shifted plan.
     shrink_horizon: bool = True
+    # Offer the CEM, in every iteration, the plan heading for the joints whose hand matches the goal
+    # image's decoded hand (dexwm_planner.hand_proposal; needs the planned-hand projection).
+    hand_proposal: bool = False
 
     def __post_init__(self):
         if self.context_frames < 1:
@@ -76,6 +79,7 @@ class MPCPlanner:
         self.objective: GoalObjective | None = None
         self._warm: tuple[np.ndarray, np.ndarray] | None = None
         self._next_horizon = config.cem.horizon
+        self.goal_joints_estimate: np.ndarray | None = None    # hand_proposal: estimated once per goal
 
     # ----------------------------------------------------------------------------------------- goal
     @property
@@ -115,6 +119,7 @@ class MPCPlanner:
         self._context_q.clear()
         self._warm = None
         self._next_horizon = self.config.cem.horizon
+        self.goal_joints_estimate = None
 
     def observe(self, image: np.ndarray, q: np.ndarray | None = None) -> torch.Tensor:
         """Encode the newest camera frame (and the joints it shows) into the world-model context."""
@@ -183,8 +188,16 @@ class MPCPlanner:
         def cost_fn(samples: np.ndarray) -> np.ndarray:
             return objective(context, q, samples, context_actions)
 
+        proposal = None
+        if self.config.hand_proposal and self.hand_pixels_fn is not None and objective.goal_keypoints is not None:
+            if self.goal_joints_estimate is None:
+                from .hand_proposal import estimate_goal_joints
+
+                self.goal_joints_estimate = estimate_goal_joints(
+                    self.hand_pixels_fn, objective.goal_keypoints.numpy(), q, self.cem.lower, self.cem.upper)
+            proposal = np.repeat(self.goal_joints_estimate[None], horizon, axis=0)
         result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
-                                              should_stop=should_stop, hold=hold)
+                                              should_stop=should_stop, hold=hold, proposal=proposal)
         stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)
         terms = objective.terms(context, q, result.plan[None], keep_keypoints=True, context_actions=context_actions)
         current_cost = self.current_cost()

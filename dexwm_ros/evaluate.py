@@ -191,6 +191,9 @@ class EvalSettings:
     # the paper's per-task choices: grasp with the end-effector orientation term, place with finger
     # std 0.01 rad.
     stage_settings: str = "none"
+    # Offer the CEM the plan heading for the joints that match the goal image's hand
+    # (dexwm_planner.hand_proposal; MPCConfig.hand_proposal).
+    hand_proposal: bool = False
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -312,7 +315,7 @@ class WorldModelPolicy:
     name = "dexwm"
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
-                 search=None):
+                 search=None, hand_proposal: bool = False):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection
@@ -327,7 +330,8 @@ class WorldModelPolicy:
         self.hand_pixels_fn = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
                                                      kinematics=kinematics)
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
-        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective)
+        self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
+                                hand_proposal=hand_proposal)
         self.plans = WorldModelPlans(self._make_planner, search)
 
     def _make_planner(self, seed):
@@ -365,12 +369,12 @@ def random_shooting_changes(cem) -> dict:
 
 
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
-                       objective=None, search=None) -> WorldModelPolicy:
+                       objective=None, search=None, hand_proposal: bool = False) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
-                              objective=objective, search=search)
+                              objective=objective, search=search, hand_proposal=hand_proposal)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -1023,7 +1027,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             starts, skipped = collect_starts(runner, settings, progress)
             model = DexWM.load(settings.checkpoint or None)
             policy = WorldModelPolicy(model, kin, w2c, settings.preset, settings.search_changes(),
-                                      objective=settings.objective(), search=settings.search_settings())
+                                      objective=settings.objective(), search=settings.search_settings(),
+                                      hand_proposal=settings.hand_proposal)
             planner_seeds = settings.planner_seeds
             outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
         main = summarize(outcomes)
@@ -1041,7 +1046,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             if "random_shooting_wm" in wanted:
                 policies.append(random_shooting_wm(model, kin, w2c, settings.preset, settings.search_changes(),
                                                    objective=settings.objective(),
-                                                   search=settings.search_settings()))
+                                                   search=settings.search_settings(),
+                                                   hand_proposal=settings.hand_proposal))
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "hold_still" in wanted:
@@ -1050,7 +1056,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policies.append(RandomJointWalkPolicy(kin, settings.preset))
             for name, path in (ablations if ablations is not None else default_ablations()).items():
                 policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, settings.search_changes(),
-                                          objective=settings.objective(), search=settings.search_settings())
+                                          objective=settings.objective(), search=settings.search_settings(),
+                                          hand_proposal=settings.hand_proposal)
                 policy.name = name
                 policies.append(policy)
                 own_settings[name] = replace(settings, checkpoint=str(path))
@@ -1122,6 +1129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage-settings", choices=STAGE_SETTINGS, default="none",
                         help="paper stages: 'phases' searches each stage with its phase profile (grasp: end-effector "
                              "orientation term 0.4; place: finger std 0.01 rad), 'none' with the planner's own")
+    parser.add_argument("--hand-proposal", action="store_true",
+                        help="offer the CEM the plan heading for the joints that match the goal image's hand "
+                             "(dexwm_planner.hand_proposal)")
     parser.add_argument("--done-cost", type=float, default=-1.0,
                         help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
@@ -1204,6 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
+                                hand_proposal=args.hand_proposal,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))
