@@ -28,7 +28,9 @@ the hand at the end.
 **Baselines**, same episodes and step budget, in-process: ``random_shooting_wm`` (the world model
 and stop rule with one CEM iteration whose samples equal the CEM's total evaluations per replan),
 ``oracle_goal_joints`` (PRIVILEGED upper bound: drives the joints straight to the goal state's
-joints under the same per-step cap), ``hold_still`` (never moves), ``random_joint_walk`` (ignores
+joints under the same per-step cap), ``goal_hand_ik`` (no world model: the joints whose hand
+matches the goal image's decoded hand, dexwm_planner.hand_proposal, driven to straight),
+``hold_still`` (never moves), ``random_joint_walk`` (ignores
 the goal and the model), and every ablation checkpoint that exists (``models/dexwm_sim_no_hc.pt``:
 without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without pre-training; or
 ``--ablation NAME=PATH``).
@@ -410,6 +412,48 @@ class OracleGoalJointsPolicy:
     def plan(self, joints, should_stop):
         t0 = time.perf_counter()
         return _single_step(self.cem.project(self.goal[None, None], joints)[0, 0], t0)
+
+
+class GoalHandIKPolicy:
+    """No world model: reads the goal image's hand keypoints with the model's heatmap head, solves for
+    the joints that put the robot's hand there (dexwm_planner.hand_proposal, from the joints at the
+    first step) and moves straight toward them under the planner's per-step cap; stops within
+    0.02 rad or at the budget. What the planner's hand proposal does alone."""
+
+    name = "goal_hand_ik"
+
+    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu"):
+        from dexwm_planner.actions import hand_pixels_projection
+        from dexwm_planner.cem import CEM
+
+        self.model, self.kin = model, kinematics
+        self.pixels = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
+                                             kinematics=kinematics)
+        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
+
+    def start(self, goal_image, goal_joints, seed):
+        import torch
+
+        from dexwm_planner.objective import RIGHT_HAND_KEYPOINTS
+
+        with torch.no_grad():
+            keypoints = self.model.keypoints_2d(self.model.encode(np.asarray(goal_image)[None]))[0]
+        self.goal_pixels = np.asarray(keypoints, dtype=np.float64)[RIGHT_HAND_KEYPOINTS]
+        self.target = None
+
+    def observe(self, image, joints) -> float:
+        return float("nan")
+
+    def verdict(self, joints):
+        return "reached" if self.target is not None and np.abs(self.target - joints).max() < 0.02 else None
+
+    def plan(self, joints, should_stop):
+        from dexwm_planner.hand_proposal import estimate_goal_joints
+
+        t0 = time.perf_counter()
+        if self.target is None:
+            self.target = estimate_goal_joints(self.pixels, self.goal_pixels, joints, self.kin.lower, self.kin.upper)
+        return _single_step(self.cem.project(self.target[None, None], joints)[0, 0], t0)
 
 
 class HoldStillPolicy:
@@ -1000,7 +1044,7 @@ def default_ablations() -> dict[str, str]:
     return found
 
 
-BASELINES = ("random_shooting_wm", "oracle_goal_joints", "hold_still", "random_joint_walk")
+BASELINES = ("random_shooting_wm", "oracle_goal_joints", "goal_hand_ik", "hold_still", "random_joint_walk")
 
 
 def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[str, str] | None = None,
@@ -1050,6 +1094,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                                                    hand_proposal=settings.hand_proposal))
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
+            if "goal_hand_ik" in wanted:
+                policies.append(GoalHandIKPolicy(model, kin, w2c, settings.preset))
             if "hold_still" in wanted:
                 policies.append(HoldStillPolicy())
             if "random_joint_walk" in wanted:
@@ -1067,7 +1113,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policies = [p for p in policies if hasattr(p, "for_subgoal")]
                 results["skipped_baselines"] = {name: "plans toward one goal only" for name in unable}
             for policy in policies:
-                deterministic = isinstance(policy, (OracleGoalJointsPolicy, HoldStillPolicy))
+                deterministic = isinstance(policy, (OracleGoalJointsPolicy, GoalHandIKPolicy, HoldStillPolicy))
                 base = run_in_process(policy, own_settings.get(policy.name, settings), starts, runner,
                                       1 if deterministic else baseline_planner_seeds, progress)
                 s = summarize(base)
@@ -1080,6 +1126,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         results["torch_threads"] = torch.get_num_threads()
         results["notes"] = {
             "oracle_goal_joints": "PRIVILEGED upper bound: reads the goal state's joints",
+            "goal_hand_ik": "no world model: joints fitted to the goal image's decoded hand keypoints, driven to",
             "dexwm_no_pretrain": "the shipped model itself has no pre-training (no human video, no other "
                                  "embodiment): it is the no-pre-training row",
         }

@@ -59,7 +59,8 @@ class _Poisoned:
         raise AssertionError(f"the policy read simulator ground truth ({name})")
 
 
-def test_policies_read_no_simulator_ground_truth(random_checkpoint, monkeypatch):
+@pytest.mark.parametrize("policy_name", ["dexwm", "goal_hand_ik"])
+def test_policies_read_no_simulator_ground_truth(random_checkpoint, monkeypatch, policy_name):
     """While a policy decides, the success flag, episode, object poses, contacts and hand
     positions of the simulation are poisoned: the policy runs on the camera frame, the joints and
     the goal image only (the session's stop rule reads only the costs the policy returns)."""
@@ -73,8 +74,12 @@ def test_policies_read_no_simulator_ground_truth(random_checkpoint, monkeypatch)
     runner = ev.make_runner(settings)
     env = runner.env
     kin = RobotKinematics.from_description()
-    policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), kin, HeadCamera().world_to_camera, "cpu")
-    policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
+    model = DexWM.load(str(random_checkpoint))
+    if policy_name == "dexwm":
+        policy = ev.WorldModelPolicy(model, kin, HeadCamera().world_to_camera, "cpu")
+        policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
+    else:
+        policy = ev.GoalHandIKPolicy(model, kin, HeadCamera().world_to_camera, "cpu")
     seen = []
 
     def guarded(method):
