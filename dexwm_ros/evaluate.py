@@ -196,6 +196,8 @@ class EvalSettings:
     # Offer the CEM the plan heading for the joints that match the goal image's hand
     # (dexwm_planner.hand_proposal; MPCConfig.hand_proposal).
     hand_proposal: bool = False
+    # Keypoints of the planned-hand term (ObjectiveConfig.hand_pixel_keypoints): "all" or "wrist".
+    hand_pixel_keypoints: str = "all"
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -284,7 +286,8 @@ class EvalSettings:
         """The planning cost's settings (the planner node's defaults but for the weights set here)."""
         from dexwm_planner.objective import ObjectiveConfig
 
-        return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight))
+        return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight),
+                               hand_pixel_keypoints=self.hand_pixel_keypoints)
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule, the simulation's joint limits,
@@ -1176,6 +1179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage-settings", choices=STAGE_SETTINGS, default="none",
                         help="paper stages: 'phases' searches each stage with its phase profile (grasp: end-effector "
                              "orientation term 0.4; place: finger std 0.01 rad), 'none' with the planner's own")
+    parser.add_argument("--hand-pixel-keypoints", choices=("all", "wrist"), default="all",
+                        help="keypoints the planned-hand term compares: wrist + 5 fingertips, or the wrist alone")
     parser.add_argument("--hand-proposal", action="store_true",
                         help="offer the CEM the plan heading for the joints that match the goal image's hand "
                              "(dexwm_planner.hand_proposal)")
@@ -1261,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
-                                hand_proposal=args.hand_proposal,
+                                hand_proposal=args.hand_proposal, hand_pixel_keypoints=args.hand_pixel_keypoints,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

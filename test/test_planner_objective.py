@@ -103,3 +103,14 @@ def test_planned_hand_pixel_term():
         GoalObjective(model, delta_actions, goal_latent, cfg)
     with pytest.raises(ValueError, match=">= 0"):
         ObjectiveConfig(hand_pixel_weight=-1.0)
+    # The wrist alone: only the first keypoint counts, so fingertips off the goal's cost nothing.
+    wrist = GoalObjective(model, delta_actions, goal_latent, ObjectiveConfig(
+        keypoint_weight=0, hand_pixel_weight=0.01, hand_pixel_keypoints="wrist"), hand_pixels_fn=hand_pixels_fn)
+    per_step_wrist = ((hand_pixels_fn(samples)[..., :1, :] - goal_kp[:1]) ** 2).mean(axis=(-2, -1))
+    assert np.allclose(wrist.terms(context, q0, samples).hand_pixels, per_step_wrist @ step_weights(3, 0.6))
+    tips_off = on_goal.copy()
+    tips_off[0, :, 2:12] += 0.3
+    assert wrist.terms(context, q0, tips_off).hand_pixels[0] < 1e-9
+    assert objective.terms(context, q0, tips_off).hand_pixels[0] > 100.0
+    with pytest.raises(ValueError, match="hand_pixel_keypoints"):
+        ObjectiveConfig(hand_pixel_keypoints="thumb")
