@@ -55,7 +55,9 @@ RotationFn = Callable[[np.ndarray], np.ndarray]
 # joints (..., 23) -> right-hand wrist + 5 fingertip pixels (..., 6, 2) in the model image
 HandPixelsFn = Callable[[np.ndarray], np.ndarray]
 # Which of the six the planned-hand term compares (ObjectiveConfig.hand_pixel_keypoints).
-HAND_PIXEL_KEYPOINTS = {"all": slice(0, 6), "wrist": slice(0, 1)}
+# "size_free": the wrist, plus the fingertips relative to it with the planned hand's size scaled to
+# the goal's (the hand's shape and orientation in the image, not its size: depth is left to the rest).
+HAND_PIXEL_KEYPOINTS = {"all": slice(0, 6), "wrist": slice(0, 1), "size_free": slice(0, 6)}
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,10 @@ class ObjectiveConfig:
     keypoint_weight: float = 1e-3
     orientation_weight: float = 0.0
     hand_pixel_weight: float = 0.0
-    # Keypoints the planned-hand term compares: "all" (wrist + 5 fingertips) or "wrist". The head
-    # reads an open goal hand about 12 % too small and a closed one 1.8x too large (wrist to tips),
-    # which the fingertips turn into a depth error; the wrist alone carries no such scale.
+    # Keypoints the planned-hand term compares: "all" (wrist + 5 fingertips), "wrist", or
+    # "size_free" (all six, the planned hand resized to the goal's). The head reads an open goal
+    # hand about 12 % too small and a closed one 1.8x too large (wrist to tips), which the six-point
+    # term turns partly into a depth error; the wrist alone and "size_free" carry no size.
     hand_pixel_keypoints: str = "all"
 
     def __post_init__(self):
@@ -104,6 +107,15 @@ class CostTerms:
     orientation: np.ndarray    # (N,) squared final orientation error [rad^2] (before the weight)
     hand_pixels: np.ndarray    # (N,) weighted planned-hand keypoint MSE [px^2] (before the weight)
     predicted_keypoints: np.ndarray | None = None  # (N, T, 12, 2)
+
+
+def _sized_like(hands: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Hands (..., 6, 2) (wrist first) with their fingertips' distances from the wrist rescaled so
+    that their mean equals the goal hand's (6, 2): the same shape and wrist, the goal's size."""
+    size = np.linalg.norm(hands[..., 1:, :] - hands[..., :1, :], axis=-1).mean(axis=-1)[..., None, None]
+    goal_size = np.linalg.norm(goal[1:] - goal[:1], axis=-1).mean()
+    tips = hands[..., :1, :] + (hands[..., 1:, :] - hands[..., :1, :]) * (goal_size / np.maximum(size, 1e-6))
+    return np.concatenate([hands[..., :1, :], tips], axis=-2)
 
 
 class GoalObjective:
@@ -178,6 +190,8 @@ class GoalObjective:
             planned = np.asarray(self.hand_pixels_fn(np.asarray(samples, dtype=np.float64)), dtype=np.float64)
             rows = HAND_PIXEL_KEYPOINTS[cfg.hand_pixel_keypoints]
             goal_px = self.goal_keypoints.numpy().astype(np.float64)
+            if cfg.hand_pixel_keypoints == "size_free":
+                planned = _sized_like(planned, goal_px)
             sq = ((planned[..., rows, :] - goal_px[rows]) ** 2).mean(axis=(-2, -1))  # (N, T)
             hand_pixels = sq @ w.numpy()
         total = (latent + cfg.keypoint_weight * keypoint + cfg.orientation_weight * orientation

@@ -196,7 +196,7 @@ class EvalSettings:
     # Offer the CEM the plan heading for the joints that match the goal image's hand
     # (dexwm_planner.hand_proposal; MPCConfig.hand_proposal).
     hand_proposal: bool = False
-    # Keypoints of the planned-hand term (ObjectiveConfig.hand_pixel_keypoints): "all" or "wrist".
+    # Keypoints of the planned-hand term (ObjectiveConfig.hand_pixel_keypoints): all, wrist, size_free.
     hand_pixel_keypoints: str = "all"
 
     def __post_init__(self):
@@ -1179,8 +1179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage-settings", choices=STAGE_SETTINGS, default="none",
                         help="paper stages: 'phases' searches each stage with its phase profile (grasp: end-effector "
                              "orientation term 0.4; place: finger std 0.01 rad), 'none' with the planner's own")
-    parser.add_argument("--hand-pixel-keypoints", choices=("all", "wrist"), default="all",
-                        help="keypoints the planned-hand term compares: wrist + 5 fingertips, or the wrist alone")
+    parser.add_argument("--hand-pixel-keypoints", choices=("all", "wrist", "size_free"), default="all",
+                        help="keypoints the planned-hand term compares: wrist + 5 fingertips, the wrist alone, or "
+                             "all six with the planned hand resized to the goal's")
     parser.add_argument("--hand-proposal", action="store_true",
                         help="offer the CEM the plan heading for the joints that match the goal image's hand "
                              "(dexwm_planner.hand_proposal)")

@@ -112,5 +112,13 @@ def test_planned_hand_pixel_term():
     tips_off[0, :, 2:12] += 0.3
     assert wrist.terms(context, q0, tips_off).hand_pixels[0] < 1e-9
     assert objective.terms(context, q0, tips_off).hand_pixels[0] > 100.0
+    # Size-free: a planned hand twice the goal's size about the same wrist, same shape, pays nothing;
+    # a hand turned about its wrist does.
+    from dexwm_planner.objective import _sized_like
+    goal_hand = np.array([[100.0, 100.0], [120, 90], [130, 100], [130, 110], [125, 120], [115, 125]])
+    twice = goal_hand[0] + 2.0 * (goal_hand - goal_hand[0])
+    np.testing.assert_allclose(_sized_like(twice[None, None], goal_hand)[0, 0], goal_hand)
+    turned = goal_hand[0] + (goal_hand - goal_hand[0])[:, ::-1]
+    assert np.abs(_sized_like(turned, goal_hand) - goal_hand).max() > 5.0
     with pytest.raises(ValueError, match="hand_pixel_keypoints"):
         ObjectiveConfig(hand_pixel_keypoints="thumb")
