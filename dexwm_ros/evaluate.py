@@ -6,6 +6,7 @@
                [--subgoals [--subgoal-marks M,M,...]]   (composite pick-place through subgoal images)
                [--hand-pixel-weight W]   (the planned-hand term's weight; config/planner.yaml's by default)
                [--stage-settings none|phases]   (paper stages searched with their phase's settings)
+               [--hand-pixel-keypoints all|wrist|size_free] [--hand-proposal]   (planner variants, README)
     dexwm-eval --fit-stop [--checkpoint PATH]      fit the planner's stop thresholds (see below)
     dexwm-eval --report DIR                         tables and plots of saved results
 
