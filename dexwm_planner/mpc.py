@@ -63,6 +63,8 @@ class MPCPlanner:
                  hand_pixels_fn: HandPixelsFn | None = None):
         """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
         planned-hand keypoint terms (needed only when their weights are on)."""
+        if config.hand_proposal and hand_pixels_fn is None:
+            raise ValueError("hand_proposal needs hand_pixels_fn (kinematics and camera)")
         self.model = model
         self.actions_fn = actions_fn
         self.config = config
@@ -189,7 +191,7 @@ class MPCPlanner:
             return objective(context, q, samples, context_actions)
 
         proposal = None
-        if self.config.hand_proposal and self.hand_pixels_fn is not None and objective.goal_keypoints is not None:
+        if self.config.hand_proposal and objective.goal_keypoints is not None:
             if self.goal_joints_estimate is None:
                 from .hand_proposal import estimate_goal_joints
 

@@ -283,6 +283,11 @@ class EvalSettings:
 
         return phase_settings(self.task)
 
+    def planner_options(self) -> dict:
+        """What every world-model policy of a run plans with (WorldModelPolicy's keywords): the cost,
+        the stage's search settings, the hand proposal."""
+        return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal)
+
     def objective(self):
         """The planning cost's settings (the planner node's defaults but for the weights set here)."""
         from dexwm_planner.objective import ObjectiveConfig
@@ -393,32 +398,44 @@ def _single_step(command: np.ndarray, t0: float):
                     replan_seconds=time.perf_counter() - t0)
 
 
-class OracleGoalJointsPolicy:
-    """PRIVILEGED upper bound: reads the goal state's joints (which no camera gives) and moves
-    straight toward them under the planner's per-step cap; stops within 0.02 rad or at the budget."""
-
-    name = "oracle_goal_joints"
+class _DriveToJoints:
+    """Moves straight toward target joints under the planner's per-step cap, no world model; stops
+    within 0.02 rad of them or at the budget. Subclasses say where the target comes from
+    (``_target(joints)``, asked at every step until it gives one)."""
 
     def __init__(self, kinematics, preset: str = "cpu"):
         from dexwm_planner.cem import CEM
 
         self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
+        self.goal = None
 
-    def start(self, goal_image, goal_joints, seed):
-        self.goal = np.asarray(goal_joints, dtype=np.float64)
+    def _target(self, joints):
+        raise NotImplementedError
 
     def observe(self, image, joints) -> float:
         return float("nan")
 
     def verdict(self, joints):
-        return "reached" if np.abs(self.goal - joints).max() < 0.02 else None
+        return "reached" if self.goal is not None and np.abs(self.goal - joints).max() < 0.02 else None
 
     def plan(self, joints, should_stop):
         t0 = time.perf_counter()
+        if self.goal is None:
+            self.goal = np.asarray(self._target(joints), dtype=np.float64)
         return _single_step(self.cem.project(self.goal[None, None], joints)[0, 0], t0)
 
 
-class GoalHandIKPolicy:
+class OracleGoalJointsPolicy(_DriveToJoints):
+    """PRIVILEGED upper bound: reads the goal state's joints (which no camera gives) and moves
+    straight toward them under the planner's per-step cap; stops within 0.02 rad or at the budget."""
+
+    name = "oracle_goal_joints"
+
+    def start(self, goal_image, goal_joints, seed):
+        self.goal = np.asarray(goal_joints, dtype=np.float64)
+
+
+class GoalHandIKPolicy(_DriveToJoints):
     """No world model: reads the goal image's hand keypoints with the model's heatmap head, solves for
     the joints that put the robot's hand there (dexwm_planner.hand_proposal, from the joints at the
     first step) and moves straight toward them under the planner's per-step cap; stops within
@@ -428,12 +445,11 @@ class GoalHandIKPolicy:
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu"):
         from dexwm_planner.actions import hand_pixels_projection
-        from dexwm_planner.cem import CEM
 
+        super().__init__(kinematics, preset)
         self.model, self.kin = model, kinematics
         self.pixels = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
                                              kinematics=kinematics)
-        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
 
     def start(self, goal_image, goal_joints, seed):
         import torch
@@ -443,21 +459,12 @@ class GoalHandIKPolicy:
         with torch.no_grad():
             keypoints = self.model.keypoints_2d(self.model.encode(np.asarray(goal_image)[None]))[0]
         self.goal_pixels = np.asarray(keypoints, dtype=np.float64)[RIGHT_HAND_KEYPOINTS]
-        self.target = None
+        self.goal = None
 
-    def observe(self, image, joints) -> float:
-        return float("nan")
-
-    def verdict(self, joints):
-        return "reached" if self.target is not None and np.abs(self.target - joints).max() < 0.02 else None
-
-    def plan(self, joints, should_stop):
+    def _target(self, joints):
         from dexwm_planner.hand_proposal import estimate_goal_joints
 
-        t0 = time.perf_counter()
-        if self.target is None:
-            self.target = estimate_goal_joints(self.pixels, self.goal_pixels, joints, self.kin.lower, self.kin.upper)
-        return _single_step(self.cem.project(self.target[None, None], joints)[0, 0], t0)
+        return estimate_goal_joints(self.pixels, self.goal_pixels, joints, self.kin.lower, self.kin.upper)
 
 
 class HoldStillPolicy:
@@ -1075,8 +1082,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             starts, skipped = collect_starts(runner, settings, progress)
             model = DexWM.load(settings.checkpoint or None)
             policy = WorldModelPolicy(model, kin, w2c, settings.preset, settings.search_changes(),
-                                      objective=settings.objective(), search=settings.search_settings(),
-                                      hand_proposal=settings.hand_proposal)
+                                      **settings.planner_options())
             planner_seeds = settings.planner_seeds
             outcomes = run_in_process(policy, settings, starts, runner, planner_seeds, progress)
         main = summarize(outcomes)
@@ -1093,9 +1099,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             own_settings = {}     # an ablation checkpoint stops by its own fitted thresholds
             if "random_shooting_wm" in wanted:
                 policies.append(random_shooting_wm(model, kin, w2c, settings.preset, settings.search_changes(),
-                                                   objective=settings.objective(),
-                                                   search=settings.search_settings(),
-                                                   hand_proposal=settings.hand_proposal))
+                                                   **settings.planner_options()))
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "goal_hand_ik" in wanted:
@@ -1106,8 +1110,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policies.append(RandomJointWalkPolicy(kin, settings.preset))
             for name, path in (ablations if ablations is not None else default_ablations()).items():
                 policy = WorldModelPolicy(DexWM.load(path), kin, w2c, settings.preset, settings.search_changes(),
-                                          objective=settings.objective(), search=settings.search_settings(),
-                                          hand_proposal=settings.hand_proposal)
+                                          **settings.planner_options())
                 policy.name = name
                 policies.append(policy)
                 own_settings[name] = replace(settings, checkpoint=str(path))
@@ -1141,6 +1144,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dexwm_planner.objective import HAND_PIXEL_KEYPOINTS
+
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--report":
         if len(argv) != 2 or not Path(argv[1]).is_dir():
@@ -1180,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage-settings", choices=STAGE_SETTINGS, default="none",
                         help="paper stages: 'phases' searches each stage with its phase profile (grasp: end-effector "
                              "orientation term 0.4; place: finger std 0.01 rad), 'none' with the planner's own")
-    parser.add_argument("--hand-pixel-keypoints", choices=("all", "wrist", "size_free"), default="all",
+    parser.add_argument("--hand-pixel-keypoints", choices=tuple(HAND_PIXEL_KEYPOINTS), default="all",
                         help="keypoints the planned-hand term compares: wrist + 5 fingertips, the wrist alone, or "
                              "all six with the planned hand resized to the goal's")
     parser.add_argument("--hand-proposal", action="store_true",

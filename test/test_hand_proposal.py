@@ -77,3 +77,12 @@ def test_the_planner_offers_the_estimate_once_per_goal(setup):
     np.testing.assert_array_equal(planner.goal_joints_estimate, first)
     planner.set_goal(image)
     assert planner.goal_joints_estimate is None
+
+
+def test_a_hand_proposal_without_the_projection_is_refused(setup):
+    from dexwm_planner.mpc import MPCConfig, MPCPlanner
+    from test_planner_models import LinearTestModel, delta_actions
+
+    kin, _ = setup
+    with pytest.raises(ValueError, match="hand_pixels_fn"):
+        MPCPlanner(LinearTestModel(), delta_actions, kin.lower, kin.upper, MPCConfig(hand_proposal=True))
