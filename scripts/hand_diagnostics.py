@@ -1,0 +1,112 @@
+"""Diagnostics behind README figures on the planned hand (they read the simulation to REPORT only;
+no policy sees what they read). Tuning seeds 1,000,500 on, shipped model.
+
+    .venv/bin/python scripts/hand_diagnostics.py grip         # place starts: hold measured vs commanded hand
+    .venv/bin/python scripts/hand_diagnostics.py goal-hand    # the head's reading of goal hands: size bias;
+                                                              # joints fitted to it vs the true goal hand
+    .venv/bin/python scripts/hand_diagnostics.py reach-offset # where planned reaches end, in camera axes
+"""
+import sys
+
+import numpy as np
+import torch
+
+from dexwm_planner.actions import hand_pixels_projection
+from dexwm_planner.hand_proposal import estimate_goal_joints
+from dexwm_planner.objective import RIGHT_HAND_KEYPOINTS
+from dexwm_planner.world_model import DexWM
+from dexwm_robot.camera import HeadCamera
+from dexwm_ros.evaluate import EvalSettings, WorldModelPolicy, make_runner, prepare_episode, run_episode
+from dexwm_sim import tasks
+
+
+def stages(task: str, count: int):
+    """(env, start) of the first ``count`` tuning-seed stages whose demonstration succeeds."""
+    settings = EvalSettings(protocol="paper", task=task, episodes=count, seed=500)
+    settings.resolve_step()
+    runner = make_runner(settings)
+    seed, found = 1_000_500, 0
+    try:
+        while found < count:
+            try:
+                start = prepare_episode(runner.env, settings, seed)
+            except tasks.StageUnavailable:
+                seed += 1
+                continue
+            seed, found = seed + 1, found + 1
+            yield runner, settings, start
+    finally:
+        runner.env.close()
+
+
+def decoded_hand(model, image) -> np.ndarray:
+    with torch.no_grad():
+        return np.asarray(model.keypoints_2d(model.encode(image[None]))[0], dtype=np.float64)[RIGHT_HAND_KEYPOINTS]
+
+
+def grip():
+    """Place starts: command the arm's targets and, for the hand, its held targets or its measured
+    joints, 12 steps of 0.2 s; how far the objects drop."""
+    for runner, _, start in stages("place", 6):
+        env = runner.env
+        for mode in ("targets", "measured"):
+            env.restore_episode(start.episode, start.state)
+            q, targets = env.joint_positions(), env.targets()
+            z0 = {k: v[2] for k, v in env.object_poses().items()}
+            hand = targets[7:] if mode == "targets" else q[7:]
+            for _ in range(12):
+                env.command(arm=targets[:7], hand=hand, duration=0.2)
+                env.advance(0.2)
+            drop = max(z0[k] - v[2] for k, v in env.object_poses().items())
+            print(f"{start.seed} hold hand {mode}: hand target - measured max {np.abs(targets[7:] - q[7:]).max():.3f} "
+                  f"rad, largest object drop {drop:.3f} m", flush=True)
+
+
+def goal_hand():
+    model, cam = DexWM.load(None), HeadCamera()
+    for task in ("reach", "grasp", "place"):
+        ratios = []
+        for runner, _, start in stages(task, 10):
+            kin = runner.env.kinematics
+            pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=kin)
+            read, true = decoded_hand(model, start.goal.image), pixels(start.goal.joints)
+            ratios.append(np.linalg.norm(read[1:] - read[0], axis=1).mean()
+                          / np.linalg.norm(true[1:] - true[0], axis=1).mean())
+        print(f"{task}: decoded / true hand size (wrist to tips) median {np.median(ratios):.2f}, "
+              f"quartiles {np.percentile(ratios, 25):.2f}-{np.percentile(ratios, 75):.2f}", flush=True)
+    found = {pull: [] for pull in (5.0, 20.0, 40.0)}
+    starts = []
+    for runner, _, start in stages("reach", 12):
+        env = runner.env
+        env.restore_episode(start.episode, start.state)
+        q0, kin = env.joint_positions(), env.kinematics
+        pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=kin)
+        read, target = decoded_hand(model, start.goal.image), np.asarray(start.episode.target)
+        starts.append(np.linalg.norm(kin.palm_and_tips_world(q0) - target, axis=1).mean())
+        for pull in found:
+            est = estimate_goal_joints(pixels, read, q0, kin.lower, kin.upper, pull_px_per_rad=pull)
+            found[pull].append(np.linalg.norm(kin.palm_and_tips_world(est) - target, axis=1).mean())
+    print(f"reach, 12 goals: hand at the start {np.median(starts):.3f} m from the goal hand; joints fitted to the "
+          "decoded hand: " + ", ".join(f"{np.median(v):.3f} m at {p:g} px/rad" for p, v in found.items()))
+
+
+def reach_offset():
+    model, cam = DexWM.load(None), HeadCamera()
+    R = cam.world_to_camera[:3, :3]
+    offsets = []
+    for runner, settings, start in stages("reach", 10):
+        policy = WorldModelPolicy(model, runner.env.kinematics, cam.world_to_camera, objective=settings.objective())
+        outcome = run_episode(runner, policy, start, settings, 0)
+        env = runner.env
+        offset = ((env.palm_and_tips() - np.asarray(env.episode.target)) @ R.T).mean(axis=0)
+        offsets.append(offset)
+        print(f"{start.seed} success {outcome.success}: mean offset in camera axes (x right, y down, z depth) "
+              f"{offset[0]:+.3f} {offset[1]:+.3f} {offset[2]:+.3f} m", flush=True)
+    print("median |x| %.3f |y| %.3f |z| %.3f m" % tuple(np.median(np.abs(offsets), axis=0)))
+
+
+if __name__ == "__main__":
+    commands = {"grip": grip, "goal-hand": goal_hand, "reach-offset": reach_offset}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: hand_diagnostics.py {'|'.join(commands)}")
+    commands[sys.argv[1]]()
