@@ -265,7 +265,9 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
         while time.monotonic() < deadline:
             if any(s.message.startswith("no new command") for d in client.diagnostics[seen:] for s in d.status):
                 return True
-            if arrived is None and np.max(np.abs(client.q() - target)) < 0.01:
+            # Arrived: within the settling franky-sim leaves (up to ~0.015 rad, see above); a
+            # watchdog stop leaves the arm more than 0.05 rad short (asserted below).
+            if arrived is None and np.max(np.abs(client.q() - target)) < 0.03:
                 arrived = time.monotonic()
             if arrived is not None and time.monotonic() - arrived > 1.0:
                 return False
