@@ -51,10 +51,24 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 mkdir -p "$STAMP"
 
+# pip keeps no wheel cache: the venv itself is about 3.3 GB and a fresh machine may have little
+# more free; a failed install says how much room there was.
+pip_install() {
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir "$@" || {
+    echo "[setup] pip install failed; free space where the venv lives:" >&2
+    df -h "$VENV" >&2 || true
+    return 1
+  }
+}
+free_kb=$(df -Pk "$ROOT" | awk 'NR == 2 {print $4}')
+if [ ! -f "$STAMP/requirements" ] && [ "${free_kb:-0}" -lt $((4 * 1024 * 1024)) ]; then
+  log "warning: $((free_kb / 1024)) MB free here; the pinned packages need about 3.5 GB"
+fi
+
 req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$STAMP/requirements" 2>/dev/null)" != "$req_hash" ]; then
   log "installing pinned Python packages (requirements.txt)"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  pip_install -r requirements.txt
   echo "$req_hash" > "$STAMP/requirements"
   rm -f "$STAMP/cmake-paths"
 fi
@@ -63,7 +77,7 @@ if ((WITH_VIZ)); then
   viz_hash=$(sha256sum requirements-viz.txt | cut -d' ' -f1)
   if [ "$(cat "$STAMP/requirements-viz" 2>/dev/null)" != "$viz_hash" ]; then
     log "installing the optional viewer packages (requirements-viz.txt)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-viz.txt
+    pip_install -r requirements-viz.txt
     echo "$viz_hash" > "$STAMP/requirements-viz"
   fi
 fi
