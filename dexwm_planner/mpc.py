@@ -60,9 +60,12 @@ class MPCPlanner:
 
     def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, lower: np.ndarray, upper: np.ndarray,
                  config: MPCConfig = MPCConfig(), rotation_fn: RotationFn | None = None, seed: int | None = None,
-                 hand_pixels_fn: HandPixelsFn | None = None):
+                 hand_pixels_fn: HandPixelsFn | None = None,
+                 goal_hand_reader: Callable[[np.ndarray], np.ndarray] | None = None):
         """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
-        planned-hand keypoint terms (needed only when their weights are on)."""
+        planned-hand keypoint terms (needed only when their weights are on). ``goal_hand_reader``:
+        goal image (H, W, 3) -> its hand's wrist + fingertips (6, 2) in model pixels, for the
+        planned-hand term and the hand proposal (default: the world model's heatmap head)."""
         if config.hand_proposal and hand_pixels_fn is None:
             raise ValueError("hand_proposal needs hand_pixels_fn (kinematics and camera)")
         self.model = model
@@ -71,6 +74,7 @@ class MPCPlanner:
         self.cem = CEM(config.cem, lower, upper)
         self.rotation_fn = rotation_fn
         self.hand_pixels_fn = hand_pixels_fn
+        self.goal_hand_reader = goal_hand_reader
         self.rng = np.random.default_rng(seed)
         self._context: collections.deque = collections.deque(maxlen=config.context_frames)
         # Joints at each context frame (None when unknown): the actions between context frames.
@@ -101,9 +105,12 @@ class MPCPlanner:
         if objective_cfg.orientation_weight > 0 and goal_rotation is None:
             # Without goal joints the orientation reference is taken at the first replan (see step).
             objective_cfg = replace(objective_cfg, orientation_weight=0.0)
+        goal_hand = None
+        if self.goal_hand_reader is not None and (objective_cfg.hand_pixel_weight > 0 or self.config.hand_proposal):
+            goal_hand = self.goal_hand_reader(image)
         self.objective = GoalObjective(self.model, self.actions_fn, latent, objective_cfg,
                                        rotation_fn=self.rotation_fn, goal_rotation=goal_rotation,
-                                       hand_pixels_fn=self.hand_pixels_fn)
+                                       hand_pixels_fn=self.hand_pixels_fn, goal_hand_pixels=goal_hand)
         self.goal_latent = latent
         self.goal_image = image
         self.goal_rotation = goal_rotation
@@ -171,7 +178,8 @@ class MPCPlanner:
             # No goal joints known: keep the end-effector orientation the robot has now.
             self.objective = GoalObjective(self.model, self.actions_fn, self.goal_latent, self.config.objective,
                                            rotation_fn=self.rotation_fn, goal_rotation=self.rotation_fn(q[None])[0],
-                                           hand_pixels_fn=self.hand_pixels_fn)
+                                           hand_pixels_fn=self.hand_pixels_fn,
+                                           goal_hand_pixels=self.objective.goal_hand_pixels)
         t0 = time.perf_counter()
         horizon = self._next_horizon
         context = self.context
@@ -191,12 +199,12 @@ class MPCPlanner:
             return objective(context, q, samples, context_actions)
 
         proposal = None
-        if self.config.hand_proposal and objective.goal_keypoints is not None:
+        if self.config.hand_proposal and objective.goal_hand_pixels is not None:
             if self.goal_joints_estimate is None:
                 from .hand_proposal import estimate_goal_joints
 
                 self.goal_joints_estimate = estimate_goal_joints(
-                    self.hand_pixels_fn, objective.goal_keypoints.numpy(), q, self.cem.lower, self.cem.upper)
+                    self.hand_pixels_fn, objective.goal_hand_pixels, q, self.cem.lower, self.cem.upper)
             proposal = np.repeat(self.goal_joints_estimate[None], horizon, axis=0)
         result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
                                               should_stop=should_stop, hold=hold, proposal=proposal)

@@ -123,7 +123,11 @@ class GoalObjective:
 
     def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, goal_latent: torch.Tensor,
                  config: ObjectiveConfig = ObjectiveConfig(), rotation_fn: RotationFn | None = None,
-                 goal_rotation: np.ndarray | None = None, hand_pixels_fn: HandPixelsFn | None = None):
+                 goal_rotation: np.ndarray | None = None, hand_pixels_fn: HandPixelsFn | None = None,
+                 goal_hand_pixels: np.ndarray | None = None):
+        """``goal_hand_pixels`` (6, 2): the goal's wrist + fingertips in model pixels for the
+        planned-hand term, read from the goal image by a goal-hand reader; without it the term
+        uses the heatmap head's reading of the goal latent."""
         self.model = model
         self.actions_fn = actions_fn
         self.config = config
@@ -133,6 +137,13 @@ class GoalObjective:
         with torch.no_grad():
             kp = model.keypoints_2d(self.goal_latent[None])[0] if config.needs_goal_keypoints else None
         self.goal_keypoints = None if kp is None else torch.as_tensor(kp)[RIGHT_HAND_KEYPOINTS].float()
+        if goal_hand_pixels is not None:
+            goal_hand_pixels = np.asarray(goal_hand_pixels, dtype=np.float64)
+            if goal_hand_pixels.shape != (6, 2) or not np.isfinite(goal_hand_pixels).all():
+                raise ValueError(f"goal_hand_pixels must be finite (6, 2), got shape {goal_hand_pixels.shape}")
+        elif self.goal_keypoints is not None:
+            goal_hand_pixels = self.goal_keypoints.numpy().astype(np.float64)
+        self.goal_hand_pixels = goal_hand_pixels
         if config.orientation_weight > 0 and (rotation_fn is None or goal_rotation is None):
             raise ValueError("an orientation weight needs rotation_fn and goal_rotation")
         if config.hand_pixel_weight > 0 and hand_pixels_fn is None:
@@ -189,7 +200,7 @@ class GoalObjective:
         if cfg.hand_pixel_weight > 0:
             planned = np.asarray(self.hand_pixels_fn(np.asarray(samples, dtype=np.float64)), dtype=np.float64)
             rows = HAND_PIXEL_KEYPOINTS[cfg.hand_pixel_keypoints]
-            goal_px = self.goal_keypoints.numpy().astype(np.float64)
+            goal_px = self.goal_hand_pixels
             if cfg.hand_pixel_keypoints == "size_free":
                 planned = _sized_like(planned, goal_px)
             sq = ((planned[..., rows, :] - goal_px[rows]) ** 2).mean(axis=(-2, -1))  # (N, T)

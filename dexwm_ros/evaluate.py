@@ -199,6 +199,9 @@ class EvalSettings:
     hand_proposal: bool = False
     # Keypoints of the planned-hand term (ObjectiveConfig.hand_pixel_keypoints): all, wrist, size_free.
     hand_pixel_keypoints: str = "all"
+    # Goal-hand reader checkpoint (dexwm_planner.goal_hand): the goal image's hand for the
+    # planned-hand term, the hand proposal and goal_hand_ik; "" = the world model's heatmap head.
+    goal_hand_reader: str = ""
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -286,7 +289,8 @@ class EvalSettings:
     def planner_options(self) -> dict:
         """What every world-model policy of a run plans with (WorldModelPolicy's keywords): the cost,
         the stage's search settings, the hand proposal."""
-        return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal)
+        return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
+                    goal_hand_reader=self.goal_hand_reader)
 
     def objective(self):
         """The planning cost's settings (the planner node's defaults but for the weights set here)."""
@@ -326,9 +330,10 @@ class WorldModelPolicy:
     name = "dexwm"
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
-                 search=None, hand_proposal: bool = False):
+                 search=None, hand_proposal: bool = False, goal_hand_reader: str = ""):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
-        every goal; None: the planner's own."""
+        every goal; None: the planner's own. ``goal_hand_reader``: a goal-hand reader checkpoint
+        ("" = the world model's heatmap head reads the goal's hand)."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
@@ -343,13 +348,15 @@ class WorldModelPolicy:
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
                                 hand_proposal=hand_proposal)
+        self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
         self.plans = WorldModelPlans(self._make_planner, search)
 
     def _make_planner(self, seed):
         from dexwm_planner.mpc import MPCPlanner
 
         return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
-                          rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn)
+                          rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn,
+                          goal_hand_reader=self.goal_hand_reader)
 
     def start(self, goal_image, goal_joints, seed):
         # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
@@ -372,6 +379,15 @@ class WorldModelPolicy:
         return self.plans.plan(joints, should_stop)
 
 
+def _goal_hand_reading(path: str, model):
+    """The goal-hand reader of a run (None: the world model's heatmap head reads the goal hand)."""
+    if not path:
+        return None
+    from dexwm_planner.goal_hand import goal_hand_reading
+
+    return goal_hand_reading(path, model)
+
+
 def random_shooting_changes(cem) -> dict:
     """Changes to a preset that make it random shooting with ``cem``'s budget: one iteration whose
     samples equal ``cem``'s evaluations per replan (samples x iterations)."""
@@ -380,12 +396,14 @@ def random_shooting_changes(cem) -> dict:
 
 
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
-                       objective=None, search=None, hand_proposal: bool = False) -> WorldModelPolicy:
+                       objective=None, search=None, hand_proposal: bool = False,
+                       goal_hand_reader: str = "") -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
-                              objective=objective, search=search, hand_proposal=hand_proposal)
+                              objective=objective, search=search, hand_proposal=hand_proposal,
+                              goal_hand_reader=goal_hand_reader)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -436,18 +454,20 @@ class OracleGoalJointsPolicy(_DriveToJoints):
 
 
 class GoalHandIKPolicy(_DriveToJoints):
-    """No world model: reads the goal image's hand keypoints with the model's heatmap head, solves for
+    """No world model: reads the goal image's hand keypoints (the model's heatmap head, or the run's
+    goal-hand reader), solves for
     the joints that put the robot's hand there (dexwm_planner.hand_proposal, from the joints at the
     first step) and moves straight toward them under the planner's per-step cap; stops within
     0.02 rad or at the budget. What the planner's hand proposal does alone."""
 
     name = "goal_hand_ik"
 
-    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu"):
+    def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", goal_hand_reader: str = ""):
         from dexwm_planner.actions import hand_pixels_projection
 
         super().__init__(kinematics, preset)
         self.model, self.kin = model, kinematics
+        self.reader = _goal_hand_reading(goal_hand_reader, model)
         self.pixels = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
                                              kinematics=kinematics)
 
@@ -456,9 +476,12 @@ class GoalHandIKPolicy(_DriveToJoints):
 
         from dexwm_planner.objective import RIGHT_HAND_KEYPOINTS
 
-        with torch.no_grad():
-            keypoints = self.model.keypoints_2d(self.model.encode(np.asarray(goal_image)[None]))[0]
-        self.goal_pixels = np.asarray(keypoints, dtype=np.float64)[RIGHT_HAND_KEYPOINTS]
+        if self.reader is not None:
+            self.goal_pixels = self.reader(goal_image)
+        else:
+            with torch.no_grad():
+                keypoints = self.model.keypoints_2d(self.model.encode(np.asarray(goal_image)[None]))[0]
+            self.goal_pixels = np.asarray(keypoints, dtype=np.float64)[RIGHT_HAND_KEYPOINTS]
         self.goal = None
 
     def _target(self, joints):
@@ -1103,7 +1126,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             if "oracle_goal_joints" in wanted:
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "goal_hand_ik" in wanted:
-                policies.append(GoalHandIKPolicy(model, kin, w2c, settings.preset))
+                policies.append(GoalHandIKPolicy(model, kin, w2c, settings.preset, settings.goal_hand_reader))
             if "hold_still" in wanted:
                 policies.append(HoldStillPolicy())
             if "random_joint_walk" in wanted:
@@ -1191,6 +1214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hand-proposal", action="store_true",
                         help="offer the CEM the plan heading for the joints that match the goal image's hand "
                              "(dexwm_planner.hand_proposal)")
+    parser.add_argument("--goal-hand-reader", default="", metavar="PATH",
+                        help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
+                             "for the planned-hand term, the hand proposal and goal_hand_ik (default: the world "
+                             "model's heatmap head)")
     parser.add_argument("--done-cost", type=float, default=-1.0,
                         help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
@@ -1265,6 +1292,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subgoals needs --protocol composite --task pick-place")
     if args.stage_settings != "none" and args.through_ros:
         parser.error("--stage-settings runs in-process (through ROS the planner node's settings apply)")
+    if args.goal_hand_reader and args.through_ros:
+        parser.error("--goal-hand-reader runs in-process (the planner node's parameter goal_hand_reader "
+                     "is set in config/planner.yaml)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:
@@ -1274,6 +1304,7 @@ def main(argv: list[str] | None = None) -> int:
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
                                 hand_proposal=args.hand_proposal, hand_pixel_keypoints=args.hand_pixel_keypoints,
+                                goal_hand_reader=args.goal_hand_reader,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

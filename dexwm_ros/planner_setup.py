@@ -72,6 +72,11 @@ class WorldModelPlanning:
         self.fitted_stop = (None if model is not None and not settings.checkpoint
                             else load_fitted_stop(settings.checkpoint, log))
         self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
+        self.goal_hand_reader = None
+        if settings.goal_hand_reader:
+            from dexwm_planner.goal_hand import goal_hand_reading
+
+            self.goal_hand_reader = goal_hand_reading(settings.goal_hand_reader, self.model)
         self.frame_step = float(getattr(self.model, "frame_step", 0.2))
         self.log = log
         kin, w2c = self.kin, self.world_to_camera
@@ -96,7 +101,7 @@ class WorldModelPlanning:
         camera = camera if camera is not None else (lambda: (tuple(self.image_size), None))
         return MPCPlanner(self.model, self._actions, self.lower, self.upper, settings.mpc(task),
                           rotation_fn=self._rotation, seed=settings.seed if seed is None else seed,
-                          hand_pixels_fn=_LazyHandPixels(self, camera))
+                          hand_pixels_fn=_LazyHandPixels(self, camera), goal_hand_reader=self.goal_hand_reader)
 
     def fitted_done_cost(self, settings: PlannerSettings):
         """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal

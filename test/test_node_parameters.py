@@ -103,7 +103,7 @@ YAML_CHOICES = {"lower_torque_thresholds", "upper_torque_thresholds", "lower_for
 
 @pytest.mark.parametrize("settings, yaml_name, bounds, read_only", [
     (PlannerSettings, "planner.yaml", PLANNER_BOUNDS,
-     {"checkpoint", "image_topic", "arm_state_topic", "hand_state_topic", "world_to_camera"}),
+     {"checkpoint", "goal_hand_reader", "image_topic", "arm_state_topic", "hand_state_topic", "world_to_camera"}),
     (TeleopSettings, "teleop.yaml", TELEOP_BOUNDS, {"joy_topic"}),
     (CameraSettings, "camera.yaml", {}, {f.name for f in dataclasses.fields(CameraSettings)}),
     (FrankaSettings, "franka.yaml", FRANKA_BOUNDS, FRANKA_READ_ONLY),
