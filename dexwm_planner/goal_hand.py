@@ -9,7 +9,7 @@ term turns into a depth error. This reader sees the same image through the backb
 final and stride-16 features (7x7 cells of 1280 + 4 x 112 values) and only has to read one frame,
 not predicted latents. Same heatmap head class, same pixel frame (the world model's model view,
 checked at load), trained on recorded frames with their forward-kinematics keypoints
-(``python -m dexwm_planner.goal_hand train``). It reads only the image: nothing about the
+(``dexwm-train-goal-hand``). It reads only the image: nothing about the
 simulation, so a lab trains it on its own recordings exactly like the world model.
 
 Checkpoint: ``format`` "dexwm-goal-hand", ``encoder`` (EncoderConfig dict), ``head``
@@ -213,10 +213,9 @@ def train(data: str, out: str, every: int = 5, val_episodes: int = 100, steps: i
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dexwm_planner.goal_hand",
-                                     description="Train the goal-hand reader on recorded episodes.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train")
+    t = argparse.ArgumentParser(prog="dexwm-train-goal-hand",
+                                description="Train the goal-hand reader on recorded episodes (dexwm-collect's "
+                                            "format), holding out the last --val-episodes episodes.")
     t.add_argument("--data", default="data/explore", help="folder of dexwm-collect episodes")
     t.add_argument("--out", required=True)
     t.add_argument("--every", type=int, default=5, help="keep every N-th frame")
@@ -229,7 +228,7 @@ def main(argv=None):
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="use only the first N episodes")
-    args = parser.parse_args(argv)
+    args = t.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     meta = train(args.data, args.out, every=args.every, val_episodes=args.val_episodes, steps=args.steps,
                  batch=args.batch, lr=args.lr, width=args.width, depth=args.depth, threads=args.threads,

@@ -28,7 +28,7 @@ class PlannerSettings:
     task: str = setting("grasp", "task for bookkeeping and task-specific cost terms", choices=TASK_KINDS)
     checkpoint: str = setting("", "world-model checkpoint (.pt); empty = the shipped simulation model",
                               read_only=True)
-    goal_hand_reader: str = setting("", "goal-hand reader checkpoint (python -m dexwm_planner.goal_hand train) that "
+    goal_hand_reader: str = setting("", "goal-hand reader checkpoint (dexwm-train-goal-hand) that "
                                     "reads the goal image's hand for the planned-hand term; empty = the world "
                                     "model's heatmap head", read_only=True)
     goal_image: str = setting("", "goal image file (PNG/JPEG) loaded at start and when changed")

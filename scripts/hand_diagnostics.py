@@ -5,6 +5,9 @@ no policy sees what they read). Tuning seeds 1,000,500 on, shipped model.
     .venv/bin/python scripts/hand_diagnostics.py goal-hand    # the head's reading of goal hands: size bias;
                                                               # joints fitted to it vs the true goal hand
     .venv/bin/python scripts/hand_diagnostics.py reach-offset # where planned reaches end, in camera axes
+    .venv/bin/python scripts/hand_diagnostics.py goal-reading READER.pt
+                                                              # goal hands read by the head and by a
+                                                              # goal-hand reader against the true ones
 """
 import sys
 
@@ -90,6 +93,32 @@ def goal_hand():
           "decoded hand: " + ", ".join(f"{np.median(v):.3f} m at {p:g} px/rad" for p, v in found.items()))
 
 
+def goal_reading(reader_path: str):
+    """Goal images of 10 tuning stages per task: how far the heatmap head's and a goal-hand reader's
+    wrist + fingertips lie from the true ones (forward kinematics into the camera), and the size
+    each reads (wrist to tips) against the true size."""
+    from dexwm_planner.goal_hand import goal_hand_reading
+
+    model, cam = DexWM.load(None), HeadCamera()
+    reader = goal_hand_reading(reader_path, model)
+    for task in ("reach", "grasp", "place"):
+        errors = {"head": [], "reader": []}
+        wrist = {"head": [], "reader": []}
+        sizes = {"head": [], "reader": []}
+        for runner, _, start in stages(task, 10):
+            pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=runner.env.kinematics)
+            true = pixels(start.goal.joints)
+            true_size = np.linalg.norm(true[1:] - true[0], axis=1).mean()
+            for name, read in (("head", decoded_hand(model, start.goal.image)), ("reader", reader(start.goal.image))):
+                err = np.linalg.norm(read - true, axis=1)
+                errors[name].extend(err)
+                wrist[name].append(err[0])
+                sizes[name].append(np.linalg.norm(read[1:] - read[0], axis=1).mean() / true_size)
+        print(f"{task}: " + "; ".join(
+            f"{n} median {np.median(errors[n]):.1f} px (wrist {np.median(wrist[n]):.1f} px), size x{np.median(sizes[n]):.2f}"
+            for n in errors), flush=True)
+
+
 def reach_offset():
     model, cam = DexWM.load(None), HeadCamera()
     R = cam.world_to_camera[:3, :3]
@@ -107,6 +136,9 @@ def reach_offset():
 
 if __name__ == "__main__":
     commands = {"grip": grip, "goal-hand": goal_hand, "reach-offset": reach_offset}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: hand_diagnostics.py {'|'.join(commands)}")
-    commands[sys.argv[1]]()
+    if len(sys.argv) == 3 and sys.argv[1] == "goal-reading":
+        goal_reading(sys.argv[2])
+    elif len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: hand_diagnostics.py {'|'.join(commands)} | goal-reading READER.pt")
+    else:
+        commands[sys.argv[1]]()

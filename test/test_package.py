@@ -37,7 +37,7 @@ def test_node_executables_are_installed(node):
 
 
 @pytest.mark.parametrize("tool", ["dexwm-up", "dexwm-bench", "dexwm-eval", "dexwm-record", "dexwm-collect", "dexwm-train",
-                                  "dexwm-eval-wm", "dexwm-import-bag", "dexwm-viz", "dexwm-calibrate", "dexwm-urdf"])
+                                  "dexwm-eval-wm", "dexwm-train-goal-hand", "dexwm-import-bag", "dexwm-viz", "dexwm-calibrate", "dexwm-urdf"])
 def test_tools_are_installed_and_answer_help(tool):
     exe = PREFIX / "bin" / tool
     assert exe.is_file()
