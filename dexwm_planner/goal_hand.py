@@ -36,6 +36,20 @@ from .keypoints import HEATMAP_KEYPOINTS, RIGHT_HAND_HEATMAPS
 
 log = logging.getLogger(__name__)
 FORMAT = "dexwm-goal-hand"
+READER_NAME = "goal_hand_sim.pt"   # the shipped reader, beside the shipped world model in models/
+HEAD = "head"                      # the reader setting that means: the world model's heatmap head
+
+
+def reader_path(setting: str) -> str | None:
+    """The goal-hand reader a setting names: "" = the shipped one, "head" = none (the world model's
+    heatmap head reads the goal's hand), anything else = a checkpoint path."""
+    if setting == HEAD:
+        return None
+    if setting:
+        return setting
+    from .world_model import shipped_model_file
+
+    return shipped_model_file(READER_NAME)
 
 
 class GoalHandReader(torch.nn.Module):
@@ -105,13 +119,25 @@ def _load_cached(path: str) -> GoalHandReader:
     return GoalHandReader.load(path)
 
 
-def goal_hand_reading(path: str, model) -> Callable[[np.ndarray], np.ndarray]:
-    """The planner's goal-hand reader from a checkpoint (one load per path per process), checked
-    against the world model's view: goal image (H, W, 3) uint8 -> wrist + fingertips (6, 2)."""
+def goal_hand_reading(setting: str, model) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The planner's goal-hand reader a setting names (``reader_path``; one load per file per
+    process), checked against the world model's view: goal image (H, W, 3) uint8 -> wrist +
+    fingertips (6, 2); None for "head". The shipped reader ("") where the world model sees
+    another view: None, with a warning (a named reader there is an error)."""
+    path = reader_path(setting)
+    if path is None:
+        return None
     reader = _load_cached(os.path.abspath(path))
     encoder = getattr(model, "encoder", None)
-    reader.check_view(getattr(model, "image_size", reader.image_size),
-                      getattr(getattr(encoder, "config", None), "crop", None))
+    try:
+        reader.check_view(getattr(model, "image_size", reader.image_size),
+                          getattr(getattr(encoder, "config", None), "crop", None))
+    except ValueError as exc:
+        if setting:
+            raise
+        log.warning("%s; the world model's heatmap head reads the goal's hand instead "
+                    "(train a reader for this view with dexwm-train-goal-hand)", exc)
+        return None
     return lambda image: reader.read(np.asarray(image)[None])[0]
 
 

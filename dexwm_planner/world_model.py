@@ -58,13 +58,19 @@ def default_checkpoint() -> str:
     """The shipped checkpoint: $DEXWM_CHECKPOINT, else models/ of the source checkout, else the
     installed copy in share/dexwm_ros/models (where CMakeLists.txt installs models/) of the prefix
     this package is installed in, of the ament index (a sourced ROS workspace), or of sys.prefix."""
-    import sys
     env = os.environ.get("DEXWM_CHECKPOINT")
     if env:
         return env
-    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", CHECKPOINT_NAME)]
-    candidates += [os.path.join(d, "models", CHECKPOINT_NAME) for d in _installed_share_dirs()]
-    candidates.append(os.path.join(sys.prefix, "share", "dexwm_ros", "models", CHECKPOINT_NAME))
+    return shipped_model_file(CHECKPOINT_NAME)
+
+
+def shipped_model_file(name: str) -> str:
+    """A file of the shipped models/ folder: the source checkout's, else the installed copy (see
+    ``default_checkpoint``); the checkout's path when neither exists."""
+    import sys
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", name)]
+    candidates += [os.path.join(d, "models", name) for d in _installed_share_dirs()]
+    candidates.append(os.path.join(sys.prefix, "share", "dexwm_ros", "models", name))
     for c in candidates:
         if os.path.isfile(c):
             return c

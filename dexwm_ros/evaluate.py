@@ -199,8 +199,9 @@ class EvalSettings:
     hand_proposal: bool = False
     # Keypoints of the planned-hand term (ObjectiveConfig.hand_pixel_keypoints): all, wrist, size_free.
     hand_pixel_keypoints: str = "all"
-    # Goal-hand reader checkpoint (dexwm_planner.goal_hand): the goal image's hand for the
-    # planned-hand term, the hand proposal and goal_hand_ik; "" = the world model's heatmap head.
+    # Goal-hand reader (dexwm_planner.goal_hand): reads the goal image's hand for the planned-hand
+    # term, the hand proposal and goal_hand_ik; "" = the shipped reader, "head" = the world model's
+    # heatmap head (the figures measured before the reader), else a checkpoint path.
     goal_hand_reader: str = ""
 
     def __post_init__(self):
@@ -332,8 +333,8 @@ class WorldModelPolicy:
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
                  search=None, hand_proposal: bool = False, goal_hand_reader: str = ""):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
-        every goal; None: the planner's own. ``goal_hand_reader``: a goal-hand reader checkpoint
-        ("" = the world model's heatmap head reads the goal's hand)."""
+        every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
+        ("" = the shipped reader, "head" = the world model's heatmap head)."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
@@ -379,13 +380,12 @@ class WorldModelPolicy:
         return self.plans.plan(joints, should_stop)
 
 
-def _goal_hand_reading(path: str, model):
-    """The goal-hand reader of a run (None: the world model's heatmap head reads the goal hand)."""
-    if not path:
-        return None
+def _goal_hand_reading(setting: str, model):
+    """The goal-hand reader of a run (dexwm_planner.goal_hand.reader_path: "" = the shipped one,
+    "head" = none, the world model's heatmap head reads the goal hand)."""
     from dexwm_planner.goal_hand import goal_hand_reading
 
-    return goal_hand_reading(path, model)
+    return goal_hand_reading(setting, model)
 
 
 def random_shooting_changes(cem) -> dict:
@@ -463,6 +463,7 @@ class GoalHandIKPolicy(_DriveToJoints):
     name = "goal_hand_ik"
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", goal_hand_reader: str = ""):
+        """``goal_hand_reader``: as EvalSettings.goal_hand_reader."""
         from dexwm_planner.actions import hand_pixels_projection
 
         super().__init__(kinematics, preset)
@@ -1214,10 +1215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hand-proposal", action="store_true",
                         help="offer the CEM the plan heading for the joints that match the goal image's hand "
                              "(dexwm_planner.hand_proposal)")
-    parser.add_argument("--goal-hand-reader", default="", metavar="PATH",
+    parser.add_argument("--goal-hand-reader", default="", metavar="PATH|head",
                         help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
-                             "for the planned-hand term, the hand proposal and goal_hand_ik (default: the world "
-                             "model's heatmap head)")
+                             "for the planned-hand term, the hand proposal and goal_hand_ik; 'head': the world "
+                             "model's heatmap head (the figures before the reader); default: the shipped reader")
     parser.add_argument("--done-cost", type=float, default=-1.0,
                         help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
@@ -1293,8 +1294,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage_settings != "none" and args.through_ros:
         parser.error("--stage-settings runs in-process (through ROS the planner node's settings apply)")
     if args.goal_hand_reader and args.through_ros:
-        parser.error("--goal-hand-reader runs in-process (the planner node's parameter goal_hand_reader "
-                     "is set in config/planner.yaml)")
+        parser.error("--goal-hand-reader runs in-process (through ROS the planner node's parameter "
+                     "goal_hand_reader decides: config/planner.yaml)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:

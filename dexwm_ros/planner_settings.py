@@ -28,9 +28,10 @@ class PlannerSettings:
     task: str = setting("grasp", "task for bookkeeping and task-specific cost terms", choices=TASK_KINDS)
     checkpoint: str = setting("", "world-model checkpoint (.pt); empty = the shipped simulation model",
                               read_only=True)
-    goal_hand_reader: str = setting("", "goal-hand reader checkpoint (dexwm-train-goal-hand) that "
-                                    "reads the goal image's hand for the planned-hand term; empty = the world "
-                                    "model's heatmap head", read_only=True)
+    goal_hand_reader: str = setting("", "goal-hand reader (dexwm-train-goal-hand) that reads the goal image's hand "
+                                    "for the planned-hand term: empty = the shipped one (the world model's head "
+                                    "where its view differs), 'head' = the world model's heatmap head, else a "
+                                    "checkpoint path", read_only=True)
     goal_image: str = setting("", "goal image file (PNG/JPEG) loaded at start and when changed")
     preset: str = setting("cpu", "CEM preset: cpu (96/8/4, under 1 s per replan on 2 cores) or paper (512/10/10)",
                           choices=tuple(PRESETS))

@@ -72,11 +72,9 @@ class WorldModelPlanning:
         self.fitted_stop = (None if model is not None and not settings.checkpoint
                             else load_fitted_stop(settings.checkpoint, log))
         self.image_size = tuple(getattr(self.model, "image_size", (224, 224)))
-        self.goal_hand_reader = None
-        if settings.goal_hand_reader:
-            from dexwm_planner.goal_hand import goal_hand_reading
+        from dexwm_planner.goal_hand import goal_hand_reading
 
-            self.goal_hand_reader = goal_hand_reading(settings.goal_hand_reader, self.model)
+        self.goal_hand_reader = goal_hand_reading(settings.goal_hand_reader, self.model)
         self.frame_step = float(getattr(self.model, "frame_step", 0.2))
         self.log = log
         kin, w2c = self.kin, self.world_to_camera

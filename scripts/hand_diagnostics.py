@@ -117,6 +117,18 @@ def goal_reading(reader_path: str):
         print(f"{task}: " + "; ".join(
             f"{n} median {np.median(errors[n]):.1f} px (wrist {np.median(wrist[n]):.1f} px), size x{np.median(sizes[n]):.2f}"
             for n in errors), flush=True)
+    fitted = {"head": [], "reader": []}
+    for runner, _, start in stages("reach", 12):
+        env = runner.env
+        env.restore_episode(start.episode, start.state)
+        q0, kin = env.joint_positions(), env.kinematics
+        pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=kin)
+        target = np.asarray(start.episode.target)
+        for name, read in (("head", decoded_hand(model, start.goal.image)), ("reader", reader(start.goal.image))):
+            est = estimate_goal_joints(pixels, read, q0, kin.lower, kin.upper)
+            fitted[name].append(np.linalg.norm(kin.palm_and_tips_world(est) - target, axis=1).mean())
+    print("reach, 12 goals: joints fitted to the read hand land " + ", ".join(
+        f"{np.median(v):.3f} m ({n})" for n, v in fitted.items()) + " from the true goal hand (median)")
 
 
 def reach_offset():

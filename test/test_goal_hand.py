@@ -123,9 +123,43 @@ def test_the_planner_node_setup_loads_the_reader_and_refuses_a_mismatched_one(tr
     planning = WorldModelPlanning(PlannerSettings(goal_hand_reader=str(out)), model=Model())
     planner = planning.planner(PlannerSettings(goal_hand_reader=str(out)), "reach")
     assert planner.goal_hand_reader is planning.goal_hand_reader is not None
-    assert WorldModelPlanning(PlannerSettings(), model=Model()).goal_hand_reader is None
+    assert WorldModelPlanning(PlannerSettings(goal_hand_reader="head"), model=Model()).goal_hand_reader is None
+    # The default is the shipped reader; a world model of another view keeps its own head for it,
+    # while a reader named for that view is refused.
+    assert WorldModelPlanning(PlannerSettings(), model=Model()).goal_hand_reader is not None
 
     class OtherView(Model):
         image_size = (224, 392)
+    assert WorldModelPlanning(PlannerSettings(), model=OtherView()).goal_hand_reader is None
     with pytest.raises(ValueError, match="must be the same"):
         WorldModelPlanning(PlannerSettings(goal_hand_reader=str(out)), model=OtherView())
+
+
+def test_the_shipped_reader_reads_goal_hands_of_the_simulation_within_a_few_pixels():
+    """On frames of the simulated head camera (a reach stage's start and goal), the shipped reader
+    lands within a few pixels of the hand's projected keypoints; the world model's head does not."""
+    from dexwm_planner.actions import hand_pixels_projection
+    from dexwm_planner.goal_hand import READER_NAME, goal_hand_reading
+    from dexwm_planner.objective import RIGHT_HAND_KEYPOINTS
+    from dexwm_planner.world_model import DexWM, shipped_model_file
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_ros.evaluate import EvalSettings, make_runner, prepare_episode
+
+    assert shipped_model_file(READER_NAME).endswith("models/" + READER_NAME)
+    model = DexWM.load(None)
+    reader = goal_hand_reading("", model)
+    settings = EvalSettings(protocol="paper", task="reach", episodes=1, seed=0)
+    settings.resolve_step()
+    runner = make_runner(settings)
+    try:
+        start = prepare_episode(runner.env, settings, 1_000_000)
+        pixels = hand_pixels_projection(HeadCamera().world_to_camera, model.image_size, kinematics=runner.env.kinematics)
+        true = pixels(start.goal.joints)
+        err = np.linalg.norm(reader(start.goal.image) - true, axis=1)
+        with torch.no_grad():
+            head = np.asarray(model.keypoints_2d(model.encode(start.goal.image[None]))[0])[RIGHT_HAND_KEYPOINTS]
+        head_err = np.linalg.norm(head - true, axis=1)
+    finally:
+        runner.env.close()
+    assert np.median(err) < 6.0, err
+    assert np.median(err) < np.median(head_err), (err, head_err)
