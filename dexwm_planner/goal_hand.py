@@ -104,7 +104,10 @@ class GoalHandReader(torch.nn.Module):
     def load(cls, path: str) -> "GoalHandReader":
         if not os.path.isfile(path):
             raise FileNotFoundError(f"goal-hand reader not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain values only
+        except Exception as exc:
+            raise ValueError(f"{path} is not a goal-hand reader checkpoint: {exc}") from exc
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise ValueError(f"{path} is not a goal-hand reader checkpoint (format {FORMAT!r})")
         reader = cls(EncoderConfig(**ckpt["encoder"]), HandHeadConfig(**ckpt["head"]),

@@ -133,6 +133,8 @@ def test_the_planner_node_setup_loads_the_reader_and_refuses_a_mismatched_one(tr
     assert WorldModelPlanning(PlannerSettings(), model=OtherView()).goal_hand_reader is None
     with pytest.raises(ValueError, match="must be the same"):
         WorldModelPlanning(PlannerSettings(goal_hand_reader=str(out)), model=OtherView())
+    with pytest.raises(FileNotFoundError, match="goal-hand reader not found"):
+        WorldModelPlanning(PlannerSettings(goal_hand_reader=str(out) + ".missing"), model=Model())
 
 
 def test_the_shipped_reader_reads_goal_hands_of_the_simulation_within_a_few_pixels():
