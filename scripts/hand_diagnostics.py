@@ -42,6 +42,18 @@ def stages(task: str, count: int):
         runner.env.close()
 
 
+def reach_goals(model, cam, count: int):
+    """Per tuning reach stage, with the simulation restored to its start: (kinematics, start joints,
+    the planned-hand projection, joints -> the reach rule's distance [m], goal image)."""
+    for runner, _, start in stages("reach", count):
+        env = runner.env
+        env.restore_episode(start.episode, start.state)
+        kin, target = env.kinematics, np.asarray(start.episode.target)
+        pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=kin)
+        yield (kin, env.joint_positions(), pixels,
+               lambda q: np.linalg.norm(kin.palm_and_tips_world(q) - target, axis=1).mean(), start.goal.image)
+
+
 def decoded_hand(model, image) -> np.ndarray:
     with torch.no_grad():
         return np.asarray(model.keypoints_2d(model.encode(image[None]))[0], dtype=np.float64)[RIGHT_HAND_KEYPOINTS]
@@ -79,16 +91,12 @@ def goal_hand():
               f"quartiles {np.percentile(ratios, 25):.2f}-{np.percentile(ratios, 75):.2f}", flush=True)
     found = {pull: [] for pull in (5.0, 20.0, 40.0)}
     starts = []
-    for runner, _, start in stages("reach", 12):
-        env = runner.env
-        env.restore_episode(start.episode, start.state)
-        q0, kin = env.joint_positions(), env.kinematics
-        pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=kin)
-        read, target = decoded_hand(model, start.goal.image), np.asarray(start.episode.target)
-        starts.append(np.linalg.norm(kin.palm_and_tips_world(q0) - target, axis=1).mean())
+    for kin, q0, pixels, distance, goal_image in reach_goals(model, cam, 12):
+        read = decoded_hand(model, goal_image)
+        starts.append(distance(q0))
         for pull in found:
-            est = estimate_goal_joints(pixels, read, q0, kin.lower, kin.upper, pull_px_per_rad=pull)
-            found[pull].append(np.linalg.norm(kin.palm_and_tips_world(est) - target, axis=1).mean())
+            found[pull].append(distance(estimate_goal_joints(pixels, read, q0, kin.lower, kin.upper,
+                                                             pull_px_per_rad=pull)))
     print(f"reach, 12 goals: hand at the start {np.median(starts):.3f} m from the goal hand; joints fitted to the "
           "decoded hand: " + ", ".join(f"{np.median(v):.3f} m at {p:g} px/rad" for p, v in found.items()))
 
@@ -118,17 +126,11 @@ def goal_reading(reader_path: str):
             f"{n} median {np.median(errors[n]):.1f} px (wrist {np.median(wrist[n]):.1f} px), size x{np.median(sizes[n]):.2f}"
             for n in errors), flush=True)
     fitted = {"head": [], "reader": []}
-    for runner, _, start in stages("reach", 12):
-        env = runner.env
-        env.restore_episode(start.episode, start.state)
-        q0, kin = env.joint_positions(), env.kinematics
-        pixels = hand_pixels_projection(cam.world_to_camera, model.image_size, kinematics=kin)
-        target = np.asarray(start.episode.target)
-        for name, read in (("head", decoded_hand(model, start.goal.image)), ("reader", reader(start.goal.image))):
-            est = estimate_goal_joints(pixels, read, q0, kin.lower, kin.upper)
-            fitted[name].append(np.linalg.norm(kin.palm_and_tips_world(est) - target, axis=1).mean())
-    print("reach, 12 goals: joints fitted to the read hand land " + ", ".join(
-        f"{np.median(v):.3f} m ({n})" for n, v in fitted.items()) + " from the true goal hand (median)")
+    for kin, q0, pixels, distance, goal_image in reach_goals(model, cam, 12):
+        for name, read in (("head", decoded_hand(model, goal_image)), ("reader", reader(goal_image))):
+            fitted[name].append(distance(estimate_goal_joints(pixels, read, q0, kin.lower, kin.upper)))
+    print("reach, 12 goals: joints fitted to the read hand score " + ", ".join(
+        f"{np.median(v):.3f} m ({n})" for n, v in fitted.items()) + " by the reach rule's distance (median)")
 
 
 def reach_offset():
