@@ -36,7 +36,10 @@ class CEMConfig:
     min_std: float = 1e-3
     # Per-step joint-change cap [rad] (safety: a planned step never moves a joint further).
     max_step_arm: float = 0.3
-    max_step_hand: float = 0.3
+    # Fingers blocked by an object stay where they touch; a grasp holds only when they are commanded
+    # about 0.4 rad beyond (the torque-limited PD then squeezes), and the cap counts from the measured
+    # joints: 0.3 rad made every grasp slip (README, "Grasp").
+    max_step_hand: float = 0.5
     # Cost evaluations are done in chunks of this many samples (bounds peak memory of the model).
     chunk: int = 512
     # Elites carried into the next iteration's candidates with the costs they already have (the

@@ -21,6 +21,9 @@ from .cem import CEM, CEMConfig, CEMResult, CPU
 from .objective import ActionsFn, GoalObjective, HandPixelsFn, ObjectiveConfig, RotationFn, WorldModelLike
 
 
+EXECUTE = ("best", "mean")
+
+
 @dataclass(frozen=True)
 class MPCConfig:
     cem: CEMConfig = CPU
@@ -32,10 +35,26 @@ class MPCConfig:
     # Offer the CEM, in every iteration, the plan heading for the joints whose hand matches the goal
     # image's decoded hand (dexwm_planner.hand_proposal; needs the planned-hand projection).
     hand_proposal: bool = False
+    # Start the search of each goal from a reference motion (dexwm_planner.reference_motion, given
+    # as ``reference_fn``) instead of the current joints: whenever a replan has no warm start, the
+    # CEM mean is the reference's rows for the steps ahead (the paper starts its grasp's CEM from a
+    # reference joint trajectory). "none": from the current joints.
+    reference: str = "none"
+    # What is executed: "best", the lowest-cost plan the CEM scored, or "mean", its final sampling mean
+    # (the elites' average, what the paper's planner executes). The best of many noisy samples is
+    # off its mean by a few std in some joints, and where the cost cannot tell grasps apart that
+    # offset is what the robot does.
+    execute: str = "best"
 
     def __post_init__(self):
         if self.context_frames < 1:
             raise ValueError(f"context_frames must be >= 1, got {self.context_frames}")
+        from .reference_motion import REFERENCES
+
+        if self.execute not in EXECUTE:
+            raise ValueError(f"execute must be one of {', '.join(EXECUTE)}, got {self.execute!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
 
 
 @dataclass
@@ -61,13 +80,18 @@ class MPCPlanner:
     def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, lower: np.ndarray, upper: np.ndarray,
                  config: MPCConfig = MPCConfig(), rotation_fn: RotationFn | None = None, seed: int | None = None,
                  hand_pixels_fn: HandPixelsFn | None = None,
-                 goal_hand_reader: Callable[[np.ndarray], np.ndarray] | None = None):
+                 goal_hand_reader: Callable[[np.ndarray], np.ndarray] | None = None,
+                 reference_fn: Callable[[np.ndarray], np.ndarray] | None = None):
         """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
         planned-hand keypoint terms (needed only when their weights are on). ``goal_hand_reader``:
         goal image (H, W, 3) -> its hand's wrist + fingertips (6, 2) in model pixels, for the
-        planned-hand term and the hand proposal (default: the world model's heatmap head)."""
+        planned-hand term and the hand proposal (default: the world model's heatmap head).
+        ``reference_fn``: joints at a goal's first replan (23,) -> the reference motion's rows
+        (K, 23), one per executed step (needed when ``config.reference`` is set)."""
         if config.hand_proposal and hand_pixels_fn is None:
             raise ValueError("hand_proposal needs hand_pixels_fn (kinematics and camera)")
+        self.reference_fn = reference_fn
+        _check_reference(config, reference_fn)
         self.model = model
         self.actions_fn = actions_fn
         self.config = config
@@ -86,6 +110,8 @@ class MPCPlanner:
         self._warm: tuple[np.ndarray, np.ndarray] | None = None
         self._next_horizon = config.cem.horizon
         self.goal_joints_estimate: np.ndarray | None = None    # hand_proposal: estimated once per goal
+        self.reference_rows: np.ndarray | None = None          # reference: made at a goal's first replan
+        self._steps = 0                                         # replans since the goal was set
 
     # ----------------------------------------------------------------------------------------- goal
     @property
@@ -129,6 +155,8 @@ class MPCPlanner:
         self._warm = None
         self._next_horizon = self.config.cem.horizon
         self.goal_joints_estimate = None
+        self.reference_rows = None
+        self._steps = 0
 
     def observe(self, image: np.ndarray, q: np.ndarray | None = None) -> torch.Tensor:
         """Encode the newest camera frame (and the joints it shows) into the world-model context."""
@@ -162,6 +190,7 @@ class MPCPlanner:
 
     def configure(self, config: MPCConfig) -> None:
         """New search settings (a subgoal's); before ``set_goal``, which builds the objective."""
+        _check_reference(config, self.reference_fn)
         self.config = config
         self.cem = CEM(config.cem, self.cem.lower, self.cem.upper, self.cem.arm_dof)
         self.clear_goal()
@@ -192,7 +221,7 @@ class MPCPlanner:
             context = context[-keep:]
             if context_actions is not None:
                 context_actions = context_actions[-(keep - 1):] if keep > 1 else None
-        mean, std = self._warm if self._warm is not None else (None, None)
+        mean, std = self._warm if self._warm is not None else (self._reference_mean(q, horizon), None)
         objective = self.objective
 
         def cost_fn(samples: np.ndarray) -> np.ndarray:
@@ -209,17 +238,30 @@ class MPCPlanner:
         result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
                                               should_stop=should_stop, hold=hold, proposal=proposal)
         stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)
-        terms = objective.terms(context, q, result.plan[None], keep_keypoints=True, context_actions=context_actions)
+        plan = result.mean if self.config.execute == "mean" else result.plan
+        terms = objective.terms(context, q, plan[None], keep_keypoints=True, context_actions=context_actions)
+        cost = float(terms.total[0]) if self.config.execute == "mean" else result.cost
         current_cost = self.current_cost()
         self._advance(result, horizon)
-        return PlanStep(command=result.plan[0].copy(), plan=result.plan, cost=result.cost,
+        return PlanStep(command=plan[0].copy(), plan=plan, cost=cost,
                         current_cost=current_cost, horizon=horizon,
                         replan_seconds=time.perf_counter() - t0, cost_history=result.cost_history,
                         predicted_keypoints=None if terms.predicted_keypoints is None else terms.predicted_keypoints[0],
                         stopped=stopped)
 
+    def _reference_mean(self, q: np.ndarray, horizon: int) -> np.ndarray | None:
+        """The reference motion's rows for the next ``horizon`` steps (its last row held past its
+        end), made from ``q`` at the goal's first replan; None without a reference."""
+        if self.config.reference == "none":
+            return None
+        if self.reference_rows is None:
+            self.reference_rows = np.asarray(self.reference_fn(q), dtype=np.float64)
+        last = len(self.reference_rows) - 1
+        return self.reference_rows[np.minimum(np.arange(self._steps, self._steps + horizon), last)]
+
     def _advance(self, result: CEMResult, horizon: int) -> None:
         """Set up the next replan's horizon and warm start (the executed first step is dropped)."""
+        self._steps += 1
         full = self.config.cem.horizon
         if self.config.shrink_horizon:
             if horizon > 1:
@@ -236,6 +278,11 @@ class MPCPlanner:
                               np.concatenate([result.std[1:], result.std[-1:]]))
             else:
                 self._warm = None
+
+
+def _check_reference(config: MPCConfig, reference_fn) -> None:
+    if config.reference != "none" and reference_fn is None:
+        raise ValueError(f"reference {config.reference!r} needs reference_fn (the robot's kinematics)")
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

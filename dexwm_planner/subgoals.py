@@ -29,6 +29,7 @@ import numpy as np
 from dexwm_robot.tasks import TASK_KINDS
 
 from .mpc import MPCConfig, PlanStep
+from .reference_motion import REFERENCES
 from .session import ARM_JOINTS, CANCELED, FAILED, SUCCEEDED, Cancellable, JointGroupRobot, PlanningSession, \
     PlanProvider, Progress, SessionConfig, SessionResult
 from .stop_rule import BUDGET, PLATEAU, REACHED, StopRule
@@ -55,6 +56,7 @@ class SearchSettings:
     max_steps: int | None = None             # executed steps of this subgoal
     done_cost: float | None = None           # stop threshold (latent MSE); None = fitted for ``kind``
     plateau_steps: int | None = None         # plateau rule of this subgoal (0 = off)
+    reference: str | None = None             # motion the CEM starts from (MPCConfig.reference)
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -68,6 +70,9 @@ class SearchSettings:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and lo <= value <= hi):
                 raise ValueError(f"subgoal {self.phase!r}: {name} must be an integer in {lo}..{hi}, got {value}")
+        if self.reference is not None and self.reference not in REFERENCES:
+            raise ValueError(f"subgoal {self.phase!r}: reference must be one of {', '.join(REFERENCES)}, "
+                             f"got {self.reference!r}")
         if self.done_cost is not None and not (math.isfinite(self.done_cost) and self.done_cost >= 0):
             raise ValueError(f"subgoal {self.phase!r}: done_cost must be a finite number >= 0, got {self.done_cost}")
 
@@ -78,7 +83,8 @@ class SearchSettings:
         objective = base.objective
         if self.orientation_weight is not None:
             objective = replace(objective, orientation_weight=self.orientation_weight)
-        return replace(base, cem=cem, objective=objective)
+        return replace(base, cem=cem, objective=objective,
+                       reference=base.reference if self.reference is None else self.reference)
 
     def stop_rule(self, base: StopRule, fitted_done_cost: Callable[[str], float] | None = None) -> StopRule:
         """The stop rule of this subgoal: the base rule with its budget, plateau and threshold
@@ -98,7 +104,7 @@ PHASES: dict[str, SearchSettings] = {
     "reach": SearchSettings(phase="reach", kind="reach"),
     # Close on the object (and lift it, when no lift subgoal follows): keep the approach orientation
     # (paper: grasp, weight 0.4).
-    "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4),
+    "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4, reference="grasp"),
     # Lift the object in the closed hand: the hand keeps the targets that close it, only the arm moves.
     "lift": SearchSettings(phase="lift", kind="grasp", hold_hand=True),
     # Carry the object: the hand keeps the targets that close it, only the arm moves.

@@ -39,6 +39,25 @@ UPPER.setflags(write=False)
 OPEN_POSE = np.array([0.0, 0.1, 0.1, 0.1] * 3 + [0.5, 0.2, 0.1, 0.1], dtype=np.float64)
 OPEN_POSE.setflags(write=False)
 
+# Power grasp (the simulation's scripted grasps and the planner's grasp reference): index, middle
+# and ring hooked (medial joints at their limit, distal bent, so the fingertips stay above a table
+# under a palm-down hand), the thumb pressing from where it stands with this much more flexion of its
+# last two joints. The posture lies beyond contact on purpose: the torque-limited PD then squeezes.
+POWER_GRASP_FINGERS = np.array([0.0, 0.75, _FINGER_UPPER[2], 1.4] * 3, dtype=np.float64)
+POWER_GRASP_THUMB_PRESS = np.array([0.0, 0.0, 0.15, 0.15], dtype=np.float64)
+POWER_GRASP_FINGERS.setflags(write=False)
+POWER_GRASP_THUMB_PRESS.setflags(write=False)
+
+
+def power_grasp(hand: np.ndarray) -> np.ndarray:
+    """The power grasp's closing posture (16,) from the hand posture ``hand`` (16,): the fingers
+    hooked, the thumb pressed further from where it stands (within its limits)."""
+    hand = np.asarray(hand, dtype=np.float64)
+    if hand.shape != (NUM_JOINTS,):
+        raise ValueError(f"hand posture must have {NUM_JOINTS} joints, got shape {hand.shape}")
+    return np.r_[POWER_GRASP_FINGERS, np.minimum(hand[12:] + POWER_GRASP_THUMB_PRESS, UPPER[12:])]
+
+
 # index-first (this stack) -> thumb-first (thumb, index, middle, ring)
 FINGERS_THUMB_FIRST = FINGERS[-1:] + FINGERS[:-1]
 THUMB_FIRST_PERMUTATION = np.r_[12:16, 0:12]

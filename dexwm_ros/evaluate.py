@@ -203,6 +203,12 @@ class EvalSettings:
     # term, the hand proposal and goal_hand_ik; "" = the shipped reader, "head" = the world model's
     # heatmap head (the figures measured before the reader), else a checkpoint path.
     goal_hand_reader: str = ""
+    # Grasp goals start their CEM from the reference grasp motion (dexwm_planner.reference_motion):
+    # down 8 cm, close, up 12 cm from the joints at the goal's start (the paper's grasp starts from a
+    # reference joint trajectory).
+    grasp_reference: bool = False
+    # What the planner executes (MPCConfig.execute): the CEM's best plan or its final mean.
+    execute: str = "best"
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -291,7 +297,11 @@ class EvalSettings:
         """What every world-model policy of a run plans with (WorldModelPolicy's keywords): the cost,
         the stage's search settings, the hand proposal."""
         return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
-                    goal_hand_reader=self.goal_hand_reader)
+                    goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute)
+
+    def reference(self) -> str:
+        """The reference motion the CEM starts from (MPCConfig.reference)."""
+        return "grasp" if self.grasp_reference and self.kind == "grasp" else "none"
 
     def objective(self):
         """The planning cost's settings (the planner node's defaults but for the weights set here)."""
@@ -319,7 +329,7 @@ def shipped_cem_config(preset: str, **changes):
     here moves under the same caps)."""
     from dexwm_planner.cem import PRESETS
 
-    return PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.3, **changes)
+    return PRESETS[preset].with_(max_step_arm=0.25, max_step_hand=0.5, **changes)
 
 
 # Every policy is a plan provider of the planning session (dexwm_planner.session): the session
@@ -331,13 +341,15 @@ class WorldModelPolicy:
     name = "dexwm"
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
-                 search=None, hand_proposal: bool = False, goal_hand_reader: str = ""):
+                 search=None, hand_proposal: bool = False, goal_hand_reader: str = "", reference: str = "none",
+                 execute: str = "best"):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
         ("" = the shipped reader, "head" = the world model's heatmap head)."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
+        from dexwm_planner.reference_motion import reference_motion
         from dexwm_planner.session import WorldModelPlans
 
         self.model, self.kin = model, kinematics
@@ -348,7 +360,9 @@ class WorldModelPolicy:
                                                      kinematics=kinematics)
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
-                                hand_proposal=hand_proposal)
+                                hand_proposal=hand_proposal, reference=reference, execute=execute)
+        # Made for every planner (a subgoal's search settings may ask for it: subgoals.PHASES).
+        self.reference_fn = reference_motion("grasp", kinematics, self.config.cem.max_step())
         self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
         self.plans = WorldModelPlans(self._make_planner, search)
 
@@ -357,7 +371,7 @@ class WorldModelPolicy:
 
         return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
                           rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn,
-                          goal_hand_reader=self.goal_hand_reader)
+                          goal_hand_reader=self.goal_hand_reader, reference_fn=self.reference_fn)
 
     def start(self, goal_image, goal_joints, seed):
         # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
@@ -397,13 +411,13 @@ def random_shooting_changes(cem) -> dict:
 
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
                        objective=None, search=None, hand_proposal: bool = False,
-                       goal_hand_reader: str = "") -> WorldModelPolicy:
+                       goal_hand_reader: str = "", reference: str = "none", execute: str = "best") -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
                               objective=objective, search=search, hand_proposal=hand_proposal,
-                              goal_hand_reader=goal_hand_reader)
+                              goal_hand_reader=goal_hand_reader, reference=reference, execute=execute)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -489,6 +503,40 @@ class GoalHandIKPolicy(_DriveToJoints):
         from dexwm_planner.hand_proposal import estimate_goal_joints
 
         return estimate_goal_joints(self.pixels, self.goal_pixels, joints, self.kin.lower, self.kin.upper)
+
+
+class ReferenceMotionPolicy:
+    """No world model: executes the grasp reference motion the planner's grasp search starts from
+    (dexwm_planner.reference_motion, from the joints at the first step), one row per step, then
+    holds its last row; stops at its end. What the reference alone does, under the same caps."""
+
+    name = "reference_motion"
+
+    def __init__(self, kinematics, preset: str = "cpu"):
+        from dexwm_planner.reference_motion import reference_motion
+
+        self.max_step = shipped_cem_config(preset).max_step()
+        self.reference_fn = reference_motion("grasp", kinematics, self.max_step)
+        self.rows, self.steps = None, 0
+
+    def start(self, goal_image, goal_joints, seed):
+        self.rows, self.steps = None, 0
+
+    def observe(self, image, joints) -> float:
+        return float("nan")
+
+    def verdict(self, joints):
+        return "reached" if self.rows is not None and self.steps >= len(self.rows) else None
+
+    def plan(self, joints, should_stop):
+        t0 = time.perf_counter()
+        if self.rows is None:
+            self.rows = self.reference_fn(np.asarray(joints, dtype=np.float64))
+        row = self.rows[min(self.steps, len(self.rows) - 1)]
+        self.steps += 1
+        # Under the per-step cap from where the robot is (it may lag the reference).
+        step = np.clip(row, joints - self.max_step, joints + self.max_step)
+        return _single_step(step, t0)
 
 
 class HoldStillPolicy:
@@ -1079,7 +1127,8 @@ def default_ablations() -> dict[str, str]:
     return found
 
 
-BASELINES = ("random_shooting_wm", "oracle_goal_joints", "goal_hand_ik", "hold_still", "random_joint_walk")
+BASELINES = ("random_shooting_wm", "oracle_goal_joints", "goal_hand_ik", "reference_motion", "hold_still",
+             "random_joint_walk")
 
 
 def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[str, str] | None = None,
@@ -1128,6 +1177,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policies.append(OracleGoalJointsPolicy(kin, settings.preset))
             if "goal_hand_ik" in wanted:
                 policies.append(GoalHandIKPolicy(model, kin, w2c, settings.preset, settings.goal_hand_reader))
+            if "reference_motion" in wanted:
+                policies.append(ReferenceMotionPolicy(kin, settings.preset))
             if "hold_still" in wanted:
                 policies.append(HoldStillPolicy())
             if "random_joint_walk" in wanted:
@@ -1144,7 +1195,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 policies = [p for p in policies if hasattr(p, "for_subgoal")]
                 results["skipped_baselines"] = {name: "plans toward one goal only" for name in unable}
             for policy in policies:
-                deterministic = isinstance(policy, (OracleGoalJointsPolicy, GoalHandIKPolicy, HoldStillPolicy))
+                deterministic = isinstance(policy, (OracleGoalJointsPolicy, GoalHandIKPolicy, ReferenceMotionPolicy,
+                                                    HoldStillPolicy))
                 base = run_in_process(policy, own_settings.get(policy.name, settings), starts, runner,
                                       1 if deterministic else baseline_planner_seeds, progress)
                 s = summarize(base)
@@ -1158,6 +1210,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         results["notes"] = {
             "oracle_goal_joints": "PRIVILEGED upper bound: reads the goal state's joints",
             "goal_hand_ik": "no world model: joints fitted to the goal image's decoded hand keypoints, driven to",
+            "reference_motion": "no world model: the grasp reference motion (down 8 cm, close, up 12 cm), executed",
             "dexwm_no_pretrain": "the shipped model itself has no pre-training (no human video, no other "
                                  "embodiment): it is the no-pre-training row",
         }
@@ -1219,6 +1272,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
                              "for the planned-hand term, the hand proposal and goal_hand_ik; 'head': the world "
                              "model's heatmap head (the figures before the reader); default: the shipped reader")
+    parser.add_argument("--grasp-reference", action=argparse.BooleanOptionalAction, default=False,
+                        help="grasp goals start their CEM from the reference grasp motion (down 8 cm, close, up "
+                             "12 cm from where the hand is: dexwm_planner.reference_motion), as the paper's grasp")
+    parser.add_argument("--execute", choices=("best", "mean"), default="best",
+                        help="what the planner executes: the CEM's best plan, or its final mean (the elites' "
+                             "average, as the paper's planner)")
     parser.add_argument("--done-cost", type=float, default=-1.0,
                         help="stop rule threshold (default: the checkpoint's fitted one; 0 = off)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME=PATH",
@@ -1305,7 +1364,8 @@ def main(argv: list[str] | None = None) -> int:
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
                                 hand_proposal=args.hand_proposal, hand_pixel_keypoints=args.hand_pixel_keypoints,
-                                goal_hand_reader=args.goal_hand_reader,
+                                goal_hand_reader=args.goal_hand_reader, grasp_reference=args.grasp_reference,
+                                execute=args.execute,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

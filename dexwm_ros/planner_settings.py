@@ -13,6 +13,7 @@ import numpy as np
 from dexwm_planner.cem import PRESETS, CEMConfig
 from dexwm_planner.mpc import MPCConfig
 from dexwm_planner.objective import ObjectiveConfig
+from dexwm_planner.reference_motion import REFERENCES
 from dexwm_planner.session import CommandLimits, SessionConfig
 from dexwm_planner.stop_rule import StopRule
 from dexwm_robot.tasks import TASK_KINDS
@@ -42,10 +43,14 @@ class PlannerSettings:
     std_arm: float = setting(0.3, "initial CEM std of the arm joints [rad]", bounds=(1e-4, 2.0))
     std_hand: float = setting(0.1, "initial CEM std of the hand joints [rad]", bounds=(1e-4, 2.0))
     max_step_arm: float = setting(0.25, "per-step cap on an arm joint change [rad]", bounds=(1e-3, 0.5))
-    max_step_hand: float = setting(0.3, "per-step cap on a hand joint change [rad]", bounds=(1e-3, 1.0))
+    max_step_hand: float = setting(0.5, "per-step cap on a hand joint change [rad]", bounds=(1e-3, 1.0))
     keypoint_weight: float = setting(1e-3, "weight of the 2D right-hand keypoint term", bounds=(0.0, 1.0))
     orientation_weight: float = setting(0.0, "weight of the end-effector orientation term, grasp task only; 0 off",
                                         bounds=(0.0, 100.0))
+    grasp_reference: str = setting("none", "motion the grasp task's CEM search starts from: grasp = down 8 cm, close "
+                                   "to the power grasp, up 12 cm from where the hand is when the goal starts "
+                                   "(dexwm_planner.reference_motion); none = the current joints",
+                                   choices=REFERENCES)
     hand_pixel_weight: float = setting(1e-3, "weight of the planned-hand keypoint term: the plan's hand (forward "
                                        "kinematics into the camera) against the hand the heatmap head sees in the "
                                        "goal image [1/px^2]; 0 off", bounds=(0.0, 1.0))
@@ -116,7 +121,8 @@ class PlannerSettings:
         objective = ObjectiveConfig(keypoint_weight=self.keypoint_weight,
                                     orientation_weight=self.orientation_weight if task == "grasp" else 0.0,
                                     hand_pixel_weight=self.hand_pixel_weight)
-        return MPCConfig(cem=self.cem(), objective=objective, context_frames=self.context_frames)
+        return MPCConfig(cem=self.cem(), objective=objective, context_frames=self.context_frames,
+                         reference=self.grasp_reference if task == "grasp" else "none")
 
     def stop_rule(self, max_steps: int, fitted_done_cost: float | None) -> StopRule:
         """The stop rule of a goal; done_cost -1 takes ``fitted_done_cost`` (0, off, when None)."""

@@ -96,10 +96,14 @@ class WorldModelPlanning:
         (camera_info, or None), asked when the planned-hand term first projects, which is after the
         first frame was observed (a goal may be accepted before any frame arrived); None: frames of
         the simulated camera at the model's image size."""
+        from dexwm_planner.reference_motion import reference_motion
+
         camera = camera if camera is not None else (lambda: (tuple(self.image_size), None))
-        return MPCPlanner(self.model, self._actions, self.lower, self.upper, settings.mpc(task),
+        config = settings.mpc(task)
+        return MPCPlanner(self.model, self._actions, self.lower, self.upper, config,
                           rotation_fn=self._rotation, seed=settings.seed if seed is None else seed,
-                          hand_pixels_fn=_LazyHandPixels(self, camera), goal_hand_reader=self.goal_hand_reader)
+                          hand_pixels_fn=_LazyHandPixels(self, camera), goal_hand_reader=self.goal_hand_reader,
+                          reference_fn=reference_motion("grasp", self.kin, config.cem.max_step()))
 
     def fitted_done_cost(self, settings: PlannerSettings):
         """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal

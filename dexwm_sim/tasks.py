@@ -68,11 +68,9 @@ MAX_SEED = 2 ** 32 - 1
 # Scripted power grasp, palm facing down. Palm frame: x out of the palm (down), y towards the thumb,
 # z along the fingers (forward). The thumb is set as a post behind the object before the hand comes
 # down; the index/middle/ring fingers then bend down in front of the object and press it against the
-# thumb. The closing posture lies beyond contact on purpose: the torque-limited PD then squeezes.
+# thumb: the hand closes to the power grasp (dexwm_robot.allegro.power_grasp).
 HAND_OPEN = np.asarray(hand_joints.OPEN_POSE)
 FINGERS_STRAIGHT = np.array([0.0, 0.05, 0.05, 0.0] * 3)
-# Closed: a hook (medial joints at their limit, distal bent) so the fingertips stay above the table.
-FINGERS_CLOSED = np.array([0.0, 0.75, hand_joints.UPPER[2], 1.4] * 3)
 MIN_TABLE_DEPTH = 0.075        # keep the palm this high above the table: room for the finger hook
 PALM_SURFACE_X = 0.0111
 GRASP_Y = 0.02                 # between the index and middle fingers, in line with the thumb
@@ -373,8 +371,7 @@ def plan_grasp(env, episode: Episode) -> GraspPlan:
         margin = np.minimum(q_high - env.lower[:7], env.upper[:7] - q_high).min()
         score = min(margin, 0.5) - 20.0 * err       # reachable first, then away from joint limits
         if best is None or score > best[0]:
-            closed = np.r_[FINGERS_CLOSED, np.minimum(thumb + np.array([0.0, 0.0, 0.15, 0.15]),
-                                                      hand_joints.UPPER[12:])]
+            closed = hand_joints.power_grasp(pregrasp)
             best = (score, GraspPlan(rot=rot, grasp_point=gp, pregrasp=pregrasp, closed=closed, q_high=q_high))
     return best[1]
 

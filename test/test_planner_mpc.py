@@ -90,3 +90,24 @@ def test_should_stop_cuts_optimisation_short():
     step = planner.step(np.zeros(DOF), should_stop=lambda: True)
     assert step.stopped
     assert len(step.cost_history) == 1
+
+
+def test_the_mean_is_executed_when_asked_and_the_best_plan_otherwise():
+    """execute="mean" (the paper's planner): the command is the CEM's final sampling mean, and the
+    reported cost is that plan's own; "best": the lowest-cost sample."""
+    model = LinearTestModel()
+    q = np.zeros(DOF)
+    steps = {}
+    for execute in ("best", "mean"):
+        planner = MPCPlanner(model, delta_actions, LOWER, UPPER, MPCConfig(cem=SMALL, execute=execute), seed=0)
+        planner.set_goal(model.render(np.full(DOF, 0.1)))
+        planner.observe(model.render(q))
+        steps[execute] = (planner.step(q), planner)
+    best, (mean, planner) = steps["best"][0], steps["mean"]
+    # The executed plan is the final mean, whose remainder warm-starts the next replan.
+    np.testing.assert_allclose(mean.plan[1:], planner._warm[0])
+    assert not np.allclose(best.command, mean.command)
+    own = planner.objective.terms(planner.context, q, mean.plan[None]).total[0]
+    assert mean.cost == pytest.approx(own)
+    with pytest.raises(ValueError, match="execute"):
+        MPCConfig(execute="median")

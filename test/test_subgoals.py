@@ -132,6 +132,9 @@ def test_search_settings_are_checked_and_applied():
     place = PHASES["place"].mpc_config(base)
     assert place.cem.std_hand == 0.01 and place.cem.std_arm == CPU.std_arm and place.cem.samples == CPU.samples
     assert PHASES["grasp"].mpc_config(base).objective.orientation_weight == 0.4
+    assert PHASES["grasp"].mpc_config(base).reference == "grasp" and place.reference == "none"
+    with pytest.raises(ValueError, match="reference"):
+        SearchSettings(reference="wave")
     rule = PHASES["release"].stop_rule(StopRule(done_cost=0.1, plateau_steps=5, max_steps=12))
     assert (rule.done_cost, rule.plateau_steps, rule.max_steps) == (0.1, 5, 12)
     assert default_phases(5) == PICK_PLACE == ("reach", "grasp", "lift", "carry", "release")
@@ -160,6 +163,7 @@ def test_the_world_model_runs_a_sequence_with_per_subgoal_settings(robot):
     torch = pytest.importorskip("torch")
     from dexwm_planner.actions import allegro_actions
     from dexwm_planner.mpc import MPCConfig, MPCPlanner
+    from dexwm_planner.reference_motion import reference_motion
     from dexwm_planner.session import WorldModelPlans
     from dexwm_planner.world_model import DexWM
     from dexwm_robot.camera import HeadCamera
@@ -170,9 +174,11 @@ def test_the_world_model_runs_a_sequence_with_per_subgoal_settings(robot):
     mpc = MPCConfig(cem=CPU.with_(samples=8, elites=2, iterations=1, chunk=8, max_step_arm=0.25))
     planners = []
 
+    reference = reference_motion("grasp", kin, mpc.cem.max_step())
+
     def make_planner(seed):
         planners.append(MPCPlanner(model, lambda q: allegro_actions(q, w2c, kinematics=kin), kin.lower, kin.upper,
-                                   mpc, rotation_fn=lambda q: kin.ee_pose(q)[1], seed=seed))
+                                   mpc, rotation_fn=lambda q: kin.ee_pose(q)[1], seed=seed, reference_fn=reference))
         return planners[-1]
     env = robot.runner.env
     limits = CommandLimits(kin.lower, kin.upper, mpc.cem.max_step())
@@ -184,6 +190,9 @@ def test_the_world_model_runs_a_sequence_with_per_subgoal_settings(robot):
         goals, seed=0)
     assert [(o.reason, o.steps) for o in result.subgoals] == [("budget", 2), ("budget", 2)]
     assert planners[0].config.objective.orientation_weight == 0.4 and planners[1].config.cem.std_hand == CPU.std_hand
+    # The grasp subgoal's search started from the reference grasp motion; the carry's from the joints.
+    assert planners[0].config.reference == "grasp" and planners[0].reference_rows is not None
+    assert planners[1].config.reference == "none" and planners[1].reference_rows is None
     assert np.array_equal(robot.moves[2][7:], robot.moves[1][7:]) and np.array_equal(robot.moves[3][7:],
                                                                                    robot.moves[1][7:])
     assert env is robot.runner.env

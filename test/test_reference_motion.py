@@ -1,0 +1,94 @@
+"""The grasp reference motion (dexwm_planner.reference_motion) and the MPC search that starts from it."""
+import numpy as np
+import pytest
+
+from dexwm_planner.mpc import MPCConfig, MPCPlanner
+from dexwm_planner.cem import CEMConfig
+from dexwm_planner.reference_motion import GraspReference, reference_motion
+from dexwm_robot import allegro
+from dexwm_robot.joints import ARM_DOF, DOF
+from dexwm_robot.kinematics import RobotKinematics
+
+MAX_STEP = np.r_[np.full(ARM_DOF, 0.25), np.full(DOF - ARM_DOF, 0.3)]
+
+
+@pytest.fixture(scope="module")
+def kin():
+    return RobotKinematics.from_description()
+
+
+def pregrasp_joints(kin):
+    """The hand 15 cm above the table in front of the robot (IK from home)."""
+    from dexwm_robot.franka import HOME
+    from dexwm_robot.ik import solve_arm_ik
+
+    q = np.r_[HOME, allegro.OPEN_POSE]
+    q[:ARM_DOF] = solve_arm_ik(kin, q, np.array([0.55, 0.0, 0.15]))
+    return q
+
+
+def test_the_grasp_reference_goes_down_closes_and_lifts_under_the_step_cap(kin):
+    q0 = pregrasp_joints(kin)
+    rows = GraspReference().joints(kin, q0, MAX_STEP)
+    palm = kin.palm_and_tips_world(rows)[:, 0]
+    start = kin.palm_and_tips_world(q0)[0]
+    # No row moves a joint further than the cap from the one before (the start before the first).
+    steps = np.abs(np.diff(np.vstack([q0, rows]), axis=0))
+    assert np.all(steps <= MAX_STEP + 1e-9)
+    lowest = int(np.argmin(palm[:, 2]))
+    assert palm[lowest, 2] == pytest.approx(start[2] - 0.08, abs=5e-3)
+    # The hand is open while going down and closed to the power grasp from the bottom on.
+    np.testing.assert_allclose(rows[:lowest + 1, ARM_DOF:], np.repeat(q0[None, ARM_DOF:], lowest + 1, 0))
+    np.testing.assert_allclose(rows[-1, ARM_DOF:], allegro.power_grasp(q0[ARM_DOF:]))
+    assert palm[-1, 2] == pytest.approx(start[2] - 0.08 + 0.12, abs=5e-3)
+    # Straight down and up: the palm stays above the start, the flange keeps its orientation.
+    np.testing.assert_allclose(palm[:, :2], np.repeat(start[None, :2], len(rows), 0), atol=5e-3)
+    rotations = kin.ee_pose(rows)[1]
+    assert np.abs(rotations - kin.ee_pose(q0)[1]).max() < 0.03
+    assert np.all(rows >= kin.lower) and np.all(rows <= kin.upper)
+
+
+def test_the_reference_is_refused_for_bad_input(kin):
+    with pytest.raises(ValueError, match="finite"):
+        GraspReference().joints(kin, np.full(DOF, np.nan), MAX_STEP)
+    with pytest.raises(ValueError, match="depth and lift"):
+        GraspReference(depth=1.0)
+    with pytest.raises(ValueError, match="unknown reference motion 'wave'"):
+        reference_motion("wave", kin, MAX_STEP)
+    assert reference_motion("none", kin, MAX_STEP) is None
+    with pytest.raises(ValueError, match="reference must be one of"):
+        MPCConfig(reference="wave")
+
+
+def test_the_mpc_search_starts_from_the_reference_rows_and_follows_them():
+    """With a sampling std too small to leave it, the executed commands are the reference's rows, step
+    after step, across horizon restarts (the warm start carries them between), then its last row."""
+    from test_planner_models import LinearTestModel, delta_actions
+
+    model = LinearTestModel()
+    lower, upper = np.full(DOF, -1.0), np.full(DOF, 1.0)
+    rows = np.linspace(0.0, 0.5, 8)[1:, None] * np.ones((1, DOF))
+    calls = []
+
+    def reference_fn(q):
+        calls.append(np.array(q))
+        return rows
+    cem = CEMConfig(samples=4, elites=2, iterations=1, horizon=3, std_arm=1e-4, std_hand=1e-4, min_std=0.0,
+                    max_step_arm=0.25, max_step_hand=0.25)
+    flat = MPCConfig(cem=cem, reference="grasp")
+    planner = MPCPlanner(model, delta_actions, lower, upper, flat, seed=0, reference_fn=reference_fn)
+    planner.set_goal(model.render(np.zeros(DOF)))
+    q = np.zeros(DOF)
+    executed = []
+    for _ in range(len(rows) + 2):
+        planner.observe(model.render(q), q)
+        q = planner.step(q).command
+        executed.append(q[0])
+    assert len(calls) == 1                       # made once, from the joints at the first replan
+    np.testing.assert_allclose(executed[:len(rows)], rows[:, 0], atol=1e-2)
+    np.testing.assert_allclose(executed[len(rows):], rows[-1, 0], atol=1e-2)   # its last row held
+    # A new goal makes a new reference from the joints then.
+    planner.set_goal(model.render(np.zeros(DOF)))
+    assert planner.reference_rows is None
+    with pytest.raises(ValueError, match="needs reference_fn"):
+        MPCPlanner(model, delta_actions, lower, upper, flat)
