@@ -1355,6 +1355,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.goal_hand_reader and args.through_ros:
         parser.error("--goal-hand-reader runs in-process (through ROS the planner node's parameter "
                      "goal_hand_reader decides: config/planner.yaml)")
+    if (args.grasp_reference or args.execute != "best") and args.through_ros:
+        parser.error("--grasp-reference and --execute run in-process (through ROS the planner node's parameters "
+                     "grasp_reference and execute decide: config/planner.yaml)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:

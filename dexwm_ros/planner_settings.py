@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dexwm_planner.cem import PRESETS, CEMConfig
-from dexwm_planner.mpc import MPCConfig
+from dexwm_planner.mpc import EXECUTE, MPCConfig
 from dexwm_planner.objective import ObjectiveConfig
 from dexwm_planner.reference_motion import REFERENCES
 from dexwm_planner.session import CommandLimits, SessionConfig
@@ -51,6 +51,8 @@ class PlannerSettings:
                                    "to the power grasp, up 12 cm from where the hand is when the goal starts "
                                    "(dexwm_planner.reference_motion); none = the current joints",
                                    choices=REFERENCES)
+    execute: str = setting("best", "what each replan executes: best = the lowest-cost plan the CEM scored, mean = "
+                           "its final sampling mean (the elites' average, as the paper's planner)", choices=EXECUTE)
     hand_pixel_weight: float = setting(1e-3, "weight of the planned-hand keypoint term: the plan's hand (forward "
                                        "kinematics into the camera) against the hand the heatmap head sees in the "
                                        "goal image [1/px^2]; 0 off", bounds=(0.0, 1.0))
@@ -122,7 +124,7 @@ class PlannerSettings:
                                     orientation_weight=self.orientation_weight if task == "grasp" else 0.0,
                                     hand_pixel_weight=self.hand_pixel_weight)
         return MPCConfig(cem=self.cem(), objective=objective, context_frames=self.context_frames,
-                         reference=self.grasp_reference if task == "grasp" else "none")
+                         reference=self.grasp_reference if task == "grasp" else "none", execute=self.execute)
 
     def stop_rule(self, max_steps: int, fitted_done_cost: float | None) -> StopRule:
         """The stop rule of a goal; done_cost -1 takes ``fitted_done_cost`` (0, off, when None)."""

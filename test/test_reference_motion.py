@@ -92,3 +92,35 @@ def test_the_mpc_search_starts_from_the_reference_rows_and_follows_them():
     assert planner.reference_rows is None
     with pytest.raises(ValueError, match="needs reference_fn"):
         MPCPlanner(model, delta_actions, lower, upper, flat)
+
+
+
+def lift_by_reference(env, kin, seed: int, max_step: np.ndarray) -> float:
+    """Height [m] the grasp stage's object rises when the reference motion runs from the stage's
+    start, every command capped from the measured joints (as the planning session checks it)."""
+    episode = env.reset("paper-grasp", seed)
+    rows = GraspReference().joints(kin, env.joint_positions(), max_step)
+    start = env.object_position(episode.object_kind)[2]
+    for row in list(rows) + [rows[-1]] * 5:
+        measured = env.joint_positions()
+        command = np.clip(row, measured - max_step, measured + max_step)
+        env.command(command[:ARM_DOF], command[ARM_DOF:], duration=0.2)
+        env.advance(0.2)
+    return float(env.object_position(episode.object_kind)[2] - start)
+
+
+def test_under_the_shipped_caps_the_reference_grasp_lifts_the_object_and_under_0_3_rad_it_cannot(kin):
+    """The shipped hand cap lets the fingers be commanded far enough past contact to squeeze; the
+    old 0.3 rad cap kept every grasp from holding (README, "Grasp")."""
+    from dexwm_ros.evaluate import shipped_cem_config
+    from dexwm_sim.scene import SimEnv
+
+    shipped = shipped_cem_config("cpu").max_step()
+    old = shipped.copy()
+    old[ARM_DOF:] = 0.3
+    env = SimEnv()
+    try:
+        assert lift_by_reference(env, kin, 1_000_500, shipped) > 0.10
+        assert lift_by_reference(env, kin, 1_000_500, old) < 0.01
+    finally:
+        env.close()
