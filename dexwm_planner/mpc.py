@@ -19,6 +19,7 @@ import torch
 
 from .cem import CEM, CEMConfig, CEMResult, CPU
 from .objective import ActionsFn, GoalObjective, HandPixelsFn, ObjectiveConfig, RotationFn, WorldModelLike
+from .reference_motion import REFERENCES
 
 
 EXECUTE = ("best", "mean")
@@ -49,8 +50,6 @@ class MPCConfig:
     def __post_init__(self):
         if self.context_frames < 1:
             raise ValueError(f"context_frames must be >= 1, got {self.context_frames}")
-        from .reference_motion import REFERENCES
-
         if self.execute not in EXECUTE:
             raise ValueError(f"execute must be one of {', '.join(EXECUTE)}, got {self.execute!r}")
         if self.reference not in REFERENCES:
