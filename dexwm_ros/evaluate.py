@@ -513,10 +513,11 @@ class ReferenceMotionPolicy:
     name = "reference_motion"
 
     def __init__(self, kinematics, preset: str = "cpu"):
+        from dexwm_planner.cem import CEM
         from dexwm_planner.reference_motion import reference_motion
 
-        self.max_step = shipped_cem_config(preset).max_step()
-        self.reference_fn = reference_motion("grasp", kinematics, self.max_step)
+        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
+        self.reference_fn = reference_motion("grasp", kinematics, self.cem.max_step)
         self.rows, self.steps = None, 0
 
     def start(self, goal_image, goal_joints, seed):
@@ -534,9 +535,8 @@ class ReferenceMotionPolicy:
             self.rows = self.reference_fn(np.asarray(joints, dtype=np.float64))
         row = self.rows[min(self.steps, len(self.rows) - 1)]
         self.steps += 1
-        # Under the per-step cap from where the robot is (it may lag the reference).
-        step = np.clip(row, joints - self.max_step, joints + self.max_step)
-        return _single_step(step, t0)
+        # Under the per-step cap from where the robot is (it may lag the reference), as the planner.
+        return _single_step(self.cem.project(row[None, None], joints)[0, 0], t0)
 
 
 class HoldStillPolicy:

@@ -67,6 +67,7 @@ def _environment(domain_id: int) -> dict[str, str]:
     env = ros_environment()
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env.setdefault("MUJOCO_GL", "egl")
+    env["PYTHONFAULTHANDLER"] = "1"     # a hung node's threads are dumped before it is killed
     return env
 
 
@@ -111,6 +112,12 @@ class Processes:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                # A process that ignored the interrupt: SIGABRT first, so that Python's fault handler
+                # (PYTHONFAULTHANDLER, set for every process here) writes where each thread was stuck.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -604,7 +611,8 @@ def startup_cases(r: Runner, work: Path) -> None:
         time.sleep(2.0)    # in the middle of importing torch / loading the model
         code = r.processes.stop("planner_interrupted", timeout=60)
         text = r.processes.log("planner_interrupted")
-        return ("Traceback" not in text and code is not None and code >= 0), f"exit code {code}, {len(text)} bytes of output"
+        ok = "Traceback" not in text and code is not None and code >= 0
+        return ok, f"exit code {code}, {len(text)} bytes of output" + ("" if ok else f": {text[-4000:]}")
     r.check("startup", "planner_ctrl_c_during_startup", "bring-up error", interrupted_startup)
 
 

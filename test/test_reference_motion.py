@@ -124,3 +124,31 @@ def test_under_the_shipped_caps_the_reference_grasp_lifts_the_object_and_under_0
         assert lift_by_reference(env, kin, 1_000_500, old) < 0.01
     finally:
         env.close()
+
+
+def test_the_reference_motion_baseline_executes_the_rows_under_the_planners_caps(kin):
+    """dexwm-eval's ``reference_motion`` baseline: the reference's rows one per step while the robot
+    follows, each command within the shipped per-step cap of the measured joints and inside the
+    joint limits when the robot lags, and "reached" once the rows are spent."""
+    from dexwm_ros.evaluate import ReferenceMotionPolicy, shipped_cem_config
+
+    cap = shipped_cem_config("cpu").max_step()
+    policy = ReferenceMotionPolicy(kin)
+    q0 = pregrasp_joints(kin)
+    policy.start(None, None, 0)
+    rows = GraspReference().joints(kin, q0, cap)
+    q, executed = q0, []
+    for _ in range(len(rows)):
+        assert policy.verdict(q) is None
+        q = policy.plan(q, lambda: False).command
+        executed.append(q)
+    np.testing.assert_allclose(executed, rows, atol=1e-9)
+    assert policy.verdict(q) == "reached"
+    # A robot that lags: the next command stays within the cap of where it is, and within the limits.
+    policy.start(None, None, 0)
+    policy.plan(q0, lambda: False)
+    lagging = q0.copy()
+    lagging[ARM_DOF:] = kin.lower[ARM_DOF:]
+    command = policy.plan(lagging, lambda: False).command
+    assert np.all(np.abs(command - lagging) <= cap + 1e-9)
+    assert np.all(command >= kin.lower - 1e-9) and np.all(command <= kin.upper + 1e-9)
