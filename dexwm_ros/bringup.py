@@ -14,6 +14,7 @@ nothing: under ``ros2 launch`` the user's environment decides (see the README's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import shutil
@@ -100,16 +101,30 @@ def _die_with_parent():
         pass
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0, abort_grace: float = 5.0) -> int | None:
+    """Stop a process started in its own session: SIGINT (a clean rclpy shutdown), and if it has not
+    exited within ``timeout`` SIGABRT, so that Python's fault handler (PYTHONFAULTHANDLER) writes
+    where each thread was stuck, then SIGKILL after ``abort_grace``. Returns its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)    # a stopped process cannot handle SIGINT
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=abort_grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
 def stop_graph(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a dexwm-up started in its own session: SIGINT (it stops its nodes), SIGKILL if it hangs."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """Stop a dexwm-up started in its own session (it stops its nodes on SIGINT)."""
+    stop_process_group(proc, timeout)
 
 
 class Bringup:

@@ -430,22 +430,34 @@ def _single_step(command: np.ndarray, t0: float):
                     replan_seconds=time.perf_counter() - t0)
 
 
-class _DriveToJoints:
-    """Moves straight toward target joints under the planner's per-step cap, no world model; stops
-    within 0.02 rad of them or at the budget. Subclasses say where the target comes from
-    (``_target(joints)``, asked at every step until it gives one)."""
+class _WithoutWorldModel:
+    """What every baseline without a world model shares: the planner's joint limits and per-step cap
+    (a CEM of the shipped preset, used only to project commands), and no cost to report."""
 
     def __init__(self, kinematics, preset: str = "cpu"):
         from dexwm_planner.cem import CEM
 
         self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
+
+    def observe(self, image, joints) -> float:
+        return float("nan")
+
+    def _capped(self, target, joints, t0: float):
+        """One step toward ``target`` under the per-step cap from where the robot is."""
+        return _single_step(self.cem.project(np.asarray(target, dtype=np.float64)[None, None], joints)[0, 0], t0)
+
+
+class _DriveToJoints(_WithoutWorldModel):
+    """Moves straight toward target joints under the planner's per-step cap, no world model; stops
+    within 0.02 rad of them or at the budget. Subclasses say where the target comes from
+    (``_target(joints)``, asked at every step until it gives one)."""
+
+    def __init__(self, kinematics, preset: str = "cpu"):
+        super().__init__(kinematics, preset)
         self.goal = None
 
     def _target(self, joints):
         raise NotImplementedError
-
-    def observe(self, image, joints) -> float:
-        return float("nan")
 
     def verdict(self, joints):
         return "reached" if self.goal is not None and np.abs(self.goal - joints).max() < 0.02 else None
@@ -454,7 +466,7 @@ class _DriveToJoints:
         t0 = time.perf_counter()
         if self.goal is None:
             self.goal = np.asarray(self._target(joints), dtype=np.float64)
-        return _single_step(self.cem.project(self.goal[None, None], joints)[0, 0], t0)
+        return self._capped(self.goal, joints, t0)
 
 
 class OracleGoalJointsPolicy(_DriveToJoints):
@@ -505,7 +517,7 @@ class GoalHandIKPolicy(_DriveToJoints):
         return estimate_goal_joints(self.pixels, self.goal_pixels, joints, self.kin.lower, self.kin.upper)
 
 
-class ReferenceMotionPolicy:
+class ReferenceMotionPolicy(_WithoutWorldModel):
     """No world model: executes the grasp reference motion the planner's grasp search starts from
     (dexwm_planner.reference_motion, from the joints at the first step), one row per step, then
     holds its last row; stops at its end. What the reference alone does, under the same caps."""
@@ -513,18 +525,14 @@ class ReferenceMotionPolicy:
     name = "reference_motion"
 
     def __init__(self, kinematics, preset: str = "cpu"):
-        from dexwm_planner.cem import CEM
         from dexwm_planner.reference_motion import reference_motion
 
-        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
+        super().__init__(kinematics, preset)
         self.reference_fn = reference_motion("grasp", kinematics, self.cem.max_step)
         self.rows, self.steps = None, 0
 
     def start(self, goal_image, goal_joints, seed):
         self.rows, self.steps = None, 0
-
-    def observe(self, image, joints) -> float:
-        return float("nan")
 
     def verdict(self, joints):
         return "reached" if self.rows is not None and self.steps >= len(self.rows) else None
@@ -536,7 +544,7 @@ class ReferenceMotionPolicy:
         row = self.rows[min(self.steps, len(self.rows) - 1)]
         self.steps += 1
         # Under the per-step cap from where the robot is (it may lag the reference), as the planner.
-        return _single_step(self.cem.project(row[None, None], joints)[0, 0], t0)
+        return self._capped(row, joints, t0)
 
 
 class HoldStillPolicy:
@@ -557,7 +565,7 @@ class HoldStillPolicy:
         return _single_step(np.asarray(joints, dtype=np.float64).copy(), time.perf_counter())
 
 
-class RandomJointWalkPolicy:
+class RandomJointWalkPolicy(_WithoutWorldModel):
     """Ignores the goal and the model: each step executes the first step of a random feasible plan
     drawn from the planner's initial sampling distribution (same std, limits and per-step cap),
     for the whole step budget (the stop rule has no cost to judge)."""
@@ -565,16 +573,11 @@ class RandomJointWalkPolicy:
     name = "random_joint_walk"
 
     def __init__(self, kinematics, preset: str = "cpu"):
-        from dexwm_planner.cem import CEM
-
-        self.cem = CEM(shipped_cem_config(preset), kinematics.lower, kinematics.upper)
+        super().__init__(kinematics, preset)
         self.rng = np.random.default_rng(0)
 
     def start(self, goal_image, goal_joints, seed):
         self.rng = np.random.default_rng(seed)
-
-    def observe(self, image, joints) -> float:
-        return float("nan")
 
     def verdict(self, joints):
         return None

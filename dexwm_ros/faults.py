@@ -33,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 
+from dexwm_ros.bringup import stop_process_group
+
 # A joint that moved more than this [rad] after a command that had to be refused counts as executed.
 MOVED_RAD = 0.02
 SETTLE_S = 0.6
@@ -105,23 +107,7 @@ class Processes:
         proc = self.procs.get(label)
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGCONT)    # a stopped process cannot handle SIGINT
-                os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # A process that ignored the interrupt: SIGABRT first, so that Python's fault handler
-                # (PYTHONFAULTHANDLER, set for every process here) writes where each thread was stuck.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGABRT)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        return proc.returncode
+        return stop_process_group(proc, timeout)
 
     def stop_all(self) -> None:
         for label in list(self.procs):

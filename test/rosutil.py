@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from dexwm_ros.bringup import stop_process_group
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -33,6 +35,7 @@ def ros_env(domain_id: int | None = None, **extra: str) -> dict[str, str]:
     env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
     env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"    # a hung process writes its stacks on SIGABRT (process() below)
     env.setdefault("MUJOCO_GL", "egl")
     env.update(extra)
     return env
@@ -49,7 +52,8 @@ def node_command(executable: str, *ros_args: str) -> list[str]:
 
 @contextlib.contextmanager
 def process(cmd: list[str], env: dict[str, str], log_path: Path | None = None, stop_timeout: float = 10.0):
-    """Start a process in its own session; on exit send SIGINT, then SIGKILL its group if needed."""
+    """Start a process in its own session; on exit stop its group (SIGINT, then SIGABRT for the
+    stacks of a process that hangs, then SIGKILL: dexwm_ros.bringup.stop_process_group)."""
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     # SIGINT at its default in the child even when this run was started as a background job (which
     # inherits it ignored): the stop below relies on it.
@@ -58,15 +62,7 @@ def process(cmd: list[str], env: dict[str, str], log_path: Path | None = None, s
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=stop_timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, stop_timeout)
         if log_path:
             out.close()
 
