@@ -31,7 +31,7 @@ from .predictor import CDiTPredictor, PredictorConfig
 
 CHECKPOINT_FORMAT = "dexwm-checkpoint"
 CHECKPOINT_VERSION = 1
-CHECKPOINT_NAME = "dexwm_sim.pt"
+CHECKPOINT_NAME = "dexwm_sim_objects.pt"   # models/README.md: why this one; dexwm_sim.pt is the one before
 DEFAULT_FRAME_DT = 0.2      # s: the frame step of checkpoints that do not record one (dexwm-collect's 5 Hz)
 
 
@@ -327,7 +327,7 @@ class DexWM(nn.Module):
 
     @classmethod
     def load(cls, path: str | None = None, device: str = "cpu") -> "DexWM":
-        """Load a checkpoint (default: the shipped models/dexwm_sim.pt)."""
+        """Load a checkpoint (default: the shipped models/dexwm_sim_objects.pt)."""
         path = path or default_checkpoint()
         ckpt = cls.read_checkpoint(path)
         config = WorldModelConfig.from_dict(ckpt["config"])

@@ -50,7 +50,7 @@ def test_colcon_symlink_install_builds_and_a_node_starts_from_it(tmp_path, domai
     for node in ("sim", "camera", "franka", "allegro", "planner", "teleop"):
         exe = prefix / "lib" / "dexwm_ros" / node
         assert exe.exists() and os.access(exe, os.X_OK), f"{exe} is not executable"
-    assert (prefix / "share" / "dexwm_ros" / "models" / "dexwm_sim.pt").is_file()
+    assert (prefix / "share" / "dexwm_ros" / "models" / "dexwm_sim_objects.pt").is_file()
 
     # the workspace's own environment: what `source install/setup.sh` gives, without a shell
     site = next(prefix.glob("lib/python3*/site-packages"))
@@ -69,7 +69,7 @@ def test_colcon_symlink_install_builds_and_a_node_starts_from_it(tmp_path, domai
                             "print(default_checkpoint())"], env=node_env, cwd=tmp_path, capture_output=True,
                            text=True, timeout=120)
     assert check.returncode == 0, check.stderr[-2000:]
-    assert Path(check.stdout.strip()) == prefix / "share" / "dexwm_ros" / "models" / "dexwm_sim.pt"
+    assert Path(check.stdout.strip()) == prefix / "share" / "dexwm_ros" / "models" / "dexwm_sim_objects.pt"
     # the tools of that prefix find its node executables
     tools = subprocess.run([sys.executable, "-c", "from dexwm_ros.bringup import node_executable; "
                             "print(node_executable('sim'))"], env=node_env, cwd=tmp_path, capture_output=True,
