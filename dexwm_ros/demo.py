@@ -41,6 +41,7 @@ from sensor_msgs.msg import Image
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 
+from dexwm_planner.world_model import default_checkpoint
 from dexwm_robot.tasks import TASK_KINDS
 from dexwm_ros.action import Execute
 from dexwm_ros.bringup import join_graph, ros_environment, stop_graph, tool_executable
@@ -172,8 +173,11 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     costs = []
+    # The planner node's checkpoint parameter is left empty here: it loads the shipped default.
+    checkpoint = default_checkpoint()
+    print(f"[demo] world model: {checkpoint}", flush=True)
     summary = {"seed": seed, "task": task, "sim_task": sim_task, "lockstep": not real_time,
-               "subgoals": len(subgoal_images)}
+               "subgoals": len(subgoal_images), "checkpoint": os.path.basename(checkpoint)}
     try:
         _wait(lambda: client.reset_client.service_is_ready() or up.poll() is not None, startup_timeout,
               "/sim/reset")
