@@ -96,18 +96,6 @@ def test_the_mpc_search_starts_from_the_reference_rows_and_follows_them():
     assert planner.reference_rows is None and planner.reference_under_way
     with pytest.raises(ValueError, match="needs reference_fn"):
         MPCPlanner(model, delta_actions, lower, upper, flat)
-    # The session's provider says so to the stop rule (dexwm_planner.session: only the budget stops).
-    from dexwm_planner.session import MOTION_UNDER_WAY, WorldModelPlans
-
-    plans = WorldModelPlans(lambda seed: planner)
-    plans.start(model.render(np.zeros(DOF)), None, 0)
-    q = np.zeros(DOF)
-    verdicts = []
-    for _ in range(len(rows) + 1):
-        verdicts.append(plans.verdict(q))
-        plans.observe(model.render(q), q)
-        q = plans.plan(q, lambda: False).command
-    assert verdicts == [MOTION_UNDER_WAY] * len(rows) + [None]
 
 
 def test_with_reference_horizon_the_search_covers_the_rest_of_the_reference():
