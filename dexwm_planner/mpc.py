@@ -44,10 +44,6 @@ class MPCConfig:
     # (the warm start alone drifts away from it within a few noisy iterations). "none": from the
     # current joints.
     reference: str = "none"
-    # With a reference: plan over at least the reference's remaining rows, so that a motion whose
-    # gain shows only at its end (down, close, up: the hand leaves the goal's pose before it gets
-    # there with the object) is judged by where it ends, not by its first steps.
-    reference_horizon: bool = False
     # What is executed: "best", the lowest-cost plan the CEM scored, or "mean", its final sampling mean
     # (the elites' average, what the paper's planner executes). The best of many noisy samples is
     # off its mean by a few std in some joints, and where the cost cannot tell grasps apart that
@@ -217,11 +213,6 @@ class MPCPlanner:
                                            goal_hand_pixels=self.objective.goal_hand_pixels)
         t0 = time.perf_counter()
         horizon = self._next_horizon
-        warm = self._warm
-        if self.config.reference_horizon and self.config.reference != "none":
-            horizon = max(horizon, len(self._reference_rows(q)) - self._steps)
-            if warm is not None and len(warm[0]) != horizon:
-                warm = self._fit_warm_start(q, warm, horizon)
         context = self.context
         context_actions = self.context_actions()
         # Keep context + rollout inside the predictor's frame window: the rollout then never slides
@@ -232,7 +223,7 @@ class MPCPlanner:
             context = context[-keep:]
             if context_actions is not None:
                 context_actions = context_actions[-(keep - 1):] if keep > 1 else None
-        mean, std = warm if warm is not None else (self._reference_mean(q, horizon), None)
+        mean, std = self._warm if self._warm is not None else (self._reference_mean(q, horizon), None)
         objective = self.objective
 
         def cost_fn(samples: np.ndarray) -> np.ndarray:
@@ -264,37 +255,15 @@ class MPCPlanner:
                         predicted_keypoints=None if terms.predicted_keypoints is None else terms.predicted_keypoints[0],
                         stopped=stopped)
 
-    @property
-    def reference_under_way(self) -> bool:
-        """A reference motion is set for this goal and fewer steps than its rows have been planned."""
-        return self.config.reference != "none" and (self.reference_rows is None
-                                                     or self._steps < len(self.reference_rows))
-
     def _reference_mean(self, q: np.ndarray, horizon: int) -> np.ndarray | None:
         """The reference motion's rows for the next ``horizon`` steps (its last row held past its
         end), made from ``q`` at the goal's first replan; None without a reference."""
         if self.config.reference == "none":
             return None
-        return self._rows_ahead(q, self._steps, horizon)
-
-    def _reference_rows(self, q: np.ndarray) -> np.ndarray:
         if self.reference_rows is None:
             self.reference_rows = np.asarray(self.reference_fn(q), dtype=np.float64)
-        return self.reference_rows
-
-    def _rows_ahead(self, q: np.ndarray, first: int, count: int) -> np.ndarray:
-        rows = self._reference_rows(q)
-        return rows[np.minimum(np.arange(first, first + count), len(rows) - 1)]
-
-    def _fit_warm_start(self, q: np.ndarray, warm: tuple[np.ndarray, np.ndarray], horizon: int):
-        """The warm start cut or lengthened to ``horizon`` steps: the reference's rows further ahead
-        extend its mean, its last std row its std."""
-        mean, std = warm
-        if len(mean) >= horizon:
-            return mean[:horizon], std[:horizon]
-        extra = horizon - len(mean)
-        return (np.concatenate([mean, self._rows_ahead(q, self._steps + len(mean), extra)]),
-                np.concatenate([std, np.repeat(std[-1:], extra, axis=0)]))
+        last = len(self.reference_rows) - 1
+        return self.reference_rows[np.minimum(np.arange(self._steps, self._steps + horizon), last)]
 
     def _advance(self, result: CEMResult, horizon: int) -> None:
         """Set up the next replan's horizon and warm start (the executed first step is dropped)."""

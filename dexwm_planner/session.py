@@ -17,8 +17,6 @@ Rules the session owns:
   refused, nothing is sent and the session ends with ``unsafe_command``.
 * **stop**: the provider's own verdict (a privileged baseline's), then the stop rule
   (dexwm_planner.stop_rule: ``reached``, ``plateau``, ``budget``) on the latent costs observed so far;
-  while the provider runs a motion it committed to (a grasp's reference motion: MOTION_UNDER_WAY)
-  only the budget may stop;
   a provider that scores nothing (nan costs: a baseline without a world model) stops at the budget.
 * **cancel**: :meth:`PlanningSession.cancel` or the ``interrupt`` callback end the session between
   phases, inside a replan (the CEM polls it) and inside a move (the robot polls it); the robot then
@@ -51,8 +49,6 @@ if TYPE_CHECKING:
     from .subgoals import SearchSettings
 
 CANCELED = "canceled"
-# A provider's verdict while a motion it committed to runs: no stop by cost yet, the budget still holds.
-MOTION_UNDER_WAY = "motion_under_way"
 
 # Session states, as the planner node publishes them on /dexwm/status.
 PLANNING, EXECUTING, PAUSED = "planning", "executing", "paused_stale_input"
@@ -120,8 +116,7 @@ class PlanProvider(Protocol):
         """Take the newest frame and joints; the latent cost of the frame to the goal (nan: none)."""
 
     def verdict(self, joints: np.ndarray) -> str | None:
-        """A stop the provider decides itself (before the stop rule), or None; MOTION_UNDER_WAY:
-        no stop by cost yet (only the step budget may end the session now)."""
+        """A stop the provider decides itself (before the stop rule), or None."""
 
     def plan(self, joints: np.ndarray, should_stop: Callable[[], bool]) -> PlanStep:
         """The next command (``PlanStep.command``); ``stopped`` when ``should_stop`` cut it short."""
@@ -157,10 +152,7 @@ class WorldModelPlans:
         return self.planner.current_cost()
 
     def verdict(self, joints) -> str | None:
-        # A reference motion is run to its end before its frames are judged: a grasp's first frames
-        # (the open hand above the object) can look as close to the goal (the object lifted in the
-        # closed hand) as the fitted threshold, since the arm is where the goal shows it.
-        return MOTION_UNDER_WAY if self.planner is not None and self.planner.reference_under_way else None
+        return None
 
     def plan(self, joints, should_stop) -> PlanStep:
         if self.search is not None and self.search.hold_hand and self._hold is None:
@@ -342,9 +334,8 @@ class PlanningSession(Cancellable):
             progress.current_cost = cost
             if math.isfinite(cost) and not cost >= progress.best_cost:   # also when best is still nan
                 progress.best_cost = cost
-            verdict = self.provider.verdict(joints)
-            why = verdict if verdict not in (None, MOTION_UNDER_WAY) else cfg.stop_rule.decide(
-                [c for c in costs if math.isfinite(c)], progress.steps, budget_only=verdict == MOTION_UNDER_WAY)
+            why = self.provider.verdict(joints) or cfg.stop_rule.decide([c for c in costs if math.isfinite(c)],
+                                                                        progress.steps)
             if why is not None:
                 self.log.info(f"stopped after {progress.steps} steps ({why}): latent distance {cost:.4f}")
                 return why

@@ -41,13 +41,9 @@ class StopRule:
         if not (isinstance(self.max_steps, int) and self.max_steps >= 0):
             raise ValueError(f"max_steps must be an integer >= 0, got {self.max_steps}")
 
-    def decide(self, costs: list[float], steps: int, budget_only: bool = False) -> str | None:
+    def decide(self, costs: list[float], steps: int) -> str | None:
         """Why to stop now, or None to go on. ``costs``: the current cost before each replan so far,
-        the newest last (taken on the current frame); ``steps``: executed steps so far;
-        ``budget_only``: only the step budget may stop now (a motion the planner committed to is
-        under way: its frames do not say whether the goal is reached)."""
-        if budget_only:
-            return BUDGET if steps >= self.max_steps else None
+        the newest last (taken on the current frame); ``steps``: executed steps so far."""
         if costs and self.done_cost > 0 and costs[-1] < self.done_cost:
             return REACHED
         if steps >= self.max_steps:

@@ -209,8 +209,6 @@ class EvalSettings:
     grasp_reference: bool = False
     # What the planner executes (MPCConfig.execute): the CEM's best plan or its final mean.
     execute: str = "best"
-    # With grasp_reference: plan over the reference's remaining rows (MPCConfig.reference_horizon).
-    reference_horizon: bool = False
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -299,8 +297,7 @@ class EvalSettings:
         """What every world-model policy of a run plans with (WorldModelPolicy's keywords): the cost,
         the stage's search settings, the hand proposal."""
         return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
-                    goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute,
-                    reference_horizon=self.reference_horizon)
+                    goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute)
 
     def reference(self) -> str:
         """The reference motion the CEM starts from (MPCConfig.reference)."""
@@ -345,7 +342,7 @@ class WorldModelPolicy:
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
                  search=None, hand_proposal: bool = False, goal_hand_reader: str = "", reference: str = "none",
-                 execute: str = "best", reference_horizon: bool = False):
+                 execute: str = "best"):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
         ("" = the shipped reader, "head" = the world model's heatmap head)."""
@@ -363,8 +360,7 @@ class WorldModelPolicy:
                                                      kinematics=kinematics)
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
-                                hand_proposal=hand_proposal, reference=reference, execute=execute,
-                                reference_horizon=reference_horizon)
+                                hand_proposal=hand_proposal, reference=reference, execute=execute)
         # Made for every planner (a subgoal's search settings may ask for it: subgoals.PHASES).
         self.reference_fn = reference_motion("grasp", kinematics, self.config.cem.max_step())
         self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
@@ -415,15 +411,13 @@ def random_shooting_changes(cem) -> dict:
 
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
                        objective=None, search=None, hand_proposal: bool = False,
-                       goal_hand_reader: str = "", reference: str = "none", execute: str = "best",
-                       reference_horizon: bool = False) -> WorldModelPolicy:
+                       goal_hand_reader: str = "", reference: str = "none", execute: str = "best") -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
                               objective=objective, search=search, hand_proposal=hand_proposal,
-                              goal_hand_reader=goal_hand_reader, reference=reference, execute=execute,
-                              reference_horizon=reference_horizon)
+                              goal_hand_reader=goal_hand_reader, reference=reference, execute=execute)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -1284,9 +1278,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grasp-reference", action=argparse.BooleanOptionalAction, default=False,
                         help="grasp goals start their CEM from the reference grasp motion (down 8 cm, close, up "
                              "12 cm from where the hand is: dexwm_planner.reference_motion), as the paper's grasp")
-    parser.add_argument("--reference-horizon", action="store_true",
-                        help="with --grasp-reference: plan over the reference's remaining rows, not the preset's "
-                             "horizon (MPCConfig.reference_horizon)")
     parser.add_argument("--execute", choices=("best", "mean"), default="best",
                         help="what the planner executes: the CEM's best plan, or its final mean (the elites' "
                              "average, as the paper's planner)")
@@ -1367,8 +1358,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.goal_hand_reader and args.through_ros:
         parser.error("--goal-hand-reader runs in-process (through ROS the planner node's parameter "
                      "goal_hand_reader decides: config/planner.yaml)")
-    if args.reference_horizon and not args.grasp_reference:
-        parser.error("--reference-horizon needs --grasp-reference")
     if (args.grasp_reference or args.execute != "best") and args.through_ros:
         parser.error("--grasp-reference and --execute run in-process (through ROS the planner node's parameters "
                      "grasp_reference and execute decide: config/planner.yaml)")
@@ -1382,7 +1371,7 @@ def main(argv: list[str] | None = None) -> int:
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
                                 hand_proposal=args.hand_proposal, hand_pixel_keypoints=args.hand_pixel_keypoints,
                                 goal_hand_reader=args.goal_hand_reader, grasp_reference=args.grasp_reference,
-                                execute=args.execute, reference_horizon=args.reference_horizon,
+                                execute=args.execute,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

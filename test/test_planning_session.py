@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from dexwm_planner.mpc import PlanStep
-from dexwm_planner.session import (MOTION_UNDER_WAY, PAUSED, CommandLimits, PlanningSession, Reading, SessionConfig,
-                                   WorldModelPlans)
+from dexwm_planner.session import PAUSED, CommandLimits, PlanningSession, Reading, SessionConfig, WorldModelPlans
 from dexwm_planner.sim_robot import SimulatedRobot
 from dexwm_planner.stop_rule import StopRule
 
@@ -119,34 +118,6 @@ def test_stop_rule_ends_the_session(robot, rule, costs, expected):
     assert t0 + 0.19 * n <= robot.now() <= t0 + 0.21 * n + 1e-9        # each step took one move
     assert (robot.latest_joints().value[0] > q0[0] + 0.01) == (n > 0)
     assert states[-1] == ("succeeded" if expected[2] else "failed") and "executing" in states
-
-
-class CommittedPlans(ScriptedPlans):
-    """Scripted costs, committed to a motion for its first ``committed`` steps."""
-
-    def __init__(self, costs, committed):
-        super().__init__(costs)
-        self.committed, self.steps = committed, 0
-
-    def verdict(self, joints):
-        return MOTION_UNDER_WAY if self.steps < self.committed else None
-
-    def plan(self, joints, should_stop):
-        self.steps += 1
-        return super().plan(joints, should_stop)
-
-
-@pytest.mark.parametrize("committed, max_steps, expected", [
-    (3, 10, ("reached", 3)),      # below the threshold from the start: the motion still runs to its end
-    (0, 10, ("reached", 0)),
-    (8, 5, ("budget", 5)),        # the budget ends a committed motion too
-])
-def test_a_motion_under_way_is_not_stopped_by_its_cost_but_by_the_budget(robot, committed, max_steps, expected):
-    rule = StopRule(done_cost=0.05, plateau_steps=1, max_steps=max_steps)
-    session = PlanningSession(robot, CommittedPlans([0.01] * 12, committed), config(robot, stop_rule=rule))
-    result = session.run(goal(robot), seed=11)
-    assert (result.reason, result.steps) == expected
-    assert len(robot.moves) == expected[1]
 
 
 @pytest.mark.parametrize("bad", ["over the cap", "outside the limits", "nan"])

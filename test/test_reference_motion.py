@@ -80,52 +80,18 @@ def test_the_mpc_search_starts_from_the_reference_rows_and_follows_them():
     planner.set_goal(model.render(np.zeros(DOF)))
     q = np.zeros(DOF)
     executed = []
-    under_way = []
     for _ in range(len(rows) + 2):
-        under_way.append(planner.reference_under_way)
         planner.observe(model.render(q), q)
         q = planner.step(q).command
         executed.append(q[0])
-    assert under_way == [True] * len(rows) + [False] * 2
     assert len(calls) == 1                       # made once, from the joints at the first replan
     np.testing.assert_allclose(executed[:len(rows)], rows[:, 0], atol=1e-2)
     np.testing.assert_allclose(executed[len(rows):], rows[-1, 0], atol=1e-2)   # its last row held
-    assert not planner.reference_under_way
-    # A new goal makes a new reference from the joints then, and runs it before a stop by cost.
+    # A new goal makes a new reference from the joints then.
     planner.set_goal(model.render(np.zeros(DOF)))
-    assert planner.reference_rows is None and planner.reference_under_way
+    assert planner.reference_rows is None
     with pytest.raises(ValueError, match="needs reference_fn"):
         MPCPlanner(model, delta_actions, lower, upper, flat)
-
-
-def test_with_reference_horizon_the_search_covers_the_rest_of_the_reference():
-    """Each replan plans over at least the reference's remaining rows (the warm start lengthened by
-    the reference's rows further ahead), then the preset's schedule takes over; with a sampling
-    std too small to leave it the executed commands are still the reference's rows."""
-    from test_planner_models import LinearTestModel, delta_actions
-
-    model = LinearTestModel()
-    lower, upper = np.full(DOF, -1.0), np.full(DOF, 1.0)
-    rows = np.linspace(0.0, 0.5, 7)[1:, None] * np.ones((1, DOF))
-    cem = CEMConfig(samples=4, elites=2, iterations=1, horizon=3, std_arm=1e-4, std_hand=1e-4, min_std=0.0,
-                    max_step_arm=0.25, max_step_hand=0.25)
-    horizons = {}
-    for long in (False, True):
-        planner = MPCPlanner(model, delta_actions, lower, upper,
-                             MPCConfig(cem=cem, reference="grasp", reference_horizon=long), seed=0,
-                             reference_fn=lambda q: rows)
-        planner.set_goal(model.render(np.zeros(DOF)))
-        q, executed, horizons[long] = np.zeros(DOF), [], []
-        for _ in range(len(rows) + 2):
-            planner.observe(model.render(q), q)
-            step = planner.step(q)
-            assert step.plan.shape == (step.horizon, DOF)
-            horizons[long].append(step.horizon)
-            q = step.command
-            executed.append(q[0])
-        np.testing.assert_allclose(executed[:len(rows)], rows[:, 0], atol=1e-2)
-    assert horizons[False] == [3, 2, 1, 3, 2, 1, 3, 2]
-    assert horizons[True] == [6, 5, 4, 3, 2, 1, 3, 2]
 
 
 def test_the_rest_of_the_reference_is_a_candidate_at_every_replan():
