@@ -154,9 +154,8 @@ class CEM:
         cancelled goal does not wait for a full optimisation. ``hold`` (D,): joints not searched,
         targeted at these values at every step (NaN = searched), e.g. a closed hand carrying an
         object; the targets are projected like any sample, so the per-step cap still holds.
-        ``proposal`` (T, D) or (P, T, D): plans offered as candidates of every iteration (projected
-        like any sample), e.g. heading for joints estimated from the goal image, or the rest of a
-        reference motion; ranked like the others.
+        ``proposal`` (T, D): a plan offered as one candidate of every iteration (projected like any
+        sample), e.g. heading for joints estimated from the goal image; ranked like the others.
         """
         cfg = self.config
         q0 = self._check_q(q0)
@@ -179,12 +178,10 @@ class CEM:
             mean = np.where(held, hold, mean)
             std = np.where(held, 0.0, std)
         if proposal is not None:
-            proposal = np.asarray(proposal, dtype=np.float64)
-            proposal = np.stack([self._check_seq(p, horizon, "proposal")
-                                 for p in (proposal if proposal.ndim == 3 else proposal[None])])
+            proposal = self._check_seq(proposal, horizon, "proposal")
             if held is not None:
                 proposal = np.where(held, hold, proposal)
-            proposal = self.project(proposal, q0)[: max(cfg.samples - 1, 0)]
+            proposal = self.project(proposal, q0)
         rng = rng if rng is not None else np.random.default_rng()
 
         best_plan, best_cost = None, np.inf
@@ -196,8 +193,8 @@ class CEM:
             samples = self.project(mean[None] + std[None] * noise, q0)
             # The current mean is always a candidate: CEM then never ends worse than its start.
             samples[0] = self.project(mean, q0)
-            if proposal is not None:
-                samples[1:1 + len(proposal)] = proposal
+            if proposal is not None and len(samples) > 1:
+                samples[1] = proposal
             costs = self._evaluate(cost_fn, samples)
             evaluations += len(samples)
             samples, costs = np.concatenate([samples, kept]), np.concatenate([costs, kept_costs])

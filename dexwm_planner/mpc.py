@@ -39,10 +39,7 @@ class MPCConfig:
     # Start the search of each goal from a reference motion (dexwm_planner.reference_motion, given
     # as ``reference_fn``) instead of the current joints: whenever a replan has no warm start, the
     # CEM mean is the reference's rows for the steps ahead (the paper starts its grasp's CEM from a
-    # reference joint trajectory). The reference's rows for the steps ahead are also offered as a
-    # candidate at every replan, so the world model can keep following it after the first replan
-    # (the warm start alone drifts away from it within a few noisy iterations). "none": from the
-    # current joints.
+    # reference joint trajectory). "none": from the current joints.
     reference: str = "none"
     # What is executed: "best", the lowest-cost plan the CEM scored, or "mean", its final sampling mean
     # (the elites' average, what the paper's planner executes). The best of many noisy samples is
@@ -229,18 +226,14 @@ class MPCPlanner:
         def cost_fn(samples: np.ndarray) -> np.ndarray:
             return objective(context, q, samples, context_actions)
 
-        proposals = []
+        proposal = None
         if self.config.hand_proposal and objective.goal_hand_pixels is not None:
             if self.goal_joints_estimate is None:
                 from .hand_proposal import estimate_goal_joints
 
                 self.goal_joints_estimate = estimate_goal_joints(
                     self.hand_pixels_fn, objective.goal_hand_pixels, q, self.cem.lower, self.cem.upper)
-            proposals.append(np.repeat(self.goal_joints_estimate[None], horizon, axis=0))
-        reference = self._reference_mean(q, horizon)
-        if reference is not None:
-            proposals.append(reference)
-        proposal = np.stack(proposals) if proposals else None
+            proposal = np.repeat(self.goal_joints_estimate[None], horizon, axis=0)
         result: CEMResult = self.cem.optimize(cost_fn, q, horizon=horizon, mean=mean, std=std, rng=self.rng,
                                               should_stop=should_stop, hold=hold, proposal=proposal)
         stopped = bool(should_stop and should_stop() and len(result.cost_history) < self.config.cem.iterations)

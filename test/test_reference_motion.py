@@ -94,44 +94,6 @@ def test_the_mpc_search_starts_from_the_reference_rows_and_follows_them():
         MPCPlanner(model, delta_actions, lower, upper, flat)
 
 
-def test_the_rest_of_the_reference_is_a_candidate_at_every_replan():
-    """After the first replan the warm start carries the search, and with a wide sampling std it
-    drifts off the reference; the reference's rows for the steps ahead are then still offered to the
-    CEM as a candidate at every replan (its last row held past its end)."""
-    from test_planner_models import LinearTestModel, delta_actions
-
-    model = LinearTestModel()
-    lower, upper = np.full(DOF, -1.0), np.full(DOF, 1.0)
-    rows = np.linspace(0.0, 0.5, 6)[1:, None] * np.ones((1, DOF))
-    cem = CEMConfig(samples=8, elites=2, iterations=1, horizon=3, std_arm=0.3, std_hand=0.3,
-                    max_step_arm=0.25, max_step_hand=0.25)
-    planner = MPCPlanner(model, delta_actions, lower, upper, MPCConfig(cem=cem, reference="grasp"), seed=0,
-                         reference_fn=lambda q: rows)
-    offered = []
-    optimize = planner.cem.optimize
-
-    def spy(*args, **kwargs):
-        offered.append(kwargs.get("proposal"))
-        return optimize(*args, **kwargs)
-    planner.cem.optimize = spy
-    planner.set_goal(model.render(np.full(DOF, -0.5)))      # the cost leads away from the reference
-    q = np.zeros(DOF)
-    for step in range(len(rows) + 2):
-        planner.observe(model.render(q), q)
-        plan = planner.step(q)
-        ahead = rows[np.minimum(np.arange(step, step + plan.horizon), len(rows) - 1)]
-        assert offered[-1] is not None and any(np.allclose(p, ahead) for p in offered[-1]), step
-        q = plan.command
-    # Without a reference nothing is offered.
-    plain = MPCPlanner(model, delta_actions, lower, upper, MPCConfig(cem=cem), seed=0)
-    optimize_plain, seen = plain.cem.optimize, []
-    plain.cem.optimize = lambda *a, **k: seen.append(k.get("proposal")) or optimize_plain(*a, **k)
-    plain.set_goal(model.render(np.zeros(DOF)))
-    plain.observe(model.render(np.zeros(DOF)), np.zeros(DOF))
-    plain.step(np.zeros(DOF))
-    assert seen == [None]
-
-
 
 def lift_by_reference(env, kin, seed: int, max_step: np.ndarray) -> float:
     """Height [m] the grasp stage's object rises when the reference motion runs from the stage's
