@@ -93,8 +93,18 @@ def join_graph(env: dict[str, str]) -> None:
             os.environ[name] = env[name]
 
 
+def default_signals():
+    """For a child process (``preexec_fn``): SIGINT and SIGTERM at their default dispositions. A
+    process started in the background by a non-interactive shell (nohup, CI, ``cmd &`` in a script)
+    has SIGINT ignored, and its children inherit that: a node would then lose a Ctrl-C that comes
+    before it installs its own handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _die_with_parent():
     """Children get SIGTERM if dexwm-up itself is killed, so no node is ever orphaned."""
+    default_signals()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from dexwm_ros.bringup import stop_process_group
+from dexwm_ros.bringup import default_signals, stop_process_group
 
 # A joint that moved more than this [rad] after a command that had to be refused counts as executed.
 MOVED_RAD = 0.02
@@ -91,7 +91,7 @@ class Processes:
     def start(self, label: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{label}.log", "wb")
         proc = subprocess.Popen(cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_signals)
         log.close()
         self.procs[label] = proc
         return proc
@@ -135,16 +135,20 @@ class Probe:
         from sensor_msgs.msg import JointState
         from trajectory_msgs.msg import JointTrajectory
 
-        from dexwm_ros.action import MoveJoints
+        from dexwm_ros.action import Execute, MoveJoints
 
         self.node = Node("dexwm_faults_probe", context=context)
         self.states = {"arm": None, "hand": None}
+        self.received = {"arm": 0, "hand": 0}     # messages so far: a stalled publisher is not a still robot
         self.diagnostics: list = []
         self.node.create_subscription(JointState, "/franka/joint_states", lambda m: self._state("arm", m), 10)
         self.node.create_subscription(JointState, "/allegro/joint_states", lambda m: self._state("hand", m), 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 50)
         self.actions = {"arm": ActionClient(self.node, MoveJoints, "/franka/move_joints"),
                         "hand": ActionClient(self.node, MoveJoints, "/allegro/move_joints")}
+        # Every action client before the executor spins: rclpy's ActionClient registers itself with
+        # the node before it is complete, and a spinning executor can then touch it half-made.
+        self.execute = ActionClient(self.node, Execute, "/dexwm/execute")
         self.arm_pub = self.node.create_publisher(JointTrajectory, "/franka/joint_command", 10)
         self.hand_pub = self.node.create_publisher(JointState, "/allegro/joint_command", 10)
         self.executor = MultiThreadedExecutor(num_threads=3, context=context)
@@ -162,6 +166,7 @@ class Probe:
 
     def _state(self, part, msg):
         self.states[part] = np.asarray(msg.position, dtype=float)
+        self.received[part] += 1
 
     def _diag(self, msg):
         self.diagnostics.append(msg)
@@ -179,12 +184,14 @@ class Probe:
 
     def wait_still(self, part: str, timeout: float = 30.0) -> bool:
         """True once the part has not moved for half a second (a case must not measure a motion
-        that was under way before it)."""
+        that was under way before it), judged on states that kept arriving meanwhile: a driver
+        that publishes nothing for a while (a simulation busy resetting its episode) is not still."""
         def still():
-            first = self.q(part)
+            first, seen = self.q(part), self.received[part]
             time.sleep(0.5)
             last = self.q(part)
-            return first is not None and last is not None and float(np.max(np.abs(last - first))) < 0.002
+            return (first is not None and last is not None and self.received[part] - seen >= 3
+                    and float(np.max(np.abs(last - first))) < 0.002)
         return bool(_wait(still, timeout, interval=0.0))
 
     def stamp(self, age: float | None):
@@ -611,8 +618,7 @@ def planner_cases(r: Runner) -> None:
 
     p, g = r.probe, "planner"
     capture = p.node.create_client(Trigger, "/dexwm/capture_goal")
-    from rclpy.action import ActionClient
-    execute = ActionClient(p.node, Execute, "/dexwm/execute")
+    execute = p.execute
     if not (capture.wait_for_service(timeout_sec=120) and execute.wait_for_server(timeout_sec=60)):
         r.check(g, "planner_started", "bring-up", lambda: (False, r.processes.log("planner")[-1500:]))
         return

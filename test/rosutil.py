@@ -4,13 +4,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from dexwm_ros.bringup import stop_process_group
+from dexwm_ros.bringup import default_signals, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -58,7 +57,7 @@ def process(cmd: list[str], env: dict[str, str], log_path: Path | None = None, s
     # SIGINT at its default in the child even when this run was started as a background job (which
     # inherits it ignored): the stop below relies on it.
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=str(ROOT), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            cwd=str(ROOT), preexec_fn=default_signals)
     try:
         yield proc
     finally:

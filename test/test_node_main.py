@@ -82,3 +82,27 @@ def test_a_hung_teardown_is_ended_by_the_watchdog_with_the_stacks(tmp_path, doma
     assert 2.5 < seconds < 15.0, (seconds, text)
     # faulthandler's dump names the function that hung
     assert "Timeout" in text and "destroy_node" in text.split("Timeout", 1)[1], text
+
+
+def test_a_node_started_with_sigint_ignored_still_ends_on_a_ctrl_c_during_its_imports(tmp_path, domain_id):
+    """A node launched in the background by a non-interactive shell inherits SIGINT ignored; the
+    generated executable restores it first, so a Ctrl-C while it still imports torch ends it
+    (quietly, 130) instead of being lost and the node running on."""
+    from rosutil import node_command
+
+    log = tmp_path / "planner.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(node_command("planner"), env=ros_env(domain_id), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        time.sleep(0.5)          # the executable has started and is importing (torch takes seconds)
+        assert proc.poll() is None, log.read_text()
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=30)      # before the fix the interrupt was lost: it never ended
+        text = log.read_text()
+        assert code in (0, 130) and "Traceback" not in text, (code, text)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

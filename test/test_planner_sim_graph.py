@@ -46,16 +46,18 @@ def sim_graph(node_env, rclpy_context, tmp_path):
         node = rclpy.create_node("sim_graph_probe", context=rclpy_context)
         joints = {}
         node.create_subscription(JointState, "/franka/joint_states", lambda m: joints.__setitem__("arm", m), 10)
-        executor = MultiThreadedExecutor(num_threads=2, context=rclpy_context)
-        executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
+        # The clients before the executor spins: rclpy's ActionClient registers itself with the node
+        # before it is complete, and a spinning executor then fails on the half-made client.
         clients = {
             "reset": node.create_client(ResetEpisode, "/sim/reset"),
             "capture": node.create_client(Trigger, "/dexwm/capture_goal"),
             "execute": ActionClient(node, Execute, "/dexwm/execute"),
             "joints": joints,
         }
+        executor = MultiThreadedExecutor(num_threads=2, context=rclpy_context)
+        executor.add_node(node)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
         try:
             def ready():
                 assert sim.poll() is None, (tmp_path / "sim.log").read_text()[-3000:]
