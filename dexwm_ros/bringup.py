@@ -132,11 +132,6 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0, abort_grac
     return proc.returncode
 
 
-def stop_graph(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a dexwm-up started in its own session (it stops its nodes on SIGINT)."""
-    stop_process_group(proc, timeout)
-
-
 class Bringup:
     """A set of node processes that live and die together."""
 

@@ -44,7 +44,7 @@ from rcl_interfaces.srv import SetParameters
 from dexwm_planner.world_model import default_checkpoint
 from dexwm_robot.tasks import TASK_KINDS
 from dexwm_ros.action import Execute
-from dexwm_ros.bringup import join_graph, ros_environment, stop_graph, tool_executable
+from dexwm_ros.bringup import join_graph, ros_environment, stop_process_group, tool_executable
 from dexwm_ros.image_conversion import image_to_numpy, numpy_to_image
 from dexwm_ros.msg import EpisodeState
 from dexwm_ros.srv import ResetEpisode
@@ -254,7 +254,7 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
         executor.shutdown()
         client.destroy_node()
         rclpy.try_shutdown()
-        stop_graph(up)
+        stop_process_group(up)    # dexwm-up stops its nodes on SIGINT
         log.close()
 
     _write_artifacts(out_dir, client.frames, costs, summary)

@@ -812,7 +812,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
     from tqdm import tqdm
 
     from dexwm_ros.action import Execute
-    from dexwm_ros.bringup import stop_graph, tool_executable
+    from dexwm_ros.bringup import stop_process_group, tool_executable
     from dexwm_ros.msg import EpisodeState
     from dexwm_ros.srv import HoldEpisode, ResetEpisode
 
@@ -936,7 +936,7 @@ def run_through_ros(settings: EvalSettings, progress: bool = True, startup_timeo
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        stop_graph(graph)
+        stop_process_group(graph)
         if log_path:
             log.close()
     return outcomes

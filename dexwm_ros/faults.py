@@ -18,7 +18,6 @@ bring-up cases.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal

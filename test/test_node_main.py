@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rosutil import ros_env
+from rosutil import node_command, ros_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,8 +88,6 @@ def test_a_node_started_with_sigint_ignored_still_ends_on_a_ctrl_c_during_its_im
     """A node launched in the background by a non-interactive shell inherits SIGINT ignored; the
     generated executable restores it first, so a Ctrl-C while it still imports torch ends it
     (quietly, 130) instead of being lost and the node running on."""
-    from rosutil import node_command
-
     log = tmp_path / "planner.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(node_command("planner"), env=ros_env(domain_id), stdout=out,
