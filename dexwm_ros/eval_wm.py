@@ -4,6 +4,7 @@
     dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean] [--probe-target position|change]
 
     dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
+    dexwm-eval-wm --grasp-sensitivity [--checkpoint C] [--scenes N] [--first-seed S] [--json]
     dexwm-eval-wm --object-sensitivity --encoder crop=[...] --encoder projection=whiten \
         --fit-data DIR [--cache-dir D] [--json]
 
@@ -11,7 +12,8 @@ The open-loop evaluation is the planner's (``dexwm_planner.eval_wm``, whose docs
 measures and writes). ``--object-sensitivity`` measures instead how much the checkpoint's latent
 (encoder + projection, as the planner sees it) registers objects: over N >= 20 seeded place scenes,
 the median of latent-MSE(object moved to its place target) / latent-MSE(arm joint 1 + 0.05 rad); see
-``dexwm_ros.object_sensitivity``. With ``--encoder KEY=VALUE`` it measures a candidate
+``dexwm_ros.object_sensitivity``. ``--grasp-sensitivity`` asks whether that latent scores a held object
+closer to a grasp goal than a hand closed beside it (``dexwm_ros.grasp_sensitivity``). With ``--encoder KEY=VALUE`` it measures a candidate
 representation instead: the checkpoint's (or the default) encoder config with these overrides, its
 projection fitted on the episodes of ``--fit-data`` exactly as ``dexwm-train`` fits it. The command
 lives here, above the planner and the simulation, because that mode renders simulation scenes.
@@ -46,8 +48,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     ap.add_argument("--object-sensitivity", action="store_true",
                     help="measure object vs arm sensitivity of the latent on seeded place scenes")
-    ap.add_argument("--scenes", type=int, default=MIN_SCENES, help=f"place scenes (>= {MIN_SCENES})")
-    ap.add_argument("--first-seed", type=int, default=0, help="seed of the first place scene")
+    ap.add_argument("--grasp-sensitivity", action="store_true",
+                    help="measure whether the latent prefers a held object to a hand closed beside it, on "
+                         "the paper protocol's grasp stages")
+    ap.add_argument("--scenes", type=int, default=MIN_SCENES,
+                    help=f"place scenes (>= {MIN_SCENES}); --grasp-sensitivity: grasp stages")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seed of the first place scene; --grasp-sensitivity: first evaluation seed (as dexwm-eval --seed)")
     ap.add_argument("--encoder", action="append", default=[], metavar="KEY=VALUE",
                     help="measure a candidate encoder: the checkpoint's encoder config with this override")
     ap.add_argument("--fit-data", default=None, help="episodes to fit a candidate encoder's projection on")
@@ -72,12 +79,16 @@ def main(argv=None) -> int:
         from dexwm_ros.object_sensitivity import run
 
         return run(args)
+    if args.grasp_sensitivity:
+        from dexwm_ros.grasp_sensitivity import run
+
+        return run(args)
     if args.checkpoint_opt:
         if args.checkpoint and not args.data:   # `--checkpoint C DATA`
             args.data = args.checkpoint
         args.checkpoint = args.checkpoint_opt
     if not args.checkpoint or not args.data:
-        ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity)")
+        ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity or --grasp-sensitivity)")
     if args.fit_probe:
         return fit_probe(args)
     from dexwm_planner.eval_wm import open_loop

@@ -171,6 +171,8 @@ class EvalSettings:
     # (samples, elites, iterations[, kept elites]) of the CEM instead of the preset's; empty = the
     # preset's (search-budget sweeps: --search; kept elites: CEMConfig.keep_elites, default 0).
     search: tuple = ()
+    # (arm, hand) initial CEM sampling std [rad] instead of the preset's (0.3, 0.1); empty = the preset's.
+    std: tuple = ()
     checkpoint: str = ""
     protocol: str = "paper"
     planner_seeds: int = 1
@@ -215,7 +217,10 @@ class EvalSettings:
         self.objective()                            # raises on a bad weight
         if self.search:
             self.search = tuple(int(v) for v in self.search)
-            shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size
+        self.std = tuple(float(v) for v in self.std)
+        if self.std and len(self.std) != 2:
+            raise ValueError(f"std needs two values (arm, hand), got {self.std}")
+        shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size or std
         self.subgoal_marks = tuple(self.subgoal_marks)
         if self.subgoal_marks and not self.subgoals:
             raise ValueError("subgoal marks need subgoals (--subgoals)")
@@ -278,11 +283,12 @@ class EvalSettings:
         return StopRule(done_cost=float(done), plateau_steps=int(self.plateau_steps), max_steps=int(self.max_steps))
 
     def search_changes(self) -> dict:
-        """CEM changes of ``search`` (none for the preset's own search)."""
+        """CEM changes of ``search`` and ``std`` (none for the preset's own search)."""
+        changes = dict(std_arm=self.std[0], std_hand=self.std[1]) if self.std else {}
         if not self.search:
-            return {}
+            return changes
         samples, elites, iterations, *kept = self.search
-        changes = dict(samples=samples, elites=elites, iterations=iterations, chunk=samples)
+        changes.update(samples=samples, elites=elites, iterations=iterations, chunk=samples)
         return {**changes, "keep_elites": kept[0]} if kept else changes
 
     def search_settings(self):
@@ -415,7 +421,8 @@ def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_c
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
-    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset, cem_changes=random_shooting_changes(cem),
+    policy = WorldModelPolicy(model, kinematics, world_to_camera, preset,
+                              cem_changes={**(search_changes or {}), **random_shooting_changes(cem)},
                               objective=objective, search=search, hand_proposal=hand_proposal,
                               goal_hand_reader=goal_hand_reader, reference=reference, execute=execute)
     policy.name = "random_shooting_wm"
@@ -1011,7 +1018,7 @@ def plot_success(results: dict, path: Path) -> None:
 
 # Settings added after results were saved, with the value every run before them had: a result
 # without "search" ran the preset's own search.
-_BEFORE_THE_SETTING = {"search": []}
+_BEFORE_THE_SETTING = {"search": [], "std": []}
 
 
 def _setting(result: dict, key: str):
@@ -1025,7 +1032,7 @@ def agreement(a: dict, b: dict) -> dict:
     shared = sorted(set(left) & set(right))
     same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
     same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
-    keys = ("protocol", "max_steps", "preset", "search", "checkpoint", "move_duration_s", "move_timeout_s",
+    keys = ("protocol", "max_steps", "preset", "search", "std", "checkpoint", "move_duration_s", "move_timeout_s",
             "goal_tolerance", "plateau_steps", "done_cost")
     settings_differ = [k for k in keys if _setting(a, k) != _setting(b, k)]
     return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
@@ -1258,6 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", default="", metavar="SAMPLES,ELITES,ITERATIONS[,KEPT]",
                         help="CEM search size instead of the preset's (search-budget sweeps; the random-shooting "
                              "baseline gets the same total); KEPT: elites carried into the next iteration")
+    parser.add_argument("--std", default="", metavar="ARM,HAND",
+                        help="initial CEM sampling std [rad] of the arm and the hand joints instead of the preset's "
+                             "(0.3,0.1); the random-shooting baseline samples with the same")
     parser.add_argument("--hold-s", type=float, default=HOLD_S, help="simulated hold after the stop before judging")
     parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
     parser.add_argument("--hand-pixel-weight", type=float, default=HAND_PIXEL_WEIGHT,
@@ -1347,8 +1357,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--search needs SAMPLES,ELITES,ITERATIONS[,KEPT] (three or four integers), "
                          f"got {args.search!r}")
-    if args.through_ros and (args.preset != "cpu" or search):
-        parser.error("--through-ros uses the planner node's configured preset and search (config/planner.yaml)")
+    std = ()
+    if args.std:
+        try:
+            std = tuple(float(v) for v in args.std.split(","))
+            if len(std) != 2:
+                raise ValueError
+        except ValueError:
+            parser.error(f"--std needs ARM,HAND (two numbers in rad), got {args.std!r}")
+    if args.through_ros and (args.preset != "cpu" or search or std):
+        parser.error("--through-ros uses the planner node's configured preset, search and std (config/planner.yaml)")
     if args.through_ros and args.planner_seeds != 1:
         parser.error("--through-ros runs one planner seed per episode")
     if args.subgoals and (args.protocol, args.task) != ("composite", "pick-place"):
@@ -1365,7 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:
         settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
-                                max_steps=args.max_steps, preset=args.preset, search=search, checkpoint=args.checkpoint,
+                                max_steps=args.max_steps, preset=args.preset, search=search, std=std, checkpoint=args.checkpoint,
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,

@@ -354,6 +354,24 @@ def test_search_size_replaces_the_presets_for_the_planner_and_the_random_shootin
         assert exit_info.value.code == 2 and why in capsys.readouterr().err
 
 
+def test_sampling_std_replaces_the_presets_for_the_planner_and_random_shooting(capsys):
+    """--std ARM,HAND sets the initial CEM std of the planner and of random shooting alike; a std the
+    CEM refuses (not positive) or a malformed value stops the run before any episode."""
+    from dexwm_planner.cem import CPU
+
+    settings = ev.EvalSettings(protocol="paper", task="grasp", std=(0.02, 0.05), search=(16, 4, 2))
+    for policy in (ev.WorldModelPolicy(None, None, None, "cpu", settings.search_changes()),
+                   ev.random_shooting_wm(None, None, None, "cpu", settings.search_changes())):
+        assert (policy.config.cem.std_arm, policy.config.cem.std_hand) == (0.02, 0.05)
+    assert ev.random_shooting_wm(None, None, None, "cpu", settings.search_changes()).config.cem.samples == 32
+    preset = ev.WorldModelPolicy(None, None, None, "cpu", ev.EvalSettings(protocol="paper", task="grasp").search_changes())
+    assert (preset.config.cem.std_arm, preset.config.cem.std_hand) == (CPU.std_arm, CPU.std_hand)
+    for bad, why in (("0.02", "--std needs"), ("0.02,x", "--std needs"), ("0,0.05", "std_arm must be a positive")):
+        with pytest.raises(SystemExit) as exit_info:
+            ev.main(["--protocol", "paper", "--task", "grasp", "--std", bad, "--out", "/nonexistent/r.json"])
+        assert exit_info.value.code == 2 and why in capsys.readouterr().err
+
+
 def test_planned_hand_term_is_the_planner_nodes_and_shared_with_random_shooting(capsys):
     """The evaluation plans with the planner node's default cost (config/planner.yaml), random
     shooting with the same cost; --hand-pixel-weight changes both, a negative weight is refused."""

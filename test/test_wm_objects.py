@@ -163,3 +163,31 @@ def test_old_checkpoints_load_with_the_default_frame_step(tmp_path):
     torch.save(ck, tmp_path / "old.pt")
     old = DexWM.load(str(tmp_path / "old.pt"))
     assert old.frame_step == pytest.approx(0.2) and not old.encoder.config.per_position
+
+
+def test_grasp_sensitivity_compares_a_held_object_with_a_hand_closed_in_the_air(capsys):
+    """Tuning grasp stages: the reference grasp ends with the object raised in the hand, the in-air
+    motion with the hand closed at the same height and the object on the table; the command reports
+    the cost of each to the goal latent and their ratio, and refuses too few stages."""
+    from dexwm_ros import eval_wm
+    from dexwm_ros.grasp_sensitivity import measure, render_stages
+
+    stages = render_stages(5, seed=500, progress=False)
+    assert [s.seed for s in stages] == list(range(1_000_500, 1_000_505))
+    for s in stages:
+        assert s.held_holds and not s.in_air_touches
+        changed = np.abs(s.held.astype(int) - s.in_air).sum(-1) > 30
+        assert changed.sum() > 100                      # the two end frames differ (object, fingers)
+
+    def pixels(images):
+        x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255
+        return torch.nn.functional.avg_pool2d(x, 8).flatten(2).transpose(1, 2)
+
+    res = measure(pixels, stages)
+    assert res["valid_stages"] == 5
+    for p in res["per_stage"]:
+        assert p["in_air_to_held_ratio"] == pytest.approx(p["cost_in_air"] / p["cost_held"])
+    assert res["in_air_to_held_ratio_median"] == pytest.approx(
+        np.median([p["in_air_to_held_ratio"] for p in res["per_stage"]]))
+    assert eval_wm.main(["--grasp-sensitivity", "--scenes", "4"]) == 2
+    assert "--scenes >= 5" in capsys.readouterr().err
