@@ -12,13 +12,25 @@ start, under the planner's per-step caps and model step (the evaluation's own ep
            posture at the end, the object still on the table
 
 and the last frame each motion's policy observed is encoded by the checkpoint's encoder (backbone +
-projection, as the planner sees it). Per stage: the latent cost (MSE to the goal image's latent, the
+projection, as the planner sees it; or a candidate, ``--encoder KEY=VALUE`` as for
+``--object-sensitivity``). Per stage: the latent cost (MSE to the goal image's latent, the
 cost the planner's stop rule reads) of the start frame, of ``held`` and of ``in_air``;
 ``in_air_to_held_ratio`` = cost(in_air) / cost(held). Above 1 the latent prefers holding; a
 planner needs well above 1 to tell them apart through a predicted rollout. Stages where ``held``
 did not in fact hold the object (the strict grasp check: raised >= 3 cm and touching) or ``in_air``
 touched it are reported but left out of the medians. The simulator's state is read only to judge
 that, never by the motions.
+
+The costs above mix two things: whether the latent registers the object in the hand, and how far
+the motions' arm pose is from the goal's. A static part separates them, in the manner of
+``--object-sensitivity``: from the goal state itself (the demonstration's solved stage), frames that
+differ by one change each, rendered without a physics step: ``no_object`` puts the object back where
+it rested at the stage's start (hand and arm as in the goal, fingers closed around nothing), ``arm``
+turns arm joint 1 by +0.05 rad. ``in_hand_to_arm_ratio`` = MSE(z_no_object - z_goal) /
+MSE(z_arm - z_goal): how much the held object counts against a small arm error at a perfect pose.
+``no_object_pixels`` counts the pixels that taking the object out of the hand changes at all (sum of
+the RGB differences > 30), whatever the encoder: where the hand hides the object from the camera, no
+latent of that frame can tell.
 """
 from __future__ import annotations
 
@@ -32,6 +44,7 @@ import numpy as np
 from dexwm_ros import evaluate as ev
 
 DEFAULT_STAGES = 20
+PIXEL_CHANGE = 30           # a pixel changed: sum of its absolute RGB differences above this
 MIN_STAGES = 5
 
 
@@ -44,6 +57,9 @@ class StageFrames:
     in_air: np.ndarray
     held_holds: bool           # the strict grasp check after the held motion
     in_air_touches: bool       # the hand touches the object after the in-air motion
+    goal_no_object: np.ndarray  # the goal state with the object back where it rested
+    goal_arm_moved: np.ndarray  # the goal state with arm joint 1 + ARM_JOINT1_DELTA
+    goal_rendered: np.ndarray   # the goal state rendered here (equals ``goal``: a check)
 
 
 def motions(depth: float = 0.08, lift: float = 0.12) -> dict:
@@ -81,10 +97,34 @@ def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", 
                                 bool(runner.env.hand_touches(episode.object_kind)))
             out.append(StageFrames(start.seed, frames["start"], np.asarray(start.goal.image), frames["held"],
                                    frames["in_air"], held_holds=checks["held"][0],
-                                   in_air_touches=checks["in_air"][1]))
+                                   in_air_touches=checks["in_air"][1],
+                                   **_goal_variants(runner.env, settings.sim_task, start)))
         return out
     finally:
         runner.env.close()
+
+
+def _goal_variants(env, task: str, start) -> dict:
+    """The goal state (the demonstration solved from the stage's start, as the evaluation makes its
+    goal image), and it with one change each."""
+    from dexwm_ros.object_sensitivity import ARM_JOINT1_DELTA
+    from dexwm_sim import tasks
+
+    tasks.solve(env, env.reset(task, start.seed))
+    goal = env.get_state()
+    width, height = env.render_size
+    rendered = env.render(width, height)
+    adr = env.scene.object_qpos_adr[env.episode.object_kind]
+    no_object = dict(goal, qpos=goal["qpos"].copy())
+    no_object["qpos"][adr:adr + 7] = start.state["qpos"][adr:adr + 7]
+    env.set_state(no_object)
+    without = env.render(width, height)
+    arm = dict(goal, qpos=goal["qpos"].copy())
+    arm["qpos"][env.scene.qpos_adr[0]] += ARM_JOINT1_DELTA
+    env.set_state(arm)
+    arm_moved = env.render(width, height)
+    env.set_state(goal)
+    return {"goal_no_object": without, "goal_arm_moved": arm_moved, "goal_rendered": rendered}
 
 
 class RecordingReference(ev.ReferenceMotionPolicy):
@@ -105,6 +145,10 @@ class RecordingReference(ev.ReferenceMotionPolicy):
         return float("nan")
 
 
+def _changed_pixels(a: np.ndarray, b: np.ndarray) -> int:
+    return int((np.abs(a.astype(np.int32) - b).sum(-1) > PIXEL_CHANGE).sum())
+
+
 def measure(encode, stages) -> dict:
     """Per-stage latent costs and ratios for an encoder ``encode(uint8 (B, H, W, 3)) -> (B, P, d)``."""
     import torch
@@ -112,15 +156,26 @@ def measure(encode, stages) -> dict:
     per_stage = []
     with torch.no_grad():
         for s in stages:
-            z = torch.as_tensor(encode(np.stack([s.goal, s.start, s.held, s.in_air]))).double()
-            goal, start, held, in_air = (float(((z[i] - z[0]) ** 2).mean()) for i in range(4))
+            z = torch.as_tensor(encode(np.stack([s.goal, s.start, s.held, s.in_air, s.goal_no_object,
+                                                 s.goal_arm_moved]))).double()
+            _, start, held, in_air, in_hand, arm = (float(((z[i] - z[0]) ** 2).mean()) for i in range(6))
             per_stage.append({"seed": s.seed, "cost_start": start, "cost_held": held, "cost_in_air": in_air,
                               "in_air_to_held_ratio": in_air / held if held > 0 else float("inf"),
+                              "in_hand_mse": in_hand, "arm_mse": arm,
+                              "no_object_pixels": _changed_pixels(s.goal_no_object, s.goal),
+                              "arm_pixels": _changed_pixels(s.goal_arm_moved, s.goal),
+                              "held_vs_in_air_pixels": _changed_pixels(s.held, s.in_air),
+                              "in_hand_to_arm_ratio": in_hand / arm if arm > 0 else float("inf"),
                               "held_holds": s.held_holds, "in_air_touches": s.in_air_touches,
                               "valid": bool(s.held_holds and not s.in_air_touches)})
     valid = [p for p in per_stage if p["valid"]]
     ratios = np.array([p["in_air_to_held_ratio"] for p in valid])
+    static = np.array([p["in_hand_to_arm_ratio"] for p in per_stage])
     return {
+        "in_hand_to_arm_ratio_median": float(np.median(static)),
+        "no_object_pixels_median": float(np.median([p["no_object_pixels"] for p in per_stage])),
+        "arm_pixels_median": float(np.median([p["arm_pixels"] for p in per_stage])),
+        "in_hand_to_arm_ratio_quartiles": [float(np.percentile(static, 25)), float(np.percentile(static, 75))],
         "in_air_to_held_ratio_median": float(np.median(ratios)) if len(valid) else None,
         "in_air_to_held_ratio_quartiles": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]
         if len(valid) else None,
@@ -138,6 +193,7 @@ def measure(encode, stages) -> dict:
 def run(args) -> int:
     """``dexwm-eval-wm --grasp-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
     from dexwm_planner.world_model import CheckpointError, DexWM, default_checkpoint
+    from dexwm_ros.object_sensitivity import ARM_JOINT1_DELTA, encoder_under_test
 
     if args.scenes < MIN_STAGES:
         print(f"dexwm-eval-wm: --grasp-sensitivity needs --scenes >= {MIN_STAGES}", file=sys.stderr)
@@ -145,21 +201,26 @@ def run(args) -> int:
     checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
         wm = DexWM.load(checkpoint)
+        encoder, fit = encoder_under_test(wm, args)
         stages = render_stages(args.scenes, args.first_seed, checkpoint, progress=not args.json)
-        res = measure(wm.encode, stages)
-    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        res = measure(encoder, stages)
+    except (CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
     res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
+               encoder=dataclasses.asdict(encoder.config), projection_fit=fit,
                motions={k: dataclasses.asdict(v) for k, v in motions().items()})
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"{res['stages']} paper grasp stages (evaluation seeds from {args.first_seed}), {res['valid_stages']} valid")
-    print("seed      start   held  in_air  in_air/held  valid")
+    print("seed      start   held  in_air  in_air/held  valid  in_hand/arm")
     for p in res["per_stage"]:
         print(f"{p['seed']:8d}  {p['cost_start']:5.3f}  {p['cost_held']:5.3f}  {p['cost_in_air']:6.3f}  "
-              f"{p['in_air_to_held_ratio']:11.2f}  {'yes' if p['valid'] else 'no'}")
+              f"{p['in_air_to_held_ratio']:11.2f}  {'yes' if p['valid'] else 'no ':5s}  {p['in_hand_to_arm_ratio']:11.2f}")
+    print(f"in_hand_to_arm_ratio_median {res['in_hand_to_arm_ratio_median']:.3f} (the goal state without the "
+          f"object in the hand against arm joint 1 + {ARM_JOINT1_DELTA} rad); pixels changed, median: "
+          f"{res['no_object_pixels_median']:.0f} without the object, {res['arm_pixels_median']:.0f} by the arm")
     if res["valid_stages"]:
         print(f"in_air_to_held_ratio_median {res['in_air_to_held_ratio_median']:.3f}; held preferred in "
               f"{res['held_preferred_fraction']:.0%}, held below the start's cost in {res['held_below_start_fraction']:.0%}")

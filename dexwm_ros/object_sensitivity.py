@@ -108,12 +108,39 @@ def measure(encode: Callable[[np.ndarray], torch.Tensor], scenes: Sequence[Scene
     }
 
 
-def run(args) -> int:
-    """``dexwm-eval-wm --object-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
+def encoder_under_test(wm, args):
+    """The checkpoint's encoder, or with ``--encoder KEY=VALUE`` a candidate: the checkpoint's encoder
+    config with these overrides, its projection (if any) fitted on ``--fit-data`` as dexwm-train fits
+    it. Returns (encoder, what the projection was fitted on or None)."""
     import yaml
 
     from dexwm_planner.datasets import cached_tokens, load_episodes
     from dexwm_planner.encoders import EncoderConfig, FrozenEncoder
+
+    if not args.encoder:
+        return wm.encoder, None
+    fields = dataclasses.asdict(wm.encoder.config)
+    for item in args.encoder:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--encoder {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        fields[key] = yaml.safe_load(value)
+    encoder = FrozenEncoder(EncoderConfig(**fields))
+    if not encoder.config.proj_dim:
+        return encoder, None
+    if not args.fit_data:
+        raise ValueError("a projected candidate encoder needs --fit-data (episodes to fit it on)")
+    from dexwm_planner.train import fit_encoder_projection
+
+    episodes, _ = load_episodes(args.fit_data, args.kind, limit=args.episodes)
+    if not episodes:
+        raise ValueError(f"no readable episodes in {args.fit_data}")
+    fit_encoder_projection(encoder, [cached_tokens(ep, encoder, args.cache_dir) for ep in episodes])
+    return encoder, {"data": os.path.abspath(args.fit_data), "episodes": len(episodes)}
+
+
+def run(args) -> int:
+    """``dexwm-eval-wm --object-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
     from dexwm_planner.world_model import CheckpointError, DexWM, default_checkpoint
 
     if args.scenes < MIN_SCENES:
@@ -122,25 +149,7 @@ def run(args) -> int:
     checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
         wm = DexWM.load(checkpoint)
-        encoder, fit = wm.encoder, None
-        if args.encoder:
-            fields = dataclasses.asdict(wm.encoder.config)
-            for item in args.encoder:
-                key, sep, value = item.partition("=")
-                if not sep or key not in fields:
-                    raise ValueError(f"--encoder {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-                fields[key] = yaml.safe_load(value)
-            encoder = FrozenEncoder(EncoderConfig(**fields))
-            if encoder.config.proj_dim:
-                if not args.fit_data:
-                    raise ValueError("a projected candidate encoder needs --fit-data (episodes to fit it on)")
-                from dexwm_planner.train import fit_encoder_projection
-
-                episodes, _ = load_episodes(args.fit_data, args.kind, limit=args.episodes)
-                if not episodes:
-                    raise ValueError(f"no readable episodes in {args.fit_data}")
-                fit_encoder_projection(encoder, [cached_tokens(ep, encoder, args.cache_dir) for ep in episodes])
-                fit = {"data": os.path.abspath(args.fit_data), "episodes": len(episodes)}
+        encoder, fit = encoder_under_test(wm, args)
         scenes = render_scenes(args.scenes, args.first_seed)
         res = measure(encoder, scenes)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:

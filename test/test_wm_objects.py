@@ -178,6 +178,8 @@ def test_grasp_sensitivity_compares_a_held_object_with_a_hand_closed_in_the_air(
         assert s.held_holds and not s.in_air_touches
         changed = np.abs(s.held.astype(int) - s.in_air).sum(-1) > 30
         assert changed.sum() > 100                      # the two end frames differ (object, fingers)
+        assert np.array_equal(s.goal_rendered, s.goal)  # the static part starts from the goal image's state
+        assert (np.abs(s.goal_arm_moved.astype(int) - s.goal).sum(-1) > 30).sum() > 1000
 
     def pixels(images):
         x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255
@@ -187,6 +189,7 @@ def test_grasp_sensitivity_compares_a_held_object_with_a_hand_closed_in_the_air(
     assert res["valid_stages"] == 5
     for p in res["per_stage"]:
         assert p["in_air_to_held_ratio"] == pytest.approx(p["cost_in_air"] / p["cost_held"])
+        assert p["in_hand_to_arm_ratio"] == pytest.approx(p["in_hand_mse"] / p["arm_mse"])
     assert res["in_air_to_held_ratio_median"] == pytest.approx(
         np.median([p["in_air_to_held_ratio"] for p in res["per_stage"]]))
     assert eval_wm.main(["--grasp-sensitivity", "--scenes", "4"]) == 2
