@@ -12,11 +12,12 @@ The open-loop evaluation is the planner's (``dexwm_planner.eval_wm``, whose docs
 measures and writes). ``--object-sensitivity`` measures instead how much the checkpoint's latent
 (encoder + projection, as the planner sees it) registers objects: over N >= 20 seeded place scenes,
 the median of latent-MSE(object moved to its place target) / latent-MSE(arm joint 1 + 0.05 rad); see
-``dexwm_ros.object_sensitivity``. ``--grasp-sensitivity`` asks whether that latent scores a held object
-closer to a grasp goal than a hand closed beside it (``dexwm_ros.grasp_sensitivity``). With ``--encoder KEY=VALUE`` it measures a candidate
-representation instead: the checkpoint's (or the default) encoder config with these overrides, its
-projection fitted on the episodes of ``--fit-data`` exactly as ``dexwm-train`` fits it. The command
-lives here, above the planner and the simulation, because that mode renders simulation scenes.
+``dexwm_ros.object_sensitivity``. ``--grasp-sensitivity`` asks whether that latent scores a held
+object closer to a grasp goal than a hand closed beside it (``dexwm_ros.grasp_sensitivity``). With
+``--encoder KEY=VALUE`` either measures a candidate representation instead: the checkpoint's (or
+the default) encoder config with these overrides, its projection fitted on the episodes of
+``--fit-data`` exactly as ``dexwm-train`` fits it. The command lives here, above the planner and the
+simulation, because those modes render simulation scenes.
 ``--fit-probe`` fits the checkpoint's object-position probe (``dexwm_planner.object_probe``) on the
 training part of DATA and writes ``<checkpoint>.probe.npz``, which the open-loop evaluation then
 reads; ``--held-out`` evaluates on the episodes of DATA that split keeps out (never trained on).
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=MIN_SCENES,
                     help=f"place scenes (>= {MIN_SCENES}); --grasp-sensitivity: grasp stages")
     ap.add_argument("--first-seed", type=int, default=0,
-                    help="seed of the first place scene; --grasp-sensitivity: first evaluation seed (as dexwm-eval --seed)")
+                    help="seed of the first place scene; --grasp-sensitivity: first evaluation seed "
+                         "(as dexwm-eval --seed)")
     ap.add_argument("--encoder", action="append", default=[], metavar="KEY=VALUE",
                     help="measure a candidate encoder: the checkpoint's encoder config with this override")
     ap.add_argument("--fit-data", default=None, help="episodes to fit a candidate encoder's projection on")

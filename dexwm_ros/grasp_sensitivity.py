@@ -217,11 +217,13 @@ def run(args) -> int:
     print("seed      start   held  in_air  in_air/held  valid  in_hand/arm")
     for p in res["per_stage"]:
         print(f"{p['seed']:8d}  {p['cost_start']:5.3f}  {p['cost_held']:5.3f}  {p['cost_in_air']:6.3f}  "
-              f"{p['in_air_to_held_ratio']:11.2f}  {'yes' if p['valid'] else 'no ':5s}  {p['in_hand_to_arm_ratio']:11.2f}")
+              f"{p['in_air_to_held_ratio']:11.2f}  {'yes' if p['valid'] else 'no ':5s}  "
+              f"{p['in_hand_to_arm_ratio']:11.2f}")
     print(f"in_hand_to_arm_ratio_median {res['in_hand_to_arm_ratio_median']:.3f} (the goal state without the "
           f"object in the hand against arm joint 1 + {ARM_JOINT1_DELTA} rad); pixels changed, median: "
           f"{res['no_object_pixels_median']:.0f} without the object, {res['arm_pixels_median']:.0f} by the arm")
     if res["valid_stages"]:
         print(f"in_air_to_held_ratio_median {res['in_air_to_held_ratio_median']:.3f}; held preferred in "
-              f"{res['held_preferred_fraction']:.0%}, held below the start's cost in {res['held_below_start_fraction']:.0%}")
+              f"{res['held_preferred_fraction']:.0%}, held below the start's cost in "
+              f"{res['held_below_start_fraction']:.0%}")
     return 0
