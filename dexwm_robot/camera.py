@@ -44,6 +44,21 @@ class HeadCamera:
     look_at: tuple[float, float, float] = DEFAULT_LOOK_AT
     fovy_deg: float = DEFAULT_FOVY_DEG
 
+    @classmethod
+    def orbit(cls, pitch_deg: float, azimuth_deg: float, distance: float | None = None) -> "HeadCamera":
+        """A camera looking at the default look-at point from ``pitch_deg`` down and ``azimuth_deg``
+        (from +x towards +y), ``distance`` metres away (default: the default camera's distance);
+        ``orbit(DEFAULT_PITCH_DEG, DEFAULT_AZIMUTH_DEG)`` is the default camera."""
+        look = np.asarray(DEFAULT_LOOK_AT, dtype=np.float64)
+        if distance is None:
+            distance = float(np.linalg.norm(np.asarray(_default_position()) - look))
+        if not (0.0 < pitch_deg < 90.0 and np.isfinite(azimuth_deg) and distance > 0):
+            raise ValueError(f"camera pitch must be in (0, 90) degrees and distance positive, got pitch "
+                             f"{pitch_deg}, azimuth {azimuth_deg}, distance {distance}")
+        p, a = np.radians(pitch_deg), np.radians(azimuth_deg)
+        position = look + distance * np.array([np.cos(p) * np.cos(a), np.cos(p) * np.sin(a), np.sin(p)])
+        return cls(position=tuple(float(v) for v in position), look_at=DEFAULT_LOOK_AT)
+
     # --- extrinsics -------------------------------------------------------------------------------
     @property
     def rotation_world_from_camera(self) -> np.ndarray:

@@ -4,7 +4,7 @@
     dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean] [--probe-target position|change]
 
     dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
-    dexwm-eval-wm --grasp-sensitivity [--checkpoint C] [--scenes N] [--first-seed S] [--json]
+    dexwm-eval-wm --grasp-sensitivity [--checkpoint C] [--scenes N] [--first-seed S] [--camera P,A] [--json]
     dexwm-eval-wm --object-sensitivity --encoder crop=[...] --encoder projection=whiten \
         --fit-data DIR [--cache-dir D] [--json]
 
@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--grasp-sensitivity", action="store_true",
                     help="measure whether the latent prefers a held object to a hand closed beside it, on "
                          "the paper protocol's grasp stages")
+    ap.add_argument("--camera", default="", metavar="PITCH,AZIMUTH",
+                    help="--grasp-sensitivity: render from a candidate head camera (degrees down, degrees "
+                         "from +x toward +y; default: the simulation's, 60,25)")
     ap.add_argument("--scenes", type=int, default=MIN_SCENES,
                     help=f"place scenes (>= {MIN_SCENES}); --grasp-sensitivity: grasp stages")
     ap.add_argument("--first-seed", type=int, default=0,
@@ -77,6 +80,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.camera and not args.grasp_sensitivity:
+        ap.error("--camera is an option of --grasp-sensitivity")
     if args.object_sensitivity:
         from dexwm_ros.object_sensitivity import run
 

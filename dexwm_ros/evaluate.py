@@ -680,12 +680,14 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     return sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
 
 
-def make_runner(settings: EvalSettings):
+def make_runner(settings: EvalSettings, camera=None):
+    """The lock-step simulation the episodes run in (``camera``: a dexwm_robot HeadCamera other than
+    the simulation's own, for measurements of candidate views)."""
     from dexwm_sim.runner import RunnerConfig, SimRunner
     from dexwm_sim.scene import SimEnv
 
     size = sim_camera_size()
-    env = SimEnv(render_size=size)
+    env = SimEnv(render_size=size, camera=camera)
     # Not started: the session moves it in this thread (SimulatedRobot), with the sim node's motion
     # semantics.
     return SimRunner(RunnerConfig(task=settings.sim_task, lockstep=True, image_size=size), env=env)

@@ -30,7 +30,10 @@ turns arm joint 1 by +0.05 rad. ``in_hand_to_arm_ratio`` = MSE(z_no_object - z_g
 MSE(z_arm - z_goal): how much the held object counts against a small arm error at a perfect pose.
 ``no_object_pixels`` counts the pixels that taking the object out of the hand changes at all (sum of
 the RGB differences > 30), whatever the encoder: where the hand hides the object from the camera, no
-latent of that frame can tell.
+latent of that frame can tell. ``--camera PITCH,AZIMUTH`` renders everything from a candidate head
+camera instead (dexwm_robot.camera.HeadCamera.orbit: same look-at point and distance), to check a
+view before collecting data under it; the checkpoint's encoder was fitted on the simulation's own
+view, so for another view its pixel counts are the figures to read.
 """
 from __future__ import annotations
 
@@ -70,8 +73,10 @@ def motions(depth: float = 0.08, lift: float = 0.12) -> dict:
             "in_air": GraspReference(depth=0.0, lift=lift - depth)}
 
 
-def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", progress: bool = True) -> list:
-    """Frames of the first ``n`` grasp stages from evaluation seed ``seed`` (offset like dexwm-eval's)."""
+def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", progress: bool = True,
+                  camera=None) -> list:
+    """Frames of the first ``n`` grasp stages from evaluation seed ``seed`` (offset like dexwm-eval's),
+    seen by ``camera`` (a HeadCamera; default: the simulation's)."""
     from tqdm import tqdm
 
     from dexwm_robot.kinematics import RobotKinematics
@@ -81,7 +86,7 @@ def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", 
                                hold_s=0.0)
     settings.resolve_step()
     kinematics = RobotKinematics.from_description()
-    runner = ev.make_runner(settings)
+    runner = ev.make_runner(settings, camera)
     try:
         starts, _ = ev.collect_starts(runner, settings, progress)
         out = []
@@ -200,15 +205,26 @@ def run(args) -> int:
         return 2
     checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
+        camera = None
+        if args.camera:
+            from dexwm_robot.camera import HeadCamera
+
+            try:
+                pitch, azimuth = (float(v) for v in args.camera.split(","))
+            except ValueError:
+                raise ValueError(f"--camera needs PITCH,AZIMUTH in degrees, got {args.camera!r}") from None
+            camera = HeadCamera.orbit(pitch, azimuth)
         wm = DexWM.load(checkpoint)
         encoder, fit = encoder_under_test(wm, args)
-        stages = render_stages(args.scenes, args.first_seed, checkpoint, progress=not args.json)
+        stages = render_stages(args.scenes, args.first_seed, checkpoint, progress=not args.json, camera=camera)
         res = measure(encoder, stages)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
     res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
                encoder=dataclasses.asdict(encoder.config), projection_fit=fit,
+               camera=None if camera is None else {"pitch_deg": pitch, "azimuth_deg": azimuth,
+                                                   "position": list(camera.position)},
                motions={k: dataclasses.asdict(v) for k, v in motions().items()})
     if args.json:
         print(json.dumps(res))

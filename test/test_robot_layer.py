@@ -84,3 +84,17 @@ def test_the_planner_loads_neither_the_simulation_nor_mujoco():
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_orbit_camera_at_the_default_pitch_and_azimuth_is_the_default_camera():
+    from dexwm_robot.camera import DEFAULT_AZIMUTH_DEG, DEFAULT_LOOK_AT, DEFAULT_PITCH_DEG, HeadCamera
+
+    default = HeadCamera()
+    assert np.allclose(HeadCamera.orbit(DEFAULT_PITCH_DEG, DEFAULT_AZIMUTH_DEG).position, default.position)
+    low = HeadCamera.orbit(30.0, DEFAULT_AZIMUTH_DEG)
+    assert low.pitch_deg == pytest.approx(30.0) and low.look_at == DEFAULT_LOOK_AT
+    assert np.linalg.norm(np.subtract(low.position, DEFAULT_LOOK_AT)) == pytest.approx(
+        np.linalg.norm(np.subtract(default.position, DEFAULT_LOOK_AT)))
+    for pitch in (0.0, 90.0, float("nan")):
+        with pytest.raises(ValueError, match="pitch"):
+            HeadCamera.orbit(pitch, 0.0)

@@ -194,3 +194,18 @@ def test_grasp_sensitivity_compares_a_held_object_with_a_hand_closed_in_the_air(
         np.median([p["in_air_to_held_ratio"] for p in res["per_stage"]]))
     assert eval_wm.main(["--grasp-sensitivity", "--scenes", "4"]) == 2
     assert "--scenes >= 5" in capsys.readouterr().err
+    assert eval_wm.main(["--grasp-sensitivity", "--camera", "30"]) == 1
+    assert "--camera needs PITCH,AZIMUTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        eval_wm.main(["--object-sensitivity", "--camera", "30,25"])
+    assert exit_info.value.code == 2 and "--camera is an option of --grasp-sensitivity" in capsys.readouterr().err
+
+
+def test_grasp_sensitivity_renders_from_a_candidate_camera():
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_ros.grasp_sensitivity import render_stages
+
+    default, = render_stages(1, seed=500, progress=False)
+    low, = render_stages(1, seed=500, progress=False, camera=HeadCamera.orbit(30.0, 25.0))
+    assert low.held_holds == default.held_holds            # the same physics, seen from elsewhere
+    assert (np.abs(low.goal.astype(int) - default.goal).sum(-1) > 30).mean() > 0.2
