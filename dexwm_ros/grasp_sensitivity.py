@@ -174,22 +174,26 @@ def measure(encode, stages) -> dict:
                               "held_holds": s.held_holds, "in_air_touches": s.in_air_touches,
                               "valid": bool(s.held_holds and not s.in_air_touches)})
     valid = [p for p in per_stage if p["valid"]]
-    ratios = np.array([p["in_air_to_held_ratio"] for p in valid])
-    static = np.array([p["in_hand_to_arm_ratio"] for p in per_stage])
+
+    def stat(rows, key, fn=np.median):
+        # Over the stages in ``rows``; None when there are none (no valid stage).
+        return float(fn([p[key] for p in rows])) if rows else None
+
     return {
-        "in_hand_to_arm_ratio_median": float(np.median(static)),
-        "no_object_pixels_median": float(np.median([p["no_object_pixels"] for p in per_stage])),
-        "arm_pixels_median": float(np.median([p["arm_pixels"] for p in per_stage])),
-        "in_hand_to_arm_ratio_quartiles": [float(np.percentile(static, 25)), float(np.percentile(static, 75))],
-        "in_air_to_held_ratio_median": float(np.median(ratios)) if len(valid) else None,
-        "in_air_to_held_ratio_quartiles": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]
-        if len(valid) else None,
-        "held_preferred_fraction": float(np.mean(ratios > 1.0)) if len(valid) else None,
+        "in_hand_to_arm_ratio_median": stat(per_stage, "in_hand_to_arm_ratio"),
+        "in_hand_to_arm_ratio_quartiles": [stat(per_stage, "in_hand_to_arm_ratio", lambda v: np.percentile(v, q))
+                                           for q in (25, 75)],
+        "no_object_pixels_median": stat(per_stage, "no_object_pixels"),
+        "arm_pixels_median": stat(per_stage, "arm_pixels"),
+        "in_air_to_held_ratio_median": stat(valid, "in_air_to_held_ratio"),
+        "in_air_to_held_ratio_quartiles": [stat(valid, "in_air_to_held_ratio", lambda v: np.percentile(v, q))
+                                           for q in (25, 75)] if valid else None,
+        "held_preferred_fraction": stat(valid, "in_air_to_held_ratio", lambda v: np.mean(np.asarray(v) > 1.0)),
         "held_below_start_fraction": float(np.mean([p["cost_held"] < p["cost_start"] for p in valid]))
-        if len(valid) else None,
-        "cost_start_median": float(np.median([p["cost_start"] for p in valid])) if len(valid) else None,
-        "cost_held_median": float(np.median([p["cost_held"] for p in valid])) if len(valid) else None,
-        "cost_in_air_median": float(np.median([p["cost_in_air"] for p in valid])) if len(valid) else None,
+        if valid else None,
+        "cost_start_median": stat(valid, "cost_start"),
+        "cost_held_median": stat(valid, "cost_held"),
+        "cost_in_air_median": stat(valid, "cost_in_air"),
         "stages": len(per_stage), "valid_stages": len(valid),
         "per_stage": per_stage,
     }
