@@ -173,6 +173,10 @@ class EvalSettings:
     search: tuple = ()
     # (arm, hand) initial CEM sampling std [rad] instead of the preset's (0.3, 0.1); empty = the preset's.
     std: tuple = ()
+    # (pitch, azimuth) [deg] of a candidate head camera (dexwm_robot.camera.HeadCamera.orbit) the
+    # simulation renders from and the planner's actions are expressed in; empty = the simulation's
+    # own. For a checkpoint trained on episodes recorded from that view (dexwm-collect --camera).
+    camera: tuple = ()
     checkpoint: str = ""
     protocol: str = "paper"
     planner_seeds: int = 1
@@ -220,6 +224,10 @@ class EvalSettings:
         self.std = tuple(float(v) for v in self.std)
         if self.std and len(self.std) != 2:
             raise ValueError(f"std needs two values (arm, hand), got {self.std}")
+        self.camera = tuple(float(v) for v in self.camera)
+        if self.camera and len(self.camera) != 2:
+            raise ValueError(f"camera needs two values (pitch, azimuth), got {self.camera}")
+        self.head_camera()                          # raises on a view that cannot be
         shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size or std
         self.subgoal_marks = tuple(self.subgoal_marks)
         if self.subgoal_marks and not self.subgoals:
@@ -238,6 +246,10 @@ class EvalSettings:
     @property
     def sim_task(self) -> str:
         return sim_task(self.protocol, self.task)
+
+    def head_camera(self):
+        """The head camera of these episodes (dexwm_robot.camera.HeadCamera)."""
+        return head_camera(self.camera)
 
     def resolve_step(self, frame_step: float | None = None) -> None:
         """Fill the 0 (= automatic) move duration and time limit from the model's frame step
@@ -680,14 +692,20 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     return sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
 
 
-def make_runner(settings: EvalSettings, camera=None):
-    """The lock-step simulation the episodes run in (``camera``: a dexwm_robot HeadCamera other than
-    the simulation's own, for measurements of candidate views)."""
+def head_camera(view: tuple = ()):
+    """The simulation's head camera, or with ``view`` = (pitch, azimuth) [deg] a candidate one."""
+    from dexwm_robot.camera import HeadCamera
+
+    return HeadCamera.orbit(*view) if view else HeadCamera()
+
+
+def make_runner(settings: EvalSettings):
+    """The lock-step simulation the episodes run in, seen from ``settings.head_camera()``."""
     from dexwm_sim.runner import RunnerConfig, SimRunner
     from dexwm_sim.scene import SimEnv
 
     size = sim_camera_size()
-    env = SimEnv(render_size=size, camera=camera)
+    env = SimEnv(render_size=size, camera=settings.head_camera())
     # Not started: the session moves it in this thread (SimulatedRobot), with the sim node's motion
     # semantics.
     return SimRunner(RunnerConfig(task=settings.sim_task, lockstep=True, image_size=size), env=env)
@@ -730,11 +748,13 @@ def run_in_process(policy, settings: EvalSettings, starts: list[EpisodeStart], r
 
 
 # ------------------------------------------------------------------------------ stop threshold fit
-def fit_stop(checkpoint: str = "", episodes: int = 12, progress: bool = True, max_false_stop: float = 0.01) -> dict:
+def fit_stop(checkpoint: str = "", episodes: int = 12, progress: bool = True, max_false_stop: float = 0.01,
+             camera: tuple = ()) -> dict:
     """Fit the stop threshold of each task kind on demonstrations of seeds from FIT_SEED_OFFSET
     (disjoint from the evaluation's and the training data's): every frame of each paper stage,
     labelled by the task's rule (grasp: the strict rule, as its goal shows the object lifted),
-    against the stage's goal image."""
+    against the stage's goal image. ``camera``: (pitch, azimuth) of the view the checkpoint was
+    trained on, when not the simulation's own."""
     import torch
     from tqdm import tqdm
 
@@ -746,7 +766,7 @@ def fit_stop(checkpoint: str = "", episodes: int = 12, progress: bool = True, ma
     path = checkpoint or DEFAULT_CHECKPOINT
     model = DexWM.load(path)
     size = sim_camera_size()
-    env = SimEnv(render_size=size)
+    env = SimEnv(render_size=size, camera=head_camera(camera))
     costs = {kind: ([], []) for kind in TASK_KINDS}
     seeds_used = []
     try:
@@ -1020,7 +1040,7 @@ def plot_success(results: dict, path: Path) -> None:
 
 # Settings added after results were saved, with the value every run before them had: a result
 # without "search" ran the preset's own search.
-_BEFORE_THE_SETTING = {"search": [], "std": []}
+_BEFORE_THE_SETTING = {"search": [], "std": [], "camera": []}
 
 
 def _setting(result: dict, key: str):
@@ -1034,7 +1054,7 @@ def agreement(a: dict, b: dict) -> dict:
     shared = sorted(set(left) & set(right))
     same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
     same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
-    keys = ("protocol", "max_steps", "preset", "search", "std", "checkpoint", "move_duration_s", "move_timeout_s",
+    keys = ("protocol", "max_steps", "preset", "search", "std", "camera", "checkpoint", "move_duration_s", "move_timeout_s",
             "goal_tolerance", "plateau_steps", "done_cost")
     settings_differ = [k for k in keys if _setting(a, k) != _setting(b, k)]
     return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
@@ -1148,11 +1168,10 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
              baseline_planner_seeds: int = 1) -> dict:
     """Run the evaluation; ``baselines``: True (all), False (none) or a list of names."""
     from dexwm_planner.world_model import DexWM
-    from dexwm_robot.camera import HeadCamera
     from dexwm_robot.kinematics import RobotKinematics
 
     kin = RobotKinematics.from_description()
-    w2c = HeadCamera().world_to_camera
+    w2c = settings.head_camera().world_to_camera
     stop = settings.stop_rule(settings.kind)
     settings.resolve_step()
     skipped: list[dict] = []
@@ -1270,6 +1289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--std", default="", metavar="ARM,HAND",
                         help="initial CEM sampling std [rad] of the arm and the hand joints instead of the preset's "
                              "(0.3,0.1); the random-shooting baseline samples with the same")
+    parser.add_argument("--camera", default="", metavar="PITCH,AZIMUTH",
+                        help="render from a candidate head camera (degrees down, degrees from +x toward +y; the "
+                             "view of a checkpoint trained on dexwm-collect --camera episodes); with --fit-stop too")
     parser.add_argument("--hold-s", type=float, default=HOLD_S, help="simulated hold after the stop before judging")
     parser.add_argument("--plateau-steps", type=int, default=PLATEAU_STEPS, help="stop rule plateau (0 = off)")
     parser.add_argument("--hand-pixel-weight", type=float, default=HAND_PIXEL_WEIGHT,
@@ -1311,8 +1333,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
+    camera = ()
+    if args.camera:
+        try:
+            camera = tuple(float(v) for v in args.camera.split(","))
+            head_camera(camera)
+            if len(camera) != 2:
+                raise ValueError
+        except (TypeError, ValueError):
+            parser.error(f"--camera needs PITCH,AZIMUTH in degrees (pitch in (0, 90)), got {args.camera!r}")
     if args.fit_stop:
-        result = fit_stop(args.checkpoint, progress=not args.quiet)
+        result = fit_stop(args.checkpoint, progress=not args.quiet, camera=camera)
         result["details"] = {k: v for k, v in result["details"].items() if not k.startswith("costs_")}
         print(json.dumps(result, indent=2))
         return 0
@@ -1367,8 +1398,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError
         except ValueError:
             parser.error(f"--std needs ARM,HAND (two numbers in rad), got {args.std!r}")
-    if args.through_ros and (args.preset != "cpu" or search or std):
-        parser.error("--through-ros uses the planner node's configured preset, search and std (config/planner.yaml)")
+    if args.through_ros and (args.preset != "cpu" or search or std or camera):
+        parser.error("--through-ros uses the planner node's configured preset, search and std (config/planner.yaml) "
+                     "and the simulation node's camera")
     if args.through_ros and args.planner_seeds != 1:
         parser.error("--through-ros runs one planner seed per episode")
     if args.subgoals and (args.protocol, args.task) != ("composite", "pick-place"):
@@ -1385,7 +1417,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:
         settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
-                                max_steps=args.max_steps, preset=args.preset, search=search, std=std, checkpoint=args.checkpoint,
+                                max_steps=args.max_steps, preset=args.preset, search=search, std=std, camera=camera, checkpoint=args.checkpoint,
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,

@@ -74,19 +74,19 @@ def motions(depth: float = 0.08, lift: float = 0.12) -> dict:
 
 
 def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", progress: bool = True,
-                  camera=None) -> list:
+                  view: tuple = ()) -> list:
     """Frames of the first ``n`` grasp stages from evaluation seed ``seed`` (offset like dexwm-eval's),
-    seen by ``camera`` (a HeadCamera; default: the simulation's)."""
+    seen from ``view`` = (pitch, azimuth) [deg] (default: the simulation's camera)."""
     from tqdm import tqdm
 
     from dexwm_robot.kinematics import RobotKinematics
     from dexwm_sim import tasks
 
     settings = ev.EvalSettings(protocol="paper", task="grasp", episodes=n, seed=seed, checkpoint=checkpoint,
-                               hold_s=0.0)
+                               hold_s=0.0, camera=view)
     settings.resolve_step()
     kinematics = RobotKinematics.from_description()
-    runner = ev.make_runner(settings, camera)
+    runner = ev.make_runner(settings)
     try:
         starts, _ = ev.collect_starts(runner, settings, progress)
         out = []
@@ -209,26 +209,26 @@ def run(args) -> int:
         return 2
     checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
-        camera = None
+        view = ()
         if args.camera:
-            from dexwm_robot.camera import HeadCamera
-
             try:
-                pitch, azimuth = (float(v) for v in args.camera.split(","))
+                view = tuple(float(v) for v in args.camera.split(","))
+                if len(view) != 2:
+                    raise ValueError
             except ValueError:
                 raise ValueError(f"--camera needs PITCH,AZIMUTH in degrees, got {args.camera!r}") from None
-            camera = HeadCamera.orbit(pitch, azimuth)
+        camera = ev.head_camera(view)
         wm = DexWM.load(checkpoint)
         encoder, fit = encoder_under_test(wm, args)
-        stages = render_stages(args.scenes, args.first_seed, checkpoint, progress=not args.json, camera=camera)
+        stages = render_stages(args.scenes, args.first_seed, checkpoint, progress=not args.json, view=view)
         res = measure(encoder, stages)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
     res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
                encoder=dataclasses.asdict(encoder.config), projection_fit=fit,
-               camera=None if camera is None else {"pitch_deg": pitch, "azimuth_deg": azimuth,
-                                                   "position": list(camera.position)},
+               camera=None if not view else {"pitch_deg": view[0], "azimuth_deg": view[1],
+                                             "position": list(camera.position)},
                motions={k: dataclasses.asdict(v) for k, v in motions().items()})
     if args.json:
         print(json.dumps(res))

@@ -1,6 +1,7 @@
 """``dexwm-collect``: exploratory (not task-specific) Franka + Allegro episodes for fine-tuning.
 
     dexwm-collect --out DIR --hours H --seed S [--episodes N] [--workers W] [--steps T] [--size 224]
+                  [--camera PITCH,AZIMUTH]
 
 The paper fine-tunes on about 4 h of simulated exploration of three kinds (object interaction,
 random reaching, hand opening/closing). Episode kinds here, chosen per episode index by the
@@ -66,16 +67,32 @@ MOVING_THRESHOLD = 0.01       # m: an object "moves" in a frame when it moved mo
 
 log = logging.getLogger("dexwm_sim.collect")
 
-_ENV = None
+_ENV, _ENV_KEY = None, None
 
 
-def _env(size: int):
-    global _ENV
-    if _ENV is None or _ENV.render_size != (size, size):
+def _env(size: int, camera: tuple | None = None):
+    """The worker's simulation at frame size ``size``, seen from the default head camera or from
+    ``camera`` = (pitch, azimuth) in degrees (dexwm_robot.camera.HeadCamera.orbit)."""
+    global _ENV, _ENV_KEY
+    if _ENV is None or _ENV_KEY != (size, camera):
+        from dexwm_robot.camera import HeadCamera
+
         from .scene import SimEnv
         logging.getLogger("dexwm_sim").setLevel(logging.ERROR)   # clamping notes are expected here
-        _ENV = SimEnv(render_size=(size, size), control_hz=CONTROL_HZ)
+        if _ENV is not None:
+            _ENV.close()
+        _ENV = SimEnv(render_size=(size, size), control_hz=CONTROL_HZ,
+                      camera=HeadCamera.orbit(*camera) if camera else None)
+        _ENV_KEY = (size, camera)
     return _ENV
+
+
+def camera_pose_of(path: Path) -> np.ndarray:
+    """The camera -> world pose an episode file was recorded with."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["camera/pose"][:]
 
 
 def episode_path(out: Path, index: int) -> Path:
@@ -449,12 +466,14 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
 
 
 def collect_episode(task: tuple) -> str:
-    """Worker entry: (out, index, seed, steps, size) -> the file written."""
-    out, index, seed, steps, size = task
+    """Worker entry: (out, index, seed, steps, size[, camera]) -> the file written; camera:
+    (pitch, azimuth) in degrees or None for the default view."""
+    out, index, seed, steps, size, *rest = task
+    camera = rest[0] if rest else None
     path = episode_path(Path(out), index)
     if path.exists():
         return str(path)
-    env = _env(size)
+    env = _env(size, camera)
     kind = MIX[index % len(MIX)]
     episode_seed = (seed * 1_000_003 + index) % (2 ** 32)
     rng = np.random.default_rng([seed, index])
@@ -475,6 +494,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="frames per episode (5 Hz)")
     ap.add_argument("--size", type=int, default=224, help="stored frame size (square)")
+    ap.add_argument("--camera", default="", metavar="PITCH,AZIMUTH",
+                    help="record from a candidate head camera (degrees down, degrees from +x toward +y, same "
+                         "look-at point and distance as the default; default: the simulation's view)")
     args = ap.parse_args(argv)
     if args.episodes is None and args.hours is None:
         ap.error("give --hours or --episodes")
@@ -488,12 +510,27 @@ def main(argv=None) -> int:
         count = math.ceil(args.hours * 3600.0 / (args.steps / CONTROL_HZ))
     if count < 1:
         ap.error("nothing to collect")
+    from dexwm_robot.camera import HeadCamera
+
+    camera = None
+    try:
+        if args.camera:
+            camera = tuple(float(v) for v in args.camera.split(","))
+            if len(camera) != 2:
+                raise ValueError(f"two values expected, got {len(camera)}")
+        wanted = (HeadCamera.orbit(*camera) if camera else HeadCamera()).camera_pose
+    except ValueError as e:
+        ap.error(f"--camera needs PITCH,AZIMUTH in degrees: {e}")
     args.out.mkdir(parents=True, exist_ok=True)
     pending = [i for i in range(count) if not episode_path(args.out, i).exists()]
     done = count - len(pending)
+    # A folder is one view: resuming it from another camera would mix views in one training set.
+    existing = next((episode_path(args.out, i) for i in range(count) if episode_path(args.out, i).exists()), None)
+    if existing is not None and not np.allclose(camera_pose_of(existing), wanted, atol=1e-6):
+        ap.error(f"{existing} was recorded from another camera than --camera {args.camera or '(default)'} asks for")
     from tqdm import tqdm
 
-    jobs = [(str(args.out), i, args.seed, args.steps, args.size) for i in pending]
+    jobs = [(str(args.out), i, args.seed, args.steps, args.size, camera) for i in pending]
     if args.workers == 1 or len(jobs) <= 1:
         with tqdm(total=count, initial=done, unit="episode", desc="collect", file=sys.stderr) as bar:
             for job in jobs:

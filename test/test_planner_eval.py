@@ -372,6 +372,28 @@ def test_sampling_std_replaces_the_presets_for_the_planner_and_random_shooting(c
         assert exit_info.value.code == 2 and why in capsys.readouterr().err
 
 
+def test_candidate_camera_is_the_view_of_the_episodes_and_of_the_planners_actions(capsys):
+    """--camera PITCH,AZIMUTH: the simulation renders from that head camera and the results say so; a
+    view that cannot be, or one asked of the ROS graph (the sim node has its own), is refused."""
+    from dexwm_robot.camera import HeadCamera
+
+    settings = ev.EvalSettings(protocol="paper", task="grasp", camera=(30, 25))
+    assert settings.camera == (30.0, 25.0) and settings.head_camera().pitch_deg == pytest.approx(30.0)
+    runner = ev.make_runner(settings)
+    try:
+        np.testing.assert_allclose(runner.env.camera.position, HeadCamera.orbit(30.0, 25.0).position)
+    finally:
+        runner.env.close()
+    assert ev.EvalSettings(protocol="paper", task="grasp").head_camera() == HeadCamera()
+    with pytest.raises(ValueError, match="pitch"):
+        ev.EvalSettings(protocol="paper", task="grasp", camera=(95, 0))
+    for argv, why in ((["--camera", "30"], "--camera needs"), (["--camera", "0,10"], "--camera needs"),
+                      (["--camera", "30,25", "--through-ros"], "camera")):
+        with pytest.raises(SystemExit) as exit_info:
+            ev.main(["--protocol", "paper", "--task", "grasp", *argv, "--out", "/nonexistent/r.json"])
+        assert exit_info.value.code == 2 and why in capsys.readouterr().err
+
+
 def test_planned_hand_term_is_the_planner_nodes_and_shared_with_random_shooting(capsys):
     """The evaluation plans with the planner node's default cost (config/planner.yaml), random
     shooting with the same cost; --hand-pixel-weight changes both, a negative weight is refused."""

@@ -95,3 +95,24 @@ def test_object_episodes_move_objects_and_the_mix_reaches_its_fraction(tmp_path)
             kind = h.attrs["kind"]
         assert shift > (0.05 if kind != "poke" else 0.01), (kind, shift)
     assert stats["frames"] == 90 and 0.1 < stats["moving_fraction"] <= stats["displaced_fraction"]
+
+
+def test_collect_from_a_candidate_camera_records_that_view_and_keeps_a_folder_to_one_view(tmp_path):
+    from dexwm_robot.camera import HeadCamera
+
+    out = tmp_path / "data"
+    base = [str(COLLECT), "--out", str(out), "--seed", "5", "--steps", "4", "--size", "64"]
+    r = subprocess.run(base + ["--episodes", "1", "--camera", "30,25"], capture_output=True, text=True,
+                       timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out / "episode_000000.h5", "r") as h:
+        np.testing.assert_allclose(h["camera/pose"][:], HeadCamera.orbit(30.0, 25.0).camera_pose, atol=1e-9)
+        assert not np.allclose(h["camera/pose"][:], HeadCamera().camera_pose)
+    # Resuming the folder from the default view would mix two views in one training set.
+    r = subprocess.run(base + ["--episodes", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode == 2 and "another camera" in r.stderr
+    assert not (out / "episode_000001.h5").exists()
+    for bad in ("30", "95,0", "x,1"):
+        r = subprocess.run(base + ["--episodes", "1", "--camera", bad], capture_output=True, text=True,
+                           timeout=60, cwd=ROOT)
+        assert r.returncode == 2 and "--camera needs PITCH,AZIMUTH" in r.stderr

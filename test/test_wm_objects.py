@@ -202,10 +202,9 @@ def test_grasp_sensitivity_compares_a_held_object_with_a_hand_closed_in_the_air(
 
 
 def test_grasp_sensitivity_renders_from_a_candidate_camera():
-    from dexwm_robot.camera import HeadCamera
     from dexwm_ros.grasp_sensitivity import render_stages
 
     default, = render_stages(1, seed=500, progress=False)
-    low, = render_stages(1, seed=500, progress=False, camera=HeadCamera.orbit(30.0, 25.0))
+    low, = render_stages(1, seed=500, progress=False, view=(30.0, 25.0))
     assert low.held_holds == default.held_holds            # the same physics, seen from elsewhere
     assert (np.abs(low.goal.astype(int) - default.goal).sum(-1) > 30).mean() > 0.2
