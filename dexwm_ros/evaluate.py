@@ -692,6 +692,19 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     return sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
 
 
+def number_pair(text: str, flag: str, meaning: str) -> tuple:
+    """A command-line pair "A,B" as two floats ('' gives ()); ValueError "FLAG needs MEANING" otherwise."""
+    if not text:
+        return ()
+    try:
+        pair = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2:
+        raise ValueError(f"{flag} needs {meaning}, got {text!r}")
+    return pair
+
+
 def head_camera(view: tuple = ()):
     """The simulation's head camera, or with ``view`` = (pitch, azimuth) [deg] a candidate one."""
     from dexwm_robot.camera import HeadCamera
@@ -1333,15 +1346,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
-    camera = ()
-    if args.camera:
-        try:
-            camera = tuple(float(v) for v in args.camera.split(","))
-            head_camera(camera)
-            if len(camera) != 2:
-                raise ValueError
-        except (TypeError, ValueError):
-            parser.error(f"--camera needs PITCH,AZIMUTH in degrees (pitch in (0, 90)), got {args.camera!r}")
+    try:
+        camera = number_pair(args.camera, "--camera", "PITCH,AZIMUTH in degrees (pitch in (0, 90))")
+        head_camera(camera)
+    except ValueError as e:
+        parser.error(str(e) if str(e).startswith("--camera") else f"--camera needs PITCH,AZIMUTH in degrees: {e}")
     if args.fit_stop:
         result = fit_stop(args.checkpoint, progress=not args.quiet, camera=camera)
         result["details"] = {k: v for k, v in result["details"].items() if not k.startswith("costs_")}
@@ -1390,14 +1399,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--search needs SAMPLES,ELITES,ITERATIONS[,KEPT] (three or four integers), "
                          f"got {args.search!r}")
-    std = ()
-    if args.std:
-        try:
-            std = tuple(float(v) for v in args.std.split(","))
-            if len(std) != 2:
-                raise ValueError
-        except ValueError:
-            parser.error(f"--std needs ARM,HAND (two numbers in rad), got {args.std!r}")
+    try:
+        std = number_pair(args.std, "--std", "ARM,HAND (two numbers in rad)")
+    except ValueError as e:
+        parser.error(str(e))
     if args.through_ros and (args.preset != "cpu" or search or std or camera):
         parser.error("--through-ros uses the planner node's configured preset, search and std (config/planner.yaml) "
                      "and the simulation node's camera")

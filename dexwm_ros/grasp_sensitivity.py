@@ -209,14 +209,7 @@ def run(args) -> int:
         return 2
     checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
-        view = ()
-        if args.camera:
-            try:
-                view = tuple(float(v) for v in args.camera.split(","))
-                if len(view) != 2:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"--camera needs PITCH,AZIMUTH in degrees, got {args.camera!r}") from None
+        view = ev.number_pair(args.camera, "--camera", "PITCH,AZIMUTH in degrees")
         camera = ev.head_camera(view)
         wm = DexWM.load(checkpoint)
         encoder, fit = encoder_under_test(wm, args)
