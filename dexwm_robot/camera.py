@@ -59,6 +59,15 @@ class HeadCamera:
         position = look + distance * np.array([np.cos(p) * np.cos(a), np.cos(p) * np.sin(a), np.sin(p)])
         return cls(position=tuple(float(v) for v in position), look_at=DEFAULT_LOOK_AT)
 
+    @classmethod
+    def from_view(cls, view: tuple = ()) -> "HeadCamera":
+        """The default camera, or with ``view`` = (pitch, azimuth) [deg] ``orbit(*view)``."""
+        if not view:
+            return cls()
+        if len(view) != 2:
+            raise ValueError(f"a camera view is (pitch, azimuth) in degrees, got {tuple(view)}")
+        return cls.orbit(*view)
+
     # --- extrinsics -------------------------------------------------------------------------------
     @property
     def rotation_world_from_camera(self) -> np.ndarray:

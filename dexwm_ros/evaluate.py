@@ -225,8 +225,6 @@ class EvalSettings:
         if self.std and len(self.std) != 2:
             raise ValueError(f"std needs two values (arm, hand), got {self.std}")
         self.camera = tuple(float(v) for v in self.camera)
-        if self.camera and len(self.camera) != 2:
-            raise ValueError(f"camera needs two values (pitch, azimuth), got {self.camera}")
         self.head_camera()                          # raises on a view that cannot be
         shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size or std
         self.subgoal_marks = tuple(self.subgoal_marks)
@@ -249,7 +247,9 @@ class EvalSettings:
 
     def head_camera(self):
         """The head camera of these episodes (dexwm_robot.camera.HeadCamera)."""
-        return head_camera(self.camera)
+        from dexwm_robot.camera import HeadCamera
+
+        return HeadCamera.from_view(self.camera)
 
     def resolve_step(self, frame_step: float | None = None) -> None:
         """Fill the 0 (= automatic) move duration and time limit from the model's frame step
@@ -692,24 +692,14 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     return sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
 
 
-def number_pair(text: str, flag: str, meaning: str) -> tuple:
-    """A command-line pair "A,B" as two floats ('' gives ()); ValueError "FLAG needs MEANING" otherwise."""
+def number_pair(text: str) -> tuple:
+    """A command-line pair "A,B" as two floats ('' gives ()); ValueError otherwise."""
     if not text:
         return ()
-    try:
-        pair = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        pair = ()
+    pair = tuple(float(v) for v in text.split(","))
     if len(pair) != 2:
-        raise ValueError(f"{flag} needs {meaning}, got {text!r}")
+        raise ValueError(f"two numbers expected, got {len(pair)}")
     return pair
-
-
-def head_camera(view: tuple = ()):
-    """The simulation's head camera, or with ``view`` = (pitch, azimuth) [deg] a candidate one."""
-    from dexwm_robot.camera import HeadCamera
-
-    return HeadCamera.orbit(*view) if view else HeadCamera()
 
 
 def make_runner(settings: EvalSettings):
@@ -773,13 +763,14 @@ def fit_stop(checkpoint: str = "", episodes: int = 12, progress: bool = True, ma
 
     from dexwm_planner.stop_rule import FittedStop, best_threshold, stop_file
     from dexwm_planner.world_model import DEFAULT_CHECKPOINT, DexWM
+    from dexwm_robot.camera import HeadCamera
     from dexwm_sim import tasks
     from dexwm_sim.scene import SimEnv
 
     path = checkpoint or DEFAULT_CHECKPOINT
     model = DexWM.load(path)
     size = sim_camera_size()
-    env = SimEnv(render_size=size, camera=head_camera(camera))
+    env = SimEnv(render_size=size, camera=HeadCamera.from_view(camera))
     costs = {kind: ([], []) for kind in TASK_KINDS}
     seeds_used = []
     try:
@@ -1067,8 +1058,8 @@ def agreement(a: dict, b: dict) -> dict:
     shared = sorted(set(left) & set(right))
     same_stop = [s for s in shared if left[s]["steps"] == right[s]["steps"] and left[s]["reason"] == right[s]["reason"]]
     same_costs = [s for s in same_stop if np.allclose(left[s]["costs"], right[s]["costs"], rtol=1e-4, atol=1e-6)]
-    keys = ("protocol", "max_steps", "preset", "search", "std", "camera", "checkpoint", "move_duration_s", "move_timeout_s",
-            "goal_tolerance", "plateau_steps", "done_cost")
+    keys = ("protocol", "max_steps", "preset", "search", "std", "camera", "checkpoint", "move_duration_s",
+            "move_timeout_s", "goal_tolerance", "plateau_steps", "done_cost")
     settings_differ = [k for k in keys if _setting(a, k) != _setting(b, k)]
     return {"seeds": shared, "same_stop": len(same_stop), "same_costs": len(same_costs),
             "differ": [s for s in shared if s not in same_costs], "settings_differ": settings_differ}
@@ -1346,11 +1337,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
+    from dexwm_robot.camera import HeadCamera
+
     try:
-        camera = number_pair(args.camera, "--camera", "PITCH,AZIMUTH in degrees (pitch in (0, 90))")
-        head_camera(camera)
+        camera = number_pair(args.camera)
+        HeadCamera.from_view(camera)
     except ValueError as e:
-        parser.error(str(e) if str(e).startswith("--camera") else f"--camera needs PITCH,AZIMUTH in degrees: {e}")
+        parser.error(f"--camera needs PITCH,AZIMUTH in degrees (pitch in (0, 90)), got {args.camera!r}: {e}")
     if args.fit_stop:
         result = fit_stop(args.checkpoint, progress=not args.quiet, camera=camera)
         result["details"] = {k: v for k, v in result["details"].items() if not k.startswith("costs_")}
@@ -1400,9 +1393,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--search needs SAMPLES,ELITES,ITERATIONS[,KEPT] (three or four integers), "
                          f"got {args.search!r}")
     try:
-        std = number_pair(args.std, "--std", "ARM,HAND (two numbers in rad)")
+        std = number_pair(args.std)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(f"--std needs ARM,HAND (two numbers in rad), got {args.std!r}: {e}")
     if args.through_ros and (args.preset != "cpu" or search or std or camera):
         parser.error("--through-ros uses the planner node's configured preset, search and std (config/planner.yaml) "
                      "and the simulation node's camera")
@@ -1422,7 +1415,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     try:
         settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
-                                max_steps=args.max_steps, preset=args.preset, search=search, std=std, camera=camera, checkpoint=args.checkpoint,
+                                max_steps=args.max_steps, preset=args.preset, search=search, std=std, camera=camera,
+                                checkpoint=args.checkpoint,
                                 planner_seeds=args.planner_seeds, hold_s=args.hold_s, plateau_steps=args.plateau_steps,
                                 done_cost=args.done_cost, subgoals=args.subgoals,
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,

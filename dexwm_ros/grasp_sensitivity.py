@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 
 import numpy as np
@@ -201,25 +200,27 @@ def measure(encode, stages) -> dict:
 
 def run(args) -> int:
     """``dexwm-eval-wm --grasp-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
-    from dexwm_planner.world_model import CheckpointError, DexWM, default_checkpoint
+    from dexwm_planner.world_model import CheckpointError
+    from dexwm_robot.camera import HeadCamera
     from dexwm_ros.object_sensitivity import ARM_JOINT1_DELTA, encoder_under_test
 
     if args.scenes < MIN_STAGES:
         print(f"dexwm-eval-wm: --grasp-sensitivity needs --scenes >= {MIN_STAGES}", file=sys.stderr)
         return 2
-    checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
-        view = ev.number_pair(args.camera, "--camera", "PITCH,AZIMUTH in degrees")
-        camera = ev.head_camera(view)
-        wm = DexWM.load(checkpoint)
-        encoder, fit = encoder_under_test(wm, args)
-        stages = render_stages(args.scenes, args.first_seed, checkpoint, progress=not args.json, view=view)
+        try:
+            view = ev.number_pair(args.camera)
+            camera = HeadCamera.from_view(view)
+        except ValueError as e:
+            raise ValueError(f"--camera needs PITCH,AZIMUTH in degrees, got {args.camera!r}: {e}") from None
+        encoder, record = encoder_under_test(args)
+        stages = render_stages(args.scenes, args.first_seed, record["checkpoint"], progress=not args.json,
+                               view=view)
         res = measure(encoder, stages)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
-    res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
-               encoder=dataclasses.asdict(encoder.config), projection_fit=fit,
+    res.update(record,
                camera=None if not view else {"pitch_deg": view[0], "azimuth_deg": view[1],
                                              "position": list(camera.position)},
                motions={k: dataclasses.asdict(v) for k, v in motions().items()})

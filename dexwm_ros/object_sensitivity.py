@@ -108,10 +108,20 @@ def measure(encode: Callable[[np.ndarray], torch.Tensor], scenes: Sequence[Scene
     }
 
 
-def encoder_under_test(wm, args):
-    """The checkpoint's encoder, or with ``--encoder KEY=VALUE`` a candidate: the checkpoint's encoder
-    config with these overrides, its projection (if any) fitted on ``--fit-data`` as dexwm-train fits
-    it. Returns (encoder, what the projection was fitted on or None)."""
+def encoder_under_test(args):
+    """The checkpoint's encoder (``--checkpoint``, default: the shipped one), or with ``--encoder
+    KEY=VALUE`` a candidate: the checkpoint's encoder config with these overrides, its projection (if
+    any) fitted on ``--fit-data`` as dexwm-train fits it. Returns (encoder, record): the record says
+    which checkpoint, encoder and projection fit were measured, for the result."""
+    from dexwm_planner.world_model import DexWM, default_checkpoint
+
+    checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
+    encoder, fit = _candidate_encoder(DexWM.load(checkpoint), args)
+    return encoder, {"checkpoint": os.path.abspath(checkpoint), "first_seed": args.first_seed,
+                     "encoder": dataclasses.asdict(encoder.config), "projection_fit": fit}
+
+
+def _candidate_encoder(wm, args):
     import yaml
 
     from dexwm_planner.datasets import cached_tokens, load_episodes
@@ -141,22 +151,19 @@ def encoder_under_test(wm, args):
 
 def run(args) -> int:
     """``dexwm-eval-wm --object-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
-    from dexwm_planner.world_model import CheckpointError, DexWM, default_checkpoint
+    from dexwm_planner.world_model import CheckpointError
 
     if args.scenes < MIN_SCENES:
         print(f"dexwm-eval-wm: --scenes must be >= {MIN_SCENES}", file=sys.stderr)
         return 2
-    checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     try:
-        wm = DexWM.load(checkpoint)
-        encoder, fit = encoder_under_test(wm, args)
+        encoder, record = encoder_under_test(args)
         scenes = render_scenes(args.scenes, args.first_seed)
         res = measure(encoder, scenes)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
-    res.update(checkpoint=os.path.abspath(checkpoint), first_seed=args.first_seed,
-               encoder=dataclasses.asdict(encoder.config), projection_fit=fit)
+    res.update(record)
     if args.json:
         print(json.dumps(res))
     else:

@@ -70,9 +70,9 @@ log = logging.getLogger("dexwm_sim.collect")
 _ENV, _ENV_KEY = None, None
 
 
-def _env(size: int, camera: tuple | None = None):
+def _env(size: int, camera: tuple = ()):
     """The worker's simulation at frame size ``size``, seen from the default head camera or from
-    ``camera`` = (pitch, azimuth) in degrees (dexwm_robot.camera.HeadCamera.orbit)."""
+    ``camera`` = (pitch, azimuth) in degrees (dexwm_robot.camera.HeadCamera.from_view)."""
     global _ENV, _ENV_KEY
     if _ENV is None or _ENV_KEY != (size, camera):
         from dexwm_robot.camera import HeadCamera
@@ -81,8 +81,7 @@ def _env(size: int, camera: tuple | None = None):
         logging.getLogger("dexwm_sim").setLevel(logging.ERROR)   # clamping notes are expected here
         if _ENV is not None:
             _ENV.close()
-        _ENV = SimEnv(render_size=(size, size), control_hz=CONTROL_HZ,
-                      camera=HeadCamera.orbit(*camera) if camera else None)
+        _ENV = SimEnv(render_size=(size, size), control_hz=CONTROL_HZ, camera=HeadCamera.from_view(camera))
         _ENV_KEY = (size, camera)
     return _ENV
 
@@ -467,9 +466,9 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
 
 def collect_episode(task: tuple) -> str:
     """Worker entry: (out, index, seed, steps, size[, camera]) -> the file written; camera:
-    (pitch, azimuth) in degrees or None for the default view."""
+    (pitch, azimuth) in degrees, () or absent for the default view."""
     out, index, seed, steps, size, *rest = task
-    camera = rest[0] if rest else None
+    camera = rest[0] if rest else ()
     path = episode_path(Path(out), index)
     if path.exists():
         return str(path)
@@ -512,22 +511,19 @@ def main(argv=None) -> int:
         ap.error("nothing to collect")
     from dexwm_robot.camera import HeadCamera
 
-    camera = None
     try:
-        if args.camera:
-            camera = tuple(float(v) for v in args.camera.split(","))
-            if len(camera) != 2:
-                raise ValueError(f"two values expected, got {len(camera)}")
-        wanted = (HeadCamera.orbit(*camera) if camera else HeadCamera()).camera_pose
+        camera = tuple(float(v) for v in args.camera.split(",")) if args.camera else ()
+        wanted = HeadCamera.from_view(camera).camera_pose
     except ValueError as e:
         ap.error(f"--camera needs PITCH,AZIMUTH in degrees: {e}")
     args.out.mkdir(parents=True, exist_ok=True)
-    pending = [i for i in range(count) if not episode_path(args.out, i).exists()]
-    done = count - len(pending)
+    present = [i for i in range(count) if episode_path(args.out, i).exists()]
+    pending = sorted(set(range(count)) - set(present))
+    done = len(present)
     # A folder is one view: resuming it from another camera would mix views in one training set.
-    existing = next((episode_path(args.out, i) for i in range(count) if episode_path(args.out, i).exists()), None)
-    if existing is not None and not np.allclose(camera_pose_of(existing), wanted, atol=1e-6):
-        ap.error(f"{existing} was recorded from another camera than --camera {args.camera or '(default)'} asks for")
+    if present and not np.allclose(camera_pose_of(episode_path(args.out, present[0])), wanted, atol=1e-6):
+        ap.error(f"{episode_path(args.out, present[0])} was recorded from another camera than --camera "
+                 f"{args.camera or '(default)'} asks for")
     from tqdm import tqdm
 
     jobs = [(str(args.out), i, args.seed, args.steps, args.size, camera) for i in pending]

@@ -98,3 +98,6 @@ def test_orbit_camera_at_the_default_pitch_and_azimuth_is_the_default_camera():
     for pitch in (0.0, 90.0, float("nan")):
         with pytest.raises(ValueError, match="pitch"):
             HeadCamera.orbit(pitch, 0.0)
+    assert HeadCamera.from_view(()) == default and HeadCamera.from_view((30.0, DEFAULT_AZIMUTH_DEG)) == low
+    with pytest.raises(ValueError, match="pitch, azimuth"):
+        HeadCamera.from_view((30.0,))
