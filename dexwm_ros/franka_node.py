@@ -18,7 +18,7 @@ import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -49,7 +49,10 @@ class FrankaNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         group = ReentrantCallbackGroup()
         self.create_timer(1.0, self._publish_diagnostics, callback_group=group)
-        self.create_subscription(JointTrajectory, "~/joint_command", self._on_joint_command, 10, callback_group=group)
+        # Commands of a stream apply one at a time, in the order sent: in the reentrant group two
+        # could run at once, and an older one could pre-empt the newer.
+        self.create_subscription(JointTrajectory, "~/joint_command", self._on_joint_command, 10,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Trigger, "~/stop", self._on_stop, callback_group=group)
         self.create_service(Trigger, "~/recover", self._on_recover, callback_group=group)
         self.move_joints = MoveJointsServer(self, "~/move_joints", self.arm, tolerance_param="goal_tolerance",

@@ -66,11 +66,13 @@ class SimNode(Node):
         self.groups = {part: SimJointGroup(self.runner, part) for part in PARTS}
 
         group = ReentrantCallbackGroup()
+        # Each command stream applies one message at a time, in the order sent (in a reentrant group
+        # an older command could overtake and pre-empt a newer one).
         self.create_subscription(JointTrajectory, "/franka/joint_command", lambda m: self._on_command(
             "arm", m.header.stamp, m.joint_names, [pt.positions for pt in m.points],
-            [seconds(pt.time_from_start) for pt in m.points]), 10, callback_group=group)
+            [seconds(pt.time_from_start) for pt in m.points]), 10, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(JointState, "/allegro/joint_command", lambda m: self._on_command(
-            "hand", m.header.stamp, m.name, [m.position], [0.0]), 10, callback_group=group)
+            "hand", m.header.stamp, m.name, [m.position], [0.0]), 10, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Trigger, "/franka/recover", self._on_recover, callback_group=group)
         # Resets block for the goal rendering (about a second): their own group keeps the rest responsive.
         self.create_service(ResetEpisode, "/sim/reset", self._on_reset, callback_group=MutuallyExclusiveCallbackGroup())

@@ -256,15 +256,23 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
 
     def watchdog_stops(target) -> bool:
         """One command toward ``target`` (0.45 rad away: about 1 s of motion), then silence: True
-        when the watchdog reports the stop; False when the arm got there first, which a starved
-        driver loop can let happen (the motion then ended, truthfully, as reached)."""
+        when the watchdog reports the stop; False when the motion ended another way that a starved
+        machine can cause: the arm got there first (the motion then ended, truthfully, as reached), or
+        franky-sim missed its control deadlines and the robot faulted (recovered here, then tried again)."""
         seen = len(client.diagnostics)
         client.command_pub.publish(JointTrajectory(points=[JointTrajectoryPoint(
             positions=[float(v) for v in target])]))
         deadline, arrived = time.monotonic() + 10, None
         while time.monotonic() < deadline:
-            if any(s.message.startswith("no new command") for d in client.diagnostics[seen:] for s in d.status):
+            statuses = [s for d in client.diagnostics[seen:] for s in d.status]
+            if any(s.message.startswith("no new command") for s in statuses):
                 return True
+            rejected = [s.message for s in statuses if "rejected" in s.message]
+            assert not rejected, f"the driver refused a valid joint_command: {rejected[-1]}"
+            if any(s.message.startswith("robot mode") for s in statuses):   # a fault, not the watchdog
+                client.wait_at_rest("arm at rest after a fault")
+                assert client.call(client.recover_srv).success, "recover after a fault"
+                return False
             # Arrived: within the settling franky-sim leaves (up to ~0.015 rad, see above); a
             # watchdog stop leaves the arm more than 0.05 rad short (asserted below).
             if arrived is None and np.max(np.abs(client.q() - target)) < 0.03:
@@ -272,7 +280,12 @@ def test_states_target_preemption_stop_and_limits(franka_graph):
             if arrived is not None and time.monotonic() - arrived > 1.0:
                 return False
             time.sleep(0.02)
-        raise AssertionError("neither a watchdog report on /diagnostics nor the arm at its target within 10 s")
+        seen_now = [f"{s.level!r} {s.message} [{', '.join(f'{v.key}={v.value}' for v in s.values)}]"
+                    for d in client.diagnostics[seen:][-3:] for s in d.status]
+        raise AssertionError(
+            "neither a watchdog report on /diagnostics nor the arm at its target within 10 s; arm "
+            f"{np.max(np.abs(client.q() - target)):.3f} rad from it; last diagnostics: {seen_now}; "
+            f"driver log: {log.read_text()[-1500:]}")
 
     # Out, back, out: the arm arriving before the watchdog once (a starved machine) is no failure, three times is.
     targets = [small + 0.45, small, small + 0.45]
