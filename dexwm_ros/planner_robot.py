@@ -28,6 +28,11 @@ from dexwm_ros.ros_time import duration as duration_msg, seconds
 # How long a driver has to accept a goal, and to report a result after the goal's time limit.
 ACCEPT_TIMEOUT_S = 5.0
 RESULT_GRACE_S = 5.0
+# A driver whose goal feedback is younger than this is still working on the goal: the wait for its
+# result goes on past the grace (a simulation that runs slower than the wall clock on a loaded host),
+# up to LIVE_DRIVER_LIMIT_S beyond it: a driver that never ends a goal is a failed move all the same.
+LIVE_FEEDBACK_S = 1.0
+LIVE_DRIVER_LIMIT_S = 20.0
 # How long hold() waits for the drivers' stop services to answer.
 STOP_TIMEOUT_S = 2.0
 
@@ -57,6 +62,7 @@ class MoveJointsRobot(JointGroupRobot):
         self._hand: Reading | None = None
         self._camera_info: tuple[np.ndarray, tuple[int, int]] | None = None   # K and the (h, w) it is for
         self._move_handles: list = []
+        self._last_feedback: list[float] = []    # per request of the move under way: monotonic time
         self._waiting: set[threading.Event] = set()    # the events the waits in progress sleep on
         image_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(Image, image_topic, self._on_image, image_qos, callback_group=sensors_group)
@@ -168,6 +174,7 @@ class MoveJointsRobot(JointGroupRobot):
         # it late (a stalled process, a congested network) is never executed out of its context.
         stamp = self.node.get_clock().now().to_msg()
         requests = []
+        self._last_feedback = [time.monotonic()] * 2   # arm, hand: counted from the sending
         for client, names, target in ((self.arm_client, self.arm_names, arm_target),
                                       (self.hand_client, self.hand_names, hand_target)):
             goal = MoveJoints.Goal()
@@ -177,7 +184,8 @@ class MoveJointsRobot(JointGroupRobot):
                                                            time_from_start=duration_msg(duration))]
             goal.goal_tolerance = [float(tolerance)]
             goal.time_limit = duration_msg(time_limit)
-            requests.append(client.send_goal_async(goal))
+            heard = len(requests)
+            requests.append(client.send_goal_async(goal, feedback_callback=lambda _fb, i=heard: self._heard(i)))
         handles = self._move_handles = []   # hold() cancels whatever was accepted so far
         for name, fut in zip(("arm", "hand"), requests):
             if not self._wait(fut, ACCEPT_TIMEOUT_S, interrupted):
@@ -191,17 +199,38 @@ class MoveJointsRobot(JointGroupRobot):
                 return MoveStatus(FAILED_MOVE, f"{name} driver rejected the target")
             handles.append(handle)
         results = [h.get_result_async() for h in handles]
-        for name, fut in zip(("arm", "hand"), results):
-            if not self._wait(fut, time_limit + RESULT_GRACE_S, interrupted):
+        for index, (name, fut) in enumerate(zip(("arm", "hand"), results)):
+            started = time.monotonic()
+            if not self._wait_while_live(fut, index, time_limit + RESULT_GRACE_S, interrupted):
                 if interrupted():
                     return MoveStatus(INTERRUPTED)
-                return MoveStatus(FAILED_MOVE, f"{name} driver gave no result within {time_limit + RESULT_GRACE_S:.1f} s")
+                silent = time.monotonic() - self._last_feedback[index]
+                return MoveStatus(FAILED_MOVE, f"{name} driver gave no result within "
+                                               f"{time.monotonic() - started:.1f} s (its last feedback "
+                                               f"{silent:.1f} s ago)")
             res = fut.result().result
             # TIMEOUT is normal when a finger closes on an object and cannot reach its target.
             if res.error_code not in (MoveJoints.Result.SUCCESSFUL, MoveJoints.Result.TIMEOUT):
                 return MoveStatus(FAILED_MOVE, f"{name}: error {res.error_code} ({res.message})")
         self._move_handles = []
         return MoveStatus(MOVED)
+
+    def _heard(self, index: int) -> None:
+        """Feedback from the driver of request ``index``: it is alive and working on the goal."""
+        self._last_feedback[index] = time.monotonic()
+
+    def _wait_while_live(self, future, index: int, timeout: float, interrupted: Callable[[], bool]) -> bool:
+        """Wait for a driver's result: ``timeout``, extended while its feedback keeps coming (each
+        feedback gives it LIVE_FEEDBACK_S more) up to LIVE_DRIVER_LIMIT_S beyond ``timeout``."""
+        started = time.monotonic()
+
+        def deadline() -> float:
+            live = max(started + timeout, self._last_feedback[index] + LIVE_FEEDBACK_S)
+            return min(live, started + timeout + LIVE_DRIVER_LIMIT_S)
+        while not self._wait(future, deadline() - time.monotonic(), interrupted):
+            if interrupted() or time.monotonic() >= deadline():
+                return False
+        return True
 
     def _cancel_when_accepted(self, futures, handled) -> None:
         """The planner gave up on these goals: cancel each one a driver accepts, now or later.

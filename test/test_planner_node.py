@@ -50,6 +50,7 @@ class RobotDouble(Node):
         self.targets: list[tuple[str, np.ndarray, np.ndarray]] = []   # (driver, q before, target)
         self.stamps: list[float] = []        # trajectory header stamps of the goals received [s]
         self.accept_delay = 0.0              # seconds a driver takes to accept a goal (a stalled driver)
+        self.feedback = True                 # feedback while moving, as the real drivers send (False: a hung one)
         self.canceled = 0                    # goals that ended canceled before moving
         self.stops = {"arm": 0, "hand": 0}
         self.lock = threading.Lock()
@@ -128,10 +129,14 @@ class RobotDouble(Node):
             with self.lock:
                 self.targets.append((name, self.q[sl].copy(), target))
             deadline = time.monotonic() + self.move_seconds
+            next_feedback = time.monotonic()
             while time.monotonic() < deadline:
                 if goal_handle.is_cancel_requested:
                     goal_handle.canceled()
                     return MoveJoints.Result(error_code=MoveJoints.Result.CANCELED, message="canceled")
+                if self.feedback and time.monotonic() >= next_feedback:
+                    goal_handle.publish_feedback(MoveJoints.Feedback(max_abs_error=0.1))
+                    next_feedback += 0.1
                 time.sleep(0.01)
             with self.lock:
                 self.q[sl] = target
@@ -358,6 +363,25 @@ def test_cancel_stops_the_robot(graph):
     time.sleep(0.5)
     assert len(robot.targets) == sent   # nothing sent after the cancel
     wait_for(lambda: client.statuses and client.statuses[-1].state == "canceled", 5, what="canceled status")
+
+
+@pytest.mark.parametrize("feedback", [True, False])
+def test_a_slow_driver_is_waited_for_while_its_feedback_comes(graph, monkeypatch, feedback):
+    """A move that outlasts its time limit plus the grace: a driver that still sends feedback (a
+    simulation slower than the wall clock) is waited for; a silent one fails the move and the robot holds."""
+    from dexwm_ros import planner_robot
+
+    robot, client, planner = graph
+    monkeypatch.setattr(planner_robot, "RESULT_GRACE_S", 0.3)
+    robot.move_seconds, robot.feedback = 2.5, feedback   # the time limit is the 0.05 s move duration
+    goal_img = rgb_to_image_msg(robot.image()[::-1].copy())
+    result = _call(send_goal(client, Execute.Goal(goal_image=goal_img, max_steps=1)).get_result_async(), 60).result
+    if feedback:
+        assert (result.reason, result.steps) == ("budget", 1)
+    else:
+        assert result.reason.startswith("driver_error: arm driver gave no result within") and result.steps == 0
+        assert "last feedback" in result.reason
+        assert robot.stops["arm"] >= 1 and robot.stops["hand"] >= 1
 
 
 def test_stale_camera_pauses_and_holds_then_resumes(graph):
