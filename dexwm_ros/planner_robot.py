@@ -175,8 +175,8 @@ class MoveJointsRobot(JointGroupRobot):
         stamp = self.node.get_clock().now().to_msg()
         requests = []
         self._last_feedback = [time.monotonic()] * 2   # arm, hand: counted from the sending
-        for client, names, target in ((self.arm_client, self.arm_names, arm_target),
-                                      (self.hand_client, self.hand_names, hand_target)):
+        for index, (client, names, target) in enumerate(((self.arm_client, self.arm_names, arm_target),
+                                                         (self.hand_client, self.hand_names, hand_target))):
             goal = MoveJoints.Goal()
             goal.trajectory.header.stamp = stamp
             goal.trajectory.joint_names = list(names)
@@ -184,8 +184,7 @@ class MoveJointsRobot(JointGroupRobot):
                                                            time_from_start=duration_msg(duration))]
             goal.goal_tolerance = [float(tolerance)]
             goal.time_limit = duration_msg(time_limit)
-            heard = len(requests)
-            requests.append(client.send_goal_async(goal, feedback_callback=lambda _fb, i=heard: self._heard(i)))
+            requests.append(client.send_goal_async(goal, feedback_callback=lambda _fb, i=index: self._heard(i)))
         handles = self._move_handles = []   # hold() cancels whatever was accepted so far
         for name, fut in zip(("arm", "hand"), requests):
             if not self._wait(fut, ACCEPT_TIMEOUT_S, interrupted):
