@@ -1,11 +1,12 @@
 """``dexwm-collect``: exploratory (not task-specific) Franka + Allegro episodes for fine-tuning.
 
     dexwm-collect --out DIR --hours H --seed S [--episodes N] [--workers W] [--steps T] [--size 224]
-                  [--camera PITCH,AZIMUTH]
+                  [--camera PITCH,AZIMUTH] [--mix objects|fumbles]
 
 The paper fine-tunes on about 4 h of simulated exploration of three kinds (object interaction,
 random reaching, hand opening/closing). Episode kinds here, chosen per episode index by the
-repeating pattern ``MIX`` (20 episodes: 10 carry, 5 push, 2 poke, 2 reach, 1 hand):
+repeating pattern of the chosen mix (``MIXES``; the default ``objects``, 20 episodes: 10 carry, 5 push,
+2 poke, 2 reach, 1 hand; ``fumbles``, 10 episodes: 5 fumble, 2 carry, 1 push, 1 reach, 1 hand):
   carry  grasp-lift-carry-lower-release: the scripted power grasp of tasks.py on a random object,
          lifted 6-20 cm, carried to a random place on the table, lowered and released; repeated
          with another object until the episode is full
@@ -16,6 +17,11 @@ repeating pattern ``MIX`` (20 episodes: 10 carry, 5 push, 2 poke, 2 reach, 1 han
   reach  the hand driven to random 3D targets with random orientations
   hand   the arm near a random pose while the hand opens and closes (per-finger amounts random)
   lift   (older data, not in MIX) noisy exploration around a grasp-and-lift
+  fumble (mix "fumbles" only) grasps that go wrong the ways a planner's do, then lift and carry
+         anyway: the palm set down 3-7 cm off the object, the hand closed only part of the way,
+         the lift started while the hand is still closing, or no closing at all; so that a world
+         model sees a hand rise *without* the object as well as with it (the carry kind alone
+         shows only grasps that hold)
 Objects move (more than 1 cm between consecutive frames) in the carry/push/poke kinds; the run
 prints that fraction of frames (``moving_fraction``) and the fraction of frames with an object
 displaced more than 1 cm from where it started (``displaced_fraction``).
@@ -54,12 +60,17 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_VERSION = 1
-KINDS = ("carry", "push", "poke", "reach", "hand", "lift")
+KINDS = ("carry", "push", "poke", "reach", "hand", "lift", "fumble")
 # Episode kind by index (repeating pattern of 20): objects are handled in 17 of 20 episodes (carry,
 # the kind in which objects move most, in half); reaching and hand motion keep the hand's own
 # dynamics covered (the paper's three kinds).
 MIX = ("carry", "push", "carry", "reach", "carry", "push", "carry", "poke", "carry", "hand",
        "carry", "push", "carry", "reach", "carry", "push", "carry", "poke", "carry", "push")
+# Failed grasps beside the successful ones they differ from: fine-tuning data for a world model
+# that must tell a hand rising with the object from one rising without it (models/README.md).
+FUMBLE_MIX = ("fumble", "carry", "fumble", "push", "fumble", "carry", "fumble", "reach", "fumble", "hand")
+MIXES = {"objects": MIX, "fumbles": FUMBLE_MIX}
+DEFAULT_MIX = "objects"
 CONTROL_HZ = 5.0
 FRAME_DT = 1.0 / CONTROL_HZ   # seconds between stored frames (the world model's step)
 DEFAULT_STEPS = 50            # 10 s per episode
@@ -92,6 +103,14 @@ def camera_pose_of(path: Path) -> np.ndarray:
 
     with h5py.File(path, "r") as f:
         return f["camera/pose"][:]
+
+
+def mix_of(path: Path) -> str:
+    """The mix an episode file was recorded with (files from before ``--mix``: the default)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("mix", DEFAULT_MIX))
 
 
 def episode_path(out: Path, index: int) -> Path:
@@ -267,6 +286,67 @@ def _carry(env, rng: np.random.Generator, seed: int, steps: int):
     return rec.rows, ",".join(taken)
 
 
+# How a fumble episode's grasp attempt goes wrong (one chosen per attempt).
+FUMBLES = ("offset", "partial", "early", "open")
+
+
+def _fumble(env, rng: np.random.Generator, seed: int, steps: int):
+    """Grasp attempts that go wrong (``FUMBLES``), each followed by the lift and a short carry a
+    grasp that held would make: the object stays behind, is dragged, or slips out."""
+    import dataclasses
+
+    from . import tasks
+    from .model import OBJECT_KINDS
+
+    episode = _object_scene(env, seed, rng)
+    rec = _Recorder(env, steps)
+    renv = _RecordingEnv(env, rec)
+    taken = []
+    try:
+        while True:
+            kind = str(rng.choice(OBJECT_KINDS))
+            ep = dataclasses.replace(episode, object_kind=kind)
+            obj = env.object_position(kind)
+            plan = tasks.plan_grasp(env, ep)
+            how = str(rng.choice(FUMBLES))
+            taken.append(f"{kind}:{how}")
+            if len(taken) == 1:
+                env.reset_robot(plan.q_high, plan.pregrasp)
+                rec.rows[-1] = rec.snapshot()
+            else:
+                _clear_table(renv)
+                need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
+                                   / (env.max_speed[0] * env.control_dt)))
+                tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
+            aim = obj.copy()
+            if how == "offset":
+                angle = rng.uniform(-np.pi, np.pi)
+                aim[:2] += rng.uniform(0.03, 0.07) * np.array([np.cos(angle), np.sin(angle)])
+            _line(renv, plan.palm_target(aim), plan.rot, plan.pregrasp, 3)
+            part = plan.pregrasp + rng.uniform(0.2, 0.7) * (plan.closed - plan.pregrasp)
+            if how == "offset":
+                lift_hand = plan.closed
+                tasks._drive(renv, None, plan.closed, 2)
+            elif how == "partial":
+                lift_hand = part
+                tasks._drive(renv, None, part, 2)
+            elif how == "early":
+                lift_hand = plan.closed              # still closing while it rises
+                tasks._drive(renv, None, part, 1)
+            else:
+                lift_hand = plan.pregrasp
+            lift = rng.uniform(0.06, 0.2)
+            _line(renv, plan.palm_target(aim + [0, 0, lift]), plan.rot, lift_hand, int(rng.integers(3, 6)))
+            dest = _table_point(rng, obj[2])
+            _line(renv, plan.palm_target(dest + [0, 0, lift]), plan.rot, lift_hand, int(rng.integers(3, 7)))
+            tasks._drive(renv, None, plan.pregrasp, 2, duration=0.6)
+            here, _ = tasks._palm_pose(renv)
+            tasks._move(renv, here + [0, 0, 0.1], plan.rot, plan.pregrasp, 2, segments=1)
+    except _Full:
+        pass
+    return rec.rows, ",".join(taken)
+
+
 # Palm-centre height of the paddle hand: straight fingers reach 0.18 m below it.
 PADDLE_PALM_HEIGHT = 0.195
 
@@ -400,7 +480,8 @@ def _hand(env, rng: np.random.Generator, seed: int, steps: int):
     return rec.rows, ""
 
 
-POLICIES = {"carry": _carry, "push": _push, "poke": _poke, "reach": _reach, "hand": _hand, "lift": _lift}
+POLICIES = {"carry": _carry, "push": _push, "poke": _poke, "reach": _reach, "hand": _hand, "lift": _lift,
+            "fumble": _fumble}
 
 
 def moving_frames(object_poses: np.ndarray, threshold: float = MOVING_THRESHOLD) -> tuple:
@@ -465,20 +546,22 @@ def write_episode(path: Path, rows: list[dict], env, attrs: dict) -> None:
 
 
 def collect_episode(task: tuple) -> str:
-    """Worker entry: (out, index, seed, steps, size[, camera]) -> the file written; camera:
-    (pitch, azimuth) in degrees, () or absent for the default view."""
+    """Worker entry: (out, index, seed, steps, size[, camera[, mix]]) -> the file written; camera:
+    (pitch, azimuth) in degrees, () or absent for the default view; mix: a name of ``MIXES``."""
     out, index, seed, steps, size, *rest = task
     camera = rest[0] if rest else ()
+    mix = rest[1] if len(rest) > 1 else DEFAULT_MIX
     path = episode_path(Path(out), index)
     if path.exists():
         return str(path)
     env = _env(size, camera)
-    kind = MIX[index % len(MIX)]
+    pattern = MIXES[mix]
+    kind = pattern[index % len(pattern)]
     episode_seed = (seed * 1_000_003 + index) % (2 ** 32)
     rng = np.random.default_rng([seed, index])
     faults_before = len(env.faults)
     rows, task_object = POLICIES[kind](env, rng, episode_seed, steps)
-    write_episode(path, rows[:steps], env, {"kind": kind, "episode_index": index, "seed": seed,
+    write_episode(path, rows[:steps], env, {"kind": kind, "mix": mix, "episode_index": index, "seed": seed,
                                                 "episode_seed": episode_seed, "task_object": task_object,
                                                 "faults": len(env.faults) - faults_before})
     return str(path)
@@ -496,6 +579,9 @@ def main(argv=None) -> int:
     ap.add_argument("--camera", default="", metavar="PITCH,AZIMUTH",
                     help="record from a candidate head camera (degrees down, degrees from +x toward +y, same "
                          "look-at point and distance as the default; default: the simulation's view)")
+    ap.add_argument("--mix", choices=tuple(MIXES), default=DEFAULT_MIX,
+                    help="pattern of episode kinds (module docstring): objects (default) or fumbles (failed "
+                         "grasps beside successful ones)")
     args = ap.parse_args(argv)
     if args.episodes is None and args.hours is None:
         ap.error("give --hours or --episodes")
@@ -524,9 +610,13 @@ def main(argv=None) -> int:
     if present and not np.allclose(camera_pose_of(episode_path(args.out, present[0])), wanted, atol=1e-6):
         ap.error(f"{episode_path(args.out, present[0])} was recorded from another camera than --camera "
                  f"{args.camera or '(default)'} asks for")
+    # ... and one mix: the episode kinds by index would otherwise change half-way.
+    recorded_mix = mix_of(episode_path(args.out, present[0])) if present else args.mix
+    if recorded_mix != args.mix:
+        ap.error(f"{episode_path(args.out, present[0])} was recorded with --mix {recorded_mix}, not {args.mix}")
     from tqdm import tqdm
 
-    jobs = [(str(args.out), i, args.seed, args.steps, args.size, camera) for i in pending]
+    jobs = [(str(args.out), i, args.seed, args.steps, args.size, camera, args.mix) for i in pending]
     if args.workers == 1 or len(jobs) <= 1:
         with tqdm(total=count, initial=done, unit="episode", desc="collect", file=sys.stderr) as bar:
             for job in jobs:

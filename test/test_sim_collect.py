@@ -116,3 +116,38 @@ def test_collect_from_a_candidate_camera_records_that_view_and_keeps_a_folder_to
         r = subprocess.run(base + ["--episodes", "1", "--camera", bad], capture_output=True, text=True,
                            timeout=60, cwd=ROOT)
         assert r.returncode == 2 and "--camera needs PITCH,AZIMUTH" in r.stderr
+
+
+def test_fumble_episodes_leave_the_object_behind_while_carry_episodes_lift_it(tmp_path):
+    """The fumbles mix: its fumble episodes (indices 0, 2 of FUMBLE_MIX) lift the hand without the
+    object (each attempt named with how it goes wrong), its carry episodes (index 1) lift it."""
+    from dexwm_sim import collect
+    assert collect.FUMBLE_MIX[:3] == ("fumble", "carry", "fumble")
+    out = tmp_path / "data"
+    out.mkdir()
+    for index in (0, 1, 2):
+        collect.collect_episode((str(out), index, 11, 30, 64, (), "fumbles"))
+    rises = {}
+    for index in (0, 1, 2):
+        with h5py.File(collect.episode_path(out, index), "r") as h:
+            assert h.attrs["mix"] == "fumbles"
+            z = h["object_poses"][:, :, 2]
+            rises[index] = float((z - z[:1]).max())
+            if h.attrs["kind"] == "fumble":
+                attempts = str(h.attrs["task_object"]).split(",")
+                assert attempts and all(a.split(":")[1] in collect.FUMBLES for a in attempts), attempts
+    assert rises[1] > 0.05, rises                       # the carry lifts its object
+    assert rises[0] < 0.03 and rises[2] < 0.03, rises   # the fumbles do not
+
+
+def test_collect_keeps_a_folder_to_one_mix(tmp_path):
+    out = tmp_path / "data"
+    base = [str(COLLECT), "--out", str(out), "--seed", "5", "--steps", "4", "--size", "64"]
+    r = subprocess.run(base + ["--episodes", "1", "--mix", "fumbles"], capture_output=True, text=True,
+                       timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out / "episode_000000.h5", "r") as h:
+        assert h.attrs["kind"] == "fumble" and h.attrs["mix"] == "fumbles"
+    r = subprocess.run(base + ["--episodes", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode == 2 and "--mix fumbles, not objects" in r.stderr
+    assert not (out / "episode_000001.h5").exists()
