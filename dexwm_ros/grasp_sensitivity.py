@@ -34,6 +34,14 @@ latent of that frame can tell. ``--camera PITCH,AZIMUTH`` renders everything fro
 camera instead (dexwm_robot.camera.HeadCamera.orbit: same look-at point and distance), to check a
 view before collecting data under it; the checkpoint's encoder was fitted on the simulation's own
 view, so for another view its pixel counts are the figures to read.
+
+The costs of the executed motions say whether the latent *can* tell; a planner sees only what the
+predictor makes of a plan. With the checkpoint's own encoder, the world model also rolls out each
+motion's commands (the joint rows the robot was sent, as a planner's plan) from the start frame
+alone, and the predicted last frame is scored against the goal: ``predicted_in_air_to_held_ratio``
+(above 1: the model predicts that the grasp which holds ends closer to the goal than the hand
+closed beside the object), ``predicted_held_preferred_fraction``. A predictor that has only seen
+grasps that hold will predict the object rising with any hand that rises near it.
 """
 from __future__ import annotations
 
@@ -59,6 +67,8 @@ class StageFrames:
     in_air: np.ndarray
     held_holds: bool           # the strict grasp check after the held motion
     in_air_touches: bool       # the hand touches the object after the in-air motion
+    held_plan: np.ndarray      # (T+1, 23) start joints, then each command the held motion sent
+    in_air_plan: np.ndarray    # (T'+1, 23) the same for the in-air motion
     goal_no_object: np.ndarray  # the goal state with the object back where it rested
     goal_arm_moved: np.ndarray  # the goal state with arm joint 1 + ARM_JOINT1_DELTA
     goal_rendered: np.ndarray   # the goal state rendered here (equals ``goal``: a check)
@@ -90,11 +100,12 @@ def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", 
         starts, _ = ev.collect_starts(runner, settings, progress)
         out = []
         for start in tqdm(starts, desc="grasp stages", unit="stage", disable=not progress, file=sys.stderr):
-            frames, checks = {}, {}
+            frames, checks, plans = {}, {}, {}
             for name, reference in motions().items():
                 policy = RecordingReference(kinematics, settings.preset, reference)
                 ev.run_episode(runner, policy, start, settings)
                 frames[name] = policy.last_image
+                plans[name] = np.stack(policy.sent)
                 frames.setdefault("start", policy.first_image)
                 episode = runner.env.episode
                 checks[name] = (tasks.strict_grasp(runner.env, episode),
@@ -102,6 +113,7 @@ def render_stages(n: int = DEFAULT_STAGES, seed: int = 0, checkpoint: str = "", 
             out.append(StageFrames(start.seed, frames["start"], np.asarray(start.goal.image), frames["held"],
                                    frames["in_air"], held_holds=checks["held"][0],
                                    in_air_touches=checks["in_air"][1],
+                                   held_plan=plans["held"], in_air_plan=plans["in_air"],
                                    **_goal_variants(runner.env, settings.sim_task, start)))
         return out
     finally:
@@ -132,7 +144,8 @@ def _goal_variants(env, task: str, start) -> dict:
 
 
 class RecordingReference(ev.ReferenceMotionPolicy):
-    """The reference-motion baseline with a given reference, keeping the first and last frames it observes."""
+    """The reference-motion baseline with a given reference, keeping the first and last frames it
+    observes and the joints it started from followed by every command it sent (``sent``)."""
 
     name = "recording_reference"
 
@@ -140,6 +153,14 @@ class RecordingReference(ev.ReferenceMotionPolicy):
         super().__init__(kinematics, preset)
         self.reference_fn = lambda q0: reference.joints(kinematics, q0, self.cem.max_step)
         self.first_image = self.last_image = None
+        self.sent: list[np.ndarray] = []
+
+    def plan(self, joints, should_stop):
+        if not self.sent:
+            self.sent.append(np.asarray(joints, dtype=np.float64).copy())
+        step = super().plan(joints, should_stop)
+        self.sent.append(np.asarray(step.command, dtype=np.float64).copy())
+        return step
 
     def observe(self, image, joints) -> float:
         image = np.asarray(image).copy()
@@ -198,6 +219,42 @@ def measure(encode, stages) -> dict:
     }
 
 
+def measure_predicted(model, stages, world_to_camera, kinematics) -> dict:
+    """Per stage, the world model's rollout of each motion's commands from the start frame alone,
+    its last predicted latent scored against the goal's (the planner's latent cost, without the
+    horizon weights); over the stages ``measure`` counts valid."""
+    import torch
+
+    from dexwm_planner.actions import allegro_actions
+
+    per_stage = []
+    with torch.no_grad():
+        for s in stages:
+            z_start, z_goal = model.encode(np.stack([s.start, s.goal])).double()
+            cost = {}
+            for name, plan in (("held", s.held_plan), ("in_air", s.in_air_plan)):
+                actions = allegro_actions(plan[None], world_to_camera, kinematics=kinematics)
+                predicted = model.rollout(z_start.float(), torch.as_tensor(actions))[0, -1].double()
+                cost[name] = float(((predicted - z_goal) ** 2).mean())
+            per_stage.append({"seed": s.seed, "predicted_cost_held": cost["held"],
+                              "predicted_cost_in_air": cost["in_air"],
+                              "predicted_in_air_to_held_ratio": cost["in_air"] / cost["held"]
+                              if cost["held"] > 0 else float("inf"),
+                              "valid": bool(s.held_holds and not s.in_air_touches)})
+    valid = [p for p in per_stage if p["valid"]]
+    ratios = [p["predicted_in_air_to_held_ratio"] for p in valid]
+    return {
+        "predicted_in_air_to_held_ratio_median": float(np.median(ratios)) if ratios else None,
+        "predicted_in_air_to_held_ratio_quartiles": [float(np.percentile(ratios, q)) for q in (25, 75)]
+        if ratios else None,
+        "predicted_held_preferred_fraction": float(np.mean(np.asarray(ratios) > 1.0)) if ratios else None,
+        "predicted_cost_held_median": float(np.median([p["predicted_cost_held"] for p in valid])) if valid else None,
+        "predicted_cost_in_air_median": float(np.median([p["predicted_cost_in_air"] for p in valid]))
+        if valid else None,
+        "predicted_per_stage": per_stage,
+    }
+
+
 def run(args) -> int:
     """``dexwm-eval-wm --grasp-sensitivity`` for its parsed arguments (dexwm_ros.eval_wm)."""
     from dexwm_planner.world_model import CheckpointError
@@ -217,6 +274,13 @@ def run(args) -> int:
         stages = render_stages(args.scenes, args.first_seed, record["checkpoint"], progress=not args.json,
                                view=view)
         res = measure(encoder, stages)
+        if not args.encoder:       # the checkpoint's own encoder: its predictor is measured too
+            from dexwm_planner.world_model import DexWM
+            from dexwm_robot.kinematics import RobotKinematics
+
+            model = DexWM.load(record["checkpoint"])
+            res.update(measure_predicted(model, stages, camera.world_to_camera,
+                                         RobotKinematics.from_description()))
     except (CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
@@ -240,4 +304,8 @@ def run(args) -> int:
         print(f"in_air_to_held_ratio_median {res['in_air_to_held_ratio_median']:.3f}; held preferred in "
               f"{res['held_preferred_fraction']:.0%}, held below the start's cost in "
               f"{res['held_below_start_fraction']:.0%}")
+        if res.get("predicted_in_air_to_held_ratio_median") is not None:
+            print(f"predicted (the world model's rollout of each motion from the start frame): "
+                  f"in_air_to_held_ratio_median {res['predicted_in_air_to_held_ratio_median']:.3f}; held preferred "
+                  f"in {res['predicted_held_preferred_fraction']:.0%}")
     return 0

@@ -192,6 +192,29 @@ def test_grasp_sensitivity_compares_a_held_object_with_a_hand_closed_in_the_air(
         assert p["in_hand_to_arm_ratio"] == pytest.approx(p["in_hand_mse"] / p["arm_mse"])
     assert res["in_air_to_held_ratio_median"] == pytest.approx(
         np.median([p["in_air_to_held_ratio"] for p in res["per_stage"]]))
+
+    # The predicted part rolls out exactly the commands each motion sent, from its start joints.
+    from dexwm_planner.world_model import DexWM, default_checkpoint
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
+    from dexwm_ros.grasp_sensitivity import measure_predicted
+
+    kin = RobotKinematics.from_description()
+    for s in stages:
+        # Row for row (the in-air motion's descent rows hold the arm where it starts): down, close, up
+        # against stay, close, up.
+        assert len(s.held_plan) == len(s.in_air_plan) >= 5
+        assert np.abs(s.in_air_plan[1, :7] - s.in_air_plan[0, :7]).max() < 1e-6
+        assert np.abs(s.held_plan[0] - s.in_air_plan[0]).max() == 0  # the same start
+        assert kin.palm_and_tips_world(s.held_plan[-1])[0][2] == pytest.approx(
+            kin.palm_and_tips_world(s.in_air_plan[-1])[0][2], abs=0.01)   # ending at the same height
+    model = DexWM.load(default_checkpoint())
+    predicted = measure_predicted(model, stages[:2], HeadCamera().world_to_camera, kin)
+    assert [p["seed"] for p in predicted["predicted_per_stage"]] == [1_000_500, 1_000_501]
+    for p in predicted["predicted_per_stage"]:
+        assert p["predicted_cost_held"] > 0 and p["predicted_cost_in_air"] > 0
+        assert p["predicted_in_air_to_held_ratio"] == pytest.approx(p["predicted_cost_in_air"] / p["predicted_cost_held"])
+    assert 0 <= predicted["predicted_held_preferred_fraction"] <= 1
     assert eval_wm.main(["--grasp-sensitivity", "--scenes", "4"]) == 2
     assert "--scenes >= 5" in capsys.readouterr().err
     assert eval_wm.main(["--grasp-sensitivity", "--camera", "30"]) == 1
