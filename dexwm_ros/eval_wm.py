@@ -13,7 +13,8 @@ measures and writes). ``--object-sensitivity`` measures instead how much the che
 (encoder + projection, as the planner sees it) registers objects: over N >= 20 seeded place scenes,
 the median of latent-MSE(object moved to its place target) / latent-MSE(arm joint 1 + 0.05 rad); see
 ``dexwm_ros.object_sensitivity``. ``--grasp-sensitivity`` asks whether that latent scores a held
-object closer to a grasp goal than a hand closed beside it (``dexwm_ros.grasp_sensitivity``). With
+object closer to a grasp goal than a hand closed beside it, and whether the world model's rollouts
+of the two motions do (``dexwm_ros.grasp_sensitivity``). With
 ``--encoder KEY=VALUE`` either measures a candidate representation instead: the checkpoint's (or
 the default) encoder config with these overrides, its projection fitted on the episodes of
 ``--fit-data`` exactly as ``dexwm-train`` fits it. The command lives here, above the planner and the
