@@ -68,6 +68,19 @@ class HeadCamera:
             raise ValueError(f"a camera view is (pitch, azimuth) in degrees, got {tuple(view)}")
         return cls.orbit(*view)
 
+    @classmethod
+    def parse_view(cls, text: str) -> tuple:
+        """A view as the command lines give it, "PITCH,AZIMUTH" in degrees ('' = the default camera):
+        the (pitch, azimuth) pair ``from_view`` takes; ValueError for text that is not a view."""
+        if not text:
+            return ()
+        try:
+            view = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"a camera view is PITCH,AZIMUTH in degrees, got {text!r}") from None
+        cls.from_view(view)
+        return view
+
     # --- extrinsics -------------------------------------------------------------------------------
     @property
     def rotation_world_from_camera(self) -> np.ndarray:

@@ -1340,8 +1340,7 @@ def main(argv: list[str] | None = None) -> int:
     from dexwm_robot.camera import HeadCamera
 
     try:
-        camera = number_pair(args.camera)
-        HeadCamera.from_view(camera)
+        camera = HeadCamera.parse_view(args.camera)
     except ValueError as e:
         parser.error(f"--camera needs PITCH,AZIMUTH in degrees (pitch in (0, 90)), got {args.camera!r}: {e}")
     if args.fit_stop:

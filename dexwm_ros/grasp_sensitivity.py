@@ -266,7 +266,7 @@ def run(args) -> int:
         return 2
     try:
         try:
-            view = ev.number_pair(args.camera)
+            view = HeadCamera.parse_view(args.camera)
             camera = HeadCamera.from_view(view)
         except ValueError as e:
             raise ValueError(f"--camera needs PITCH,AZIMUTH in degrees, got {args.camera!r}: {e}") from None

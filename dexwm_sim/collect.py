@@ -598,7 +598,7 @@ def main(argv=None) -> int:
     from dexwm_robot.camera import HeadCamera
 
     try:
-        camera = tuple(float(v) for v in args.camera.split(",")) if args.camera else ()
+        camera = HeadCamera.parse_view(args.camera)
         wanted = HeadCamera.from_view(camera).camera_pose
     except ValueError as e:
         ap.error(f"--camera needs PITCH,AZIMUTH in degrees: {e}")

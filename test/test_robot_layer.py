@@ -101,3 +101,8 @@ def test_orbit_camera_at_the_default_pitch_and_azimuth_is_the_default_camera():
     assert HeadCamera.from_view(()) == default and HeadCamera.from_view((30.0, DEFAULT_AZIMUTH_DEG)) == low
     with pytest.raises(ValueError, match="pitch, azimuth"):
         HeadCamera.from_view((30.0,))
+    # The command lines' "PITCH,AZIMUTH".
+    assert HeadCamera.parse_view("") == () and HeadCamera.parse_view("30,25") == (30.0, 25.0)
+    for bad, match in (("30", "pitch, azimuth"), ("95,0", "pitch"), ("x,1", "PITCH,AZIMUTH"), ("1,2,3", "pitch, azimuth")):
+        with pytest.raises(ValueError, match=match):
+            HeadCamera.parse_view(bad)
