@@ -8,6 +8,12 @@ no policy sees what they read). Tuning seeds 1,000,500 on, shipped model.
     .venv/bin/python scripts/hand_diagnostics.py goal-reading READER.pt
                                                               # goal hands read by the head and by a
                                                               # goal-hand reader against the true ones
+    .venv/bin/python scripts/hand_diagnostics.py grasp-trace SEED [CHECKPOINT]
+                                                              # one grasp stage (evaluation seed SEED),
+                                                              # the reference alone, then the planner
+                                                              # started from it (std 0.02 / 0.05, mean
+                                                              # executed): each step against the
+                                                              # reference's row, palm and object
 """
 import sys
 
@@ -148,11 +154,55 @@ def reach_offset():
     print("median |x| %.3f |y| %.3f |z| %.3f m" % tuple(np.median(np.abs(offsets), axis=0)))
 
 
+def grasp_trace(seed: int, checkpoint: str = ""):
+    """Step by step, what the planner sends against the reference grasp's row for that step."""
+    from dexwm_ros.evaluate import ReferenceMotionPolicy, collect_starts
+
+    settings = EvalSettings(protocol="paper", task="grasp", episodes=1, seed=seed, checkpoint=checkpoint,
+                            std=(0.02, 0.05), grasp_reference=True, execute="mean")
+    settings.resolve_step()
+    runner = make_runner(settings)
+    start = collect_starts(runner, settings, progress=False)[0][0]
+    env, kin = runner.env, runner.env.kinematics
+    model = DexWM.load(checkpoint or None)
+    for name in ("reference", "planner"):
+        policy = (ReferenceMotionPolicy(kin) if name == "reference" else
+                  WorldModelPolicy(model, kin, settings.head_camera().world_to_camera,
+                                   cem_changes=settings.search_changes(), **settings.planner_options()))
+        reference = ReferenceMotionPolicy(kin)
+        plan = policy.plan
+
+        def traced(joints, should_stop, plan=plan, reference=reference):
+            joints = np.asarray(joints, dtype=np.float64)
+            if reference.rows is None:
+                reference.rows = reference.reference_fn(joints)
+            k = traced.steps
+            traced.steps += 1
+            step = plan(joints, should_stop)
+            row = reference.rows[min(k, len(reference.rows) - 1)]
+            palm = kin.palm_and_tips_world(joints)[0]
+            obj = env.object_position(env.episode.object_kind)
+            print(f"{name} step {k:2d}: arm off the reference row {np.abs(step.command[:7] - row[:7]).max():.3f} rad "
+                  f"(max), hand commanded {step.command[7:].mean():.2f} / reference {row[7:].mean():.2f} / "
+                  f"measured {joints[7:].mean():.2f} rad (mean); palm z {palm[2]:.3f}, object z {obj[2]:.3f}, "
+                  f"palm-object {np.linalg.norm(palm - obj):.3f} m", flush=True)
+            return step
+
+        traced.steps = 0
+        policy.plan = traced
+        outcome = run_episode(runner, policy, start, settings, 0)
+        print(f"{name}: {len(reference.rows)} reference rows; success {outcome.success} (strict "
+              f"{outcome.success_strict}), stop {outcome.reason} after {outcome.steps} steps")
+
+
 if __name__ == "__main__":
     commands = {"grip": grip, "goal-hand": goal_hand, "reach-offset": reach_offset}
     if len(sys.argv) == 3 and sys.argv[1] == "goal-reading":
         goal_reading(sys.argv[2])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "grasp-trace":
+        grasp_trace(int(sys.argv[2]), *sys.argv[3:])
     elif len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: hand_diagnostics.py {'|'.join(commands)} | goal-reading READER.pt")
+        sys.exit(f"usage: hand_diagnostics.py {'|'.join(commands)} | goal-reading READER.pt | "
+                 "grasp-trace SEED [CHECKPOINT]")
     else:
         commands[sys.argv[1]]()
