@@ -42,7 +42,7 @@ Control and stored frames at 5 Hz (0.2 s steps, the paper's timing; stored as th
   camera/intrinsics  (3, 3)               K for the stored frame size
   camera/extrinsics  (4, 4)               world -> camera (static camera)
   camera/pose        (4, 4)               camera -> world
-  attrs: format_version, kind, episode_index, seed, control_hz, frame_dt, image_size, joint_names,
+  attrs: format_version, kind, mix, episode_index, seed, control_hz, frame_dt, image_size, joint_names,
          object_kinds, task_object
 
 Resumable: finished episodes are skipped; each file is written to a temporary name in the same
@@ -240,11 +240,31 @@ def _clear_table(renv, height: float = 0.28) -> None:
         tasks._move(renv, np.r_[here[:2], height], rot, None, 3, segments=1)
 
 
-def _carry(env, rng: np.random.Generator, seed: int, steps: int):
+def _above_next_object(env, renv, rec: _Recorder, episode, rng: np.random.Generator, first: bool):
+    """Pick a random object of the scene, plan its power grasp and bring the open hand 0.2 m above
+    it: the first pick of an episode starts there at rest (frames go to moving objects), a later one
+    clears the table and drives there. Returns (object kind, its position, the grasp plan)."""
     import dataclasses
 
     from . import tasks
     from .model import OBJECT_KINDS
+
+    kind = str(rng.choice(OBJECT_KINDS))
+    obj = env.object_position(kind)
+    plan = tasks.plan_grasp(env, dataclasses.replace(episode, object_kind=kind))
+    if first:
+        env.reset_robot(plan.q_high, plan.pregrasp)
+        rec.rows[-1] = rec.snapshot()
+    else:
+        _clear_table(renv)
+        need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
+                           / (env.max_speed[0] * env.control_dt)))
+        tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
+    return kind, obj, plan
+
+
+def _carry(env, rng: np.random.Generator, seed: int, steps: int):
+    from . import tasks
 
     episode = _object_scene(env, seed, rng)
     rec = _Recorder(env, steps)
@@ -252,20 +272,8 @@ def _carry(env, rng: np.random.Generator, seed: int, steps: int):
     taken = []
     try:
         while True:
-            kind = str(rng.choice(OBJECT_KINDS))
-            ep = dataclasses.replace(episode, object_kind=kind)
+            kind, obj, plan = _above_next_object(env, renv, rec, episode, rng, first=not taken)
             taken.append(kind)
-            obj = env.object_position(kind)
-            plan = tasks.plan_grasp(env, ep)
-            if len(taken) == 1:
-                # The first pick starts at rest above its object (frames go to moving objects).
-                env.reset_robot(plan.q_high, plan.pregrasp)
-                rec.rows[-1] = rec.snapshot()
-            else:
-                _clear_table(renv)
-                need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
-                                   / (env.max_speed[0] * env.control_dt)))
-                tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
             # Straight down onto the object (the fingers are straight: nothing to knock over).
             _line(renv, plan.palm_target(obj), plan.rot, plan.pregrasp, 3)
             tasks._drive(renv, None, plan.closed, 2)
@@ -293,10 +301,7 @@ FUMBLES = ("offset", "partial", "early", "open")
 def _fumble(env, rng: np.random.Generator, seed: int, steps: int):
     """Grasp attempts that go wrong (``FUMBLES``), each followed by the lift and a short carry a
     grasp that held would make: the object stays behind, is dragged, or slips out."""
-    import dataclasses
-
     from . import tasks
-    from .model import OBJECT_KINDS
 
     episode = _object_scene(env, seed, rng)
     rec = _Recorder(env, steps)
@@ -304,20 +309,9 @@ def _fumble(env, rng: np.random.Generator, seed: int, steps: int):
     taken = []
     try:
         while True:
-            kind = str(rng.choice(OBJECT_KINDS))
-            ep = dataclasses.replace(episode, object_kind=kind)
-            obj = env.object_position(kind)
-            plan = tasks.plan_grasp(env, ep)
+            kind, obj, plan = _above_next_object(env, renv, rec, episode, rng, first=not taken)
             how = str(rng.choice(FUMBLES))
             taken.append(f"{kind}:{how}")
-            if len(taken) == 1:
-                env.reset_robot(plan.q_high, plan.pregrasp)
-                rec.rows[-1] = rec.snapshot()
-            else:
-                _clear_table(renv)
-                need = int(np.ceil(np.abs(plan.q_high - env.joint_positions()[:7]).max()
-                                   / (env.max_speed[0] * env.control_dt)))
-                tasks._drive(renv, plan.q_high, plan.pregrasp, need + 1)
             aim = obj.copy()
             if how == "offset":
                 angle = rng.uniform(-np.pi, np.pi)
