@@ -73,6 +73,11 @@ class StageFrames:
     goal_arm_moved: np.ndarray  # the goal state with arm joint 1 + ARM_JOINT1_DELTA
     goal_rendered: np.ndarray   # the goal state rendered here (equals ``goal``: a check)
 
+    @property
+    def valid(self) -> bool:
+        """The stage compares what it means to: the held motion held the object, the in-air one never touched it."""
+        return bool(self.held_holds and not self.in_air_touches)
+
 
 def motions(depth: float = 0.08, lift: float = 0.12) -> dict:
     """The two scripted motions, ending at the same palm height (``lift - depth`` above the start)."""
@@ -174,6 +179,11 @@ def _changed_pixels(a: np.ndarray, b: np.ndarray) -> int:
     return int((np.abs(a.astype(np.int32) - b).sum(-1) > PIXEL_CHANGE).sum())
 
 
+def _stat(rows, key, fn=np.median):
+    """``fn`` of ``key`` over the per-stage rows; None when there are none (no valid stage)."""
+    return float(fn([p[key] for p in rows])) if rows else None
+
+
 def measure(encode, stages) -> dict:
     """Per-stage latent costs and ratios for an encoder ``encode(uint8 (B, H, W, 3)) -> (B, P, d)``."""
     import torch
@@ -192,28 +202,23 @@ def measure(encode, stages) -> dict:
                               "held_vs_in_air_pixels": _changed_pixels(s.held, s.in_air),
                               "in_hand_to_arm_ratio": in_hand / arm if arm > 0 else float("inf"),
                               "held_holds": s.held_holds, "in_air_touches": s.in_air_touches,
-                              "valid": bool(s.held_holds and not s.in_air_touches)})
+                              "valid": s.valid})
     valid = [p for p in per_stage if p["valid"]]
-
-    def stat(rows, key, fn=np.median):
-        # Over the stages in ``rows``; None when there are none (no valid stage).
-        return float(fn([p[key] for p in rows])) if rows else None
-
     return {
-        "in_hand_to_arm_ratio_median": stat(per_stage, "in_hand_to_arm_ratio"),
-        "in_hand_to_arm_ratio_quartiles": [stat(per_stage, "in_hand_to_arm_ratio", lambda v: np.percentile(v, q))
+        "in_hand_to_arm_ratio_median": _stat(per_stage, "in_hand_to_arm_ratio"),
+        "in_hand_to_arm_ratio_quartiles": [_stat(per_stage, "in_hand_to_arm_ratio", lambda v: np.percentile(v, q))
                                            for q in (25, 75)],
-        "no_object_pixels_median": stat(per_stage, "no_object_pixels"),
-        "arm_pixels_median": stat(per_stage, "arm_pixels"),
-        "in_air_to_held_ratio_median": stat(valid, "in_air_to_held_ratio"),
-        "in_air_to_held_ratio_quartiles": [stat(valid, "in_air_to_held_ratio", lambda v: np.percentile(v, q))
+        "no_object_pixels_median": _stat(per_stage, "no_object_pixels"),
+        "arm_pixels_median": _stat(per_stage, "arm_pixels"),
+        "in_air_to_held_ratio_median": _stat(valid, "in_air_to_held_ratio"),
+        "in_air_to_held_ratio_quartiles": [_stat(valid, "in_air_to_held_ratio", lambda v: np.percentile(v, q))
                                            for q in (25, 75)] if valid else None,
-        "held_preferred_fraction": stat(valid, "in_air_to_held_ratio", lambda v: np.mean(np.asarray(v) > 1.0)),
+        "held_preferred_fraction": _stat(valid, "in_air_to_held_ratio", lambda v: np.mean(np.asarray(v) > 1.0)),
         "held_below_start_fraction": float(np.mean([p["cost_held"] < p["cost_start"] for p in valid]))
         if valid else None,
-        "cost_start_median": stat(valid, "cost_start"),
-        "cost_held_median": stat(valid, "cost_held"),
-        "cost_in_air_median": stat(valid, "cost_in_air"),
+        "cost_start_median": _stat(valid, "cost_start"),
+        "cost_held_median": _stat(valid, "cost_held"),
+        "cost_in_air_median": _stat(valid, "cost_in_air"),
         "stages": len(per_stage), "valid_stages": len(valid),
         "per_stage": per_stage,
     }
@@ -240,17 +245,16 @@ def measure_predicted(model, stages, world_to_camera, kinematics) -> dict:
                               "predicted_cost_in_air": cost["in_air"],
                               "predicted_in_air_to_held_ratio": cost["in_air"] / cost["held"]
                               if cost["held"] > 0 else float("inf"),
-                              "valid": bool(s.held_holds and not s.in_air_touches)})
+                              "valid": s.valid})
     valid = [p for p in per_stage if p["valid"]]
-    ratios = [p["predicted_in_air_to_held_ratio"] for p in valid]
+    ratio = "predicted_in_air_to_held_ratio"
     return {
-        "predicted_in_air_to_held_ratio_median": float(np.median(ratios)) if ratios else None,
-        "predicted_in_air_to_held_ratio_quartiles": [float(np.percentile(ratios, q)) for q in (25, 75)]
-        if ratios else None,
-        "predicted_held_preferred_fraction": float(np.mean(np.asarray(ratios) > 1.0)) if ratios else None,
-        "predicted_cost_held_median": float(np.median([p["predicted_cost_held"] for p in valid])) if valid else None,
-        "predicted_cost_in_air_median": float(np.median([p["predicted_cost_in_air"] for p in valid]))
-        if valid else None,
+        "predicted_in_air_to_held_ratio_median": _stat(valid, ratio),
+        "predicted_in_air_to_held_ratio_quartiles": [_stat(valid, ratio, lambda v: np.percentile(v, q))
+                                                     for q in (25, 75)] if valid else None,
+        "predicted_held_preferred_fraction": _stat(valid, ratio, lambda v: np.mean(np.asarray(v) > 1.0)),
+        "predicted_cost_held_median": _stat(valid, "predicted_cost_held"),
+        "predicted_cost_in_air_median": _stat(valid, "predicted_cost_in_air"),
         "predicted_per_stage": per_stage,
     }
 
