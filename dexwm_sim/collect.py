@@ -263,35 +263,48 @@ def _above_next_object(env, renv, rec: _Recorder, episode, rng: np.random.Genera
     return kind, obj, plan
 
 
-def _carry(env, rng: np.random.Generator, seed: int, steps: int):
-    from . import tasks
-
+def _attempts_until_full(env, rng: np.random.Generator, seed: int, steps: int, attempt):
+    """The frame every object kind shares: a seeded scene (``_object_scene``), then
+    ``attempt(env, rng, renv, rec, episode, taken)`` again and again until the recorder holds ``steps``
+    frames; the motion under way is cut there (``_Full``). An attempt names itself in ``taken``
+    before it moves, so the cut one is named too. Returns (rows, the names joined by commas)."""
     episode = _object_scene(env, seed, rng)
     rec = _Recorder(env, steps)
     renv = _RecordingEnv(env, rec)
-    taken = []
+    taken: list[str] = []
     try:
         while True:
-            kind, obj, plan = _above_next_object(env, renv, rec, episode, rng, first=not taken)
-            taken.append(kind)
-            # Straight down onto the object (the fingers are straight: nothing to knock over).
-            _line(renv, plan.palm_target(obj), plan.rot, plan.pregrasp, 3)
-            tasks._drive(renv, None, plan.closed, 2)
-            lift = rng.uniform(0.06, 0.2)
-            _line(renv, plan.palm_target(obj + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(3, 6)))
-            dest = _table_point(rng, obj[2])
-            for _ in range(20):        # somewhere else: at least 10 cm away
-                if np.linalg.norm(dest[:2] - obj[:2]) > 0.1:
-                    break
-                dest = _table_point(rng, obj[2])
-            _line(renv, plan.palm_target(dest + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(6, 13)))
-            _line(renv, plan.palm_target(dest + [0, 0, 0.01]), plan.rot, plan.closed, int(rng.integers(3, 6)))
-            tasks._drive(renv, None, plan.pregrasp, 2, duration=0.6)   # slow release: no flick
-            here, _ = tasks._palm_pose(renv)
-            tasks._move(renv, here + [0, 0, 0.1], plan.rot, plan.pregrasp, 2, segments=1)
+            attempt(env, rng, renv, rec, episode, taken)
     except _Full:
         pass
     return rec.rows, ",".join(taken)
+
+
+def _carry(env, rng: np.random.Generator, seed: int, steps: int):
+    return _attempts_until_full(env, rng, seed, steps, _carry_attempt)
+
+
+def _carry_attempt(env, rng, renv, rec, episode, taken) -> None:
+    """Grasp a random object, lift it, carry it at least 10 cm, set it down, release, rise."""
+    from . import tasks
+
+    kind, obj, plan = _above_next_object(env, renv, rec, episode, rng, first=not taken)
+    taken.append(kind)
+    # Straight down onto the object (the fingers are straight: nothing to knock over).
+    _line(renv, plan.palm_target(obj), plan.rot, plan.pregrasp, 3)
+    tasks._drive(renv, None, plan.closed, 2)
+    lift = rng.uniform(0.06, 0.2)
+    _line(renv, plan.palm_target(obj + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(3, 6)))
+    dest = _table_point(rng, obj[2])
+    for _ in range(20):        # somewhere else: at least 10 cm away
+        if np.linalg.norm(dest[:2] - obj[:2]) > 0.1:
+            break
+        dest = _table_point(rng, obj[2])
+    _line(renv, plan.palm_target(dest + [0, 0, lift]), plan.rot, plan.closed, int(rng.integers(6, 13)))
+    _line(renv, plan.palm_target(dest + [0, 0, 0.01]), plan.rot, plan.closed, int(rng.integers(3, 6)))
+    tasks._drive(renv, None, plan.pregrasp, 2, duration=0.6)   # slow release: no flick
+    here, _ = tasks._palm_pose(renv)
+    tasks._move(renv, here + [0, 0, 0.1], plan.rot, plan.pregrasp, 2, segments=1)
 
 
 # How a fumble episode's grasp attempt goes wrong (one chosen per attempt).
@@ -301,44 +314,39 @@ FUMBLES = ("offset", "partial", "early", "open")
 def _fumble(env, rng: np.random.Generator, seed: int, steps: int):
     """Grasp attempts that go wrong (``FUMBLES``), each followed by the lift and a short carry a
     grasp that held would make: the object stays behind, is dragged, or slips out."""
+    return _attempts_until_full(env, rng, seed, steps, _fumble_attempt)
+
+
+def _fumble_attempt(env, rng, renv, rec, episode, taken) -> None:
     from . import tasks
 
-    episode = _object_scene(env, seed, rng)
-    rec = _Recorder(env, steps)
-    renv = _RecordingEnv(env, rec)
-    taken = []
-    try:
-        while True:
-            kind, obj, plan = _above_next_object(env, renv, rec, episode, rng, first=not taken)
-            how = str(rng.choice(FUMBLES))
-            taken.append(f"{kind}:{how}")
-            aim = obj.copy()
-            if how == "offset":
-                angle = rng.uniform(-np.pi, np.pi)
-                aim[:2] += rng.uniform(0.03, 0.07) * np.array([np.cos(angle), np.sin(angle)])
-            _line(renv, plan.palm_target(aim), plan.rot, plan.pregrasp, 3)
-            part = plan.pregrasp + rng.uniform(0.2, 0.7) * (plan.closed - plan.pregrasp)
-            if how == "offset":
-                lift_hand = plan.closed
-                tasks._drive(renv, None, plan.closed, 2)
-            elif how == "partial":
-                lift_hand = part
-                tasks._drive(renv, None, part, 2)
-            elif how == "early":
-                lift_hand = plan.closed              # still closing while it rises
-                tasks._drive(renv, None, part, 1)
-            else:
-                lift_hand = plan.pregrasp
-            lift = rng.uniform(0.06, 0.2)
-            _line(renv, plan.palm_target(aim + [0, 0, lift]), plan.rot, lift_hand, int(rng.integers(3, 6)))
-            dest = _table_point(rng, obj[2])
-            _line(renv, plan.palm_target(dest + [0, 0, lift]), plan.rot, lift_hand, int(rng.integers(3, 7)))
-            tasks._drive(renv, None, plan.pregrasp, 2, duration=0.6)
-            here, _ = tasks._palm_pose(renv)
-            tasks._move(renv, here + [0, 0, 0.1], plan.rot, plan.pregrasp, 2, segments=1)
-    except _Full:
-        pass
-    return rec.rows, ",".join(taken)
+    kind, obj, plan = _above_next_object(env, renv, rec, episode, rng, first=not taken)
+    how = str(rng.choice(FUMBLES))
+    taken.append(f"{kind}:{how}")
+    aim = obj.copy()
+    if how == "offset":
+        angle = rng.uniform(-np.pi, np.pi)
+        aim[:2] += rng.uniform(0.03, 0.07) * np.array([np.cos(angle), np.sin(angle)])
+    _line(renv, plan.palm_target(aim), plan.rot, plan.pregrasp, 3)
+    part = plan.pregrasp + rng.uniform(0.2, 0.7) * (plan.closed - plan.pregrasp)
+    if how == "offset":
+        lift_hand = plan.closed
+        tasks._drive(renv, None, plan.closed, 2)
+    elif how == "partial":
+        lift_hand = part
+        tasks._drive(renv, None, part, 2)
+    elif how == "early":
+        lift_hand = plan.closed              # still closing while it rises
+        tasks._drive(renv, None, part, 1)
+    else:
+        lift_hand = plan.pregrasp
+    lift = rng.uniform(0.06, 0.2)
+    _line(renv, plan.palm_target(aim + [0, 0, lift]), plan.rot, lift_hand, int(rng.integers(3, 6)))
+    dest = _table_point(rng, obj[2])
+    _line(renv, plan.palm_target(dest + [0, 0, lift]), plan.rot, lift_hand, int(rng.integers(3, 7)))
+    tasks._drive(renv, None, plan.pregrasp, 2, duration=0.6)
+    here, _ = tasks._palm_pose(renv)
+    tasks._move(renv, here + [0, 0, 0.1], plan.rot, plan.pregrasp, 2, segments=1)
 
 
 # Palm-centre height of the paddle hand: straight fingers reach 0.18 m below it.
@@ -377,32 +385,22 @@ def _sweep(renv, rng, kind: str, reach: float, back: float) -> None:
 
 
 def _push(env, rng: np.random.Generator, seed: int, steps: int):
-    from .model import OBJECT_KINDS
+    return _attempts_until_full(env, rng, seed, steps, _push_attempt)
 
-    _object_scene(env, seed, rng)
-    rec = _Recorder(env, steps)
-    renv = _RecordingEnv(env, rec)
-    try:
-        while True:
-            _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(0.1, 0.25), rng.uniform(0.0, 0.06))
-    except _Full:
-        pass
-    return rec.rows, ""
+
+def _push_attempt(env, rng, renv, rec, episode, taken) -> None:
+    from .model import OBJECT_KINDS
+    _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(0.1, 0.25), rng.uniform(0.0, 0.06))
 
 
 def _poke(env, rng: np.random.Generator, seed: int, steps: int):
-    from .model import OBJECT_KINDS
+    return _attempts_until_full(env, rng, seed, steps, _poke_attempt)
 
-    _object_scene(env, seed, rng)
-    rec = _Recorder(env, steps)
-    renv = _RecordingEnv(env, rec)
-    try:
-        while True:
-            # The palm stops between just before and 4 cm past the object's centre: a nudge.
-            _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(-0.01, 0.04), rng.uniform(0.0, 0.03))
-    except _Full:
-        pass
-    return rec.rows, ""
+
+def _poke_attempt(env, rng, renv, rec, episode, taken) -> None:
+    from .model import OBJECT_KINDS
+    # The palm stops between just before and 4 cm past the object's centre: a nudge.
+    _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(-0.01, 0.04), rng.uniform(0.0, 0.03))
 
 
 def _lift(env, rng: np.random.Generator, seed: int, steps: int):
