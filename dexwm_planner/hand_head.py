@@ -60,15 +60,23 @@ class HandHead(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, latents):
-        """latents (..., P, d) -> heatmaps (..., 12, Hh, Wh)."""
+    def forward(self, latents, maps: slice | None = None):
+        """latents (..., P, d) -> heatmaps (..., 12, Hh, Wh); with ``maps`` (a slice of the 12)
+        only those maps, through only their rows of the output layer (the planner's cost reads the
+        right hand's six: half the layer and half the reshaping)."""
         lead = latents.shape[:-2]
         x = self.in_proj(latents.reshape(-1, *latents.shape[-2:])) + self.pos
-        x = self.out(self.norm(self.blocks(x)))  # (N, P, 12*s*s)
+        x = self.norm(self.blocks(x))
         gh, gw = self.cfg.grid
         s = self.cfg.cells_per_patch
-        x = x.view(-1, gh, gw, NUM_HEATMAPS, s, s).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(*lead, NUM_HEATMAPS, gh * s, gw * s)
+        first, stop, step = (maps or slice(None)).indices(NUM_HEATMAPS)
+        if step != 1 or stop <= first:
+            raise ValueError(f"maps must be a non-empty contiguous slice of the {NUM_HEATMAPS} heatmaps, got {maps}")
+        count = stop - first
+        rows = slice(first * s * s, stop * s * s)  # each map owns s*s consecutive output rows
+        x = nn.functional.linear(x, self.out.weight[rows], self.out.bias[rows])  # (N, P, count*s*s)
+        x = x.view(-1, gh, gw, count, s, s).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(*lead, count, gh * s, gw * s)
 
     # ---- coordinates: model-image pixels <-> heatmap cells (pixel centres align)
     def pixels_to_cells(self, uv):

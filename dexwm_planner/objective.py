@@ -28,8 +28,10 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .keypoints import RIGHT_HAND_HEATMAPS
+
 # Heatmap head outputs 12 keypoints: wrist + 5 fingertips of the right hand, then of the left hand.
-RIGHT_HAND_KEYPOINTS = slice(0, 6)
+RIGHT_HAND_KEYPOINTS = RIGHT_HAND_HEATMAPS
 
 
 @runtime_checkable
@@ -44,8 +46,9 @@ class WorldModelLike(Protocol):
 
         Optional keyword ``context_actions`` (C-1, 132): the actions between the context frames."""
 
-    def keypoints_2d(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (..., P, d) -> 2D keypoints (..., 12, 2) in pixels."""
+    def keypoints_2d(self, latents: torch.Tensor, keypoints: slice | None = None) -> torch.Tensor:
+        """latents (..., P, d) -> 2D keypoints (..., 12, 2) in pixels; with ``keypoints`` only
+        that slice of the 12 (..., k, 2)."""
 
 
 # joint sequences (B, T+1, 23), first row the current joints -> actions (B, T, 132)
@@ -135,8 +138,9 @@ class GoalObjective:
         if self.goal_latent.ndim != 2:
             raise ValueError(f"goal latent must be (P, d), got shape {tuple(self.goal_latent.shape)}")
         with torch.no_grad():
-            kp = model.keypoints_2d(self.goal_latent[None])[0] if config.needs_goal_keypoints else None
-        self.goal_keypoints = None if kp is None else torch.as_tensor(kp)[RIGHT_HAND_KEYPOINTS].float()
+            kp = (model.keypoints_2d(self.goal_latent[None], RIGHT_HAND_KEYPOINTS)[0]
+                  if config.needs_goal_keypoints else None)
+        self.goal_keypoints = None if kp is None else torch.as_tensor(kp).float()
         if goal_hand_pixels is not None:
             goal_hand_pixels = np.asarray(goal_hand_pixels, dtype=np.float64)
             if goal_hand_pixels.shape != (6, 2) or not np.isfinite(goal_hand_pixels).all():
@@ -186,10 +190,13 @@ class GoalObjective:
         keypoint = np.zeros(n)
         kp_np = None
         if cfg.keypoint_weight > 0 or keep_keypoints:
-            kp = torch.as_tensor(self.model.keypoints_2d(pred)).float()  # (N, T, 12, 2)
+            # Both hands only when they are kept (the final plan's display); the cost reads the right.
+            kp = torch.as_tensor(self.model.keypoints_2d(pred, None if keep_keypoints else RIGHT_HAND_KEYPOINTS))
+            kp = kp.float()  # (N, T, 12 or 6, 2)
             kp_np = kp.numpy() if keep_keypoints else None
             if self.goal_keypoints is not None:
-                kp_mse = ((kp[..., RIGHT_HAND_KEYPOINTS, :] - self.goal_keypoints) ** 2).mean(dim=(-2, -1))
+                right = kp[..., RIGHT_HAND_KEYPOINTS, :] if keep_keypoints else kp
+                kp_mse = ((right - self.goal_keypoints) ** 2).mean(dim=(-2, -1))
                 keypoint = (kp_mse.double() * w).sum(dim=1).numpy()
         orientation = np.zeros(n)
         if cfg.orientation_weight > 0:

@@ -150,12 +150,13 @@ class CDiTBlock(nn.Module):
         x = _gated_residual(x, g3, self.mlp(_modulate(self.norm3(x), sh3, sc3)))
         return x
 
-    def step(self, x, c, cache):
+    def step(self, x, c, cache, keep_keys: bool = True):
         """Incremental pass of one new frame x (B, 1, P, W) given the keys/values of the earlier
-        frames ``cache`` (a list of (k, v) parts, batch 1 or B). Returns (x, (k_new, v_new))."""
+        frames ``cache`` (a list of (k, v) parts, batch 1 or B). Returns (x, (k_new, v_new)), or
+        (x, None) with ``keep_keys=False`` (no later frame will read this one's keys/values)."""
         B, _, P, W = x.shape
         sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self._modulation(x, c)
-        kv_new = self.cross_kv(x)
+        kv_new = self.cross_kv(x) if keep_keys else None
         q, k, v = (self._heads(t.reshape(B, P, W)) for t in self.qkv(_modulate(self.norm1(x), sh1, sc1)).chunk(3, -1))
         sa = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, P, W)
         x = _gated_residual(x, g1, self.proj_sa(sa))
@@ -254,15 +255,17 @@ class CDiTPredictor(nn.Module):
             x = blk(x, c, mask)
         return cache
 
-    def step(self, z_last, action, dt, cache, frame_index):
+    def step(self, z_last, action, dt, cache, frame_index, keep_keys: bool = True):
         """Predict the frame after z_last (B, P, d) given action (B, A), dt (B,), the cache of the
-        earlier frames; appends z_last's keys/values to the cache. Returns (B, P, d)."""
+        earlier frames; appends z_last's keys/values to the cache (unless ``keep_keys`` is False:
+        the last step of a rollout, whose keys no frame reads, skips them). Returns (B, P, d)."""
         z = z_last[:, None]
         c = self.condition(action[:, None], dt[:, None])
         x = self.in_proj(z) + self.pos[frame_index]
         for blk, kv in zip(self.blocks, cache):
-            x, kv_new = blk.step(x, c, kv)
-            kv.append(kv_new)
+            x, kv_new = blk.step(x, c, kv, keep_keys)
+            if keep_keys:
+                kv.append(kv_new)
         return self._head(x, c, z)[:, 0]
 
     def rollout(self, context, context_actions, context_dt, actions, dt):
@@ -301,7 +304,8 @@ class CDiTPredictor(nn.Module):
                     cache = [[] for _ in self.blocks]
                 cache_start = start
             z_last = frames[-1].expand(B, -1, -1)
-            nxt = self.step(z_last, actions[:, t], dt[:, t], cache, len(frames) - 1 - start)
+            nxt = self.step(z_last, actions[:, t], dt[:, t], cache, len(frames) - 1 - start,
+                            keep_keys=t < T - 1)
             frames.append(nxt)
             preds.append(nxt)
         return torch.stack(preds, 1)

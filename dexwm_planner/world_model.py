@@ -273,14 +273,15 @@ class DexWM(nn.Module):
         return self.hand_head(torch.as_tensor(latents, dtype=torch.float32, device=self.device))
 
     @torch.no_grad()
-    def keypoints_2d(self, latents) -> torch.Tensor:
+    def keypoints_2d(self, latents, keypoints: slice | None = None) -> torch.Tensor:
         """latents (..., P, d) -> (..., 12, 2) (u, v) model-image pixels: wrist + 5 tips, right
-        hand then left hand (argmax of the hand-consistency heatmaps)."""
+        hand then left hand (argmax of the hand-consistency heatmaps). ``keypoints``: a slice of
+        the 12 to decode (e.g. ``RIGHT_HAND_HEATMAPS``), the others are not computed."""
         lat = torch.as_tensor(latents, dtype=torch.float32, device=self.device)
         if lat.ndim < 2 or lat.shape[-2:] != (self.num_patches, self.latent_dim):
             raise ValueError(f"latents must be (..., {self.num_patches}, {self.latent_dim}), got {tuple(lat.shape)}")
         self.hand_head.eval()
-        return self.hand_head.keypoints_2d(self.hand_head(lat))
+        return self.hand_head.keypoints_2d(self.hand_head(lat, keypoints))
 
     # ---- persistence
     def save(self, path: str, meta: dict | None = None):

@@ -49,9 +49,9 @@ class LinearTestModel:
         delta = self._to_latent((dq @ torch.as_tensor(self.B).T).float())    # (B, T, P, d)
         return context[-1] + torch.cumsum(delta, dim=1)
 
-    def keypoints_2d(self, latents: torch.Tensor) -> torch.Tensor:
+    def keypoints_2d(self, latents: torch.Tensor, keypoints: slice | None = None) -> torch.Tensor:
         flat = latents.reshape(*latents.shape[:-2], PATCHES * PATCH_DIM).float()
-        return (flat @ self.K).reshape(*latents.shape[:-2], 12, 2)
+        return (flat @ self.K).reshape(*latents.shape[:-2], 12, 2)[..., keypoints or slice(None), :]
 
 
 def delta_actions(q_seq: np.ndarray) -> np.ndarray:

@@ -146,6 +146,14 @@ def test_incremental_rollout_equals_teacher_forcing_and_shares_context():
         pred = m.rollout(z, ca, torch.full((1, C - 1), 0.2), acts, dt)   # context broadcast, not copied
         full = m(z.expand(B, -1, -1, -1), torch.cat([ca.expand(B, -1, -1), acts], 1), torch.full((B, C), 0.2))
     torch.testing.assert_close(pred[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    # Several steps: each step's keys come from the cache, the last step keeps none; teacher forcing
+    # on the context plus the rollout's own predictions gives the same frames.
+    acts3, dt3 = torch.randn(B, 3, ACTION_DIM), torch.full((B, 3), 0.2)
+    with torch.no_grad():
+        pred3 = m.rollout(z, ca, torch.full((1, C - 1), 0.2), acts3, dt3)
+        frames = torch.cat([z.expand(B, -1, -1, -1), pred3[:, :2]], 1)
+        full3 = m(frames, torch.cat([ca.expand(B, -1, -1), acts3], 1), torch.full((B, C + 2), 0.2))
+    torch.testing.assert_close(pred3, full3[:, -3:], atol=1e-5, rtol=1e-5)
     # Long rollouts slide the 8-frame window and stay finite; per-sample contexts work too.
     with torch.no_grad():
         long = m.rollout(z.expand(B, -1, -1, -1), ca.expand(B, -1, -1), torch.full((B, C - 1), 0.2),
@@ -195,6 +203,21 @@ def test_heatmap_targets_peak_at_keypoints_and_readout():
     bad[0, 5] = 1.0
     assert head.loss(bad, uv, vis) == pytest.approx(0.0, abs=1e-9)
     assert head.loss(bad, uv, torch.ones_like(vis)) > 0.01
+
+
+def test_hand_head_decodes_a_slice_of_its_maps_alone():
+    """The planner's cost decodes only the right hand's six maps: the same maps as the full head's."""
+    torch.manual_seed(0)
+    head = HandHead(HandHeadConfig(latent_dim=16, grid=(7, 7), image_size=(224, 224))).eval()
+    torch.nn.init.normal_(head.out.weight, std=0.1)
+    latents = torch.randn(2, 3, 49, 16)
+    with torch.no_grad():
+        full = head(latents)
+        for maps in (slice(0, 6), slice(6, 12), slice(3, 4)):
+            torch.testing.assert_close(head(latents, maps), full[..., maps, :, :], atol=1e-6, rtol=1e-5)
+    for bad in (slice(0, 12, 2), slice(5, 5)):
+        with pytest.raises(ValueError, match="contiguous slice"):
+            head(latents, bad)
 
 
 # ------------------------------------------------------------------------------- encoders and DexWM
