@@ -184,6 +184,16 @@ def _stat(rows, key, fn=np.median):
     return float(fn([p[key] for p in rows])) if rows else None
 
 
+def _quartiles(rows, key) -> list:
+    """[25th, 75th] percentile of ``key`` over the per-stage rows (each None when there are none)."""
+    return [_stat(rows, key, lambda v, q=q: np.percentile(v, q)) for q in (25, 75)]
+
+
+def _held_preferred(rows, key):
+    """Fraction of the rows whose in-air / held ratio ``key`` exceeds 1: the held end costs less."""
+    return _stat(rows, key, lambda v: np.mean(np.asarray(v) > 1.0))
+
+
 def measure(encode, stages) -> dict:
     """Per-stage latent costs and ratios for an encoder ``encode(uint8 (B, H, W, 3)) -> (B, P, d)``."""
     import torch
@@ -206,14 +216,12 @@ def measure(encode, stages) -> dict:
     valid = [p for p in per_stage if p["valid"]]
     return {
         "in_hand_to_arm_ratio_median": _stat(per_stage, "in_hand_to_arm_ratio"),
-        "in_hand_to_arm_ratio_quartiles": [_stat(per_stage, "in_hand_to_arm_ratio", lambda v: np.percentile(v, q))
-                                           for q in (25, 75)],
+        "in_hand_to_arm_ratio_quartiles": _quartiles(per_stage, "in_hand_to_arm_ratio"),
         "no_object_pixels_median": _stat(per_stage, "no_object_pixels"),
         "arm_pixels_median": _stat(per_stage, "arm_pixels"),
         "in_air_to_held_ratio_median": _stat(valid, "in_air_to_held_ratio"),
-        "in_air_to_held_ratio_quartiles": [_stat(valid, "in_air_to_held_ratio", lambda v: np.percentile(v, q))
-                                           for q in (25, 75)] if valid else None,
-        "held_preferred_fraction": _stat(valid, "in_air_to_held_ratio", lambda v: np.mean(np.asarray(v) > 1.0)),
+        "in_air_to_held_ratio_quartiles": _quartiles(valid, "in_air_to_held_ratio") if valid else None,
+        "held_preferred_fraction": _held_preferred(valid, "in_air_to_held_ratio"),
         "held_below_start_fraction": float(np.mean([p["cost_held"] < p["cost_start"] for p in valid]))
         if valid else None,
         "cost_start_median": _stat(valid, "cost_start"),
@@ -250,9 +258,8 @@ def measure_predicted(model, stages, world_to_camera, kinematics) -> dict:
     ratio = "predicted_in_air_to_held_ratio"
     return {
         "predicted_in_air_to_held_ratio_median": _stat(valid, ratio),
-        "predicted_in_air_to_held_ratio_quartiles": [_stat(valid, ratio, lambda v: np.percentile(v, q))
-                                                     for q in (25, 75)] if valid else None,
-        "predicted_held_preferred_fraction": _stat(valid, ratio, lambda v: np.mean(np.asarray(v) > 1.0)),
+        "predicted_in_air_to_held_ratio_quartiles": _quartiles(valid, ratio) if valid else None,
+        "predicted_held_preferred_fraction": _held_preferred(valid, ratio),
         "predicted_cost_held_median": _stat(valid, "predicted_cost_held"),
         "predicted_cost_in_air_median": _stat(valid, "predicted_cost_in_air"),
         "predicted_per_stage": per_stage,

@@ -120,13 +120,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.held_out < args.layouts:
         ap.error("--held-out must be between 0 and --layouts")
-    wm = DexWM.load(args.checkpoint or default_checkpoint())
+    checkpoint = args.checkpoint or default_checkpoint()
+    wm = DexWM.load(checkpoint)
     t0 = time.time()
     latents, positions = render_layouts(wm, args.layouts)
     fit_x, fit_y = latents[:-args.held_out], positions[:-args.held_out]
     test_x, test_y = latents[-args.held_out:], positions[-args.held_out:]
     mean_position = fit_y.mean(0)
-    result = {"checkpoint": args.checkpoint or default_checkpoint(), "layouts_fitted": len(fit_x),
+    result = {"checkpoint": checkpoint, "layouts_fitted": len(fit_x),
               "layouts_held_out": len(test_x),
               "mean_position_error_cm": {"layouts": error_cm(mean_position.expand_as(test_y), test_y)}}
     episodes = episode_frames(wm, args.episodes, args.episode_count) if args.episodes else None
