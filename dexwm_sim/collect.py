@@ -55,6 +55,7 @@ import logging
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -385,22 +386,20 @@ def _sweep(renv, rng, kind: str, reach: float, back: float) -> None:
 
 
 def _push(env, rng: np.random.Generator, seed: int, steps: int):
-    return _attempts_until_full(env, rng, seed, steps, _push_attempt)
-
-
-def _push_attempt(env, rng, renv, rec, episode, taken) -> None:
-    from .model import OBJECT_KINDS
-    _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(0.1, 0.25), rng.uniform(0.0, 0.06))
+    # The palm stops 10-25 cm past the object's centre: the object travels.
+    return _attempts_until_full(env, rng, seed, steps, partial(_sweep_attempt, past=(0.1, 0.25), back=(0.0, 0.06)))
 
 
 def _poke(env, rng: np.random.Generator, seed: int, steps: int):
-    return _attempts_until_full(env, rng, seed, steps, _poke_attempt)
-
-
-def _poke_attempt(env, rng, renv, rec, episode, taken) -> None:
-    from .model import OBJECT_KINDS
     # The palm stops between just before and 4 cm past the object's centre: a nudge.
-    _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(-0.01, 0.04), rng.uniform(0.0, 0.03))
+    return _attempts_until_full(env, rng, seed, steps, partial(_sweep_attempt, past=(-0.01, 0.04), back=(0.0, 0.03)))
+
+
+def _sweep_attempt(env, rng, renv, rec, episode, taken, *, past: tuple[float, float],
+                   back: tuple[float, float]) -> None:
+    """``_sweep`` past a random object, its two distances drawn uniformly from ``past`` and ``back``."""
+    from .model import OBJECT_KINDS
+    _sweep(renv, rng, str(rng.choice(OBJECT_KINDS)), rng.uniform(*past), rng.uniform(*back))
 
 
 def _lift(env, rng: np.random.Generator, seed: int, steps: int):
