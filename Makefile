@@ -10,6 +10,9 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
 export PYTHONUNBUFFERED := 1
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`: most tests wait on node processes, so two workers overlap
+# those waits on a 2-core machine (TEST_WORKERS=0 runs every test in one process).
+TEST_WORKERS ?= 2
 # Options of dexwm_ros/demo.py, e.g. `make demo DEMO_ARGS=--subgoals` (pick-and-place through subgoals).
 DEMO_ARGS ?=
 
@@ -26,7 +29,7 @@ demo: setup
 	$(PY) -m dexwm_ros.demo $(DEMO_ARGS)
 
 test: setup-viz
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	@for b in sim allegro camera wm planner; do echo "== dexwm-bench $$b"; $(VENV)/bin/dexwm-bench $$b || exit 1; done

@@ -21,9 +21,14 @@ def unique_domain_id() -> int:
     """A ROS_DOMAIN_ID in 1..100 unlikely to collide with another test run on this host.
 
     Derived from the pid and a per-process counter so that parallel pytest runs (several developers
-    or CI jobs on one machine) do not see each other's nodes.
+    or CI jobs on one machine) do not see each other's nodes. The workers of one pytest-xdist run
+    draw from disjoint slices of the range, so they never share a domain.
     """
-    return 1 + (os.getpid() * 7 + next(_counter) * 13) % 100
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")          # "gw0", "gw1", ... under xdist
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = 100 // max(1, min(workers, 100))
+    index = int(worker[2:]) % (100 // width) if worker.startswith("gw") else 0
+    return 1 + index * width + (os.getpid() * 7 + next(_counter) * 13) % width
 
 
 def ros_env(domain_id: int | None = None, **extra: str) -> dict[str, str]:

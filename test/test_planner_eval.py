@@ -137,6 +137,7 @@ def test_cli_writes_report_with_baselines(tmp_path, random_checkpoint, capsys):
     out = tmp_path / "res.json"
     rc = ev.main(["--protocol", "paper", "--task", "grasp", "--episodes", "2", "--max-steps", "1",
                   "--planner-seeds", "2", "--checkpoint", str(random_checkpoint), "--hold-s", "0.5",
+                  "--search", "16,4,2",   # the CLI and its report are under test here, not the search
                   "--baselines", "random_shooting_wm,hold_still,oracle_goal_joints", "--out", str(out), "--quiet"])
     assert rc == 0
     data = json.loads(out.read_text())

@@ -104,6 +104,7 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
     rc = ev.main(["--protocol", "composite", "--task", "pick-place", "--subgoals", "--episodes", "1",
                   "--subgoal-marks", "pregrasp,closed,lifted,above,released",
                   "--max-steps", "1", "--checkpoint", str(random_checkpoint), "--hold-s", "0.2",
+                  "--search", "16,4,2",   # the CLI and its report are under test here, not the search
                   "--baselines", "random_shooting_wm,hold_still", "--out", str(out), "--quiet"])
     assert rc == 0
     data = json.loads(out.read_text())
