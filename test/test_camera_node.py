@@ -62,6 +62,7 @@ class Listener:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(timeout=10)   # the spin thread is out of spin_once before anything is destroyed
         self.node.destroy_node()
 
 

@@ -105,6 +105,7 @@ class Client:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(timeout=10)   # the spin thread is out of spin_once before anything is destroyed
         self.action.destroy()
         self.node.destroy_node()
 
