@@ -6,24 +6,55 @@ diagnostic renders many random static layouts instead (the exploration's scene g
 ``dexwm_sim.collect._object_scene``: three objects spread over the table, the hand at rest 20-35 cm
 above a random point; the simulation is read for the labels only), encodes them with the
 checkpoint's encoder and fits read-outs that share their weights across image positions, so that
-they cannot learn a layout by heart as easily as a flat ridge:
+they cannot learn a layout by heart as easily as a flat ridge. ``--probe positions`` (the default)
+reads each object's position:
 
 * ``softmax``: a spatial softmax over the patches (one logit per patch and object from a linear map
   of its latent) weighting a learned point per patch;
 * ``softmax-mlp``: the same with the logit from a small MLP;
 * ``per-position``: the logit from a separate linear map per patch position (the latent's
-  standardisation is per position, ``EncoderConfig.per_position``).
+  standardisation is per position, ``EncoderConfig.per_position``);
+* ``constant``: fitted points that see no input, the floor any read-out must beat.
+
+The three objects are told apart by shape only (their colours are drawn anew for every scene) and
+are a few pixels wide, so ``--matching ordered`` (each object's own position) asks for more than
+where objects are; ``--matching set`` scores the predicted points against the objects under the
+best of their orderings (loss and error alike): where there are objects, whichever they are.
 
 Each is fitted on all layouts but the last ``--held-out`` and reports its error on those and on the
 frames of exploration episodes (``--episodes DIR``, optional) against "every object at the mean
 position". Seeds 50,000 on, kept away from the evaluation's.
 
+``--representation`` says what the read-outs see per patch: the checkpoint's ``latent`` (what the
+predictor and the planner see), its encoder's unprojected ``backbone`` features (main and zoom view
+per cell: what the projection starts from), the same with the backbone's stride-16 stage folded
+into each cell (``backbone-s16``, the encoder option ``features=final+s16``), or ``pixels``, the
+zoom view's own RGB in each cell (8 x 8 pixels per cell at 56 x 56), a control that must localise
+objects when the read-outs can.
+
+``--probe occupancy`` asks neither for an object's identity nor for three points that a local
+logit cannot tell apart (each spatial softmax above sees every object alike): which cells of the zoom view's
+7 x 7 grid (the table, magnified) hold an object's centre, whichever object. A small convolutional
+read-out over the grid of patch features (1 x 1, 3 x 3, 1 x 1 convolutions: the same detector at
+every cell) gives a logit per cell, next to a per-cell prior that sees no input. Scored on each frame
+by the m cells that hold objects: the fraction of the m highest-scoring cells that do
+(``precision``), and each object's distance to the nearest of those m cells (a cell placed at the
+mean position of the fitted objects it held; ``nearest_cm``), against the prior alone and against
+the m true cells themselves (the grid's own floor).
+
+``--frames`` keeps the rendered layouts in a file, so the representations are compared on the same
+frames without rendering them again.
+
     .venv/bin/python scripts/probe_layouts.py [--checkpoint C] [--layouts 1200] [--held-out 200]
         [--episodes data/explore_probe [--episode-count 20]] [--iterations 2000]
+        [--probe positions|occupancy] [--representation latent|backbone|backbone-s16|pixels]
+        [--matching ordered|set] [--frames runs/probe_layouts_frames.npz]
 """
 import argparse
+import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,11 +62,57 @@ import torch
 from dexwm_planner.world_model import DexWM, default_checkpoint
 from dexwm_sim import collect
 
-READOUTS = ("softmax", "softmax-mlp", "per-position")
+READOUTS = ("constant", "softmax", "softmax-mlp", "per-position")
+MATCHINGS = ("ordered", "set")
+REPRESENTATIONS = ("latent", "backbone", "backbone-s16", "pixels")
+PIXEL_CELL = 8   # pixels per cell side of the ``pixels`` control (7 x 7 cells at 56 x 56)
 
 
-def render_layouts(wm, count: int, first_seed: int = 50_000):
-    """Latents (N, P, d) and object positions (N, K, 3) of ``count`` random static layouts."""
+def _s16_encoder(wm):
+    """The checkpoint's encoder with the backbone's stride-16 stage folded in, unprojected."""
+    if not hasattr(wm, "_probe_s16_encoder"):
+        from dataclasses import replace
+
+        from dexwm_planner.encoders import FrozenEncoder
+        wm._probe_s16_encoder = FrozenEncoder(replace(wm.encoder.config, proj_dim=None, per_position=False,
+                                                      features="final+s16"))
+    return wm._probe_s16_encoder
+
+
+def patch_features(wm, frames: np.ndarray, representation: str) -> torch.Tensor:
+    """(N, P, D) per-patch features of uint8 frames (N, H, W, 3), in chunks of 64 frames."""
+    encoder = wm.encoder
+    out = []
+    for j in range(0, len(frames), 64):
+        chunk = frames[j:j + 64]
+        if representation == "latent":
+            out.append(wm.encode(chunk).float())
+        elif representation == "backbone":
+            out.append(encoder.backbone_tokens(chunk).float())
+        elif representation == "backbone-s16":
+            out.append(_s16_encoder(wm).backbone_tokens(chunk).float())
+        else:
+            if encoder.config.zoom is None:
+                raise ValueError("the pixels control reads the zoom view; this checkpoint's encoder has none")
+            gh, gw = encoder.grid
+            with torch.no_grad():
+                x = encoder.preprocess(chunk, encoder.config.zoom)
+                x = torch.nn.functional.interpolate(x, size=(gh * PIXEL_CELL, gw * PIXEL_CELL), mode="area")
+            # (B, 3, gh*c, gw*c) -> (B, gh*gw, 3*c*c): one row of pixels per cell, cells in the grid's order
+            x = x.reshape(len(chunk), 3, gh, PIXEL_CELL, gw, PIXEL_CELL).permute(0, 2, 4, 1, 3, 5)
+            out.append(x.reshape(len(chunk), gh * gw, -1).float())
+    return torch.cat(out)
+
+
+def render_layouts(count: int, first_seed: int = 50_000, cache: str | None = None):
+    """Frames (N, 224, 224, 3) uint8 and object positions (N, K, 3) of ``count`` random static
+    layouts; read from (or written to) ``cache`` when given."""
+    if cache and Path(cache).is_file():
+        saved = np.load(cache)
+        if len(saved["frames"]) == count and int(saved["first_seed"]) == first_seed:
+            print(f"layouts read from {cache}", flush=True)
+            return saved["frames"], torch.as_tensor(saved["positions"])
+        print(f"{cache} holds other layouts; rendering anew", flush=True)
     env = collect._env(224)
     frames, positions = [], []
     for i in range(count):
@@ -48,8 +125,11 @@ def render_layouts(wm, count: int, first_seed: int = 50_000):
         if (i + 1) % 200 == 0:
             print(f"rendered {i + 1} / {count}", flush=True)
     frames = np.stack(frames)
-    latents = torch.cat([wm.encode(frames[j:j + 64]) for j in range(0, count, 64)]).float()
-    return latents, torch.as_tensor(np.stack(positions), dtype=torch.float32)
+    positions = np.stack(positions).astype(np.float32)
+    if cache:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, frames=frames, positions=positions, first_seed=first_seed)
+    return frames, torch.as_tensor(positions)
 
 
 class SpatialReadout(torch.nn.Module):
@@ -58,6 +138,9 @@ class SpatialReadout(torch.nn.Module):
     def __init__(self, kind: str, patches: int, dim: int, objects: int, mean_position: torch.Tensor):
         super().__init__()
         self.kind = kind
+        if kind == "constant":
+            self.fixed = torch.nn.Parameter(mean_position.repeat(objects, 1) + 0.05 * torch.randn(objects, 3))
+            return
         if kind == "softmax":
             self.logits = torch.nn.Linear(dim, objects)
         elif kind == "softmax-mlp":
@@ -68,6 +151,8 @@ class SpatialReadout(torch.nn.Module):
         self.points = torch.nn.Parameter(mean_position.repeat(patches, 1) + 0.01 * torch.randn(patches, 3))
 
     def forward(self, latents):
+        if self.kind == "constant":
+            return self.fixed.expand(len(latents), -1, -1)
         if self.kind == "per-position":
             logits = torch.einsum("npd,pdk->npk", latents, self.weight) + self.bias
         else:
@@ -75,11 +160,20 @@ class SpatialReadout(torch.nn.Module):
         return torch.einsum("npk,pc->nkc", torch.softmax(logits, dim=1), self.points)
 
 
-def error_cm(predicted, positions) -> float:
-    return float((predicted - positions).norm(dim=-1).mean() * 100)
+def distances(predicted, positions, matching: str = "ordered"):
+    """(N,) mean distance over the objects of each layout; under ``set`` matching for the best
+    ordering of the objects."""
+    if matching == "ordered":
+        return (predicted - positions).norm(dim=-1).mean(-1)
+    orders = itertools.permutations(range(positions.shape[1]))
+    return torch.stack([(predicted[:, list(o)] - positions).norm(dim=-1).mean(-1) for o in orders]).min(0).values
 
 
-def fit(kind, latents, positions, iterations: int, seed: int = 0):
+def error_cm(predicted, positions, matching: str = "ordered") -> float:
+    return float(distances(predicted, positions, matching).mean() * 100)
+
+
+def fit(kind, latents, positions, iterations: int, matching: str = "ordered", seed: int = 0):
     torch.manual_seed(seed)
     mean, scale = latents.mean((0, 1)), latents.std((0, 1))
     model = SpatialReadout(kind, latents.shape[1], latents.shape[2], positions.shape[1], positions.mean((0, 1)))
@@ -87,24 +181,130 @@ def fit(kind, latents, positions, iterations: int, seed: int = 0):
     x = (latents - mean) / scale
     for _ in range(iterations):
         rows = torch.randint(0, len(x), (256,))
-        loss = (model(x[rows]) - positions[rows]).norm(dim=-1).mean()
+        loss = distances(model(x[rows]), positions[rows], matching).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        train_error = error_cm(model(x), positions)
+        train_error = error_cm(model(x), positions, matching)
     return (lambda z: model((z - mean) / scale)), train_error
 
 
-def episode_frames(wm, folder: str, count: int):
-    """Latents and object positions of every frame of the last ``count`` episodes of ``folder``."""
+def zoom_cells(encoder, positions: torch.Tensor, image_size: int = 224) -> torch.Tensor:
+    """(N, K) zoom-view grid cell into which each object's centre projects (-1: outside the view);
+    the layouts and the exploration frames are rendered at ``image_size`` from the default head
+    camera."""
+    from dexwm_robot.camera import HeadCamera
+
+    uv, _, visible = HeadCamera().project(positions.numpy().astype(np.float64), image_size, image_size)
+    x0, y0, x1, y1 = encoder.crop_box((image_size, image_size), encoder.config.zoom)
+    gh, gw = encoder.grid
+    col = np.floor((uv[..., 0] + 0.5 - x0) / (x1 - x0) * gw).astype(int)
+    row = np.floor((uv[..., 1] + 0.5 - y0) / (y1 - y0) * gh).astype(int)
+    inside = visible & (col >= 0) & (col < gw) & (row >= 0) & (row < gh)
+    return torch.as_tensor(np.where(inside, row * gw + col, -1))
+
+
+def occupancy(cells: torch.Tensor, patches: int) -> torch.Tensor:
+    """(N, P) 1.0 where some object's centre lies in the cell."""
+    target = torch.zeros(len(cells), patches + 1)
+    target.scatter_(1, cells.clamp(min=-1) % (patches + 1), 1.0)   # -1 lands in the spare last column
+    return target[:, :patches]
+
+
+class OccupancyReadout(torch.nn.Module):
+    """Logit per grid cell: a per-cell prior plus (unless ``prior_only``) one small convolutional
+    detector run over the grid of patch features."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], prior_only: bool, hidden: int = 64):
+        super().__init__()
+        self.grid = grid
+        self.prior = torch.nn.Parameter(torch.zeros(grid[0] * grid[1]))
+        self.net = None if prior_only else torch.nn.Sequential(
+            torch.nn.Conv2d(dim, hidden, 1), torch.nn.GELU(), torch.nn.Conv2d(hidden, hidden, 3, padding=1),
+            torch.nn.GELU(), torch.nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, tokens):
+        if self.net is None:
+            return self.prior.expand(len(tokens), -1)
+        x = tokens.transpose(1, 2).reshape(len(tokens), -1, *self.grid)
+        return self.net(x).reshape(len(tokens), -1) + self.prior
+
+
+def fit_occupancy(prior_only: bool, latents, target, grid, iterations: int, seed: int = 0):
+    torch.manual_seed(seed)
+    mean, scale = latents.mean((0, 1)), latents.std((0, 1)) + 1e-6
+    model = OccupancyReadout(latents.shape[2], grid, prior_only)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    x = (latents - mean) / scale
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(iterations):
+        rows = torch.randint(0, len(x), (128,))
+        loss = loss_fn(model(x[rows]), target[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lambda z: model((z - mean) / scale)
+
+
+def cell_centres(cells: torch.Tensor, positions: torch.Tensor, patches: int) -> torch.Tensor:
+    """(P, 2) table (x, y) of each cell: the mean of the fitted objects it held (unheld cells: the
+    mean of all)."""
+    flat_cells, flat_xy = cells.reshape(-1), positions[..., :2].reshape(-1, 2)
+    inside = flat_cells >= 0
+    centres = flat_xy[inside].mean(0).repeat(patches, 1)
+    for c in range(patches):
+        held = flat_cells == c
+        if held.any():
+            centres[c] = flat_xy[held].mean(0)
+    return centres
+
+
+def occupancy_scores(logits, cells, positions, centres) -> dict:
+    """Precision of the m best cells and each object's distance to the nearest of them (cm), over
+    frames with an object in view; the same distance to the m true cells (the grid's floor)."""
+    target = occupancy(cells, logits.shape[1]).bool()
+    precision, nearest, floor = [], [], []
+    for n in range(len(logits)):
+        m = int(target[n].sum())
+        if m == 0:
+            continue
+        top = logits[n].topk(m).indices
+        precision.append(float(target[n, top].float().mean()))
+        seen = positions[n, cells[n] >= 0, :2]
+        nearest.append(float(torch.cdist(seen, centres[top]).min(1).values.mean()) * 100)
+        floor.append(float(torch.cdist(seen, centres[target[n]]).min(1).values.mean()) * 100)
+    return {"frames": len(precision), "precision": float(np.mean(precision)), "nearest_cm": float(np.mean(nearest)),
+            "true_cells_nearest_cm": float(np.mean(floor))}
+
+
+def run_occupancy(wm, fit_x, fit_y, tests: dict, iterations: int) -> dict:
+    encoder = wm.encoder
+    patches = encoder.num_patches
+    fit_cells = zoom_cells(encoder, fit_y)
+    target = occupancy(fit_cells, patches)
+    centres = cell_centres(fit_cells, fit_y, patches)
+    result = {"objects_in_view_fraction": float((fit_cells >= 0).float().mean())}
+    for name, prior_only in (("prior", True), ("detector", False)):
+        readout = fit_occupancy(prior_only, fit_x, target, encoder.grid, iterations)
+        row = {}
+        with torch.no_grad():
+            for split, (x, y) in {"fitted_layouts": (fit_x, fit_y), **tests}.items():
+                row[split] = occupancy_scores(readout(x), zoom_cells(encoder, y), y, centres)
+        result[name] = row
+        print(name, json.dumps(row), flush=True)
+    return result
+
+
+def episode_frames(wm, folder: str, count: int, representation: str):
+    """Features and object positions of every frame of the last ``count`` episodes of ``folder``."""
     from dexwm_planner.datasets import load_episodes
     episodes, _ = load_episodes(folder, "sim")
     latents, positions = [], []
     for ep in episodes[-count:]:
         if ep.object_positions is None:
             continue
-        latents.append(wm.encode(ep.load_frames()).float())
+        latents.append(patch_features(wm, ep.load_frames(), representation))
         positions.append(torch.as_tensor(np.asarray(ep.object_positions)[..., :3], dtype=torch.float32))
     return torch.cat(latents), torch.cat(positions)
 
@@ -117,29 +317,51 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", default=None, help="exploration folder whose frames are also read out")
     ap.add_argument("--episode-count", type=int, default=20, help="the last this many episodes of --episodes")
     ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--probe", choices=("positions", "occupancy"), default="positions",
+                    help="read out each object's position, or which zoom-view cells hold objects")
+    ap.add_argument("--representation", choices=REPRESENTATIONS, default="latent",
+                    help="what the read-outs see per patch (module docstring)")
+    ap.add_argument("--matching", choices=MATCHINGS, default="ordered",
+                    help="score each object's own position, or the objects as a set (module docstring)")
+    ap.add_argument("--frames", default=None, help="npz file the rendered layouts are kept in and read from")
     args = ap.parse_args(argv)
     if not 0 < args.held_out < args.layouts:
         ap.error("--held-out must be between 0 and --layouts")
     checkpoint = args.checkpoint or default_checkpoint()
+    label = args.checkpoint or f"{Path(checkpoint).name} (the default)"   # no machine path in the output
     wm = DexWM.load(checkpoint)
     t0 = time.time()
-    latents, positions = render_layouts(wm, args.layouts)
+    frames, positions = render_layouts(args.layouts, cache=args.frames)
+    latents = patch_features(wm, frames, args.representation)
     fit_x, fit_y = latents[:-args.held_out], positions[:-args.held_out]
     test_x, test_y = latents[-args.held_out:], positions[-args.held_out:]
+    episodes = episode_frames(wm, args.episodes, args.episode_count, args.representation) if args.episodes else None
+    if args.probe == "occupancy":
+        if wm.encoder.config.zoom is None:
+            ap.error("--probe occupancy reads the zoom view's grid; this checkpoint's encoder has none")
+        tests = {"held_out_layouts": (test_x, test_y)}
+        if episodes is not None:
+            tests["episode_frames"] = episodes
+        result = {"checkpoint": label, "representation": args.representation, "probe": "occupancy",
+                  "layouts_fitted": len(fit_x), "layouts_held_out": len(test_x),
+                  **run_occupancy(wm, fit_x, fit_y, tests, args.iterations), "seconds": time.time() - t0}
+        print(json.dumps(result, indent=1))
+        return 0
     mean_position = fit_y.mean(0)
-    result = {"checkpoint": checkpoint, "layouts_fitted": len(fit_x),
+    result = {"checkpoint": label, "representation": args.representation,
+              "matching": args.matching, "layouts_fitted": len(fit_x),
               "layouts_held_out": len(test_x),
               "mean_position_error_cm": {"layouts": error_cm(mean_position.expand_as(test_y), test_y)}}
-    episodes = episode_frames(wm, args.episodes, args.episode_count) if args.episodes else None
     if episodes is not None:
         result["mean_position_error_cm"]["episodes"] = error_cm(mean_position.expand_as(episodes[1]), episodes[1])
         result["episode_frames"] = len(episodes[0])
     for kind in READOUTS:
-        readout, train_error = fit(kind, fit_x, fit_y, args.iterations)
+        readout, train_error = fit(kind, fit_x, fit_y, args.iterations, args.matching)
         with torch.no_grad():
-            row = {"fitted_layouts_cm": train_error, "held_out_layouts_cm": error_cm(readout(test_x), test_y)}
+            row = {"fitted_layouts_cm": train_error,
+                   "held_out_layouts_cm": error_cm(readout(test_x), test_y, args.matching)}
             if episodes is not None:
-                row["episode_frames_cm"] = error_cm(readout(episodes[0]), episodes[1])
+                row["episode_frames_cm"] = error_cm(readout(episodes[0]), episodes[1], args.matching)
         result[kind] = row
         print(kind, json.dumps(row), flush=True)
     result["seconds"] = time.time() - t0
