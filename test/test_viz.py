@@ -62,7 +62,8 @@ class GraphTopics:
         self.pubs["goal"].publish(self._image(np.full((224, 224, 3), YELLOW, np.uint8)))
         strip = np.zeros((224, 5 * 224, 3), np.uint8)
         strip[:, :, 2] = np.linspace(0, 255, 5 * 224, dtype=np.uint8)
-        self.pubs["rollout"].publish(self._image(strip))
+        self.rollout = self._image(strip)
+        self.pubs["rollout"].publish(self.rollout)
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
@@ -216,6 +217,9 @@ def test_live_viewer_records_every_graph_topic(node_env, rclpy_context, tmp_path
             # here, the goal in the screenshot test); once in CI on a loaded machine this recording
             # lacked that latched goal, so the goal's row here also covers the live path.
             graph.pubs["goal"].publish(graph._image(np.full((224, 224, 3), YELLOW, np.uint8)))
+            # Likewise the rollout, as the planner publishes one per replan: under two test workers the
+            # latched 0.75 MB strip once did not reach a viewer that had just started.
+            graph.pubs["rollout"].publish(graph.rollout)
             time.sleep(3.0)
     finally:
         graph.stop()
