@@ -68,40 +68,34 @@ REPRESENTATIONS = ("latent", "backbone", "backbone-s16", "pixels")
 PIXEL_CELL = 8   # pixels per cell side of the ``pixels`` control (7 x 7 cells at 56 x 56)
 
 
-def _s16_encoder(wm):
-    """The checkpoint's encoder with the backbone's stride-16 stage folded in, unprojected."""
-    if not hasattr(wm, "_probe_s16_encoder"):
+def feature_reader(wm, representation: str):
+    """``read(uint8 frames (B, H, W, 3)) -> (B, P, D)`` per-patch features of ``representation``."""
+    encoder = wm.encoder
+    if representation == "latent":
+        return lambda frames: wm.encode(frames).float()
+    if representation == "backbone":
+        return lambda frames: encoder.backbone_tokens(frames).float()
+    if representation == "backbone-s16":
         from dataclasses import replace
 
         from dexwm_planner.encoders import FrozenEncoder
-        wm._probe_s16_encoder = FrozenEncoder(replace(wm.encoder.config, proj_dim=None, per_position=False,
-                                                      features="final+s16"))
-    return wm._probe_s16_encoder
+        s16 = FrozenEncoder(replace(encoder.config, proj_dim=None, per_position=False, features="final+s16"))
+        return lambda frames: s16.backbone_tokens(frames).float()
+    gh, gw = encoder.grid
+
+    @torch.no_grad()
+    def pixels(frames):
+        x = encoder.preprocess(frames, encoder.config.zoom)
+        x = torch.nn.functional.interpolate(x, size=(gh * PIXEL_CELL, gw * PIXEL_CELL), mode="area")
+        # (B, 3, gh*c, gw*c) -> (B, gh*gw, 3*c*c): one row of pixels per cell, cells in the grid's order
+        x = x.reshape(len(frames), 3, gh, PIXEL_CELL, gw, PIXEL_CELL).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(len(frames), gh * gw, -1).float()
+    return pixels
 
 
-def patch_features(wm, frames: np.ndarray, representation: str) -> torch.Tensor:
-    """(N, P, D) per-patch features of uint8 frames (N, H, W, 3), in chunks of 64 frames."""
-    encoder = wm.encoder
-    out = []
-    for j in range(0, len(frames), 64):
-        chunk = frames[j:j + 64]
-        if representation == "latent":
-            out.append(wm.encode(chunk).float())
-        elif representation == "backbone":
-            out.append(encoder.backbone_tokens(chunk).float())
-        elif representation == "backbone-s16":
-            out.append(_s16_encoder(wm).backbone_tokens(chunk).float())
-        else:
-            if encoder.config.zoom is None:
-                raise ValueError("the pixels control reads the zoom view; this checkpoint's encoder has none")
-            gh, gw = encoder.grid
-            with torch.no_grad():
-                x = encoder.preprocess(chunk, encoder.config.zoom)
-                x = torch.nn.functional.interpolate(x, size=(gh * PIXEL_CELL, gw * PIXEL_CELL), mode="area")
-            # (B, 3, gh*c, gw*c) -> (B, gh*gw, 3*c*c): one row of pixels per cell, cells in the grid's order
-            x = x.reshape(len(chunk), 3, gh, PIXEL_CELL, gw, PIXEL_CELL).permute(0, 2, 4, 1, 3, 5)
-            out.append(x.reshape(len(chunk), gh * gw, -1).float())
-    return torch.cat(out)
+def patch_features(read, frames: np.ndarray) -> torch.Tensor:
+    """``read`` (``feature_reader``) over uint8 frames (N, H, W, 3) in chunks of 64 frames."""
+    return torch.cat([read(frames[j:j + 64]) for j in range(0, len(frames), 64)])
 
 
 def render_layouts(count: int, first_seed: int = 50_000, cache: str | None = None):
@@ -173,21 +167,29 @@ def error_cm(predicted, positions, matching: str = "ordered") -> float:
     return float(distances(predicted, positions, matching).mean() * 100)
 
 
-def fit(kind, latents, positions, iterations: int, matching: str = "ordered", seed: int = 0):
-    torch.manual_seed(seed)
-    mean, scale = latents.mean((0, 1)), latents.std((0, 1))
-    model = SpatialReadout(kind, latents.shape[1], latents.shape[2], positions.shape[1], positions.mean((0, 1)))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-3)
+def _train(model, latents, loss_of, iterations: int, batch: int, lr: float, weight_decay: float, eps: float = 0.0):
+    """Adam on ``loss_of(model(standardised latents[rows]), rows)`` over random batches; returns the
+    model on standardised input (the fitted latents' mean and scale per feature)."""
+    mean, scale = latents.mean((0, 1)), latents.std((0, 1)) + eps
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     x = (latents - mean) / scale
     for _ in range(iterations):
-        rows = torch.randint(0, len(x), (256,))
-        loss = distances(model(x[rows]), positions[rows], matching).mean()
+        rows = torch.randint(0, len(x), (batch,))
+        loss = loss_of(model(x[rows]), rows)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return lambda z: model((z - mean) / scale)
+
+
+def fit(kind, latents, positions, iterations: int, matching: str = "ordered", seed: int = 0):
+    torch.manual_seed(seed)
+    model = SpatialReadout(kind, latents.shape[1], latents.shape[2], positions.shape[1], positions.mean((0, 1)))
+    readout = _train(model, latents, lambda out, rows: distances(out, positions[rows], matching).mean(),
+                     iterations, batch=256, lr=3e-3, weight_decay=1e-3)
     with torch.no_grad():
-        train_error = error_cm(model(x), positions, matching)
-    return (lambda z: model((z - mean) / scale)), train_error
+        train_error = error_cm(readout(latents), positions, matching)
+    return readout, train_error
 
 
 def zoom_cells(encoder, positions: torch.Tensor, image_size: int = 224) -> torch.Tensor:
@@ -233,18 +235,10 @@ class OccupancyReadout(torch.nn.Module):
 
 def fit_occupancy(prior_only: bool, latents, target, grid, iterations: int, seed: int = 0):
     torch.manual_seed(seed)
-    mean, scale = latents.mean((0, 1)), latents.std((0, 1)) + 1e-6
     model = OccupancyReadout(latents.shape[2], grid, prior_only)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    x = (latents - mean) / scale
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(iterations):
-        rows = torch.randint(0, len(x), (128,))
-        loss = loss_fn(model(x[rows]), target[rows])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return lambda z: model((z - mean) / scale)
+    return _train(model, latents, lambda out, rows: loss_fn(out, target[rows]), iterations, batch=128, lr=1e-3,
+                  weight_decay=1e-4, eps=1e-6)
 
 
 def cell_centres(cells: torch.Tensor, positions: torch.Tensor, patches: int) -> torch.Tensor:
@@ -285,18 +279,20 @@ def run_occupancy(wm, fit_x, fit_y, tests: dict, iterations: int) -> dict:
     target = occupancy(fit_cells, patches)
     centres = cell_centres(fit_cells, fit_y, patches)
     result = {"objects_in_view_fraction": float((fit_cells >= 0).float().mean())}
+    splits = {split: (x, y, zoom_cells(encoder, y))
+              for split, (x, y) in {"fitted_layouts": (fit_x, fit_y), **tests}.items()}
     for name, prior_only in (("prior", True), ("detector", False)):
         readout = fit_occupancy(prior_only, fit_x, target, encoder.grid, iterations)
         row = {}
         with torch.no_grad():
-            for split, (x, y) in {"fitted_layouts": (fit_x, fit_y), **tests}.items():
-                row[split] = occupancy_scores(readout(x), zoom_cells(encoder, y), y, centres)
+            for split, (x, y, cells) in splits.items():
+                row[split] = occupancy_scores(readout(x), cells, y, centres)
         result[name] = row
         print(name, json.dumps(row), flush=True)
     return result
 
 
-def episode_frames(wm, folder: str, count: int, representation: str):
+def episode_frames(read, folder: str, count: int):
     """Features and object positions of every frame of the last ``count`` episodes of ``folder``."""
     from dexwm_planner.datasets import load_episodes
     episodes, _ = load_episodes(folder, "sim")
@@ -304,7 +300,7 @@ def episode_frames(wm, folder: str, count: int, representation: str):
     for ep in episodes[-count:]:
         if ep.object_positions is None:
             continue
-        latents.append(patch_features(wm, ep.load_frames(), representation))
+        latents.append(patch_features(read, ep.load_frames()))
         positions.append(torch.as_tensor(np.asarray(ep.object_positions)[..., :3], dtype=torch.float32))
     return torch.cat(latents), torch.cat(positions)
 
@@ -330,15 +326,16 @@ def main(argv=None) -> int:
     checkpoint = args.checkpoint or default_checkpoint()
     label = args.checkpoint or f"{Path(checkpoint).name} (the default)"   # no machine path in the output
     wm = DexWM.load(checkpoint)
+    if wm.encoder.config.zoom is None and (args.probe == "occupancy" or args.representation == "pixels"):
+        ap.error("--probe occupancy and --representation pixels read the zoom view; this checkpoint's encoder has none")
+    read = feature_reader(wm, args.representation)
     t0 = time.time()
     frames, positions = render_layouts(args.layouts, cache=args.frames)
-    latents = patch_features(wm, frames, args.representation)
+    latents = patch_features(read, frames)
     fit_x, fit_y = latents[:-args.held_out], positions[:-args.held_out]
     test_x, test_y = latents[-args.held_out:], positions[-args.held_out:]
-    episodes = episode_frames(wm, args.episodes, args.episode_count, args.representation) if args.episodes else None
+    episodes = episode_frames(read, args.episodes, args.episode_count) if args.episodes else None
     if args.probe == "occupancy":
-        if wm.encoder.config.zoom is None:
-            ap.error("--probe occupancy reads the zoom view's grid; this checkpoint's encoder has none")
         tests = {"held_out_layouts": (test_x, test_y)}
         if episodes is not None:
             tests["episode_frames"] = episodes
