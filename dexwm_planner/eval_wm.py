@@ -9,7 +9,10 @@ predicted latents (and, as the head's upper bound, from the actual latents), in 
 When the checkpoint has an object-position probe (``object_probe``, ``<checkpoint>.probe.npz``) it
 also reports where the objects are read from the predicted latents, in cm, next to "nothing
 moves" and the probe on the actual latents (``object_readout``; ``object_readout_at`` at 0.2 / 1 /
-2 / 4 s). Writes ``metrics.json``, ``metrics.md`` (those horizons), ``metrics.png`` and
+2 / 4 s). When it has an occupancy probe (``occupancy_probe``, ``<checkpoint>.occupancy.pt``) it
+reports the identity-free read-out as well: each object's distance to the nearest of the cells
+the detector finds on the predicted latents, next to "nothing moves" scored the same way
+(``object_occupancy``; ``object_occupancy_at``). Writes ``metrics.json``, ``metrics.md`` (those horizons), ``metrics.png`` and
 ``strip.png`` (top: actual frames with the true keypoints, bottom: the same frames with the
 keypoints decoded from the *predicted* latents).
 """
@@ -25,7 +28,9 @@ import torch
 from .actions import keypoint_actions
 from .datasets import EncodedEpisode, cached_tokens, heatmap_targets, load_episodes
 from .hand_head import pck
+from . import occupancy_probe
 from .object_probe import ObjectProbe, probe_file, probe_split, readout_errors
+from .occupancy_probe import OccupancyProbe
 from .world_model import CheckpointError, DexWM
 
 THRESHOLDS = (2.5, 5.0, 10.0, 20.0)
@@ -56,9 +61,10 @@ def rollout_starts(n: int, context: int, horizon: int, stride: int, every: int) 
 
 @torch.no_grad()
 def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: int = 1, probe=None,
-             start_every: int = 0):
+             start_every: int = 0, occupancy=None):
     """Returns per-step arrays and the rollouts needed for the strip. With an object ``probe``
-    (``object_probe.ObjectProbe``) also the object read-out errors per step."""
+    (``object_probe.ObjectProbe``) also the object read-out errors per step, with an ``occupancy``
+    probe (``occupancy_probe.OccupancyProbe``) the identity-free read-out's."""
     steps = []
     for e in encoded:
         n = len(e.episode)
@@ -70,7 +76,7 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
             H = len(idx) - context
             if H < 1:
                 continue
-            step = _rollout(wm, e, idx, context, probe)
+            step = _rollout(wm, e, idx, context, probe, occupancy)
             step.update(episode=e, idx=idx)
             steps.append(step)
     if not steps:
@@ -91,6 +97,9 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
                 res[name][str(t)].append(p[t])
     if probe is not None:
         res["object_readout"] = object_readout_per_step([s.get("objects") for s in steps], Hmax)
+    if occupancy is not None:
+        res["object_occupancy"] = object_readout_per_step([s.get("occupancy") for s in steps], Hmax,
+                                                          OCCUPANCY_KINDS, counted="in_view")
     res["horizon"] = Hmax
     res["episodes"] = len({id(s["episode"]) for s in steps})
     res["rollouts"] = len(steps)
@@ -99,7 +108,7 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
     return res, steps
 
 
-def _rollout(wm: DexWM, e, idx, context: int, probe) -> dict:
+def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None) -> dict:
     """One open-loop rollout over the frames ``idx`` of an encoded episode: errors per step."""
     ep = e.episode
     acts = keypoint_actions(ep.keypoints_world[idx], ep.cam_to_world[idx])
@@ -117,14 +126,23 @@ def _rollout(wm: DexWM, e, idx, context: int, probe) -> dict:
         # is known at the last context frame: never the future positions.
         out["objects"] = readout_errors(probe, pred.numpy(), true.numpy(), pos[idx[context:]],
                                         e.latents[idx[context - 1]].numpy(), pos[idx[context - 1]])
+    if occupancy is not None and pos is not None:
+        cells = occupancy_probe.episode_cells(wm.encoder, ep)[idx[context:]].numpy()
+        out["occupancy"] = occupancy_probe.readout_errors(occupancy, pred.numpy(), true.numpy(), pos[idx[context:]],
+                                                          cells, e.latents[idx[context - 1]].numpy(),
+                                                          pos[idx[context - 1]])
     return out
 
 
-def object_readout_per_step(per_rollout, horizon: int) -> dict:
+READOUT_KINDS = ("predicted", "true_latents", "nothing_moves")
+OCCUPANCY_KINDS = ("predicted", "true_latents", "context_latent", "nothing_moves")
+
+
+def object_readout_per_step(per_rollout, horizon: int, kinds=READOUT_KINDS, counted: str | None = None) -> dict:
     """Mean object position error [cm] per horizon step over all objects and over the objects that
-    moved, for the probe on predicted latents, on actual latents and for "nothing moves"."""
+    moved, for each of ``kinds`` (the probe on predicted latents, on actual latents, "nothing
+    moves" ...); with ``counted`` (e.g. ``in_view``) only over the objects that mask marks."""
     out = {"rollouts": 0, "objects_moved": [], "objects": []}
-    kinds = ("predicted", "true_latents", "nothing_moves")
     for k in kinds:
         out[f"{k}_cm"], out[f"{k}_moved_cm"] = [], []
     have = [r for r in per_rollout if r is not None]
@@ -132,10 +150,12 @@ def object_readout_per_step(per_rollout, horizon: int) -> dict:
     for h in range(horizon):
         at = [r for r in have if len(r["moved"]) > h]
         moved = np.concatenate([r["moved"][h] for r in at]) if at else np.zeros(0, bool)
+        keep = np.concatenate([r[counted][h] for r in at]) if at and counted else np.ones(moved.size, bool)
+        moved = moved[keep]
         out["objects"].append(int(moved.size))
         out["objects_moved"].append(int(moved.sum()))
         for k in kinds:
-            e = np.concatenate([r[k][h] for r in at]) * 100 if at else np.zeros(0)
+            e = np.concatenate([r[k][h] for r in at])[keep] * 100 if at else np.zeros(0)
             out[f"{k}_cm"].append(float(e.mean()) if e.size else None)
             out[f"{k}_moved_cm"].append(float(e[moved].mean()) if moved.any() else None)
     return out
@@ -161,8 +181,9 @@ def plot_metrics(res: dict, path: str, dt: float):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     t = (np.arange(res["horizon"]) + 1) * dt
-    obj = res.get("object_readout")
-    fig, ax = plt.subplots(1, 3 if obj else 2, figsize=(15 if obj else 10, 3.8))
+    obj, occ = res.get("object_readout"), res.get("object_occupancy")
+    panels = 2 + bool(obj) + bool(occ)
+    fig, ax = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     ax[0].plot(t, res["latent_error"], "o-", label="world model")
     ax[0].plot(t, res["latent_error_copy_baseline"], "--", label="repeat last frame")
     ax[0].set_xlabel("prediction horizon [s]")
@@ -183,6 +204,16 @@ def plot_metrics(res: dict, path: str, dt: float):
         ax[2].set_xlabel("prediction horizon [s]")
         ax[2].set_ylabel("object position error [cm] (moved objects)")
         ax[2].legend()
+    if occ:
+        for key, style, label in (("predicted", "o-", "cells read from predicted latents"),
+                                  ("true_latents", ":", "from actual latents"),
+                                  ("context_latent", "-.", "from the last context latent"),
+                                  ("nothing_moves", "--", "nothing moves")):
+            vals = [np.nan if v is None else v for v in occ[f"{key}_moved_cm"]]
+            ax[-1].plot(t, vals, style, label=label)
+        ax[-1].set_xlabel("prediction horizon [s]")
+        ax[-1].set_ylabel("distance to nearest read point [cm] (moved)")
+        ax[-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -221,6 +252,24 @@ def write_markdown(res: dict, path: str, dt: float) -> str:
                   "read-out) on the predicted "
                   "latents, on the actual future latents (the probe's floor), and \"nothing moves\" (the positions "
                   "at the last context frame), against the recorded positions; moved: > 1 cm from there."]
+    occ = res.get("object_occupancy_at")
+    if occ is not None:
+        head = ("| horizon (s) | objects in view: moved / all | moved (cm): predicted | actual latents | last context latent "
+                "| nothing moves | nothing moves / predicted | all in view (cm): predicted | nothing moves |")
+        lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+        for t in REPORT_SECONDS:
+            o = occ.get(f"{t:g}")
+            if o is None:
+                continue
+            p, still = o["predicted_moved_cm"], o["nothing_moves_moved_cm"]
+            lines.append(f"| {t:g} | {o['objects_moved']} / {o['objects']} | {f(p)} | {f(o['true_latents_moved_cm'])} "
+                         f"| {f(o['context_latent_moved_cm'])} | {f(still)} | {f(still / p if p and still is not None else None)} "
+                         f"| {f(o['predicted_cm'])} | {f(o['nothing_moves_cm'])} |")
+        lines += ["", "Identity-free read-out (`<checkpoint>.occupancy.pt`): each object in the grid, its table (x, y) "
+                  "distance to the nearest of the K cells the detector scores highest (K = the scene's objects) on the "
+                  "predicted latents, the actual future latents (the read-out's floor) and the last context latent (a "
+                  "frozen world read the same way), and to the nearest of the K positions recorded at the last context "
+                  "frame (\"nothing moves\"); moved: > 1 cm from there."]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as fh:
         fh.write(text)
@@ -271,6 +320,16 @@ def load_probe(args):
     return ObjectProbe.load(path), str(path)
 
 
+def load_occupancy_probe(args):
+    """``args.occupancy_probe``, else the checkpoint's ``<name>.occupancy.pt`` when it exists, else None."""
+    path = getattr(args, "occupancy_probe", None) or occupancy_probe.probe_file(args.checkpoint)
+    if not os.path.isfile(path):
+        if getattr(args, "occupancy_probe", None):
+            raise FileNotFoundError(f"occupancy probe not found: {path}")
+        return None, None
+    return OccupancyProbe.load(path), str(path)
+
+
 def open_loop(args) -> int:
     """The open-loop evaluation for the parsed arguments of ``dexwm-eval-wm`` (dexwm_ros.eval_wm):
     checkpoint, data, kind, episodes, cache_dir, horizon, context, stride, out, json; optional
@@ -278,10 +337,11 @@ def open_loop(args) -> int:
     try:
         wm = DexWM.load(args.checkpoint)
         probe, probe_path = load_probe(args)
+        occupancy, occupancy_path = load_occupancy_probe(args)
         episodes, skipped = select_episodes(args, wm)
         encoded = encode_episodes(wm, episodes, args.cache_dir)
         res, rollouts = evaluate(wm, encoded, args.horizon, args.context, args.stride, probe,
-                                 getattr(args, "start_every", 0))
+                                 getattr(args, "start_every", 0), occupancy)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
@@ -298,6 +358,14 @@ def open_loop(args) -> int:
                                "evaluated_on_fit_episodes": sum(os.path.basename(e.episode.name) in fitted
                                                                 for e in encoded)}
         res["object_readout_at"] = object_readout_at(res["object_readout"], dt)
+    if occupancy is not None:
+        res["occupancy_probe"] = {"path": os.path.basename(occupancy_path),
+                                  **{k: occupancy.meta.get(k) for k in ("iterations", "fit_frames", "checkpoint")},
+                                  "fit_episodes": len(occupancy.meta.get("fit_episodes", ())),
+                                  "evaluated_on_fit_episodes": sum(
+                                      os.path.basename(e.episode.name) in set(occupancy.meta.get("fit_episodes", ()))
+                                      for e in encoded) if occupancy.meta.get("data") == os.path.abspath(args.data) else 0}
+        res["object_occupancy_at"] = object_readout_at(res["object_occupancy"], dt)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as fh:
         json.dump(res, fh, indent=1)

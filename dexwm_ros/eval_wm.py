@@ -2,6 +2,7 @@
 
     dexwm-eval-wm CHECKPOINT DATA [--held-out] [--start-every K] [--episodes N] [--cache-dir D]
     dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean] [--probe-target position|change]
+    dexwm-eval-wm --fit-probe CHECKPOINT DATA --probe-target occupancy [--cache-dir D] [--probe-iterations N]
 
     dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
     dexwm-eval-wm --grasp-sensitivity [--checkpoint C] [--scenes N] [--first-seed S] [--camera P,A] [--json]
@@ -21,7 +22,10 @@ the default) encoder config with these overrides, its projection fitted on the e
 simulation, because those modes render simulation scenes.
 ``--fit-probe`` fits the checkpoint's object-position probe (``dexwm_planner.object_probe``) on the
 training part of DATA and writes ``<checkpoint>.probe.npz``, which the open-loop evaluation then
-reads; ``--held-out`` evaluates on the episodes of DATA that split keeps out (never trained on).
+reads; ``--probe-target occupancy`` fits the identity-free read-out instead (which grid cells hold
+an object, ``dexwm_planner.occupancy_probe``) and writes ``<checkpoint>.occupancy.pt``, which the
+evaluation reads beside the position probe; ``--held-out`` evaluates on the episodes of DATA that
+split keeps out (never trained on).
 """
 from __future__ import annotations
 
@@ -68,9 +72,14 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-probe", action="store_true",
                     help="fit the object-position probe on DATA's training episodes, write <checkpoint>.probe.npz")
     ap.add_argument("--pooling", default="flat", choices=("flat", "mean"), help="probe input (--fit-probe)")
-    ap.add_argument("--probe-target", default="position", choices=("position", "change"),
-                    help="probe reads object positions, or their change since the last context frame (--fit-probe)")
+    ap.add_argument("--probe-target", default="position", choices=("position", "change", "occupancy"),
+                    help="probe reads object positions, their change since the last context frame, or which grid "
+                         "cells hold an object (--fit-probe)")
     ap.add_argument("--probe", default=None, help="probe file (default: <checkpoint>.probe.npz when present)")
+    ap.add_argument("--occupancy-probe", default=None,
+                    help="occupancy probe file (default: <checkpoint>.occupancy.pt when present)")
+    ap.add_argument("--probe-iterations", type=int, default=2000,
+                    help="Adam steps of the occupancy probe's fit (--fit-probe --probe-target occupancy)")
     ap.add_argument("--held-out", action="store_true",
                     help="evaluate only the episodes of DATA kept out of training (the probe's split)")
     ap.add_argument("--split-fraction", type=float, default=None,
@@ -98,7 +107,7 @@ def main(argv=None) -> int:
     if not args.checkpoint or not args.data:
         ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity or --grasp-sensitivity)")
     if args.fit_probe:
-        return fit_probe(args)
+        return fit_occupancy_probe(args) if args.probe_target == "occupancy" else fit_probe(args)
     from dexwm_planner.eval_wm import open_loop
 
     return open_loop(args)
@@ -125,6 +134,33 @@ def fit_probe(args) -> int:
                "alpha": probe.meta["alpha"],
                "tuning_error_cm": probe.meta["tuning_error_cm"], "fit_episodes": len(probe.meta["fit_episodes"]),
                "fit_rows": probe.meta["fit_rows"], "held_out_episodes": len(held_out)}
+    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def fit_occupancy_probe(args) -> int:
+    import json
+    import os
+
+    from dexwm_planner import occupancy_probe
+    from dexwm_planner.world_model import CheckpointError, DexWM
+
+    if args.probe_iterations < 1:
+        print("dexwm-eval-wm: --probe-iterations must be at least 1", file=sys.stderr)
+        return 1
+    try:
+        wm = DexWM.load(args.checkpoint)
+        probe, held_out = occupancy_probe.fit_for_checkpoint(
+            wm, args.checkpoint, args.data, args.kind, args.cache_dir, args.split_seed, args.split_fraction,
+            args.episodes, args.probe_iterations)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
+        return 1
+    path = args.occupancy_probe or str(occupancy_probe.probe_file(args.checkpoint))
+    probe.save(path)
+    summary = {"occupancy_probe": os.path.abspath(path), "iterations": probe.meta["iterations"],
+               "fit_frames": probe.meta["fit_frames"], "fit_episodes": len(probe.meta["fit_episodes"]),
+               "objects_in_view_fraction": probe.meta["objects_in_view_fraction"], "held_out_episodes": len(held_out)}
     print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     return 0
 

@@ -59,6 +59,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dexwm_planner import occupancy_probe
+from dexwm_planner.occupancy_probe import cell_centres, grid_cells, occupancy, train_adam
 from dexwm_planner.world_model import DexWM, default_checkpoint
 from dexwm_sim import collect
 
@@ -167,26 +169,14 @@ def error_cm(predicted, positions, matching: str = "ordered") -> float:
     return float(distances(predicted, positions, matching).mean() * 100)
 
 
-def _train(model, latents, loss_of, iterations: int, batch: int, lr: float, weight_decay: float, eps: float = 0.0):
-    """Adam on ``loss_of(model(standardised latents[rows]), rows)`` over random batches; returns the
-    model on standardised input (the fitted latents' mean and scale per feature)."""
-    mean, scale = latents.mean((0, 1)), latents.std((0, 1)) + eps
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    x = (latents - mean) / scale
-    for _ in range(iterations):
-        rows = torch.randint(0, len(x), (batch,))
-        loss = loss_of(model(x[rows]), rows)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return lambda z: model((z - mean) / scale)
-
-
 def fit(kind, latents, positions, iterations: int, matching: str = "ordered", seed: int = 0):
     torch.manual_seed(seed)
     model = SpatialReadout(kind, latents.shape[1], latents.shape[2], positions.shape[1], positions.mean((0, 1)))
-    readout = _train(model, latents, lambda out, rows: distances(out, positions[rows], matching).mean(),
-                     iterations, batch=256, lr=3e-3, weight_decay=1e-3)
+    mean, scale = train_adam(model, latents, lambda out, rows: distances(out, positions[rows], matching).mean(),
+                             iterations, batch=256, lr=3e-3, weight_decay=1e-3)
+
+    def readout(z):
+        return model((z - mean) / scale)
     with torch.no_grad():
         train_error = error_cm(readout(latents), positions, matching)
     return readout, train_error
@@ -199,59 +189,7 @@ def zoom_cells(encoder, positions: torch.Tensor, image_size: int = 224) -> torch
     from dexwm_robot.camera import HeadCamera
 
     uv, _, visible = HeadCamera().project(positions.numpy().astype(np.float64), image_size, image_size)
-    x0, y0, x1, y1 = encoder.crop_box((image_size, image_size), encoder.config.zoom)
-    gh, gw = encoder.grid
-    col = np.floor((uv[..., 0] + 0.5 - x0) / (x1 - x0) * gw).astype(int)
-    row = np.floor((uv[..., 1] + 0.5 - y0) / (y1 - y0) * gh).astype(int)
-    inside = visible & (col >= 0) & (col < gw) & (row >= 0) & (row < gh)
-    return torch.as_tensor(np.where(inside, row * gw + col, -1))
-
-
-def occupancy(cells: torch.Tensor, patches: int) -> torch.Tensor:
-    """(N, P) 1.0 where some object's centre lies in the cell."""
-    target = torch.zeros(len(cells), patches + 1)
-    target.scatter_(1, cells.clamp(min=-1) % (patches + 1), 1.0)   # -1 lands in the spare last column
-    return target[:, :patches]
-
-
-class OccupancyReadout(torch.nn.Module):
-    """Logit per grid cell: a per-cell prior plus (unless ``prior_only``) one small convolutional
-    detector run over the grid of patch features."""
-
-    def __init__(self, dim: int, grid: tuple[int, int], prior_only: bool, hidden: int = 64):
-        super().__init__()
-        self.grid = grid
-        self.prior = torch.nn.Parameter(torch.zeros(grid[0] * grid[1]))
-        self.net = None if prior_only else torch.nn.Sequential(
-            torch.nn.Conv2d(dim, hidden, 1), torch.nn.GELU(), torch.nn.Conv2d(hidden, hidden, 3, padding=1),
-            torch.nn.GELU(), torch.nn.Conv2d(hidden, 1, 1))
-
-    def forward(self, tokens):
-        if self.net is None:
-            return self.prior.expand(len(tokens), -1)
-        x = tokens.transpose(1, 2).reshape(len(tokens), -1, *self.grid)
-        return self.net(x).reshape(len(tokens), -1) + self.prior
-
-
-def fit_occupancy(prior_only: bool, latents, target, grid, iterations: int, seed: int = 0):
-    torch.manual_seed(seed)
-    model = OccupancyReadout(latents.shape[2], grid, prior_only)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    return _train(model, latents, lambda out, rows: loss_fn(out, target[rows]), iterations, batch=128, lr=1e-3,
-                  weight_decay=1e-4, eps=1e-6)
-
-
-def cell_centres(cells: torch.Tensor, positions: torch.Tensor, patches: int) -> torch.Tensor:
-    """(P, 2) table (x, y) of each cell: the mean of the fitted objects it held (unheld cells: the
-    mean of all)."""
-    flat_cells, flat_xy = cells.reshape(-1), positions[..., :2].reshape(-1, 2)
-    inside = flat_cells >= 0
-    centres = flat_xy[inside].mean(0).repeat(patches, 1)
-    for c in range(patches):
-        held = flat_cells == c
-        if held.any():
-            centres[c] = flat_xy[held].mean(0)
-    return centres
+    return grid_cells(encoder, uv, visible, (image_size, image_size))
 
 
 def occupancy_scores(logits, cells, positions, centres) -> dict:
@@ -276,17 +214,16 @@ def run_occupancy(wm, fit_x, fit_y, tests: dict, iterations: int) -> dict:
     encoder = wm.encoder
     patches = encoder.num_patches
     fit_cells = zoom_cells(encoder, fit_y)
-    target = occupancy(fit_cells, patches)
     centres = cell_centres(fit_cells, fit_y, patches)
     result = {"objects_in_view_fraction": float((fit_cells >= 0).float().mean())}
     splits = {split: (x, y, zoom_cells(encoder, y))
               for split, (x, y) in {"fitted_layouts": (fit_x, fit_y), **tests}.items()}
     for name, prior_only in (("prior", True), ("detector", False)):
-        readout = fit_occupancy(prior_only, fit_x, target, encoder.grid, iterations)
+        probe = occupancy_probe.fit(fit_x, fit_cells, fit_y, encoder.grid, iterations, prior_only=prior_only)
         row = {}
         with torch.no_grad():
             for split, (x, y, cells) in splits.items():
-                row[split] = occupancy_scores(readout(x), cells, y, centres)
+                row[split] = occupancy_scores(probe.logits(x), cells, y, centres)
         result[name] = row
         print(name, json.dumps(row), flush=True)
     return result
