@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,3 +82,22 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+class SpinThread:
+    """A test client's node spun by ``executor`` in a daemon thread. ``close`` shuts the executor
+    down and waits until the thread has left ``spin_once`` before it destroys ``entities`` (action
+    clients ...) and the node: destroyed under a running spin, they raise InvalidHandle there."""
+
+    def __init__(self, node, executor):
+        self.node, self.executor = node, executor
+        executor.add_node(node)
+        self.thread = threading.Thread(target=executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self, *entities):
+        self.executor.shutdown()
+        self.thread.join(timeout=10)
+        for entity in entities:
+            entity.destroy()
+        self.node.destroy_node()

@@ -1,5 +1,4 @@
 """The `allegro` node as a separate process against its in-process emulator (virtual CAN bus)."""
-import threading
 import time
 
 import numpy as np
@@ -9,7 +8,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from dexwm_robot import allegro as joints
-from rosutil import node_command, process, wait_for
+from rosutil import SpinThread, node_command, process, wait_for
 
 OPEN = np.asarray(joints.OPEN_POSE)
 
@@ -33,15 +32,10 @@ class Client:
         self.stop = self.node.create_client(Trigger, "/allegro/stop")
         self.params = self.node.create_client(SetParameters, "/allegro/set_parameters")
         self.action = ActionClient(self.node, MoveJoints, "/allegro/move_joints")
-        self.executor = SingleThreadedExecutor(context=ctx)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self.spin = SpinThread(self.node, SingleThreadedExecutor(context=ctx))
 
     def close(self):
-        self.executor.shutdown()
-        self._thread.join(timeout=10)   # the spin thread is out of spin_once before anything is destroyed
-        self.node.destroy_node()
+        self.spin.close()
 
     def position(self):
         return np.asarray(self.states[-1].position)

@@ -1,12 +1,11 @@
 """The real `camera` node playing a librealsense recording and an OpenCV video, seen by a ROS subscriber."""
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
-from rosutil import node_command, process, wait_for
+from rosutil import SpinThread, node_command, process, wait_for
 
 from camera_driver.sources import Intrinsics, record_realsense_file
 
@@ -51,19 +50,14 @@ class Listener:
             self.node.create_subscription(Image, "/camera/camera/aligned_depth_to_color/image_raw",
                                           self.depths.append, IMAGE_QOS)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = SpinThread(self.node, SingleThreadedExecutor(context=context))
 
     def diag_messages(self, level=None):
         return [s.message for d in list(self.diagnostics) for s in d.status
                 if s.name.startswith("camera") and (level is None or s.level == level)]
 
     def close(self):
-        self.executor.shutdown()
-        self.thread.join(timeout=10)   # the spin thread is out of spin_once before anything is destroyed
-        self.node.destroy_node()
+        self.spin.close()
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import numpy as np
 import pytest
-from rosutil import node_command, process, wait_for
+from rosutil import SpinThread, node_command, process, wait_for
 
 from dexwm_ros.ros_time import seconds
 from franka_driver.franky_sim import start_franky_sim
@@ -43,10 +42,7 @@ class Client:
         self.stop_srv = self.node.create_client(Trigger, "/franka/stop")
         self.recover_srv = self.node.create_client(Trigger, "/franka/recover")
         self.command_pub = self.node.create_publisher(JointTrajectory, "/franka/joint_command", 10)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = SpinThread(self.node, MultiThreadedExecutor(num_threads=2, context=context))
 
     def q(self) -> np.ndarray:
         return np.array(self.states[-1].position)
@@ -104,10 +100,7 @@ class Client:
         return wait_for(lambda: future.result() if future.done() else None, 10, what="set_parameters").results[0]
 
     def close(self):
-        self.executor.shutdown()
-        self.thread.join(timeout=10)   # the spin thread is out of spin_once before anything is destroyed
-        self.action.destroy()
-        self.node.destroy_node()
+        self.spin.close(self.action)
 
 
 def result_of(future, timeout):

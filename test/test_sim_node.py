@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import numpy as np
 import pytest
-from rosutil import ROOT, node_command, process, wait_for
+from rosutil import ROOT, SpinThread, node_command, process, wait_for
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -65,10 +64,7 @@ class Client:
         self.arm_stop = self.node.create_client(Trigger, "/franka/stop")
         self.hand_pub = self.node.create_publisher(JointState, "/allegro/joint_command", 10)
         self.arm_pub = self.node.create_publisher(JointTrajectory, "/franka/joint_command", 10)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = SpinThread(self.node, MultiThreadedExecutor(num_threads=2, context=context))
 
     def done(self, future, timeout=30.0):
         wait_for(future.done, timeout, what="a response")
@@ -97,9 +93,7 @@ class Client:
         return self.done(action.send_goal_async(goal, feedback_callback=feedback))
 
     def close(self):
-        self.executor.shutdown()
-        self.thread.join(timeout=10)   # the spin thread is out of spin_once before anything is destroyed
-        self.node.destroy_node()
+        self.spin.close()
 
 
 @pytest.fixture
