@@ -27,10 +27,11 @@ import torch
 
 from .actions import keypoint_actions
 from .datasets import EncodedEpisode, cached_tokens, heatmap_targets, load_episodes
-from .hand_head import pck
 from . import occupancy_probe
+from .hand_head import pck
 from .object_probe import ObjectProbe, probe_file, probe_split, readout_errors
 from .occupancy_probe import OccupancyProbe
+from .paths import recorded_path, same_file
 from .world_model import CheckpointError, DexWM
 
 THRESHOLDS = (2.5, 5.0, 10.0, 20.0)
@@ -346,25 +347,25 @@ def open_loop(args) -> int:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
     dt = float(np.median([e.episode.dt for e in encoded])) * args.stride
-    res.update(checkpoint=os.path.abspath(args.checkpoint), data=os.path.abspath(args.data), dt=dt,
+    res.update(checkpoint=recorded_path(args.checkpoint), data=recorded_path(args.data), dt=dt,
                context=args.context, skipped=skipped)
     if probe is not None:
         # Episode names are file names: they identify episodes only within the data the probe was fitted on.
-        same_data = probe.meta.get("data") == os.path.abspath(args.data)
+        same_data = same_file(probe.meta.get("data"), args.data)
         fitted = set(probe.meta.get("fit_episodes", ())) if same_data else set()
-        res["object_probe"] = {"path": os.path.abspath(probe_path), "pooling": probe.pooling, "target": probe.target,
+        res["object_probe"] = {"path": recorded_path(probe_path), "pooling": probe.pooling, "target": probe.target,
                                "alpha": probe.meta.get("alpha"),
                                "fit_episodes": len(probe.meta.get("fit_episodes", ())),
                                "evaluated_on_fit_episodes": sum(os.path.basename(e.episode.name) in fitted
                                                                 for e in encoded)}
         res["object_readout_at"] = object_readout_at(res["object_readout"], dt)
     if occupancy is not None:
-        res["occupancy_probe"] = {"path": os.path.basename(occupancy_path),
+        res["occupancy_probe"] = {"path": recorded_path(occupancy_path),
                                   **{k: occupancy.meta.get(k) for k in ("iterations", "fit_frames", "checkpoint")},
                                   "fit_episodes": len(occupancy.meta.get("fit_episodes", ())),
                                   "evaluated_on_fit_episodes": sum(
                                       os.path.basename(e.episode.name) in set(occupancy.meta.get("fit_episodes", ()))
-                                      for e in encoded) if occupancy.meta.get("data") == os.path.abspath(args.data) else 0}
+                                      for e in encoded) if same_file(occupancy.meta.get("data"), args.data) else 0}
         res["object_occupancy_at"] = object_readout_at(res["object_occupancy"], dt)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as fh:

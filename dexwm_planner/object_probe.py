@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .paths import recorded_path
+
 log = logging.getLogger(__name__)
 
 POOLINGS = ("flat", "mean")
@@ -257,6 +259,6 @@ def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_
                 ep.object_positions
 
     probe = fit(latents(), pooling, seed=seed, target=target)
-    probe.meta.update(checkpoint=os.path.basename(str(checkpoint)), data=os.path.abspath(data), kind=kind,
+    probe.meta.update(checkpoint=os.path.basename(str(checkpoint)), data=recorded_path(data), kind=kind,
                       split_seed=seed, split_fraction=fraction, held_out_episodes=[os.path.basename(e.name) for e in held_out])
     return probe, held_out

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .object_probe import MOVED_M
+from .paths import recorded_path
 
 SUFFIX = ".occupancy.pt"
 
@@ -244,7 +245,7 @@ def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_
     if not latents:
         raise ValueError(f"no training episode of {data} records object positions")
     probe = fit(torch.cat(latents), torch.cat(cells), torch.cat(positions), wm.encoder.grid, iterations, seed)
-    probe.meta.update(checkpoint=os.path.basename(str(checkpoint)), data=os.path.abspath(data), kind=kind,
+    probe.meta.update(checkpoint=os.path.basename(str(checkpoint)), data=recorded_path(data), kind=kind,
                       split_seed=seed, split_fraction=fraction, fit_episodes=names,
                       held_out_episodes=[os.path.basename(e.name) for e in held_out])
     return probe, held_out

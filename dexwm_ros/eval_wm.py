@@ -115,9 +115,9 @@ def main(argv=None) -> int:
 
 def fit_probe(args) -> int:
     import json
-    import os
 
     from dexwm_planner.object_probe import fit_for_checkpoint, probe_file
+    from dexwm_planner.paths import recorded_path
     from dexwm_planner.world_model import CheckpointError, DexWM
 
     try:
@@ -130,7 +130,7 @@ def fit_probe(args) -> int:
         return 1
     path = args.probe or str(probe_file(args.checkpoint))
     probe.save(path)
-    summary = {"probe": os.path.abspath(path), "pooling": probe.pooling, "target": probe.target,
+    summary = {"probe": recorded_path(path), "pooling": probe.pooling, "target": probe.target,
                "alpha": probe.meta["alpha"],
                "tuning_error_cm": probe.meta["tuning_error_cm"], "fit_episodes": len(probe.meta["fit_episodes"]),
                "fit_rows": probe.meta["fit_rows"], "held_out_episodes": len(held_out)}
@@ -140,9 +140,9 @@ def fit_probe(args) -> int:
 
 def fit_occupancy_probe(args) -> int:
     import json
-    import os
 
     from dexwm_planner import occupancy_probe
+    from dexwm_planner.paths import recorded_path
     from dexwm_planner.world_model import CheckpointError, DexWM
 
     if args.probe_iterations < 1:
@@ -158,7 +158,7 @@ def fit_occupancy_probe(args) -> int:
         return 1
     path = args.occupancy_probe or str(occupancy_probe.probe_file(args.checkpoint))
     probe.save(path)
-    summary = {"occupancy_probe": os.path.abspath(path), "iterations": probe.meta["iterations"],
+    summary = {"occupancy_probe": recorded_path(path), "iterations": probe.meta["iterations"],
                "fit_frames": probe.meta["fit_frames"], "fit_episodes": len(probe.meta["fit_episodes"]),
                "objects_in_view_fraction": probe.meta["objects_in_view_fraction"], "held_out_episodes": len(held_out)}
     print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))

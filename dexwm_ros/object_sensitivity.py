@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from dexwm_planner.paths import recorded_path
 
 # The place task is being renamed ('place' -> 'pick-place'); accept whichever tasks.py defines.
 PLACE_TASK_NAMES = ("pick-place", "place")
@@ -117,7 +118,7 @@ def encoder_under_test(args):
 
     checkpoint = args.checkpoint_opt or args.checkpoint or default_checkpoint()
     encoder, fit = _candidate_encoder(DexWM.load(checkpoint), args)
-    return encoder, {"checkpoint": os.path.abspath(checkpoint), "first_seed": args.first_seed,
+    return encoder, {"checkpoint": recorded_path(checkpoint), "first_seed": args.first_seed,
                      "encoder": dataclasses.asdict(encoder.config), "projection_fit": fit}
 
 
@@ -146,7 +147,7 @@ def _candidate_encoder(wm, args):
     if not episodes:
         raise ValueError(f"no readable episodes in {args.fit_data}")
     fit_encoder_projection(encoder, [cached_tokens(ep, encoder, args.cache_dir) for ep in episodes])
-    return encoder, {"data": os.path.abspath(args.fit_data), "episodes": len(episodes)}
+    return encoder, {"data": recorded_path(args.fit_data), "episodes": len(episodes)}
 
 
 def run(args) -> int:
