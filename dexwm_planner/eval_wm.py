@@ -12,8 +12,8 @@ moves" and the probe on the actual latents (``object_readout``; ``object_readout
 2 / 4 s). When it has an occupancy probe (``occupancy_probe``, ``<checkpoint>.occupancy.pt``) it
 reports the identity-free read-out as well: each object's distance to the nearest of the cells
 the detector finds on the predicted latents, next to "nothing moves" scored the same way
-(``object_occupancy``; ``object_occupancy_at``). Writes ``metrics.json``, ``metrics.md`` (those horizons), ``metrics.png`` and
-``strip.png`` (top: actual frames with the true keypoints, bottom: the same frames with the
+(``object_occupancy``; ``object_occupancy_at``). Writes ``metrics.json``, ``metrics.md`` (those
+horizons), ``metrics.png`` and ``strip.png`` (top: actual frames with the true keypoints, bottom: the same frames with the
 keypoints decoded from the *predicted* latents).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import sys
 import numpy as np
 import torch
 
+from . import occupancy_probe
 from .actions import keypoint_actions
 from .datasets import EncodedEpisode, cached_tokens, heatmap_targets, load_episodes
-from . import occupancy_probe
 from .hand_head import pck
 from .object_probe import ObjectProbe, probe_file, probe_split, readout_errors
 from .occupancy_probe import OccupancyProbe
