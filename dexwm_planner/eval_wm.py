@@ -13,8 +13,8 @@ moves" and the probe on the actual latents (``object_readout``; ``object_readout
 reports the identity-free read-out as well: each object's distance to the nearest of the cells
 the detector finds on the predicted latents, next to "nothing moves" scored the same way
 (``object_occupancy``; ``object_occupancy_at``). Writes ``metrics.json``, ``metrics.md`` (those
-horizons), ``metrics.png`` and ``strip.png`` (top: actual frames with the true keypoints, bottom: the same frames with the
-keypoints decoded from the *predicted* latents).
+horizons), ``metrics.png`` and ``strip.png`` (top: actual frames with the true keypoints, bottom:
+the same frames with the keypoints decoded from the *predicted* latents).
 """
 from __future__ import annotations
 
