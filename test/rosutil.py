@@ -85,13 +85,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
 
 
 class SpinThread:
-    """A test client's node spun by ``executor`` in a daemon thread. ``close`` shuts the executor
+    """In-process test nodes spun by ``executor`` in a daemon thread. ``close`` shuts the executor
     down and waits until the thread has left ``spin_once`` before it destroys ``entities`` (action
-    clients ...) and the node: destroyed under a running spin, they raise InvalidHandle there."""
+    clients ...) and the nodes: destroyed under a running spin, they raise InvalidHandle there."""
 
-    def __init__(self, node, executor):
-        self.node, self.executor = node, executor
-        executor.add_node(node)
+    def __init__(self, executor, *nodes):
+        self.executor, self.nodes = executor, nodes
+        for node in nodes:
+            executor.add_node(node)
         self.thread = threading.Thread(target=executor.spin, daemon=True)
         self.thread.start()
 
@@ -100,4 +101,5 @@ class SpinThread:
         self.thread.join(timeout=10)
         for entity in entities:
             entity.destroy()
-        self.node.destroy_node()
+        for node in self.nodes:
+            node.destroy_node()

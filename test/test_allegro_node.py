@@ -32,7 +32,7 @@ class Client:
         self.stop = self.node.create_client(Trigger, "/allegro/stop")
         self.params = self.node.create_client(SetParameters, "/allegro/set_parameters")
         self.action = ActionClient(self.node, MoveJoints, "/allegro/move_joints")
-        self.spin = SpinThread(self.node, SingleThreadedExecutor(context=ctx))
+        self.spin = SpinThread(SingleThreadedExecutor(context=ctx), self.node)
 
     def close(self):
         self.spin.close()

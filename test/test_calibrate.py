@@ -18,6 +18,7 @@ from scipy.spatial.transform import Rotation
 from dexwm_ros.handeye import (MIN_SAMPLES, BoardDetector, CharucoBoard, HandEyeCalibrator, pose_error,
                                solve_closed_form)
 from dexwm_robot.camera import HeadCamera, load_extrinsics
+from rosutil import SpinThread
 
 CALIBRATE = [sys.executable, str(Path(sys.prefix) / "bin" / "dexwm-calibrate")]
 
@@ -145,10 +146,7 @@ def test_real_robot_mode_takes_poses_from_ros_topics(node_env, rclpy_context, tm
         joints_pub.publish(joints)
 
     node.create_timer(0.1, publish)
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spin = SpinThread(SingleThreadedExecutor(context=rclpy_context), node)
 
     out = tmp_path / "calib.yaml"
     proc = subprocess.Popen(CALIBRATE + ["--out", str(out), "--min-poses", str(len(poses))], env=node_env,
@@ -194,7 +192,6 @@ def test_real_robot_mode_takes_poses_from_ros_topics(node_env, rclpy_context, tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        executor.shutdown()
-        node.destroy_node()
+        spin.close()
     translation_mm, rotation_deg = pose_error(load_extrinsics(out), camera.world_to_camera)
     assert translation_mm < 5.0 and rotation_deg < 0.5

@@ -50,7 +50,7 @@ class Listener:
             self.node.create_subscription(Image, "/camera/camera/aligned_depth_to_color/image_raw",
                                           self.depths.append, IMAGE_QOS)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.spin = SpinThread(self.node, SingleThreadedExecutor(context=context))
+        self.spin = SpinThread(SingleThreadedExecutor(context=context), self.node)
 
     def diag_messages(self, level=None):
         return [s.message for d in list(self.diagnostics) for s in d.status

@@ -42,7 +42,7 @@ class Client:
         self.stop_srv = self.node.create_client(Trigger, "/franka/stop")
         self.recover_srv = self.node.create_client(Trigger, "/franka/recover")
         self.command_pub = self.node.create_publisher(JointTrajectory, "/franka/joint_command", 10)
-        self.spin = SpinThread(self.node, MultiThreadedExecutor(num_threads=2, context=context))
+        self.spin = SpinThread(MultiThreadedExecutor(num_threads=2, context=context), self.node)
 
     def q(self) -> np.ndarray:
         return np.array(self.states[-1].position)

@@ -28,7 +28,7 @@ from dexwm_robot.joints import ARM_JOINT_NAMES as ARM_NAMES, HAND_JOINT_NAMES as
 from dexwm_ros.image_conversion import numpy_to_image  # noqa: E402
 from dexwm_ros.planner_node import PlannerNode  # noqa: E402
 from dexwm_ros.ros_time import seconds  # noqa: E402
-from rosutil import wait_for  # noqa: E402
+from rosutil import SpinThread, wait_for  # noqa: E402
 
 
 def rgb_to_image_msg(image: np.ndarray, stamp=0.0) -> Image:
@@ -181,18 +181,12 @@ def graph(rclpy_context):
         rclpy.parameter.Parameter("iterations", value=1), rclpy.parameter.Parameter("stale_timeout_s", value=0.5),
         rclpy.parameter.Parameter("stale_abort_s", value=30.0),
         rclpy.parameter.Parameter("move_duration_s", value=0.05)])
-    executor = MultiThreadedExecutor(num_threads=6, context=rclpy_context)
-    for node in (robot, client, planner):
-        executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    spin = SpinThread(MultiThreadedExecutor(num_threads=6, context=rclpy_context), robot, client, planner)
     wait_for(lambda: planner.stale_inputs() == [], 10, what="planner inputs")
     wait_for(lambda: client.execute.server_is_ready() and client.capture.service_is_ready(), 10,
              what="planner interfaces")
     yield robot, client, planner
-    executor.shutdown()
-    for node in (robot, client, planner):
-        node.destroy_node()
+    spin.close()
 
 
 def _stop_images(robot, planner, what="the image to go stale"):

@@ -3,7 +3,6 @@ act through /franka/move_joints + /allegro/move_joints, capture a goal from the 
 cancel (the sim's stop services leave the robot holding)."""
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from dexwm_ros.action import Execute  # noqa: E402
 from dexwm_ros.srv import ResetEpisode  # noqa: E402
-from rosutil import ROOT, node_command, process, wait_for  # noqa: E402
+from rosutil import ROOT, SpinThread, node_command, process, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (ROOT / "dexwm_ros" / "sim_node.py").is_file(),
                                 reason="the simulation node (dexwm_ros/sim_node.py) is not in this checkout yet")
@@ -54,10 +53,7 @@ def sim_graph(node_env, rclpy_context, tmp_path):
             "execute": ActionClient(node, Execute, "/dexwm/execute"),
             "joints": joints,
         }
-        executor = MultiThreadedExecutor(num_threads=2, context=rclpy_context)
-        executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
+        spin = SpinThread(MultiThreadedExecutor(num_threads=2, context=rclpy_context), node)
         try:
             def ready():
                 assert sim.poll() is None, (tmp_path / "sim.log").read_text()[-3000:]
@@ -67,8 +63,7 @@ def sim_graph(node_env, rclpy_context, tmp_path):
             wait_for(ready, 90, what="the sim and planner interfaces")
             yield clients, tmp_path
         finally:
-            executor.shutdown()
-            node.destroy_node()
+            spin.close()
 
 
 def _done(future, timeout):

@@ -64,7 +64,7 @@ class Client:
         self.arm_stop = self.node.create_client(Trigger, "/franka/stop")
         self.hand_pub = self.node.create_publisher(JointState, "/allegro/joint_command", 10)
         self.arm_pub = self.node.create_publisher(JointTrajectory, "/franka/joint_command", 10)
-        self.spin = SpinThread(self.node, MultiThreadedExecutor(num_threads=2, context=context))
+        self.spin = SpinThread(MultiThreadedExecutor(num_threads=2, context=context), self.node)
 
     def done(self, future, timeout=30.0):
         wait_for(future.done, timeout, what="a response")

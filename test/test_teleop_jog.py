@@ -1,5 +1,4 @@
 """Teleop: Cartesian jogs by damped least squares on the real FK; key/Joy input -> MoveJoints goals."""
-import threading
 
 import numpy as np
 import pytest
@@ -63,16 +62,12 @@ def test_keys_and_joy_send_movejoints_goals(rclpy_context, kin):
     from sensor_msgs.msg import Joy
 
     from dexwm_ros.teleop_node import TeleopNode
-    from rosutil import wait_for
+    from rosutil import SpinThread, wait_for
     from test_planner_node import RobotDouble
 
     robot = RobotDouble(rclpy_context)
     teleop = TeleopNode(kinematics=kin, keyboard=False, context=rclpy_context)
-    executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-    executor.add_node(robot)
-    executor.add_node(teleop)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    spin = SpinThread(MultiThreadedExecutor(num_threads=4, context=rclpy_context), teleop, robot)
     try:
         wait_for(lambda: teleop.current() is not None and teleop.arm_client.server_is_ready()
                  and teleop.hand_client.server_is_ready(), 10, what="joint states and drivers")
@@ -95,9 +90,7 @@ def test_keys_and_joy_send_movejoints_goals(rclpy_context, kin):
         from dexwm_robot import allegro as joints
         assert np.allclose(robot.targets[-1][2], joints.OPEN_POSE)
     finally:
-        executor.shutdown()
-        teleop.destroy_node()
-        robot.destroy_node()
+        spin.close()
 
 
 def test_keyboard_reader_reads_keys_from_a_terminal_and_restores_it():
