@@ -9,13 +9,11 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from wm_fixtures import write_sim_episode  # noqa: E402
+from wm_fixtures import tiny_world_model, write_object_episodes  # noqa: E402
 
 from dexwm_planner import eval_wm  # noqa: E402
 from dexwm_planner.datasets import EncodedEpisode, load_episodes  # noqa: E402
-from dexwm_planner.encoders import EncoderConfig  # noqa: E402
 from dexwm_planner.object_probe import ObjectProbe, fit, probe_file, probe_split  # noqa: E402
-from dexwm_planner.world_model import DexWM, WorldModelConfig  # noqa: E402
 
 P, D = 49, 16   # the tiny checkpoint's latent: 7 x 7 patches of 16 dims
 
@@ -81,16 +79,12 @@ def test_split_is_the_training_split():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("objects")
-    for i in range(8):
-        write_sim_episode(str(d / f"ep{i:03d}.h5"), n=12, seed=i, objects=True)
-    return str(d)
+    return write_object_episodes(tmp_path_factory.mktemp("objects"))
 
 
 @pytest.fixture(scope="module")
 def tiny_wm():
-    torch.manual_seed(0)
-    return DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=D)))
+    return tiny_world_model(D)
 
 
 @pytest.mark.parametrize("target", ["position", "change"])

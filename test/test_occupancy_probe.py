@@ -10,13 +10,12 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from wm_fixtures import write_sim_episode  # noqa: E402
+from wm_fixtures import tiny_world_model, write_object_episodes  # noqa: E402
 
 from dexwm_planner import eval_wm, occupancy_probe  # noqa: E402
 from dexwm_planner.datasets import EncodedEpisode, load_episodes  # noqa: E402
 from dexwm_planner.encoders import EncoderConfig, FrozenEncoder  # noqa: E402
 from dexwm_planner.keypoints import project_points, transform_points  # noqa: E402
-from dexwm_planner.world_model import DexWM, WorldModelConfig  # noqa: E402
 
 D = 16
 GRID = (7, 7)
@@ -24,16 +23,12 @@ GRID = (7, 7)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("occupancy")
-    for i in range(8):
-        write_sim_episode(str(d / f"ep{i:03d}.h5"), n=12, seed=i, objects=True)
-    return str(d)
+    return write_object_episodes(tmp_path_factory.mktemp("occupancy"))
 
 
 @pytest.fixture(scope="module")
 def tiny_wm():
-    torch.manual_seed(0)
-    return DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=D)))
+    return tiny_world_model(D)
 
 
 def marked_latents(cells, rng, noise=0.05):

@@ -91,6 +91,23 @@ def write_sim_episode(path, n=12, seed=0, hw=(120, 160), dt=0.2, objects=False):
     return kp, c2w, K
 
 
+def write_object_episodes(folder, count=8, n=12) -> str:
+    """``count`` episodes with object poses (``write_sim_episode``, seeds 0..count-1) in ``folder``."""
+    for i in range(count):
+        write_sim_episode(os.path.join(str(folder), f"ep{i:03d}.h5"), n=n, seed=i, objects=True)
+    return str(folder)
+
+
+def tiny_world_model(latent_dim: int):
+    """An untrained DexWM of the default sizes whose latent has ``latent_dim`` dimensions (seed 0)."""
+    import torch
+
+    from dexwm_planner.encoders import EncoderConfig
+    from dexwm_planner.world_model import DexWM, WorldModelConfig
+    torch.manual_seed(0)
+    return DexWM(WorldModelConfig(encoder=EncoderConfig(proj_dim=latent_dim)))
+
+
 def write_video(path, frames, fps):
     import imageio.v3 as iio
     iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
