@@ -331,6 +331,15 @@ def load_occupancy_probe(args):
     return OccupancyProbe.load(path), str(path)
 
 
+def evaluated_on_fit_episodes(meta: dict, data, encoded) -> int:
+    """How many of the evaluated episodes a probe was fitted on. Episode names are file names: they
+    identify episodes only within the data the probe was fitted on."""
+    if not same_file(meta.get("data"), data):
+        return 0
+    fitted = set(meta.get("fit_episodes", ()))
+    return sum(os.path.basename(e.episode.name) in fitted for e in encoded)
+
+
 def open_loop(args) -> int:
     """The open-loop evaluation for the parsed arguments of ``dexwm-eval-wm`` (dexwm_ros.eval_wm):
     checkpoint, data, kind, episodes, cache_dir, horizon, context, stride, out, json; optional
@@ -350,22 +359,17 @@ def open_loop(args) -> int:
     res.update(checkpoint=recorded_path(args.checkpoint), data=recorded_path(args.data), dt=dt,
                context=args.context, skipped=skipped)
     if probe is not None:
-        # Episode names are file names: they identify episodes only within the data the probe was fitted on.
-        same_data = same_file(probe.meta.get("data"), args.data)
-        fitted = set(probe.meta.get("fit_episodes", ())) if same_data else set()
         res["object_probe"] = {"path": recorded_path(probe_path), "pooling": probe.pooling, "target": probe.target,
                                "alpha": probe.meta.get("alpha"),
                                "fit_episodes": len(probe.meta.get("fit_episodes", ())),
-                               "evaluated_on_fit_episodes": sum(os.path.basename(e.episode.name) in fitted
-                                                                for e in encoded)}
+                               "evaluated_on_fit_episodes": evaluated_on_fit_episodes(probe.meta, args.data, encoded)}
         res["object_readout_at"] = object_readout_at(res["object_readout"], dt)
     if occupancy is not None:
         res["occupancy_probe"] = {"path": recorded_path(occupancy_path),
                                   **{k: occupancy.meta.get(k) for k in ("iterations", "fit_frames", "checkpoint")},
                                   "fit_episodes": len(occupancy.meta.get("fit_episodes", ())),
-                                  "evaluated_on_fit_episodes": sum(
-                                      os.path.basename(e.episode.name) in set(occupancy.meta.get("fit_episodes", ()))
-                                      for e in encoded) if same_file(occupancy.meta.get("data"), args.data) else 0}
+                                  "evaluated_on_fit_episodes": evaluated_on_fit_episodes(occupancy.meta, args.data,
+                                                                                         encoded)}
         res["object_occupancy_at"] = object_readout_at(res["object_occupancy"], dt)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as fh:
