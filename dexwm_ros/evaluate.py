@@ -45,7 +45,11 @@ stop rule; ``--max-steps`` is then per subgoal, default 12). ``--subgoal-marks``
 e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
 fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
 are not given. Baselines that plan toward one goal only are skipped (``skipped_baselines``);
-``subgoal_reasons`` of every outcome says how each subgoal ended.
+``subgoal_reasons`` of every outcome says how each subgoal ended. The judge also reads the
+simulation at each subgoal's end (``subgoal_progress``; after the fact, never by the policy): how far
+the palm and the object are from where the scripted solution had them, and whether the hand holds
+the object; ``subgoal_funnel`` sums that up per subgoal (medians, the fractions within 5 cm, held):
+where the chain breaks.
 
 **Variance**: ``--planner-seeds K`` runs every episode with K CEM seeds (baselines with
 ``--baseline-planner-seeds``, default 1); success is reported over episodes x seeds, with
@@ -159,6 +163,9 @@ class EpisodeOutcome:
     success_strict: bool | None = None  # grasp: object raised >= 3 cm and in the hand at the end
     success_at_stop: bool = False   # the rule held when the policy stopped
     subgoal_reasons: list = field(default_factory=list)  # --subgoals: how each subgoal ended, in order
+    # --subgoals: the judge's reading at each subgoal's end (dexwm_sim.tasks.subgoal_progress, with
+    # the subgoal's phase and end reason): where the chain breaks. Read after the fact, never by the policy.
+    subgoal_progress: list = field(default_factory=list)
 
 
 @dataclass
@@ -655,8 +662,9 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
     # evaluate() resolves the automatic step timing once; a direct call may leave it to the episode.
     if settings.move_duration_s <= 0 or settings.move_timeout_s <= 0:
         settings.resolve_step()
+    progress = []
     if start.subgoals is not None:
-        result = _run_subgoals(runner, policy, start, settings, k)
+        result, progress = _run_subgoals(runner, policy, start, settings, k)
     else:
         session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
         result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
@@ -673,23 +681,46 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
                           wall_seconds=time.perf_counter() - t_start, costs=[float(c) for c in result.costs],
                           planner_seed=k, success_paper_rule=bool(env.status.success), success_strict=strict,
                           success_at_stop=at_stop,
-                          subgoal_reasons=[o.reason for o in getattr(result, "subgoals", [])])
+                          subgoal_reasons=[o.reason for o in getattr(result, "subgoals", [])],
+                          subgoal_progress=progress)
 
 
 def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int):
     """One episode through its subgoal images (the planner node's SubgoalSequence), with the default
-    phases of a pick-and-place of that many subgoals; images only: the subgoal states' joints are privileged."""
+    phases of a pick-and-place of that many subgoals; images only: the subgoal states' joints are privileged.
+    Returns (the sequence's result, the judge's reading at each subgoal's end)."""
     from dexwm_planner.sim_robot import SimulatedRobot
     from dexwm_planner.subgoals import Subgoal, SubgoalSequence, default_phases, phase_settings
+    from dexwm_sim import tasks
 
+    env = runner.env
     phases = default_phases(len(start.subgoals))
     subgoals = [Subgoal(goal.image, phase_settings(phase), label=f"scripted {phase}")
                 for goal, phase in zip(start.subgoals, phases)]
+    # The judge's side: where the scripted solution had the palm and the object at each subgoal.
+    palms = [env.kinematics.palm_and_tips_world(goal.joints)[0] for goal in start.subgoals]
+    objects = [goal.object_poses[start.episode.object_kind] for goal in start.subgoals]
+    readings: list[dict] = []
+
+    def judge(index: int) -> None:
+        readings.append({"index": index, "phase": phases[index],
+                         **tasks.subgoal_progress(env, start.episode, palms[index], objects[index])})
+
+    # A subgoal becoming active is the end of the one before it.
+    def on_subgoal(index, subgoal, progress) -> None:
+        if index > 0:
+            judge(index - 1)
+
     # --done-cost >= 0 applies to every subgoal; otherwise each subgoal kind's fitted threshold.
     fitted = (lambda kind: settings.stop_rule(kind).done_cost) if settings.done_cost < 0 else None
-    sequence = SubgoalSequence(SimulatedRobot(runner), policy.for_subgoal, settings.session_config(runner.env),
-                               fitted_done_cost=fitted)
-    return sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
+    sequence = SubgoalSequence(SimulatedRobot(runner), policy.for_subgoal, settings.session_config(env),
+                               fitted_done_cost=fitted, on_subgoal=on_subgoal)
+    result = sequence.run(subgoals, seed=settings.cem_seed(start.seed, k))
+    if result.subgoals:
+        judge(len(result.subgoals) - 1)
+    for reading, outcome in zip(readings, result.subgoals):
+        reading["reason"] = outcome.reason
+    return result, readings
 
 
 def number_pair(text: str) -> tuple:
@@ -1000,7 +1031,31 @@ def summarize(outcomes: list[EpisodeOutcome]) -> dict:
            "flip_rate": (sum(len(v) > 1 for v in multi) / len(multi)) if multi else None,
            "stop_reasons": reasons,
            "replan_seconds_median": float(statistics.median(replans)) if replans else float("nan")}
+    if any(o.subgoal_progress for o in outcomes):
+        out["subgoal_funnel"] = subgoal_funnel(outcomes)
     return out
+
+
+def subgoal_funnel(outcomes: list[EpisodeOutcome]) -> list[dict]:
+    """Per subgoal, over the runs that got to its end: median palm and object distance to the
+    subgoal's scripted state, the fractions within ``tasks.SUBGOAL_TOLERANCE``, and, where the
+    scripted state holds the object, the fraction that holds it (the judge's readings)."""
+    from dexwm_sim.tasks import SUBGOAL_TOLERANCE
+
+    funnel = []
+    for index in range(max(len(o.subgoal_progress) for o in outcomes)):
+        ends = [o.subgoal_progress[index] for o in outcomes if len(o.subgoal_progress) > index]
+        palm = np.array([e["palm_error_m"] for e in ends])
+        obj = np.array([e["object_error_m"] for e in ends])
+        holding = [e for e in ends if e["scripted_held"]]
+        funnel.append({"index": index, "phase": ends[0]["phase"], "runs": len(ends),
+                       "palm_error_m_median": float(np.median(palm)),
+                       "palm_within_tolerance": float(np.mean(palm < SUBGOAL_TOLERANCE)),
+                       "object_error_m_median": float(np.median(obj)),
+                       "object_within_tolerance": float(np.mean(obj < SUBGOAL_TOLERANCE)),
+                       "held": float(np.mean([e["held"] for e in holding])) if holding else None,
+                       "tolerance_m": SUBGOAL_TOLERANCE})
+    return funnel
 
 
 def _pct(r) -> str:
@@ -1237,7 +1292,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 s = summarize(base)
                 results["baselines"][policy.name] = {k: s[k] for k in (
                     "success_rate", "ci95", "success_rate_paper_rule", "ci95_paper_rule", "success_rate_strict",
-                    "ci95_strict", "flip_rate", "stop_reasons", "runs")}
+                    "ci95_strict", "flip_rate", "stop_reasons", "runs", "subgoal_funnel") if k in s}
                 results["baseline_outcomes"][policy.name] = [asdict(o) for o in base]
         import torch
 
@@ -1445,6 +1500,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, b in results["baselines"].items():
         print(f"  baseline {name}: {_pct(b['success_rate'])} [{_pct(b['ci95'][0])}-{_pct(b['ci95'][1])}], "
               f"paper rule {_pct(b['success_rate_paper_rule'])}")
+    for step in results.get("subgoal_funnel", []):
+        print(f"  subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs got to its end): palm "
+              f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state (median), "
+              f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm; object "
+              f"{100 * step['object_error_m_median']:.1f} cm, {_pct(step['object_within_tolerance'])} within"
+              + (f"; held {_pct(step['held'])}" if step["held"] is not None else ""))
     if results["skipped_seeds"]:
         print(f"  skipped {len(results['skipped_seeds'])} seeds without a demonstration")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

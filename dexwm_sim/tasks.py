@@ -216,6 +216,27 @@ def strict_grasp(env, episode: Episode) -> bool:
                 and env.hand_touches(episode.object_kind))
 
 
+# Judge of a subgoal chain (dexwm-eval --subgoals): the palm or the object counts as at a subgoal's
+# scripted state within this distance [m] (the pre-grasp palm sits 8 cm above the object: a reach
+# that ends 5 cm off still leaves the grasp's descent on the object).
+SUBGOAL_TOLERANCE = 0.05
+
+
+def subgoal_progress(env, episode: Episode, palm_goal: np.ndarray, object_goal: np.ndarray) -> dict:
+    """How far the current state is from a subgoal's scripted state, read from the simulation (a
+    judge's reading, never a policy's): palm and task-object distance to where the scripted solution
+    had them [m], the object's height above its resting height [m], whether the hand holds it (the
+    strict grasp rule) and whether the scripted state held it (lifted by ``STRICT_LIFT``)."""
+    resting = episode.object().position[2]
+    obj = env.object_position(episode.object_kind)
+    object_goal = np.asarray(object_goal, dtype=np.float64)[:3]
+    return {"palm_error_m": float(np.linalg.norm(env.palm_and_tips()[0] - np.asarray(palm_goal))),
+            "object_error_m": float(np.linalg.norm(obj - object_goal)),
+            "object_lift_m": float(obj[2] - resting),
+            "held": strict_grasp(env, episode),
+            "scripted_held": bool(object_goal[2] - resting >= STRICT_LIFT)}
+
+
 # --- scripted solutions ---------------------------------------------------------------------------
 def palm_rotation(direction_xy, palm_down: bool) -> np.ndarray:
     """Palm-frame orientation (columns x_p, y_p, z_p in world).

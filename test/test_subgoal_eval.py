@@ -52,6 +52,49 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
         tasks.make_subgoals(env, env.reset("reach-grasp", 3))
 
 
+def test_the_judge_reads_how_far_a_state_is_from_a_subgoal(env):
+    """subgoal_progress at the scripted states themselves: no distance, held exactly where the
+    scripted solution holds the object; from the episode start, far from the grasped state."""
+    from dexwm_sim import tasks
+
+    episode = env.reset("pick-place", 1_000_000)
+    start = env.get_state()
+    states: dict = {}
+    assert tasks.solve(env, episode, marks=states)
+    scripted = {}
+    for mark in ("pregrasp", "lifted", "released"):
+        env.set_state(states[mark])
+        scripted[mark] = (env.palm_and_tips()[0], env.object_poses()[episode.object_kind])
+        at = tasks.subgoal_progress(env, episode, *scripted[mark])
+        assert at["palm_error_m"] < 1e-9 and at["object_error_m"] < 1e-9, (mark, at)
+        assert at["scripted_held"] == at["held"] == (mark == "lifted"), (mark, at)
+    assert tasks.subgoal_progress(env, episode, *scripted["lifted"])["object_lift_m"] < tasks.STRICT_LIFT
+    env.set_state(start)
+    far = tasks.subgoal_progress(env, episode, *scripted["lifted"])
+    assert far["palm_error_m"] > 0.1 and far["object_error_m"] > 0.05 and abs(far["object_lift_m"]) < 0.01
+    assert not far["held"] and far["scripted_held"]
+
+
+def test_the_funnel_sums_up_each_subgoal_over_the_runs_that_got_there():
+    def end(index, phase, palm, obj, held, scripted_held):
+        return {"index": index, "phase": phase, "palm_error_m": palm, "object_error_m": obj, "object_lift_m": 0.0,
+                "held": held, "scripted_held": scripted_held, "reason": "budget"}
+
+    def run(*ends):
+        return ev.EpisodeOutcome(seed=0, success=False, steps=1, reason="budget", final_distance=0.3,
+                                 replan_seconds_median=1.0, wall_seconds=1.0, subgoal_progress=list(ends))
+    outcomes = [run(end(0, "reach", 0.02, 0.0, False, False), end(1, "grasp", 0.2, 0.1, False, True)),
+                run(end(0, "reach", 0.04, 0.0, False, False), end(1, "grasp", 0.01, 0.01, True, True)),
+                run(end(0, "reach", 0.30, 0.06, False, False))]         # a sequence that ended early
+    funnel = ev.summarize(outcomes)["subgoal_funnel"]
+    assert [(f["index"], f["phase"], f["runs"]) for f in funnel] == [(0, "reach", 3), (1, "grasp", 2)]
+    assert funnel[0]["palm_error_m_median"] == pytest.approx(0.04)
+    assert funnel[0]["palm_within_tolerance"] == pytest.approx(2 / 3)
+    assert funnel[0]["object_within_tolerance"] == pytest.approx(2 / 3) and funnel[0]["held"] is None
+    assert funnel[1]["held"] == 0.5 and funnel[1]["object_error_m_median"] == pytest.approx(0.055)
+    assert "subgoal_funnel" not in ev.summarize([run()])
+
+
 def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):  # noqa: F811
     """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
     advances by the stop rule (here the budget of one step per subgoal) through all four."""
@@ -97,6 +140,13 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
     assert len(start.subgoals) == 4
     assert outcome.subgoal_reasons and all(r in ("reached", "plateau", "budget") for r in outcome.subgoal_reasons)
     assert len(outcome.subgoal_reasons) == 4 and outcome.steps <= 4 and calls.count("start") == 4
+    # The judge read each subgoal's end (between the policy's calls, which saw nothing of it).
+    ends = outcome.subgoal_progress
+    assert [e["phase"] for e in ends] == ["reach", "grasp", "carry", "release"]
+    assert [e["reason"] for e in ends] == outcome.subgoal_reasons
+    assert [e["scripted_held"] for e in ends] == [False, True, True, False]
+    assert all(np.isfinite(e["palm_error_m"]) and e["palm_error_m"] >= 0 and np.isfinite(e["object_error_m"])
+               for e in ends)
 
 
 def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_checkpoint, capsys):  # noqa: F811
@@ -113,6 +163,10 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
     assert len(data["outcomes"]) == 1 and len(data["outcomes"][0]["subgoal_reasons"]) == 5
     assert set(data["baselines"]) == {"random_shooting_wm"} and set(data["skipped_baselines"]) == {"hold_still"}
     assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 5
+    funnel = data["subgoal_funnel"]
+    assert [f["phase"] for f in funnel] == ["reach", "grasp", "lift", "carry", "release"]
+    assert len(data["baselines"]["random_shooting_wm"]["subgoal_funnel"]) == 5
+    assert "subgoal 5 (release, 1 runs got to its end): palm" in capsys.readouterr().out
     plain = dict(data, settings=dict(data["settings"], subgoals=False), baselines={})
     (tmp_path / "plain.json").write_text(json.dumps(plain))
     assert ev.main(["--report", str(tmp_path)]) == 0                  # both, side by side
