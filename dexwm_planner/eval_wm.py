@@ -71,13 +71,16 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
         n = len(e.episode)
         if n < context + 1:
             continue
+        # The objects' grid cells, projected once per episode (every rollout start reads its rows).
+        cells = (occupancy_probe.episode_cells(wm.encoder, e.episode).numpy()
+                 if occupancy is not None and e.episode.object_positions is not None else None)
         for start in rollout_starts(n, context, horizon, stride, start_every):
             idx = start + np.arange(0, context + horizon) * stride
             idx = idx[idx < n]
             H = len(idx) - context
             if H < 1:
                 continue
-            step = _rollout(wm, e, idx, context, probe, occupancy)
+            step = _rollout(wm, e, idx, context, probe, occupancy, cells)
             step.update(episode=e, idx=idx)
             steps.append(step)
     if not steps:
@@ -109,8 +112,9 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
     return res, steps
 
 
-def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None) -> dict:
-    """One open-loop rollout over the frames ``idx`` of an encoded episode: errors per step."""
+def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None, cells=None) -> dict:
+    """One open-loop rollout over the frames ``idx`` of an encoded episode: errors per step
+    (``cells``: the episode's object grid cells per frame, for the ``occupancy`` read-out)."""
     ep = e.episode
     acts = keypoint_actions(ep.keypoints_world[idx], ep.cam_to_world[idx])
     dt = float(ep.dt * (idx[1] - idx[0]))
@@ -128,9 +132,8 @@ def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None) -> dict:
         out["objects"] = readout_errors(probe, pred.numpy(), true.numpy(), pos[idx[context:]],
                                         e.latents[idx[context - 1]].numpy(), pos[idx[context - 1]])
     if occupancy is not None and pos is not None:
-        cells = occupancy_probe.episode_cells(wm.encoder, ep)[idx[context:]].numpy()
         out["occupancy"] = occupancy_probe.readout_errors(occupancy, pred.numpy(), true.numpy(), pos[idx[context:]],
-                                                          cells, e.latents[idx[context - 1]].numpy(),
+                                                          cells[idx[context:]], e.latents[idx[context - 1]].numpy(),
                                                           pos[idx[context - 1]])
     return out
 
@@ -311,24 +314,26 @@ def select_episodes(args, wm: DexWM):
     return episodes, skipped
 
 
+def _load_beside(given: str | None, beside: str, load, kind: str):
+    """(loaded, path) of the file ``given``, else of ``beside`` (the checkpoint's own) when it exists,
+    else (None, None); a given file that does not exist is an error."""
+    path = given or beside
+    if not os.path.isfile(path):
+        if given:
+            raise FileNotFoundError(f"{kind} not found: {path}")
+        return None, None
+    return load(path), str(path)
+
+
 def load_probe(args):
     """``args.probe``, else the checkpoint's ``<name>.probe.npz`` when it exists, else None."""
-    path = getattr(args, "probe", None) or probe_file(args.checkpoint)
-    if not os.path.isfile(path):
-        if getattr(args, "probe", None):
-            raise FileNotFoundError(f"probe not found: {path}")
-        return None, None
-    return ObjectProbe.load(path), str(path)
+    return _load_beside(getattr(args, "probe", None), probe_file(args.checkpoint), ObjectProbe.load, "probe")
 
 
 def load_occupancy_probe(args):
     """``args.occupancy_probe``, else the checkpoint's ``<name>.occupancy.pt`` when it exists, else None."""
-    path = getattr(args, "occupancy_probe", None) or occupancy_probe.probe_file(args.checkpoint)
-    if not os.path.isfile(path):
-        if getattr(args, "occupancy_probe", None):
-            raise FileNotFoundError(f"occupancy probe not found: {path}")
-        return None, None
-    return OccupancyProbe.load(path), str(path)
+    return _load_beside(getattr(args, "occupancy_probe", None), occupancy_probe.probe_file(args.checkpoint),
+                        OccupancyProbe.load, "occupancy probe")
 
 
 def evaluated_on_fit_episodes(meta: dict, data, encoded) -> int:

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from dexwm_planner import occupancy_probe
-from dexwm_planner.occupancy_probe import cell_centres, grid_cells, occupancy, train_adam
+from dexwm_planner.occupancy_probe import grid_cells, occupancy, train_adam
 from dexwm_planner.world_model import DexWM, default_checkpoint
 from dexwm_sim import collect
 
@@ -212,18 +212,16 @@ def occupancy_scores(logits, cells, positions, centres) -> dict:
 
 def run_occupancy(wm, fit_x, fit_y, tests: dict, iterations: int) -> dict:
     encoder = wm.encoder
-    patches = encoder.num_patches
     fit_cells = zoom_cells(encoder, fit_y)
-    centres = cell_centres(fit_cells, fit_y, patches)
     result = {"objects_in_view_fraction": float((fit_cells >= 0).float().mean())}
-    splits = {split: (x, y, zoom_cells(encoder, y))
-              for split, (x, y) in {"fitted_layouts": (fit_x, fit_y), **tests}.items()}
+    splits = {"fitted_layouts": (fit_x, fit_y, fit_cells),
+              **{split: (x, y, zoom_cells(encoder, y)) for split, (x, y) in tests.items()}}
     for name, prior_only in (("prior", True), ("detector", False)):
         probe = occupancy_probe.fit(fit_x, fit_cells, fit_y, encoder.grid, iterations, prior_only=prior_only)
         row = {}
         with torch.no_grad():
             for split, (x, y, cells) in splits.items():
-                row[split] = occupancy_scores(probe.logits(x), cells, y, centres)
+                row[split] = occupancy_scores(probe.logits(x), cells, y, probe.centres)
         result[name] = row
         print(name, json.dumps(row), flush=True)
     return result
