@@ -71,6 +71,7 @@ last targets kept and reports whether the rule held at every control step.
 Output JSON: ``protocol``, ``task``, ``sim_task``, ``episodes``, ``planner_seeds``, ``success_rule``,
 ``success_rate``, ``ci95`` (Wilson, over episodes x seeds), ``success_rate_paper_rule``,
 ``success_rate_strict`` (grasp), ``flip_rate``, ``replan_seconds_median``, ``stop_reasons``,
+``palm_error_m_median`` (in-process: the palm's distance at the stop from the goal state's, a judge's reading),
 ``baselines`` (name -> ``{"success_rate", "ci95", ...}``), ``outcomes`` (per run), ``skipped_seeds``,
 ``settings``; and a bar plot next to it (``.png``).
 
@@ -166,6 +167,9 @@ class EpisodeOutcome:
     # --subgoals: the judge's reading at each subgoal's end (dexwm_sim.tasks.subgoal_progress, with
     # the subgoal's phase and end reason): where the chain breaks. Read after the fact, never by the policy.
     subgoal_progress: list = field(default_factory=list)
+    # In-process: the judge's distance [m] of the palm, when the policy stopped, from where the goal
+    # state has it (the goal's joints through forward kinematics): how precisely the hand was put.
+    palm_error_m: float | None = None
 
 
 @dataclass
@@ -669,6 +673,8 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
         session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
         result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
     at_stop = bool(env.status.success_now)
+    goal_palm = env.kinematics.palm_and_tips_world(start.goal.joints)[0]
+    palm_error = float(np.linalg.norm(env.palm_and_tips()[0] - goal_palm))
     held = []
     for _ in range(int(round(settings.hold_s / env.control_dt))):
         env.advance(env.control_dt)        # no new command: the robot holds its last one
@@ -682,7 +688,7 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
                           planner_seed=k, success_paper_rule=bool(env.status.success), success_strict=strict,
                           success_at_stop=at_stop,
                           subgoal_reasons=[o.reason for o in getattr(result, "subgoals", [])],
-                          subgoal_progress=progress)
+                          subgoal_progress=progress, palm_error_m=palm_error)
 
 
 def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int):
@@ -1031,6 +1037,8 @@ def summarize(outcomes: list[EpisodeOutcome]) -> dict:
            "flip_rate": (sum(len(v) > 1 for v in multi) / len(multi)) if multi else None,
            "stop_reasons": reasons,
            "replan_seconds_median": float(statistics.median(replans)) if replans else float("nan")}
+    palm = [o.palm_error_m for o in outcomes if o.palm_error_m is not None]
+    out["palm_error_m_median"] = float(np.median(palm)) if palm else None
     if any(o.subgoal_progress for o in outcomes):
         out["subgoal_funnel"] = subgoal_funnel(outcomes)
     return out
@@ -1292,7 +1300,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
                 s = summarize(base)
                 results["baselines"][policy.name] = {k: s[k] for k in (
                     "success_rate", "ci95", "success_rate_paper_rule", "ci95_paper_rule", "success_rate_strict",
-                    "ci95_strict", "flip_rate", "stop_reasons", "runs", "subgoal_funnel") if k in s}
+                    "ci95_strict", "flip_rate", "stop_reasons", "runs", "palm_error_m_median", "subgoal_funnel")
+                    if k in s}
                 results["baseline_outcomes"][policy.name] = [asdict(o) for o in base]
         import torch
 
@@ -1496,7 +1505,9 @@ def main(argv: list[str] | None = None) -> int:
           f"paper rule {_pct(results['success_rate_paper_rule'])}"
           + (f"; strict {_pct(results['success_rate_strict'])}" if results["success_rate_strict"] is not None else "")
           + (f"; flip rate {_pct(results['flip_rate'])}" if results["flip_rate"] is not None else "")
-          + f"; replan {results['replan_seconds_median']:.2f} s median; stops {results['stop_reasons']}")
+          + f"; replan {results['replan_seconds_median']:.2f} s median; stops {results['stop_reasons']}"
+          + (f"; palm {100 * results['palm_error_m_median']:.1f} cm from the goal's at the stop (median)"
+             if results.get("palm_error_m_median") is not None else ""))
     for name, b in results["baselines"].items():
         print(f"  baseline {name}: {_pct(b['success_rate'])} [{_pct(b['ci95'][0])}-{_pct(b['ci95'][1])}], "
               f"paper rule {_pct(b['success_rate_paper_rule'])}")

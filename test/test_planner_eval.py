@@ -155,7 +155,13 @@ def test_cli_writes_report_with_baselines(tmp_path, random_checkpoint, capsys):
     assert all(o["steps"] <= 1 and len(o["costs"]) == o["steps"] + 1 for o in data["outcomes"])
     assert [o["seed"] for o in data["outcomes"]][::2] == data["seeds"]
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert "paper grasp: success" in capsys.readouterr().out
+    # The judge's palm distance from the goal state's at the stop: holding still leaves it where the
+    # stage starts, the open hand above the object, away from the lifted, closed goal.
+    assert all(o["palm_error_m"] >= 0 for o in data["outcomes"]) and data["palm_error_m_median"] >= 0
+    still = [o["palm_error_m"] for o in data["baseline_outcomes"]["hold_still"]]
+    assert min(still) > 0.02 and data["baselines"]["hold_still"]["palm_error_m_median"] == pytest.approx(np.median(still))
+    out_text = capsys.readouterr().out
+    assert "paper grasp: success" in out_text and "cm from the goal's at the stop (median)" in out_text
 
 
 def test_an_ablation_checkpoint_stops_by_its_own_fitted_thresholds(tmp_path, random_checkpoint):
