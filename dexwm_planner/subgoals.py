@@ -28,7 +28,7 @@ import numpy as np
 
 from dexwm_robot.tasks import TASK_KINDS
 
-from .mpc import MPCConfig, PlanStep
+from .mpc import EXECUTE, MPCConfig, PlanStep
 from .reference_motion import REFERENCES
 from .session import ARM_JOINTS, CANCELED, FAILED, SUCCEEDED, Cancellable, JointGroupRobot, PlanningSession, \
     PlanProvider, Progress, SessionConfig, SessionResult
@@ -57,6 +57,7 @@ class SearchSettings:
     done_cost: float | None = None           # stop threshold (latent MSE); None = fitted for ``kind``
     plateau_steps: int | None = None         # plateau rule of this subgoal (0 = off)
     reference: str | None = None             # motion the CEM starts from (MPCConfig.reference)
+    execute: str | None = None               # "best" sample or the CEM's "mean" (MPCConfig.execute)
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -73,6 +74,8 @@ class SearchSettings:
         if self.reference is not None and self.reference not in REFERENCES:
             raise ValueError(f"subgoal {self.phase!r}: reference must be one of {', '.join(REFERENCES)}, "
                              f"got {self.reference!r}")
+        if self.execute is not None and self.execute not in EXECUTE:
+            raise ValueError(f"subgoal {self.phase!r}: execute must be one of {', '.join(EXECUTE)}, got {self.execute!r}")
         if self.done_cost is not None and not (math.isfinite(self.done_cost) and self.done_cost >= 0):
             raise ValueError(f"subgoal {self.phase!r}: done_cost must be a finite number >= 0, got {self.done_cost}")
 
@@ -84,7 +87,8 @@ class SearchSettings:
         if self.orientation_weight is not None:
             objective = replace(objective, orientation_weight=self.orientation_weight)
         return replace(base, cem=cem, objective=objective,
-                       reference=base.reference if self.reference is None else self.reference)
+                       reference=base.reference if self.reference is None else self.reference,
+                       execute=base.execute if self.execute is None else self.execute)
 
     def stop_rule(self, base: StopRule, fitted_done_cost: Callable[[str], float] | None = None) -> StopRule:
         """The stop rule of this subgoal: the base rule with its budget, plateau and threshold
@@ -102,9 +106,14 @@ class SearchSettings:
 PHASES: dict[str, SearchSettings] = {
     # Move the open hand somewhere (e.g. above the object): everything searched.
     "reach": SearchSettings(phase="reach", kind="reach"),
-    # Close on the object (and lift it, when no lift subgoal follows): keep the approach orientation
-    # (paper: grasp, weight 0.4).
-    "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4, reference="grasp"),
+    # Close on the object (and lift it, when no lift subgoal follows): the reference grasp motion
+    # (down, close, up: 9 steps), searched within 0.01 rad of it with the CEM's mean executed, keeping
+    # the approach orientation (paper: grasp, weight 0.4), run to its end (stop threshold 0: the
+    # latent cost scores a hand closed beside the object as close to this goal as one holding it, and
+    # stopped grasps early). Wider searches let the world model pull the hand off the grasp (README,
+    # "Grasp"): this phase's success is the reference's, the world model only picks among near copies.
+    "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4, reference="grasp",
+                            std_arm=0.01, std_hand=0.01, execute="mean", done_cost=0.0, max_steps=10),
     # Lift the object in the closed hand: the hand keeps the targets that close it, only the arm moves.
     "lift": SearchSettings(phase="lift", kind="grasp", hold_hand=True),
     # Carry the object: the hand keeps the targets that close it, only the arm moves.

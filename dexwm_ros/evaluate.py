@@ -41,7 +41,8 @@ solution's images at four marks (hand open above the object, object grasped and 
 carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals``) instead of the
 final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
 planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
-stop rule; ``--max-steps`` is then per subgoal, default 12). ``--subgoal-marks`` picks other marks,
+stop rule; ``--max-steps`` is then per subgoal, default 12, except where a phase has its own: the
+grasp runs its reference motion's 10 steps). ``--subgoal-marks`` picks other marks,
 e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
 fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
 are not given. Baselines that plan toward one goal only are skipped (``skipped_baselines``);
@@ -208,8 +209,8 @@ class EvalSettings:
     hand_pixel_weight: float = HAND_PIXEL_WEIGHT
     # Search settings per paper stage: "none" (the planner node's for every stage) or "phases": the
     # stage's phase profile (dexwm_planner.subgoals.PHASES, as a subgoal of that phase gets them),
-    # the paper's per-task choices: grasp with the end-effector orientation term, place with finger
-    # std 0.01 rad.
+    # the paper's per-task choices: grasp from the reference motion with the end-effector orientation
+    # term, place with finger std 0.01 rad; the phase's stop rule too (grasp: run to its 10 steps).
     stage_settings: str = "none"
     # Offer the CEM the plan heading for the joints that match the goal image's hand
     # (dexwm_planner.hand_proposal; MPCConfig.hand_proposal).
@@ -340,13 +341,18 @@ class EvalSettings:
                                hand_pixel_keypoints=self.hand_pixel_keypoints)
 
     def session_config(self, env):
-        """The planning session of an episode: this task's stop rule, the simulation's joint limits,
-        the per-step caps every policy moves under, and the (resolved) step timing."""
+        """The planning session of an episode: this task's stop rule (with ``stage_settings`` phases,
+        the phase's: a grasp runs its reference to the end), the simulation's joint limits, the
+        per-step caps every policy moves under, and the (resolved) step timing."""
         from dexwm_planner.session import CommandLimits, SessionConfig
 
         limits = CommandLimits(np.asarray(env.lower, dtype=np.float64), np.asarray(env.upper, dtype=np.float64),
                                shipped_cem_config(self.preset).max_step())
-        return SessionConfig(stop_rule=self.stop_rule(self.kind), limits=limits,
+        rule = self.stop_rule(self.kind)
+        search = self.search_settings()
+        if search is not None:
+            rule = search.stop_rule(rule)
+        return SessionConfig(stop_rule=rule, limits=limits,
                              move_duration_s=self.move_duration_s,
                              move_time_limit_s=max(self.move_timeout_s, self.move_duration_s),
                              goal_tolerance=self.goal_tolerance)

@@ -203,6 +203,18 @@ def test_stage_settings_search_each_paper_stage_with_its_phase_profile(random_ch
     policy = ev.WorldModelPolicy(model, kin, cam.world_to_camera, search=grasp)
     policy.start(goal, None, seed=0)
     assert policy.plans.planner.config.objective.orientation_weight == 0.4
+    assert policy.plans.planner.config.execute == "mean" and policy.plans.planner.config.reference == "grasp"
+    # The phase's stop rule too: the grasp runs its reference to the end, place keeps the stage's.
+    from dexwm_sim.scene import SimEnv
+    env = SimEnv(render_size=(64, 64))
+    try:
+        rules = {task: ev.EvalSettings(protocol="paper", task=task, stage_settings="phases", max_steps=12,
+                                       done_cost=0.3, move_duration_s=0.6).session_config(env).stop_rule
+                 for task in ("grasp", "place")}
+    finally:
+        env.close()
+    assert (rules["grasp"].done_cost, rules["grasp"].max_steps) == (0.0, 10)
+    assert (rules["place"].done_cost, rules["place"].max_steps) == (0.3, 12)
     plain = ev.WorldModelPolicy(model, kin, cam.world_to_camera)
     plain.start(goal, None, seed=0)
     assert plain.plans.planner.config == plain.config

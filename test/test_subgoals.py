@@ -4,6 +4,8 @@ stop rules and thresholds, the held hand, cancel, states; the CEM's held joints;
 the provider of a sequence with per-subgoal settings. No ROS."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -111,10 +113,11 @@ def test_each_subgoal_has_its_own_budget_plateau_and_threshold(robot):
 
 def test_the_hand_is_held_at_the_last_commanded_targets(robot):
     providers = Providers(robot, [[0.5, 0.01], [0.5, 0.01]])
-    SubgoalSequence(robot, providers, config(robot)).run(subgoals(robot, ["grasp", "carry"]))
+    result = SubgoalSequence(robot, providers, config(robot)).run(subgoals(robot, ["grasp", "carry"]))
     (_, first_held), (carry, held) = providers.asked
     assert first_held is None and carry.hold_hand
-    assert np.array_equal(held, robot.moves[0][7:])      # the hand targets of the grasp's last command
+    grasp_moves = result.subgoals[0].steps
+    assert np.array_equal(held, robot.moves[grasp_moves - 1][7:])  # the hand targets of the grasp's last command
 
 
 def test_search_settings_are_checked_and_applied():
@@ -133,8 +136,15 @@ def test_search_settings_are_checked_and_applied():
     assert place.cem.std_hand == 0.01 and place.cem.std_arm == CPU.std_arm and place.cem.samples == CPU.samples
     assert PHASES["grasp"].mpc_config(base).objective.orientation_weight == 0.4
     assert PHASES["grasp"].mpc_config(base).reference == "grasp" and place.reference == "none"
+    # The grasp follows its reference closely, executes the CEM's mean and runs to its budget.
+    grasp = PHASES["grasp"].mpc_config(base)
+    assert (grasp.cem.std_arm, grasp.cem.std_hand, grasp.execute, place.execute) == (0.01, 0.01, "mean", "best")
+    rule = PHASES["grasp"].stop_rule(StopRule(done_cost=0.3, plateau_steps=0, max_steps=12), lambda kind: 0.3)
+    assert (rule.done_cost, rule.max_steps) == (0.0, 10)
     with pytest.raises(ValueError, match="reference"):
         SearchSettings(reference="wave")
+    with pytest.raises(ValueError, match="execute"):
+        SearchSettings(execute="worst")
     rule = PHASES["release"].stop_rule(StopRule(done_cost=0.1, plateau_steps=5, max_steps=12))
     assert (rule.done_cost, rule.plateau_steps, rule.max_steps) == (0.1, 5, 12)
     assert default_phases(5) == PICK_PLACE == ("reach", "grasp", "lift", "carry", "release")
@@ -185,7 +195,9 @@ def test_the_world_model_runs_a_sequence_with_per_subgoal_settings(robot):
     cfg = SessionConfig(stop_rule=StopRule(max_steps=2), limits=limits, move_duration_s=0.2, move_time_limit_s=0.2,
                         goal_tolerance=0.05)
     here = robot.latest_image().value
-    goals = [Subgoal(here[::-1].copy(), PHASES["grasp"]), Subgoal(here[:, ::-1].copy(), PHASES["carry"])]
+    # The grasp's own 10-step budget cut to the session's 2 (the reference's first rows suffice here).
+    goals = [Subgoal(here[::-1].copy(), replace(PHASES["grasp"], max_steps=2)),
+             Subgoal(here[:, ::-1].copy(), PHASES["carry"])]
     result = SubgoalSequence(robot, lambda search, held: WorldModelPlans(make_planner, search, held), cfg).run(
         goals, seed=0)
     assert [(o.reason, o.steps) for o in result.subgoals] == [("budget", 2), ("budget", 2)]
