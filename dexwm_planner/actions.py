@@ -122,6 +122,14 @@ def hand_pixels_projection(world_to_camera: np.ndarray, model_hw: tuple[int, int
     return lambda q: allegro_hand_pixels(q, w2c, K, kinematics=kinematics)
 
 
+def wrist_position_projection(world_to_camera: np.ndarray, kinematics=None):
+    """The planner's planned-wrist position: joints (..., 23) -> the right-hand wrist keypoint
+    (..., 3) [m] in the camera frame (forward kinematics; the goal wrist term's frame)."""
+    w2c = np.asarray(world_to_camera, dtype=np.float64)
+    wrist = HEATMAP_KEYPOINTS[RIGHT_HAND_HEATMAPS][0]
+    return lambda q: transform_points(w2c, allegro_keypoints_world(q, kinematics)[..., wrist, :])
+
+
 class ActionNormalizer:
     """Per-dimension standardisation, statistics fitted on training actions.
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .cem import CEM, CEMConfig, CEMResult, CPU
-from .objective import ActionsFn, GoalObjective, HandPixelsFn, ObjectiveConfig, RotationFn, WorldModelLike
+from .objective import ActionsFn, GoalObjective, HandPixelsFn, ObjectiveConfig, RotationFn, WorldModelLike, WristFn
 from .reference_motion import REFERENCES
 
 
@@ -80,13 +80,15 @@ class MPCPlanner:
                  config: MPCConfig = MPCConfig(), rotation_fn: RotationFn | None = None, seed: int | None = None,
                  hand_pixels_fn: HandPixelsFn | None = None,
                  goal_hand_reader: Callable[[np.ndarray], np.ndarray] | None = None,
-                 reference_fn: Callable[[np.ndarray], np.ndarray] | None = None):
+                 reference_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                 wrist_fn: WristFn | None = None):
         """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
         planned-hand keypoint terms (needed only when their weights are on). ``goal_hand_reader``:
         goal image (H, W, 3) -> its hand's wrist + fingertips (6, 2) in model pixels, for the
         planned-hand term and the hand proposal (default: the world model's heatmap head).
         ``reference_fn``: joints at a goal's first replan (23,) -> the reference motion's rows
-        (K, 23), one per executed step (needed when ``config.reference`` is set)."""
+        (K, 23), one per executed step (needed when ``config.reference`` is set). ``wrist_fn``: the
+        planned wrist's camera-frame position, for the goal wrist term (goals given a ``goal_wrist``)."""
         if config.hand_proposal and hand_pixels_fn is None:
             raise ValueError("hand_proposal needs hand_pixels_fn (kinematics and camera)")
         self.reference_fn = reference_fn
@@ -97,6 +99,7 @@ class MPCPlanner:
         self.cem = CEM(config.cem, lower, upper)
         self.rotation_fn = rotation_fn
         self.hand_pixels_fn = hand_pixels_fn
+        self.wrist_fn = wrist_fn
         self.goal_hand_reader = goal_hand_reader
         self.rng = np.random.default_rng(seed)
         self._context: collections.deque = collections.deque(maxlen=config.context_frames)
@@ -117,8 +120,10 @@ class MPCPlanner:
     def has_goal(self) -> bool:
         return self.objective is not None
 
-    def set_goal(self, image: np.ndarray, goal_joints: np.ndarray | None = None) -> None:
-        """Encode a goal image (H, W, 3) uint8; ``goal_joints`` gives the orientation reference."""
+    def set_goal(self, image: np.ndarray, goal_joints: np.ndarray | None = None,
+                 goal_wrist: np.ndarray | None = None) -> None:
+        """Encode a goal image (H, W, 3) uint8; ``goal_joints`` gives the orientation reference,
+        ``goal_wrist`` (3,) the goal's wrist position [m] in the camera frame (the goal wrist term)."""
         image = _check_image(image)
         with torch.no_grad():
             latent = self.model.encode(image[None])[0]
@@ -135,7 +140,8 @@ class MPCPlanner:
             goal_hand = self.goal_hand_reader(image)
         self.objective = GoalObjective(self.model, self.actions_fn, latent, objective_cfg,
                                        rotation_fn=self.rotation_fn, goal_rotation=goal_rotation,
-                                       hand_pixels_fn=self.hand_pixels_fn, goal_hand_pixels=goal_hand)
+                                       hand_pixels_fn=self.hand_pixels_fn, goal_hand_pixels=goal_hand,
+                                       wrist_fn=self.wrist_fn, goal_wrist=goal_wrist)
         self.goal_latent = latent
         self.goal_image = image
         self.goal_rotation = goal_rotation
@@ -207,7 +213,8 @@ class MPCPlanner:
             self.objective = GoalObjective(self.model, self.actions_fn, self.goal_latent, self.config.objective,
                                            rotation_fn=self.rotation_fn, goal_rotation=self.rotation_fn(q[None])[0],
                                            hand_pixels_fn=self.hand_pixels_fn,
-                                           goal_hand_pixels=self.objective.goal_hand_pixels)
+                                           goal_hand_pixels=self.objective.goal_hand_pixels,
+                                           wrist_fn=self.wrist_fn, goal_wrist=self.objective.goal_wrist)
         t0 = time.perf_counter()
         horizon = self._next_horizon
         context = self.context

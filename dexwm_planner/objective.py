@@ -15,7 +15,12 @@ Terms (DexWM paper, section on planning):
   right-hand keypoints of the *planned joints* (forward kinematics projected into the camera: exact
   where the world model's heatmaps are noisy) and those the heatmap head decodes from the goal image,
   weighted over time like the latent term. Not the paper's (it decodes both from latents); it uses
-  nothing but the goal image and the robot's own kinematics and camera calibration.
+  nothing but the goal image and the robot's own kinematics and camera calibration;
+* optional goal wrist: ``goal_wrist_weight`` times the squared distance [m^2] between the planned
+  wrist (forward kinematics, camera frame) and a 3D goal wrist position, weighted over time like the
+  latent term. The image terms pin the hand's position in the image but hardly its depth; a 3D
+  goal wrist pins both. Only where a goal carries one (a depth reading of the goal's hand; in the
+  evaluation, ``--goal-wrist oracle`` gives the goal state's own as a PRIVILEGED ceiling).
 
 The world model is anything that follows ``WorldModelLike`` (the real ``DexWM`` or a small test
 model); joint plans become 132-d keypoint-delta actions through ``actions_fn`` (forward kinematics).
@@ -57,6 +62,8 @@ ActionsFn = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
 RotationFn = Callable[[np.ndarray], np.ndarray]
 # joints (..., 23) -> right-hand wrist + 5 fingertip pixels (..., 6, 2) in the model image
 HandPixelsFn = Callable[[np.ndarray], np.ndarray]
+# joints (..., 23) -> right-hand wrist position (..., 3) [m] in the camera frame
+WristFn = Callable[[np.ndarray], np.ndarray]
 # Which of the six the planned-hand term compares (ObjectiveConfig.hand_pixel_keypoints).
 # "size_free": the wrist, plus the fingertips relative to it with the planned hand's size scaled to
 # the goal's (the hand's shape and orientation in the image, not its size: depth is left to the rest).
@@ -74,6 +81,8 @@ class ObjectiveConfig:
     # hand about 12 % too small and a closed one 1.8x too large (wrist to tips), which the six-point
     # term turns partly into a depth error; the wrist alone and "size_free" carry no size.
     hand_pixel_keypoints: str = "all"
+    # Weight [1/m^2] of the 3D goal wrist term (applies to goals that carry a wrist position).
+    goal_wrist_weight: float = 0.0
 
     def __post_init__(self):
         if not (0 < self.decay <= 1):
@@ -81,7 +90,7 @@ class ObjectiveConfig:
         if self.hand_pixel_keypoints not in HAND_PIXEL_KEYPOINTS:
             raise ValueError(f"hand_pixel_keypoints must be one of {', '.join(HAND_PIXEL_KEYPOINTS)}, "
                              f"got {self.hand_pixel_keypoints!r}")
-        if min(self.keypoint_weight, self.orientation_weight, self.hand_pixel_weight) < 0:
+        if min(self.keypoint_weight, self.orientation_weight, self.hand_pixel_weight, self.goal_wrist_weight) < 0:
             raise ValueError("cost weights must be >= 0")
 
     @property
@@ -109,6 +118,7 @@ class CostTerms:
     keypoint: np.ndarray       # (N,) weighted right-hand keypoint MSE [px^2] (before the weight)
     orientation: np.ndarray    # (N,) squared final orientation error [rad^2] (before the weight)
     hand_pixels: np.ndarray    # (N,) weighted planned-hand keypoint MSE [px^2] (before the weight)
+    wrist: np.ndarray | None = None  # (N,) weighted squared planned-wrist distance to the goal wrist [m^2]
     predicted_keypoints: np.ndarray | None = None  # (N, T, 12, 2)
 
 
@@ -127,10 +137,12 @@ class GoalObjective:
     def __init__(self, model: WorldModelLike, actions_fn: ActionsFn, goal_latent: torch.Tensor,
                  config: ObjectiveConfig = ObjectiveConfig(), rotation_fn: RotationFn | None = None,
                  goal_rotation: np.ndarray | None = None, hand_pixels_fn: HandPixelsFn | None = None,
-                 goal_hand_pixels: np.ndarray | None = None):
+                 goal_hand_pixels: np.ndarray | None = None, wrist_fn: WristFn | None = None,
+                 goal_wrist: np.ndarray | None = None):
         """``goal_hand_pixels`` (6, 2): the goal's wrist + fingertips in model pixels for the
         planned-hand term, read from the goal image by a goal-hand reader; without it the term
-        uses the heatmap head's reading of the goal latent."""
+        uses the heatmap head's reading of the goal latent. ``goal_wrist`` (3,): the goal's wrist
+        position [m] in the camera frame for the goal wrist term (``wrist_fn``: the planned one)."""
         self.model = model
         self.actions_fn = actions_fn
         self.config = config
@@ -153,6 +165,13 @@ class GoalObjective:
         if config.hand_pixel_weight > 0 and hand_pixels_fn is None:
             raise ValueError("a hand pixel weight needs hand_pixels_fn (kinematics and camera)")
         self.hand_pixels_fn = hand_pixels_fn
+        if goal_wrist is not None:
+            goal_wrist = np.asarray(goal_wrist, dtype=np.float64)
+            if goal_wrist.shape != (3,) or not np.isfinite(goal_wrist).all():
+                raise ValueError(f"goal_wrist must be a finite 3D point, got shape {goal_wrist.shape}")
+            if config.goal_wrist_weight > 0 and wrist_fn is None:
+                raise ValueError("a goal wrist weight needs wrist_fn (kinematics and camera)")
+        self.goal_wrist, self.wrist_fn = goal_wrist, wrist_fn
         self.rotation_fn = rotation_fn
         self.goal_rotation = None if goal_rotation is None else np.asarray(goal_rotation, dtype=np.float64)
 
@@ -212,7 +231,11 @@ class GoalObjective:
                 planned = _sized_like(planned, goal_px)
             sq = ((planned[..., rows, :] - goal_px[rows]) ** 2).mean(axis=(-2, -1))  # (N, T)
             hand_pixels = sq @ w.numpy()
+        wrist = np.zeros(n)
+        if cfg.goal_wrist_weight > 0 and self.goal_wrist is not None:
+            planned = np.asarray(self.wrist_fn(np.asarray(samples, dtype=np.float64)), dtype=np.float64)
+            wrist = ((planned - self.goal_wrist) ** 2).sum(-1) @ w.numpy()       # (N, T) -> (N,)
         total = (latent + cfg.keypoint_weight * keypoint + cfg.orientation_weight * orientation
-                 + cfg.hand_pixel_weight * hand_pixels)
+                 + cfg.hand_pixel_weight * hand_pixels + cfg.goal_wrist_weight * wrist)
         return CostTerms(total=total, latent=latent, keypoint=keypoint, orientation=orientation,
-                         hand_pixels=hand_pixels, predicted_keypoints=kp_np)
+                         hand_pixels=hand_pixels, predicted_keypoints=kp_np, wrist=wrist)

@@ -140,11 +140,12 @@ class WorldModelPlans:
         self.planner: MPCPlanner | None = None
         self._hold: np.ndarray | None = None
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_wrist=None):
+        """``goal_wrist``: the goal's wrist position in the camera frame, where one is known."""
         self.planner = self.make_planner(seed)
         if self.search is not None:
             self.planner.configure(self.search.mpc_config(self.planner.config))
-        self.planner.set_goal(goal_image, goal_joints=goal_joints)
+        self.planner.set_goal(goal_image, goal_joints=goal_joints, goal_wrist=goal_wrist)
         self._hold = None
 
     def observe(self, image, joints) -> float:

@@ -227,6 +227,10 @@ class EvalSettings:
     grasp_reference: bool = False
     # What the planner executes (MPCConfig.execute): the CEM's best plan or its final mean.
     execute: str = "best"
+    # PRIVILEGED diagnostic (0 = off): the goal wrist term (ObjectiveConfig.goal_wrist_weight, this
+    # weight [1/m^2]) fed with the goal state's own wrist position: how precisely the planner puts
+    # the hand when the goal's wrist is known in 3D, the ceiling of a depth reading of the goal's hand.
+    goal_wrist_oracle: float = 0.0
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -240,6 +244,10 @@ class EvalSettings:
         self.head_camera()                          # raises on a view that cannot be
         shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size or std
         self.subgoal_marks = tuple(self.subgoal_marks)
+        if not (math.isfinite(self.goal_wrist_oracle) and self.goal_wrist_oracle >= 0):
+            raise ValueError(f"the goal wrist oracle's weight must be >= 0, got {self.goal_wrist_oracle}")
+        if self.goal_wrist_oracle > 0 and self.subgoals:
+            raise ValueError("the goal wrist oracle reads a goal state's joints: paper stages and single goals only")
         if self.subgoal_marks and not self.subgoals:
             raise ValueError("subgoal marks need subgoals (--subgoals)")
         if self.subgoals and self.sim_task != "pick-place":
@@ -327,7 +335,8 @@ class EvalSettings:
         """What every world-model policy of a run plans with (WorldModelPolicy's keywords): the cost,
         the stage's search settings, the hand proposal."""
         return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
-                    goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute)
+                    goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute,
+                    goal_wrist_oracle=self.goal_wrist_oracle > 0)
 
     def reference(self) -> str:
         """The reference motion the CEM starts from (MPCConfig.reference)."""
@@ -338,7 +347,8 @@ class EvalSettings:
         from dexwm_planner.objective import ObjectiveConfig
 
         return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight),
-                               hand_pixel_keypoints=self.hand_pixel_keypoints)
+                               hand_pixel_keypoints=self.hand_pixel_keypoints,
+                               goal_wrist_weight=float(self.goal_wrist_oracle))
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule (with ``stage_settings`` phases,
@@ -377,11 +387,12 @@ class WorldModelPolicy:
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
                  search=None, hand_proposal: bool = False, goal_hand_reader: str = "", reference: str = "none",
-                 execute: str = "best"):
+                 execute: str = "best", goal_wrist_oracle: bool = False):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
-        ("" = the shipped reader, "head" = the world model's heatmap head)."""
-        from dexwm_planner.actions import allegro_actions, hand_pixels_projection
+        ("" = the shipped reader, "head" = the world model's heatmap head). ``goal_wrist_oracle``:
+        PRIVILEGED, the goal wrist term gets the goal state's wrist (EvalSettings.goal_wrist_oracle)."""
+        from dexwm_planner.actions import allegro_actions, hand_pixels_projection, wrist_position_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
         from dexwm_planner.reference_motion import reference_motion
@@ -393,6 +404,8 @@ class WorldModelPolicy:
         # The simulation renders at the model's image size (sim_camera_size) with the head camera.
         self.hand_pixels_fn = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
                                                      kinematics=kinematics)
+        self.wrist_fn = wrist_position_projection(world_to_camera, kinematics)
+        self.goal_wrist_oracle = goal_wrist_oracle
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
                                 hand_proposal=hand_proposal, reference=reference, execute=execute)
@@ -406,12 +419,16 @@ class WorldModelPolicy:
 
         return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
                           rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn,
-                          goal_hand_reader=self.goal_hand_reader, reference_fn=self.reference_fn)
+                          goal_hand_reader=self.goal_hand_reader, reference_fn=self.reference_fn,
+                          wrist_fn=self.wrist_fn)
 
     def start(self, goal_image, goal_joints, seed):
         # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
-        # image sent to the planner node.
-        self.plans.start(goal_image, None, seed)
+        # image sent to the planner node; the goal wrist oracle (a diagnostic) reads their wrist.
+        wrist = None
+        if self.goal_wrist_oracle and goal_joints is not None:
+            wrist = self.wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
+        self.plans.start(goal_image, None, seed, goal_wrist=wrist)
 
     def for_subgoal(self, search, held_hand):
         """The provider of one subgoal of a sequence (its search settings; subgoals carry images only)."""
@@ -446,14 +463,16 @@ def random_shooting_changes(cem) -> dict:
 
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
                        objective=None, search=None, hand_proposal: bool = False,
-                       goal_hand_reader: str = "", reference: str = "none", execute: str = "best") -> WorldModelPolicy:
+                       goal_hand_reader: str = "", reference: str = "none", execute: str = "best",
+                       goal_wrist_oracle: bool = False) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
     policy = WorldModelPolicy(model, kinematics, world_to_camera, preset,
                               cem_changes={**(search_changes or {}), **random_shooting_changes(cem)},
                               objective=objective, search=search, hand_proposal=hand_proposal,
-                              goal_hand_reader=goal_hand_reader, reference=reference, execute=execute)
+                              goal_hand_reader=goal_hand_reader, reference=reference, execute=execute,
+                              goal_wrist_oracle=goal_wrist_oracle)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -1314,6 +1333,7 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         results["torch_threads"] = torch.get_num_threads()
         results["notes"] = {
             "oracle_goal_joints": "PRIVILEGED upper bound: reads the goal state's joints",
+            "goal_wrist_oracle": "PRIVILEGED when > 0: the planner's goal wrist term reads the goal state's wrist",
             "goal_hand_ik": "no world model: joints fitted to the goal image's decoded hand keypoints, driven to",
             "reference_motion": "no world model: the grasp reference motion (down 8 cm, close, up 12 cm), executed",
             "dexwm_no_pretrain": "the shipped model itself has no pre-training (no human video, no other "
@@ -1379,6 +1399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hand-proposal", action="store_true",
                         help="offer the CEM the plan heading for the joints that match the goal image's hand "
                              "(dexwm_planner.hand_proposal)")
+    parser.add_argument("--goal-wrist-oracle", type=float, default=0.0, metavar="WEIGHT",
+                        help="PRIVILEGED diagnostic: the goal wrist term with this weight [1/m^2], fed with the goal "
+                             "state's own wrist position (the ceiling of a depth reading of the goal's hand); 0: off")
     parser.add_argument("--goal-hand-reader", default="", metavar="PATH|head",
                         help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
                              "for the planned-hand term, the hand proposal and goal_hand_ik; 'head': the world "
@@ -1482,6 +1505,8 @@ def main(argv: list[str] | None = None) -> int:
                      "grasp_reference and execute decide: config/planner.yaml)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
+    if args.goal_wrist_oracle and args.through_ros:
+        parser.error("--goal-wrist-oracle runs in-process (a diagnostic: no robot gives a goal state's joints)")
     try:
         settings = EvalSettings(protocol=args.protocol, task=args.task, episodes=args.episodes, seed=args.seed,
                                 max_steps=args.max_steps, preset=args.preset, search=search, std=std, camera=camera,
@@ -1491,7 +1516,7 @@ def main(argv: list[str] | None = None) -> int:
                                 hand_pixel_weight=args.hand_pixel_weight, stage_settings=args.stage_settings,
                                 hand_proposal=args.hand_proposal, hand_pixel_keypoints=args.hand_pixel_keypoints,
                                 goal_hand_reader=args.goal_hand_reader, grasp_reference=args.grasp_reference,
-                                execute=args.execute,
+                                execute=args.execute, goal_wrist_oracle=args.goal_wrist_oracle,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

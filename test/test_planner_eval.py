@@ -457,3 +457,32 @@ def test_through_ros_and_in_process_agree_step_for_step_and_judge_after_the_same
     assert (a["success"], a["success_paper_rule"], a["success_at_stop"]) == \
         (b["success"], b["success_paper_rule"], b["success_at_stop"])
     assert a["final_distance"] == pytest.approx(b["final_distance"], abs=1e-3)
+
+
+def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random_checkpoint):  # noqa: F811
+    """--goal-wrist-oracle W (a PRIVILEGED diagnostic): the planner's goal wrist term, weight W, gets
+    the goal state's wrist; without it the goal joints never reach the planner."""
+    from dexwm_planner.actions import wrist_position_projection
+    from dexwm_planner.world_model import DexWM
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
+
+    settings = ev.EvalSettings(protocol="paper", task="reach", goal_wrist_oracle=100.0)
+    assert settings.objective().goal_wrist_weight == 100.0 and settings.planner_options()["goal_wrist_oracle"]
+    model, kin, cam = DexWM.load(str(random_checkpoint)), RobotKinematics.from_description(), HeadCamera()
+    goal, goal_q = np.zeros((224, 224, 3), np.uint8), 0.2 * (kin.lower + kin.upper)
+    oracle = ev.WorldModelPolicy(model, kin, cam.world_to_camera, **settings.planner_options())
+    oracle.start(goal, goal_q, seed=0)
+    expected = wrist_position_projection(cam.world_to_camera, kin)(goal_q[None])[0]
+    np.testing.assert_allclose(oracle.plans.planner.objective.goal_wrist, expected)
+    assert oracle.plans.planner.config.objective.goal_wrist_weight == 100.0
+    plain = ev.WorldModelPolicy(model, kin, cam.world_to_camera, **ev.EvalSettings(task="reach").planner_options())
+    plain.start(goal, goal_q, seed=0)
+    assert plain.plans.planner.objective.goal_wrist is None
+    with pytest.raises(ValueError, match="paper stages"):
+        ev.EvalSettings(protocol="composite", task="pick-place", subgoals=True, goal_wrist_oracle=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        ev.EvalSettings(task="reach", goal_wrist_oracle=-1.0)
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--task", "reach", "--goal-wrist-oracle", "100", "--through-ros", "--out", "/nonexistent/r.json"])
+    assert exit_info.value.code == 2

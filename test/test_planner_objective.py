@@ -122,3 +122,52 @@ def test_planned_hand_pixel_term():
     assert np.abs(_sized_like(turned, goal_hand) - goal_hand).max() > 5.0
     with pytest.raises(ValueError, match="hand_pixel_keypoints"):
         ObjectiveConfig(hand_pixel_keypoints="thumb")
+
+
+def test_goal_wrist_term():
+    """The planned wrist's squared 3D distance to a goal wrist, weighted over time; only for goals
+    that carry one."""
+    model = LinearTestModel()
+    rng = np.random.default_rng(2)
+    q0 = np.zeros(DOF)
+    goal_latent = model.encode(model.render(q0)[None])[0]
+    context = model.encode(model.render(q0)[None])
+
+    def wrist_fn(q):   # a stand-in for forward kinematics into the camera frame: joints 0..2 as metres
+        return np.asarray(q)[..., :3] + np.array([0.0, 0.0, 0.8])
+    goal_wrist = np.array([0.1, -0.05, 0.9])
+    cfg = ObjectiveConfig(keypoint_weight=0, goal_wrist_weight=50.0)
+    objective = GoalObjective(model, delta_actions, goal_latent, cfg, wrist_fn=wrist_fn, goal_wrist=goal_wrist)
+    samples = rng.uniform(-0.2, 0.2, (4, 3, DOF))
+    terms = objective.terms(context, q0, samples)
+    per_step = ((wrist_fn(samples) - goal_wrist) ** 2).sum(-1)                     # (4, 3)
+    assert np.allclose(terms.wrist, per_step @ step_weights(3, 0.6))
+    assert np.allclose(terms.total, terms.latent + 50.0 * terms.wrist)
+    on_goal = np.zeros((1, 3, DOF))
+    on_goal[0, :, :3] = goal_wrist - [0.0, 0.0, 0.8]
+    assert objective.terms(context, q0, on_goal).wrist[0] < 1e-12
+    # A goal without a wrist position: no term, whatever the weight.
+    assert np.all(GoalObjective(model, delta_actions, goal_latent, cfg, wrist_fn=wrist_fn).terms(
+        context, q0, samples).wrist == 0)
+    with pytest.raises(ValueError, match="wrist_fn"):
+        GoalObjective(model, delta_actions, goal_latent, cfg, goal_wrist=goal_wrist)
+    with pytest.raises(ValueError, match="3D point"):
+        GoalObjective(model, delta_actions, goal_latent, cfg, wrist_fn=wrist_fn, goal_wrist=[0.1, np.nan, 1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        ObjectiveConfig(goal_wrist_weight=-1.0)
+
+
+def test_the_planned_wrist_is_the_forward_kinematics_wrist_in_the_camera_frame():
+    from dexwm_planner.actions import allegro_hand_pixels, wrist_position_projection
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
+
+    kin, camera = RobotKinematics.from_description(), HeadCamera()
+    q = np.random.default_rng(3).uniform(kin.lower, kin.upper, (2, 5, DOF)) * 0.3
+    wrist = wrist_position_projection(camera.world_to_camera, kin)(q)
+    assert wrist.shape == (2, 5, 3) and np.all(wrist[..., 2] > 0)           # in front of the camera
+    # Projected, it is the planned-hand term's wrist pixel.
+    K = camera.intrinsics(224, 224)
+    uv = wrist[..., :2] / wrist[..., 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    np.testing.assert_allclose(uv, allegro_hand_pixels(q, camera.world_to_camera, K, kinematics=kin)[..., 0, :],
+                               atol=1e-6)
