@@ -20,7 +20,7 @@ Terms (DexWM paper, section on planning):
   wrist (forward kinematics, camera frame) and a 3D goal wrist position, weighted over time like the
   latent term. The image terms pin the hand's position in the image but hardly its depth; a 3D
   goal wrist pins both. Only where a goal carries one (a depth reading of the goal's hand; in the
-  evaluation, ``--goal-wrist oracle`` gives the goal state's own as a PRIVILEGED ceiling).
+  evaluation, ``dexwm-eval --goal-wrist-oracle W`` gives the goal state's own: a PRIVILEGED ceiling).
 
 The world model is anything that follows ``WorldModelLike`` (the real ``DexWM`` or a small test
 model); joint plans become 132-d keypoint-delta actions through ``actions_fn`` (forward kinematics).

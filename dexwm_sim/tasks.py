@@ -217,8 +217,8 @@ def strict_grasp(env, episode: Episode) -> bool:
 
 
 # Judge of a subgoal chain (dexwm-eval --subgoals): the palm or the object counts as at a subgoal's
-# scripted state within this distance [m] (the pre-grasp palm sits 8 cm above the object: a reach
-# that ends 5 cm off still leaves the grasp's descent on the object).
+# scripted state within this distance [m] (objects are 4-6 cm across: a hand further than that from
+# the pre-grasp pose closes beside the object when it goes down from there).
 SUBGOAL_TOLERANCE = 0.05
 
 
