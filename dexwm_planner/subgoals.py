@@ -267,9 +267,12 @@ class SubgoalSequence(Cancellable):
                                                   best_cost=session.progress.best_cost))
             if one.reason not in ADVANCES:
                 return result
-            if one.reason == BUDGET:
+            if one.reason == BUDGET and config.stop_rule.done_cost > 0:
                 self.log.warning(f"subgoal {index + 1}/{len(subgoals)} not reached within its "
                                  f"{config.stop_rule.max_steps} steps: advancing anyway")
+            elif one.reason == BUDGET:
+                # No stop by cost (e.g. the grasp runs its reference motion): its budget is its end.
+                self.log.info(f"subgoal {index + 1}/{len(subgoals)} ran its {config.stop_rule.max_steps} steps")
         result.completed = True
         result.success = result.subgoals[-1].reason == REACHED
         return result
