@@ -1542,6 +1542,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, b in results["baselines"].items():
         print(f"  baseline {name}: {_pct(b['success_rate'])} [{_pct(b['ci95'][0])}-{_pct(b['ci95'][1])}], "
               f"paper rule {_pct(b['success_rate_paper_rule'])}")
+    if settings.goal_wrist_oracle > 0:
+        print(f"  PRIVILEGED: the planner's goal wrist term (weight {settings.goal_wrist_oracle:g}) read the goal "
+              "state's wrist: a diagnostic ceiling, not a policy")
     for step in results.get("subgoal_funnel", []):
         print(f"  subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs got to its end): palm "
               f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state (median), "

@@ -459,7 +459,8 @@ def test_through_ros_and_in_process_agree_step_for_step_and_judge_after_the_same
     assert a["final_distance"] == pytest.approx(b["final_distance"], abs=1e-3)
 
 
-def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random_checkpoint):  # noqa: F811
+def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random_checkpoint, tmp_path,  # noqa: F811
+                                                                          capsys):
     """--goal-wrist-oracle W (a PRIVILEGED diagnostic): the planner's goal wrist term, weight W, gets
     the goal state's wrist; without it the goal joints never reach the planner."""
     from dexwm_planner.actions import wrist_position_projection
@@ -486,3 +487,9 @@ def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random
     with pytest.raises(SystemExit) as exit_info:
         ev.main(["--task", "reach", "--goal-wrist-oracle", "100", "--through-ros", "--out", "/nonexistent/r.json"])
     assert exit_info.value.code == 2
+    out = tmp_path / "oracle.json"
+    assert ev.main(["--task", "reach", "--episodes", "1", "--max-steps", "1", "--checkpoint", str(random_checkpoint),
+                    "--hold-s", "0.2", "--search", "8,2,1", "--goal-wrist-oracle", "100", "--no-baselines", "--quiet",
+                    "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["goal_wrist_oracle"] == 100.0
+    assert "PRIVILEGED: the planner's goal wrist term (weight 100)" in capsys.readouterr().out
