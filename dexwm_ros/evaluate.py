@@ -1208,11 +1208,23 @@ def write_report(folder: Path) -> tuple[Path, list[Path]]:
                 text += f"; strict {_pct(e['success_rate_strict'])}"
             if e.get("flip_rate") is not None:
                 text += f"; flips {_pct(e['flip_rate'])}"
+            if e.get("palm_error_m_median") is not None:
+                text += f"; palm {100 * e['palm_error_m_median']:.1f} cm"
             return text
         md_lines.append("| dexwm | " + " | ".join(cell(local[t]) for t in tasks) + " |")
         for b in baselines:
             md_lines.append(f"| {b} | " + " | ".join(cell(local[t]["baselines"].get(b)) for t in tasks) + " |")
         md_lines.append("")
+        if any(local[t].get("palm_error_m_median") is not None for t in tasks):
+            md_lines += ["palm = the judge's median distance of the palm at the stop from the goal state's.", ""]
+        for t in tasks:
+            for step in local[t].get("subgoal_funnel", []):
+                md_lines.append(
+                    f"- {t}, dexwm, subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs): palm "
+                    f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state, "
+                    f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm; object "
+                    f"{100 * step['object_error_m_median']:.1f} cm" + (f"; held {_pct(step['held'])}"
+                                                                         if step["held"] is not None else ""))
         fig, ax = plt.subplots(figsize=(2.5 + 2.4 * len(tasks), 4.0))
         series = {"dexwm": [(local[t]["success_rate"], local[t]["ci95"]) for t in tasks]}
         for b in baselines:
