@@ -1095,6 +1095,15 @@ def _pct(r) -> str:
     return "-" if r is None else f"{100 * r:.0f} %"
 
 
+def funnel_line(step: dict) -> str:
+    """One subgoal of ``subgoal_funnel`` in words (the printed summary and the report)."""
+    return (f"subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs got to its end): palm "
+            f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state (median), "
+            f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm; object "
+            f"{100 * step['object_error_m_median']:.1f} cm, {_pct(step['object_within_tolerance'])} within"
+            + (f"; held {_pct(step['held'])}" if step["held"] is not None else ""))
+
+
 def _bars(ax, groups: list[str], series: dict[str, list[tuple[float, list]]], title: str) -> None:
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
@@ -1219,12 +1228,7 @@ def write_report(folder: Path) -> tuple[Path, list[Path]]:
             md_lines += ["palm = the judge's median distance of the palm at the stop from the goal state's.", ""]
         for t in tasks:
             for step in local[t].get("subgoal_funnel", []):
-                md_lines.append(
-                    f"- {t}, dexwm, subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs): palm "
-                    f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state, "
-                    f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm; object "
-                    f"{100 * step['object_error_m_median']:.1f} cm" + (f"; held {_pct(step['held'])}"
-                                                                         if step["held"] is not None else ""))
+                md_lines.append(f"- {t}, dexwm, {funnel_line(step)}")
         fig, ax = plt.subplots(figsize=(2.5 + 2.4 * len(tasks), 4.0))
         series = {"dexwm": [(local[t]["success_rate"], local[t]["ci95"]) for t in tasks]}
         for b in baselines:
@@ -1558,11 +1562,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  PRIVILEGED: the planner's goal wrist term (weight {settings.goal_wrist_oracle:g}) read the goal "
               "state's wrist: a diagnostic ceiling, not a policy")
     for step in results.get("subgoal_funnel", []):
-        print(f"  subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs got to its end): palm "
-              f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state (median), "
-              f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm; object "
-              f"{100 * step['object_error_m_median']:.1f} cm, {_pct(step['object_within_tolerance'])} within"
-              + (f"; held {_pct(step['held'])}" if step["held"] is not None else ""))
+        print(f"  {funnel_line(step)}")
     if results["skipped_seeds"]:
         print(f"  skipped {len(results['skipped_seeds'])} seeds without a demonstration")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

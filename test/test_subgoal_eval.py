@@ -175,7 +175,7 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
     assert ev.main(["--report", str(tmp_path)]) == 0                  # both, side by side
     table = (tmp_path / "summary.md").read_text()
     assert "| pick-place (n=1x1) | pick-place (subgoals) (n=1x1) |" in table, table
-    assert "- pick-place (subgoals), dexwm, subgoal 2 (grasp, 1 runs): palm" in table
+    assert "- pick-place (subgoals), dexwm, subgoal 2 (grasp, 1 runs got to its end): palm" in table
     assert any(line.startswith("| dexwm |") and "; palm " in line for line in table.splitlines())
     for bad in (["--protocol", "paper", "--task", "place", "--subgoals"],
                 ["--protocol", "composite", "--task", "reach", "--subgoals"],
