@@ -62,16 +62,49 @@ def _gated_residual(x, gate, y):
 MATERIALISE_BYTES = 256 * 2**20
 
 
+# CPU flash attention that also returns each query's log-sum-exp of scores (torch's own kernel
+# behind scaled_dot_product_attention on CPU); None where this torch lacks it.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def _attend(q, parts, scale):
     """Softmax attention of q (B, h, L, hd) over the concatenation of key/value parts, each
     (Bk, h, N, hd) with Bk in {1, B}."""
     B, h, L, hd = q.shape
+    if B > 1 and _FLASH_CPU is not None and q.device.type == "cpu" and not torch.is_grad_enabled() \
+            and any(k.shape[0] == 1 for k, _ in parts):
+        return _attend_folded(q, parts, scale)
     tokens = sum(k.shape[2] for k, _ in parts)
     if 2 * B * h * tokens * hd * q.element_size() <= MATERIALISE_BYTES:
         k = torch.cat([k.expand(B, -1, -1, -1) for k, _ in parts], 2)
         v = torch.cat([v.expand(B, -1, -1, -1) for _, v in parts], 2)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return _attend_broadcast(q, parts, scale)
+
+
+def _attend_folded(q, parts, scale):
+    """:func:`_attend` for CPU inference: the batch-1 parts (the null token and a shared context,
+    most of the keys in a planner's rollout) are attended to by all B x L queries at once, as one
+    long query sequence (no copy of their keys per sample, and kernel tiles B times longer); the
+    per-sample parts by a batched call; the two partial softmaxes are merged exactly by their
+    log-sum-exps. The same attention as one call over all keys, up to float rounding."""
+    B, h, L, hd = q.shape
+    shared = [p for p in parts if p[0].shape[0] == 1]
+    own = [p for p in parts if p[0].shape[0] != 1]
+
+    def joined(group, i):   # (under autocast the parts may differ in dtype from q: the kernel needs one)
+        return (group[0][i] if len(group) == 1 else torch.cat([p[i].to(q.dtype) for p in group], 2)).to(q.dtype)
+
+    folded = q.transpose(0, 1).reshape(1, h, B * L, hd)
+    out, lse = _FLASH_CPU(folded, joined(shared, 0), joined(shared, 1), scale=scale)[:2]
+    out = out.reshape(h, B, L, hd).transpose(0, 1)
+    if not own:
+        return out
+    lse = lse.reshape(h, B, L).transpose(0, 1)
+    out_own, lse_own = _FLASH_CPU(q, joined(own, 0), joined(own, 1), scale=scale)[:2]
+    top = torch.maximum(lse, lse_own)
+    w, w_own = torch.exp(lse - top)[..., None], torch.exp(lse_own - top)[..., None]
+    return (out * w + out_own * w_own) / (w + w_own)
 
 
 def _attend_broadcast(q, parts, scale):

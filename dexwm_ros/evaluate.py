@@ -45,7 +45,7 @@ stop rule; ``--max-steps`` is then per subgoal, default 12, except where a phase
 grasp runs its reference motion's 10 steps). ``--subgoal-marks`` picks other marks,
 e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
 fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
-are not given. Baselines that plan toward one goal only are skipped (``skipped_baselines``);
+are not given (except to ``--goal-wrist-oracle``, PRIVILEGED, which reads each subgoal state's wrist). Baselines that plan toward one goal only are skipped (``skipped_baselines``);
 ``subgoal_reasons`` of every outcome says how each subgoal ended. The judge also reads the
 simulation at each subgoal's end (``subgoal_progress``; after the fact, never by the policy): how far
 the palm and the object are from where the scripted solution had them, and whether the hand holds
@@ -246,8 +246,6 @@ class EvalSettings:
         self.subgoal_marks = tuple(self.subgoal_marks)
         if not (math.isfinite(self.goal_wrist_oracle) and self.goal_wrist_oracle >= 0):
             raise ValueError(f"the goal wrist oracle's weight must be >= 0, got {self.goal_wrist_oracle}")
-        if self.goal_wrist_oracle > 0 and self.subgoals:
-            raise ValueError("the goal wrist oracle reads a goal state's joints: paper stages and single goals only")
         if self.subgoal_marks and not self.subgoals:
             raise ValueError("subgoal marks need subgoals (--subgoals)")
         if self.subgoals and self.sim_task != "pick-place":
@@ -423,18 +421,47 @@ class WorldModelPolicy:
                           wrist_fn=self.wrist_fn)
 
     def start(self, goal_image, goal_joints, seed):
-        # The goal state's joints are privileged (no camera gives them): the image alone, as a goal
-        # image sent to the planner node; the goal wrist oracle (a diagnostic) reads their wrist.
-        wrist = None
-        if self.goal_wrist_oracle and goal_joints is not None:
-            wrist = self.wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
-        self.plans.start(goal_image, None, seed, goal_wrist=wrist)
+        _start_from_image(self.plans, goal_image, goal_joints, seed, self.wrist_fn if self.goal_wrist_oracle else None)
 
     def for_subgoal(self, search, held_hand):
-        """The provider of one subgoal of a sequence (its search settings; subgoals carry images only)."""
+        """The provider of one subgoal of a sequence (its search settings; subgoals carry images only,
+        except for the goal wrist oracle, which gets each subgoal state's joints)."""
         from dexwm_planner.session import WorldModelPlans
 
-        return WorldModelPlans(self._make_planner, search, held_hand)
+        plans = WorldModelPlans(self._make_planner, search, held_hand)
+        return _GoalWristOracle(plans, self.wrist_fn) if self.goal_wrist_oracle else plans
+
+    def observe(self, image, joints) -> float:
+        return self.plans.observe(image, joints)
+
+    def verdict(self, joints):
+        return self.plans.verdict(joints)
+
+    def plan(self, joints, should_stop):
+        return self.plans.plan(joints, should_stop)
+
+
+def _start_from_image(plans, goal_image, goal_joints, seed, oracle_wrist_fn=None) -> None:
+    """Start ``plans`` (a WorldModelPlans) toward a goal image. The goal state's joints are
+    privileged (no camera gives them): the image alone goes to the planner, as a goal image sent to
+    the planner node; only the goal wrist oracle (a diagnostic, ``oracle_wrist_fn``) reads their wrist."""
+    wrist = None
+    if oracle_wrist_fn is not None and goal_joints is not None:
+        wrist = oracle_wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
+    plans.start(goal_image, None, seed, goal_wrist=wrist)
+
+
+class _GoalWristOracle:
+    """PRIVILEGED: a subgoal's plan provider whose goal wrist term reads the subgoal state's wrist
+    (``--goal-wrist-oracle`` with ``--subgoals``); otherwise the WorldModelPlans it wraps."""
+
+    name = "dexwm"
+
+    def __init__(self, plans, wrist_fn):
+        self.plans, self.wrist_fn = plans, wrist_fn
+
+    def start(self, goal_image, goal_joints, seed):
+        _start_from_image(self.plans, goal_image, goal_joints, seed, self.wrist_fn)
 
     def observe(self, image, joints) -> float:
         return self.plans.observe(image, joints)
@@ -726,7 +753,10 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
 
     env = runner.env
     phases = default_phases(len(start.subgoals))
-    subgoals = [Subgoal(goal.image, phase_settings(phase), label=f"scripted {phase}")
+    # The subgoal states' joints reach the planner only for the PRIVILEGED goal wrist oracle.
+    oracle = settings.goal_wrist_oracle > 0
+    subgoals = [Subgoal(goal.image, phase_settings(phase), joints=goal.joints if oracle else None,
+                        label=f"scripted {phase}")
                 for goal, phase in zip(start.subgoals, phases)]
     # The judge's side: where the scripted solution had the palm and the object at each subgoal.
     palms = [env.kinematics.palm_and_tips_world(goal.joints)[0] for goal in start.subgoals]

@@ -464,6 +464,7 @@ def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random
     """--goal-wrist-oracle W (a PRIVILEGED diagnostic): the planner's goal wrist term, weight W, gets
     the goal state's wrist; without it the goal joints never reach the planner."""
     from dexwm_planner.actions import wrist_position_projection
+    from dexwm_planner.subgoals import phase_settings
     from dexwm_planner.world_model import DexWM
     from dexwm_robot.camera import HeadCamera
     from dexwm_robot.kinematics import RobotKinematics
@@ -480,8 +481,15 @@ def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random
     plain = ev.WorldModelPolicy(model, kin, cam.world_to_camera, **ev.EvalSettings(task="reach").planner_options())
     plain.start(goal, goal_q, seed=0)
     assert plain.plans.planner.objective.goal_wrist is None
-    with pytest.raises(ValueError, match="paper stages"):
-        ev.EvalSettings(protocol="composite", task="pick-place", subgoals=True, goal_wrist_oracle=1.0)
+    # With subgoals: each subgoal's provider gets that subgoal state's wrist (its joints), nothing else.
+    # (the grasp phase's orientation term keeps the orientation at its start, not the goal state's)
+    sub = oracle.for_subgoal(phase_settings("grasp"), None)
+    sub.start(goal, goal_q, seed=0)
+    np.testing.assert_allclose(sub.plans.planner.objective.goal_wrist, expected)
+    assert sub.plans.planner.goal_rotation is None
+    assert plain.for_subgoal(None, None).__class__.__name__ == "WorldModelPlans"
+    assert ev.EvalSettings(protocol="composite", task="pick-place", subgoals=True,
+                           goal_wrist_oracle=1.0).planner_options()["goal_wrist_oracle"]
     with pytest.raises(ValueError, match=">= 0"):
         ev.EvalSettings(task="reach", goal_wrist_oracle=-1.0)
     with pytest.raises(SystemExit) as exit_info:

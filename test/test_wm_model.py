@@ -161,23 +161,32 @@ def test_incremental_rollout_equals_teacher_forcing_and_shares_context():
     assert long.shape == (B, 10, 6, 16) and torch.isfinite(long).all()
 
 
-def test_shared_context_attention_is_the_same_copied_out_or_broadcast(monkeypatch):
-    """Small caches are copied out to the batch for one fused attention call, large ones are read by
-    broadcast (MATERIALISE_BYTES): both give the same rollout."""
+def test_shared_context_attention_is_the_same_folded_copied_out_or_broadcast(monkeypatch):
+    """CPU inference attends to a shared (batch-1) context with the batch folded into one long query
+    sequence, merged with the per-sample keys by log-sum-exp; without that kernel small caches are
+    copied out to the batch for one fused attention call, large ones read by broadcast
+    (MATERIALISE_BYTES): all three give the same rollout."""
     import dexwm_planner.predictor as predictor
 
     m = randomised()
     z, ca = torch.randn(1, 3, 6, 16), torch.randn(1, 2, ACTION_DIM)
     acts, dt = torch.randn(4, 5, ACTION_DIM), torch.full((4, 5), 0.2)
-    calls = []
+    folded_calls, broadcast_calls = [], []
+    monkeypatch.setattr(predictor, "_attend_folded",
+                        lambda *a, f=predictor._attend_folded: folded_calls.append(1) or f(*a))
     monkeypatch.setattr(predictor, "_attend_broadcast",
-                        lambda *a, f=predictor._attend_broadcast: calls.append(1) or f(*a))
+                        lambda *a, f=predictor._attend_broadcast: broadcast_calls.append(1) or f(*a))
     with torch.no_grad():
+        folded = m.rollout(z, ca, torch.full((1, 2), 0.2), acts, dt)
+        assert folded_calls and not broadcast_calls
+        monkeypatch.setattr(predictor, "_FLASH_CPU", None)
+        folded_calls.clear()
         fused = m.rollout(z, ca, torch.full((1, 2), 0.2), acts, dt)
-        assert not calls
+        assert not folded_calls and not broadcast_calls
         monkeypatch.setattr(predictor, "MATERIALISE_BYTES", 0)
         broadcast = m.rollout(z, ca, torch.full((1, 2), 0.2), acts, dt)
-        assert calls
+        assert broadcast_calls and not folded_calls
+    torch.testing.assert_close(folded, fused, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused, broadcast, atol=1e-5, rtol=1e-5)
 
 
