@@ -1447,7 +1447,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(dexwm_planner.hand_proposal)")
     parser.add_argument("--goal-wrist-oracle", type=float, default=0.0, metavar="WEIGHT",
                         help="PRIVILEGED diagnostic: the goal wrist term with this weight [1/m^2], fed with the goal "
-                             "state's own wrist position (the ceiling of a depth reading of the goal's hand); 0: off")
+                             "state's own wrist position (with --subgoals each subgoal state's; the ceiling of a depth "
+                             "reading of the goal's hand); 0: off")
     parser.add_argument("--goal-hand-reader", default="", metavar="PATH|head",
                         help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
                              "for the planned-hand term, the hand proposal and goal_hand_ik; 'head': the world "
