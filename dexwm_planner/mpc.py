@@ -112,7 +112,7 @@ class MPCPlanner:
         self._warm: tuple[np.ndarray, np.ndarray] | None = None
         self._next_horizon = config.cem.horizon
         self.goal_joints_estimate: np.ndarray | None = None    # hand_proposal: estimated once per goal
-        self.reference_rows: np.ndarray | None = None          # reference: made at a goal's first replan
+        self.reference_rows = None          # reference: rows or a motion with feedback, made at a goal's first replan
         self._steps = 0                                         # replans since the goal was set
 
     # ----------------------------------------------------------------------------------------- goal
@@ -227,7 +227,12 @@ class MPCPlanner:
             context = context[-keep:]
             if context_actions is not None:
                 context_actions = context_actions[-(keep - 1):] if keep > 1 else None
-        mean, std = self._warm if self._warm is not None else (self._reference_mean(q, horizon), None)
+        if self._follows_reference(q):
+            # A reference with feedback (the guarded grasp) gives the mean of every replan: it
+            # changes course when the hand meets something; the warm start keeps only its spread.
+            mean, std = self._reference_mean(q, horizon), (self._warm[1] if self._warm is not None else None)
+        else:
+            mean, std = self._warm if self._warm is not None else (self._reference_mean(q, horizon), None)
         objective = self.objective
 
         def cost_fn(samples: np.ndarray) -> np.ndarray:
@@ -255,13 +260,28 @@ class MPCPlanner:
                         predicted_keypoints=None if terms.predicted_keypoints is None else terms.predicted_keypoints[0],
                         stopped=stopped)
 
-    def _reference_mean(self, q: np.ndarray, horizon: int) -> np.ndarray | None:
-        """The reference motion's rows for the next ``horizon`` steps (its last row held past its
-        end), made from ``q`` at the goal's first replan; None without a reference."""
+    def _reference(self, q: np.ndarray):
+        """The goal's reference motion, made from ``q`` at its first replan: rows (K, 23), or a
+        motion with feedback (``next_rows``); None without a reference."""
         if self.config.reference == "none":
             return None
         if self.reference_rows is None:
-            self.reference_rows = np.asarray(self.reference_fn(q), dtype=np.float64)
+            made = self.reference_fn(q)
+            self.reference_rows = made if hasattr(made, "next_rows") else np.asarray(made, dtype=np.float64)
+        return self.reference_rows
+
+    def _follows_reference(self, q: np.ndarray) -> bool:
+        return hasattr(self._reference(q), "next_rows")
+
+    def _reference_mean(self, q: np.ndarray, horizon: int) -> np.ndarray | None:
+        """The reference motion's rows for the next ``horizon`` steps (a fixed motion's last row held
+        past its end; a motion with feedback reads the joints ``q`` measured now: once per replan);
+        None without a reference."""
+        reference = self._reference(q)
+        if reference is None:
+            return None
+        if hasattr(reference, "next_rows"):
+            return reference.next_rows(q, horizon)
         last = len(self.reference_rows) - 1
         return self.reference_rows[np.minimum(np.arange(self._steps, self._steps + horizon), last)]
 

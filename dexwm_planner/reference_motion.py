@@ -80,11 +80,104 @@ def _densify(waypoints: np.ndarray, max_step: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
+@dataclass(frozen=True)
+class GuardedGrasp:
+    """Down in ``step`` [m] increments until the hand meets something (the measured palm stays more
+    than ``lag`` [m] above the last commanded one) or ``max_depth`` [m] is reached; then close to the
+    power grasp over ``close_steps`` steps where the hand stopped; then up by ``lift`` [m] in
+    ``lift_rows`` steps."""
+
+    step: float = 0.02
+    lag: float = 0.01
+    max_depth: float = 0.16
+    close_steps: int = 4
+    lift: float = 0.12
+    lift_rows: int = 3
+
+    def __post_init__(self):
+        if not (0.005 <= self.step <= 0.05 and 0.002 <= self.lag <= 0.05 and self.step <= self.max_depth <= 0.3
+                and 0.0 <= self.lift <= 0.3):
+            raise ValueError(f"bad guarded grasp distances: {self}")
+        if self.close_steps < 1 or self.lift_rows < 1:
+            raise ValueError("a guarded grasp needs at least one close step and one lift row")
+
+
+class GuardedGraspMotion:
+    """The grasp reference with feedback: the fixed motion (GraspReference) goes down a set 8 cm, so
+    a pre-grasp pose 2 cm too high closes the hand above the object (scripts/grasp_tolerance.py:
+    held in 25 % of stages against 90 % from the scripted pose). This one goes down until the hand
+    meets the object or the table, read from the robot's own joints alone (a position-controlled arm
+    stalls on contact: the measured palm stays above the commanded one), then closes there and lifts.
+
+    ``next_rows(q, horizon)`` once per executed step, with the joints measured then: the rows of the
+    next ``horizon`` steps (the first is the step about to be executed; the rest assume no contact)."""
+
+    def __init__(self, kinematics, q0: np.ndarray, max_step: np.ndarray, config: GuardedGrasp = GuardedGrasp()):
+        q0 = np.asarray(q0, dtype=np.float64)
+        if q0.shape != (len(kinematics.lower),) or not np.all(np.isfinite(q0)):
+            raise ValueError(f"start joints must be {len(kinematics.lower)} finite values, got shape {q0.shape}")
+        self.kin, self.config = kinematics, config
+        self.max_step = np.asarray(max_step, dtype=np.float64)
+        self.palm0 = kinematics.palm_and_tips_world(q0)[0]
+        self.rotation = kinematics.ee_pose(q0)[1]
+        self.closed_hand = allegro.power_grasp(q0[ARM_DOF:])
+        # phase, steps down so far, close steps so far, lift rows so far, the arm where the hand stopped,
+        # the last row
+        self.state = ("descend", 0, 0, 0, None, q0)
+        self.contact_depth: float | None = None   # how far down the hand met something [m]
+
+    @property
+    def done(self) -> bool:
+        return self.state[0] == "done"
+
+    def _palm(self, q) -> np.ndarray:
+        return self.kin.palm_and_tips_world(q)[0]
+
+    def _reach(self, q, palm_target) -> np.ndarray:
+        arm = solve_arm_ik(self.kin, q, palm_target, self.rotation, point="palm", posture_gain=0.0)
+        return np.r_[arm, q[ARM_DOF:]]
+
+    def _next(self, state):
+        """(the next row, the state after it) from ``state``, assuming no contact on the way."""
+        phase, down, closes, lifts, bottom, last = state
+        cfg = self.config
+        if phase == "descend" and (down + 1) * cfg.step > cfg.max_depth + 1e-9:
+            phase, bottom = "close", last[:ARM_DOF].copy()
+        if phase == "descend":
+            row = self._reach(last, self.palm0 - np.array([0.0, 0.0, (down + 1) * cfg.step]))
+            return row, ("descend", down + 1, closes, lifts, bottom, row)
+        if phase == "close":
+            row = np.r_[bottom, self.closed_hand]
+            return row, ("close" if closes + 1 < cfg.close_steps else "lift", down, closes + 1, lifts, bottom, row)
+        if phase == "lift":
+            start = self._palm(np.r_[bottom, self.closed_hand])
+            row = self._reach(last, start + np.array([0.0, 0.0, cfg.lift * (lifts + 1) / cfg.lift_rows]))
+            row[ARM_DOF:] = self.closed_hand
+            return row, ("lift" if lifts + 1 < cfg.lift_rows else "done", down, closes, lifts + 1, bottom, row)
+        return last, state
+
+    def next_rows(self, q: np.ndarray, horizon: int) -> np.ndarray:
+        q = np.asarray(q, dtype=np.float64)
+        phase, down, closes, lifts, bottom, last = self.state
+        if phase == "descend" and down > 0 and self._palm(q)[2] - self._palm(last)[2] > self.config.lag:
+            # Contact: close where the hand is (its measured arm joints), not where it was sent.
+            self.contact_depth = float(self.palm0[2] - self._palm(q)[2])
+            self.state = ("close", down, closes, lifts, q[:ARM_DOF].copy(), last)
+        rows, state = [], self.state
+        for i in range(horizon):
+            row, state = self._next(state)
+            rows.append(row)
+            if i == 0:
+                committed = state
+        self.state = committed
+        return np.clip(np.stack(rows), self.kin.lower, self.kin.upper)
+
+
 def reference_motion(name: str, kinematics, max_step: np.ndarray):
-    """``q0 -> rows (K, 23)`` of the named reference (None for "none"); ValueError naming the known ones."""
+    """``q0 ->`` the named reference from joints ``q0`` (None for "none"): "grasp" the guarded grasp
+    (a GuardedGraspMotion, rows given step by step with feedback); ValueError naming the known ones."""
     if name == "none":
         return None
     if name == "grasp":
-        reference = GraspReference()
-        return lambda q0: reference.joints(kinematics, q0, max_step)
+        return lambda q0: GuardedGraspMotion(kinematics, q0, max_step)
     raise ValueError(f"unknown reference motion {name!r}; known: {', '.join(REFERENCES)}")

@@ -42,7 +42,7 @@ carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals
 final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
 planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
 stop rule; ``--max-steps`` is then per subgoal, default 12, except where a phase has its own: the
-grasp runs its reference motion's 10 steps). ``--subgoal-marks`` picks other marks,
+grasp runs its reference motion, at most 16 steps). ``--subgoal-marks`` picks other marks,
 e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
 fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
 are not given (except to ``--goal-wrist-oracle``, PRIVILEGED, which reads each subgoal state's wrist). Baselines that plan toward one goal only are skipped (``skipped_baselines``);
@@ -210,7 +210,7 @@ class EvalSettings:
     # Search settings per paper stage: "none" (the planner node's for every stage) or "phases": the
     # stage's phase profile (dexwm_planner.subgoals.PHASES, as a subgoal of that phase gets them),
     # the paper's per-task choices: grasp from the reference motion with the end-effector orientation
-    # term, place with finger std 0.01 rad; the phase's stop rule too (grasp: run to its 10 steps).
+    # term, place with finger std 0.01 rad; the phase's stop rule too (grasp: run to its 16-step budget).
     stage_settings: str = "none"
     # Offer the CEM the plan heading for the joints that match the goal image's hand
     # (dexwm_planner.hand_proposal; MPCConfig.hand_proposal).
@@ -222,8 +222,8 @@ class EvalSettings:
     # heatmap head (the figures measured before the reader), else a checkpoint path.
     goal_hand_reader: str = ""
     # Grasp goals start their CEM from the reference grasp motion (dexwm_planner.reference_motion):
-    # down 8 cm, close, up 12 cm from the joints at the goal's start (the paper's grasp starts from a
-    # reference joint trajectory).
+    # down until the hand meets something, close, up 12 cm, from the joints at the goal's start (the
+    # paper's grasp starts from a reference joint trajectory).
     grasp_reference: bool = False
     # What the planner executes (MPCConfig.execute): the CEM's best plan or its final mean.
     execute: str = "best"
@@ -601,8 +601,9 @@ class GoalHandIKPolicy(_DriveToJoints):
 
 class ReferenceMotionPolicy(_WithoutWorldModel):
     """No world model: executes the grasp reference motion the planner's grasp search starts from
-    (dexwm_planner.reference_motion, from the joints at the first step), one row per step, then
-    holds its last row; stops at its end. What the reference alone does, under the same caps."""
+    (dexwm_planner.reference_motion, from the joints at the first step, with its feedback from the
+    measured joints), one row per step, then holds its last row; stops at its end. What the
+    reference alone does, under the same caps."""
 
     name = "reference_motion"
 
@@ -617,13 +618,21 @@ class ReferenceMotionPolicy(_WithoutWorldModel):
         self.rows, self.steps = None, 0
 
     def verdict(self, joints):
-        return "reached" if self.rows is not None and self.steps >= len(self.rows) else None
+        if self.rows is None:
+            return None
+        if hasattr(self.rows, "next_rows"):           # a motion with feedback: over when it says so
+            return "reached" if self.rows.done else None
+        return "reached" if self.steps >= len(self.rows) else None
 
     def plan(self, joints, should_stop):
         t0 = time.perf_counter()
+        joints = np.asarray(joints, dtype=np.float64)
         if self.rows is None:
-            self.rows = self.reference_fn(np.asarray(joints, dtype=np.float64))
-        row = self.rows[min(self.steps, len(self.rows) - 1)]
+            self.rows = self.reference_fn(joints)
+        if hasattr(self.rows, "next_rows"):
+            row = self.rows.next_rows(joints, 1)[0]
+        else:
+            row = self.rows[min(self.steps, len(self.rows) - 1)]
         self.steps += 1
         # Under the per-step cap from where the robot is (it may lag the reference), as the planner.
         return self._capped(row, joints, t0)

@@ -47,9 +47,10 @@ class PlannerSettings:
     keypoint_weight: float = setting(1e-3, "weight of the 2D right-hand keypoint term", bounds=(0.0, 1.0))
     orientation_weight: float = setting(0.0, "weight of the end-effector orientation term, grasp task only; 0 off",
                                         bounds=(0.0, 100.0))
-    grasp_reference: str = setting("none", "motion the grasp task's CEM search starts from: grasp = down 8 cm, close "
-                                   "to the power grasp, up 12 cm from where the hand is when the goal starts "
-                                   "(dexwm_planner.reference_motion); none = the current joints",
+    grasp_reference: str = setting("none", "motion the grasp task's CEM search follows: grasp = down from where the hand "
+                                   "is when the goal starts until it meets something (read from the joints), close "
+                                   "to the power grasp, up 12 cm (dexwm_planner.reference_motion); none = the "
+                                   "current joints",
                                    choices=REFERENCES)
     execute: str = setting("best", "what each replan executes: best = the lowest-cost plan the CEM scored, mean = "
                            "its final sampling mean (the elites' average, as the paper's planner)", choices=EXECUTE)

@@ -1,12 +1,15 @@
-"""How precisely must a reach end for the grasp to follow? The reference grasp motion (the grasp
-phase's starting point: down 8 cm, close, up 12 cm from wherever the hand is) run alone from the
-scripted pre-grasp pose of paper grasp stages, and from that pose disturbed one way at a time: the
+"""How precisely must a reach end for the grasp to follow? The reference grasp motion (what the
+grasp phase follows) run alone from the scripted pre-grasp pose of paper grasp stages, and from that pose disturbed one way at a time: the
 palm moved sideways or up/down, the flange turned about the vertical or tilted, the fingers
 jittered. It reads the simulation to SET UP the disturbed starts and to judge (the stage's rule);
 no policy sees it. Tuning seeds 1,000,500 on (not the evaluation's), the disturbances seeded.
 
-    .venv/bin/python scripts/grasp_tolerance.py [--episodes 20] [--conditions all|NAME,NAME,...]
-                                                [--out docs/eval/grasp_tolerance/grasp_tolerance.json]
+    .venv/bin/python scripts/grasp_tolerance.py [--reference guarded|fixed] [--episodes 20]
+                      [--conditions all|NAME,NAME,...] [--out docs/eval/grasp_tolerance/grasp_tolerance_REFERENCE.json]
+
+``--reference guarded`` (default): the shipped one (dexwm_planner.reference_motion.GuardedGraspMotion,
+down until the hand meets something, read from the joints); ``fixed``: down a set 8 cm, close, up
+12 cm (GraspReference, the one before).
 
 ``--reach-demands`` prints instead what the composite pick-and-place's reach subgoal asks for (its
 evaluation seeds, 1,000,000 on): how far the flange turns and the palm travels from the episode's
@@ -28,6 +31,7 @@ from dexwm_ros.evaluate import EvalSettings, ReferenceMotionPolicy, collect_star
     wilson_interval
 
 TUNING_SEED = 500           # EvalSettings.seed: scene seeds 1,000,500 on
+MAX_STEPS = 20              # executed steps per stage (the guarded grasp takes at most 15)
 SETTLE_S = 1.5              # simulated time for the robot to reach the disturbed start (moved over 1 s)
 
 
@@ -77,13 +81,26 @@ def disturbed_start(env, start, disturbance: Disturbance, rng: np.random.Generat
     return dataclasses.replace(start, state=env.get_state())
 
 
-def run(episodes: int, conditions: tuple[Disturbance, ...], progress: bool = True) -> dict:
-    settings = EvalSettings(protocol="paper", task="grasp", episodes=episodes, seed=TUNING_SEED)
+def reference_policy(kinematics, reference: str) -> ReferenceMotionPolicy:
+    """The reference motion alone: "guarded" (the shipped one) or "fixed" (GraspReference)."""
+    policy = ReferenceMotionPolicy(kinematics)
+    if reference == "fixed":
+        from dexwm_planner.reference_motion import GraspReference
+
+        fixed, cap = GraspReference(), policy.cem.max_step
+        policy.reference_fn = lambda q0: fixed.joints(kinematics, q0, cap)
+    elif reference != "guarded":
+        raise ValueError(f"reference must be guarded or fixed, got {reference!r}")
+    return policy
+
+
+def run(episodes: int, conditions: tuple[Disturbance, ...], reference: str = "guarded", progress: bool = True) -> dict:
+    settings = EvalSettings(protocol="paper", task="grasp", episodes=episodes, seed=TUNING_SEED, max_steps=MAX_STEPS)
     settings.resolve_step()
     runner = make_runner(settings)
     try:
         starts, skipped = collect_starts(runner, settings, progress=False)
-        policy = ReferenceMotionPolicy(runner.env.kinematics)
+        policy = reference_policy(runner.env.kinematics, reference)
         results = []
         for index, disturbance in enumerate(conditions):
             runs = []
@@ -101,6 +118,7 @@ def run(episodes: int, conditions: tuple[Disturbance, ...], progress: bool = Tru
     finally:
         runner.env.close()
     return {"what": "reference grasp motion alone from disturbed pre-grasp starts, paper grasp stages",
+            "reference": reference,
             "seeds": [s.seed for s in starts], "skipped_seeds": skipped, "conditions": results}
 
 
@@ -130,9 +148,11 @@ def reach_demands(episodes: int) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reference", choices=("guarded", "fixed"), default="guarded")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--conditions", default="all", help="'all' or names from: " + ", ".join(c.name for c in CONDITIONS))
-    ap.add_argument("--out", type=Path, default=Path("docs/eval/grasp_tolerance/grasp_tolerance.json"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: docs/eval/grasp_tolerance/grasp_tolerance_<reference>.json")
     ap.add_argument("--reach-demands", action="store_true",
                     help="print what the composite pick-place's reach subgoal asks for, then exit")
     args = ap.parse_args(argv)
@@ -151,7 +171,8 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in by_name]
     if unknown or args.episodes < 1:
         ap.error(f"unknown conditions {unknown}" if unknown else "--episodes must be >= 1")
-    result = run(args.episodes, tuple(by_name[n] for n in names))
+    result = run(args.episodes, tuple(by_name[n] for n in names), args.reference)
+    args.out = args.out or Path(f"docs/eval/grasp_tolerance/grasp_tolerance_{args.reference}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -61,3 +61,16 @@ def test_disturbed_starts_move_the_hand_as_named(tolerance, stage, disturbance, 
 def test_no_disturbance_is_the_stage_itself(tolerance, stage):
     env, start = stage
     assert tolerance.disturbed_start(env, start, tolerance.Disturbance("none"), np.random.default_rng(0)) is start
+
+
+def test_the_reference_to_run_is_the_guarded_grasp_or_the_fixed_one(tolerance):
+    from dexwm_planner.reference_motion import GuardedGraspMotion
+    from dexwm_robot.kinematics import RobotKinematics
+
+    kin = RobotKinematics.from_description()
+    q0 = 0.5 * (kin.lower + kin.upper)
+    assert isinstance(tolerance.reference_policy(kin, "guarded").reference_fn(q0), GuardedGraspMotion)
+    rows = tolerance.reference_policy(kin, "fixed").reference_fn(q0)
+    assert isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == len(q0)
+    with pytest.raises(ValueError, match="guarded or fixed"):
+        tolerance.reference_policy(kin, "wave")

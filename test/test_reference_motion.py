@@ -4,7 +4,7 @@ import pytest
 
 from dexwm_planner.mpc import MPCConfig, MPCPlanner
 from dexwm_planner.cem import CEMConfig
-from dexwm_planner.reference_motion import GraspReference, reference_motion
+from dexwm_planner.reference_motion import GraspReference, GuardedGrasp, GuardedGraspMotion, reference_motion
 from dexwm_robot import allegro
 from dexwm_robot.joints import ARM_DOF, DOF
 from dexwm_robot.kinematics import RobotKinematics
@@ -95,6 +95,36 @@ def test_the_mpc_search_starts_from_the_reference_rows_and_follows_them():
 
 
 
+def test_a_reference_with_feedback_gives_the_mean_of_every_replan_from_the_measured_joints():
+    """A reference motion with feedback (``next_rows``, the guarded grasp) is asked once per replan,
+    with the joints measured then, also where a warm start exists; the search executes its rows."""
+    from test_planner_models import LinearTestModel, delta_actions
+
+    model = LinearTestModel()
+    lower, upper = np.full(DOF, -1.0), np.full(DOF, 1.0)
+    asked = []
+
+    class Feedback:
+        def next_rows(self, q, horizon):
+            asked.append((np.array(q), horizon))
+            return np.repeat(np.asarray(q)[None] + 0.1, horizon, axis=0)   # always 0.1 rad ahead of the robot
+
+    cem = CEMConfig(samples=4, elites=2, iterations=1, horizon=3, std_arm=1e-4, std_hand=1e-4, min_std=0.0,
+                    max_step_arm=0.25, max_step_hand=0.25)
+    planner = MPCPlanner(model, delta_actions, lower, upper, MPCConfig(cem=cem, reference="grasp"), seed=0,
+                         reference_fn=lambda q: Feedback())
+    planner.set_goal(model.render(np.zeros(DOF)))
+    q = np.zeros(DOF)
+    for step in range(5):
+        measured = q - 0.02                         # the robot lags what it was sent
+        planner.observe(model.render(measured), measured)
+        q = planner.step(measured).command
+        assert len(asked) == step + 1
+        np.testing.assert_allclose(asked[-1][0], measured)
+        np.testing.assert_allclose(q, measured + 0.1, atol=1e-2)
+    assert [horizon for _, horizon in asked] == [3, 2, 1, 3, 2]
+
+
 def lift_by_reference(env, kin, seed: int, max_step: np.ndarray) -> float:
     """Height [m] the grasp stage's object rises when the reference motion runs from the stage's
     start, every command capped from the measured joints (as the planning session checks it)."""
@@ -126,24 +156,121 @@ def test_under_the_shipped_caps_the_reference_grasp_lifts_the_object_and_under_0
         env.close()
 
 
-def test_the_reference_motion_baseline_executes_the_rows_under_the_planners_caps(kin):
-    """dexwm-eval's ``reference_motion`` baseline: the reference's rows one per step while the robot
-    follows, each command within the shipped per-step cap of the measured joints and inside the
-    joint limits when the robot lags, and "reached" once the rows are spent."""
+def _stopped_at(kin, command, floor):
+    """Joints of an arm sent to ``command`` whose palm cannot go below the height ``floor``."""
+    from dexwm_robot.ik import solve_arm_ik
+
+    palm = kin.palm_and_tips_world(command)[0]
+    if palm[2] >= floor:
+        return command.copy()
+    q = command.copy()
+    q[:ARM_DOF] = solve_arm_ik(kin, command, np.r_[palm[:2], floor], kin.ee_pose(command)[1], point="palm",
+                               posture_gain=0.0)
+    return q
+
+
+def _run_guarded(kin, q0, floor=-np.inf, steps=20):
+    motion = GuardedGraspMotion(kin, q0, MAX_STEP)
+    q, executed = q0, []
+    for _ in range(steps):
+        if motion.done:
+            break
+        command = motion.next_rows(q, 3)[0]
+        executed.append(command)
+        q = _stopped_at(kin, command, floor)
+    return motion, np.array(executed)
+
+
+def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_there_and_lifts(kin):
+    q0 = pregrasp_joints(kin)
+    start = kin.palm_and_tips_world(q0)[0]
+    cfg = GuardedGrasp()
+    # In free space: down to its greatest depth in 2 cm steps, close, up 12 cm.
+    motion, rows = _run_guarded(kin, q0)
+    palm = kin.palm_and_tips_world(rows)[:, 0]
+    down = int(round(cfg.max_depth / cfg.step))
+    np.testing.assert_allclose(palm[:down, 2], start[2] - cfg.step * np.arange(1, down + 1), atol=3e-3)
+    np.testing.assert_allclose(rows[:down, ARM_DOF:], np.repeat(q0[None, ARM_DOF:], down, 0))
+    closing = rows[down:down + cfg.close_steps]
+    np.testing.assert_allclose(closing[:, :ARM_DOF], np.repeat(rows[down - 1:down, :ARM_DOF], cfg.close_steps, 0))
+    np.testing.assert_allclose(closing[:, ARM_DOF:], np.repeat(allegro.power_grasp(q0[ARM_DOF:])[None], cfg.close_steps, 0))
+    assert palm[-1, 2] == pytest.approx(start[2] - cfg.max_depth + cfg.lift, abs=5e-3)
+    assert motion.done and motion.contact_depth is None and len(rows) == down + cfg.close_steps + cfg.lift_rows
+    # Something 5 cm below the palm: it stops there (the first step that could not be followed), closes
+    # where the arm stopped, and lifts from there.
+    motion, rows = _run_guarded(kin, q0, floor=start[2] - 0.05)
+    palm = kin.palm_and_tips_world(rows)[:, 0]
+    assert motion.contact_depth == pytest.approx(0.05, abs=3e-3)
+    first_close = int(np.argmax(np.all(np.isclose(rows[:, ARM_DOF:], allegro.power_grasp(q0[ARM_DOF:])), axis=1)))
+    assert first_close == 3                      # sent to -2, -4, -6 cm; at -6 the palm stayed at -5
+    assert kin.palm_and_tips_world(rows[first_close])[0][2] == pytest.approx(start[2] - 0.05, abs=3e-3)
+    assert palm[-1, 2] == pytest.approx(start[2] - 0.05 + cfg.lift, abs=5e-3)
+    assert np.all(rows >= kin.lower) and np.all(rows <= kin.upper)
+    with pytest.raises(ValueError, match="finite"):
+        GuardedGraspMotion(kin, np.full(DOF, np.nan), MAX_STEP)
+    with pytest.raises(ValueError, match="guarded grasp"):
+        GuardedGrasp(step=0.5)
+
+
+def test_from_a_pre_grasp_pose_3_cm_too_high_the_guarded_grasp_lifts_the_object_and_the_fixed_one_does_not(kin):
+    """The fixed reference goes down a set 8 cm and closes above the object; the guarded one goes on
+    until the hand meets it (read from the measured joints), and lifts it."""
+    from dexwm_ros.evaluate import shipped_cem_config
+    from dexwm_sim.scene import SimEnv
+
+    cap = shipped_cem_config("cpu").max_step()
+    env = SimEnv()
+    try:
+        def raised_start():
+            episode = env.reset("paper-grasp", 1_000_500)
+            q = env.joint_positions()
+            arm = env.solve_arm_ik(env.palm_and_tips()[0] + np.array([0.0, 0.0, 0.03]), env.kinematics.ee_pose(q)[1])
+            env.command(arm, q[ARM_DOF:], duration=1.0)
+            env.advance(1.5)
+            return episode, env.object_position(episode.object_kind)[2]
+
+        def run(next_row, steps=20):
+            for _ in range(steps):
+                measured = env.joint_positions()
+                command = np.clip(next_row(measured), measured - cap, measured + cap)
+                env.command(command[:ARM_DOF], command[ARM_DOF:], duration=0.6)
+                env.advance(0.6)
+
+        episode, z0 = raised_start()
+        rows = GraspReference().joints(kin, env.joint_positions(), cap)
+        it = iter(list(rows) + [rows[-1]] * 20)
+        run(lambda measured: next(it))
+        fixed_lift = env.object_position(episode.object_kind)[2] - z0
+        episode, z0 = raised_start()
+        motion = GuardedGraspMotion(kin, env.joint_positions(), cap)
+        run(lambda measured: motion.next_rows(measured, 1)[0])
+        guarded_lift = env.object_position(episode.object_kind)[2] - z0
+    finally:
+        env.close()
+    assert motion.done and motion.contact_depth is not None
+    assert fixed_lift < 0.02 and guarded_lift > 0.08
+
+
+def test_the_reference_motion_baseline_follows_the_guarded_grasp_under_the_planners_caps(kin):
+    """dexwm-eval's ``reference_motion`` baseline: the guarded grasp's rows one per step, read with
+    the measured joints, each command within the shipped per-step cap of them and inside the joint
+    limits when the robot lags, and "reached" once the motion is over."""
     from dexwm_ros.evaluate import ReferenceMotionPolicy, shipped_cem_config
 
     cap = shipped_cem_config("cpu").max_step()
     policy = ReferenceMotionPolicy(kin)
     q0 = pregrasp_joints(kin)
     policy.start(None, None, 0)
-    rows = GraspReference().joints(kin, q0, cap)
-    q, executed = q0, []
-    for _ in range(len(rows)):
-        assert policy.verdict(q) is None
-        q = policy.plan(q, lambda: False).command
-        executed.append(q)
-    np.testing.assert_allclose(executed, rows, atol=1e-9)
-    assert policy.verdict(q) == "reached"
+    expected = GuardedGraspMotion(kin, q0, cap)
+    q = q0
+    for _ in range(30):
+        if policy.verdict(q) is not None:
+            break
+        row = expected.next_rows(q, 1)[0]
+        command = policy.plan(q, lambda: False).command
+        np.testing.assert_allclose(command, np.clip(row, q - cap, q + cap), atol=1e-9)
+        q = command
+    assert expected.done and policy.verdict(q) == "reached"
     # A robot that lags: the next command stays within the cap of where it is, and within the limits.
     policy.start(None, None, 0)
     policy.plan(q0, lambda: False)

@@ -140,7 +140,11 @@ def test_search_settings_are_checked_and_applied():
     grasp = PHASES["grasp"].mpc_config(base)
     assert (grasp.cem.std_arm, grasp.cem.std_hand, grasp.execute, place.execute) == (0.01, 0.01, "mean", "best")
     rule = PHASES["grasp"].stop_rule(StopRule(done_cost=0.3, plateau_steps=0, max_steps=12), lambda kind: 0.3)
-    assert (rule.done_cost, rule.max_steps) == (0.0, 10)
+    assert (rule.done_cost, rule.max_steps) == (0.0, 16)
+    from dexwm_planner.reference_motion import GuardedGrasp
+
+    longest = GuardedGrasp()
+    assert round(longest.max_depth / longest.step) + longest.close_steps + longest.lift_rows < rule.max_steps
     with pytest.raises(ValueError, match="reference"):
         SearchSettings(reference="wave")
     with pytest.raises(ValueError, match="execute"):
