@@ -1,4 +1,8 @@
-"""A reference grasp motion that the grasp's CEM search starts from.
+"""Reference grasp motions that the grasp's CEM search starts from and follows.
+
+The one in use (``reference_motion("grasp")``) is :class:`GuardedGraspMotion`: down until the hand
+meets something, read from the robot's own joints, then close and lift (below). The fixed motion
+:class:`GraspReference` it replaced is described first.
 
 The paper's grasp planner initialises its CEM mean from a reference joint trajectory instead of the
 current joints: a world model judges the samples, but the search starts where grasps happen. Ours is

@@ -179,7 +179,10 @@ def grasp_trace(seed: int, checkpoint: str = ""):
             k = traced.steps
             traced.steps += 1
             step = plan(joints, should_stop)
-            row = reference.rows[min(k, len(reference.rows) - 1)]
+            # The reference's row for this step: a motion with feedback (the guarded grasp) reads
+            # the same measured joints the planner's own copy reads.
+            row = (reference.rows.next_rows(joints, 1)[0] if hasattr(reference.rows, "next_rows")
+                   else reference.rows[min(k, len(reference.rows) - 1)])
             palm = kin.palm_and_tips_world(joints)[0]
             obj = env.object_position(env.episode.object_kind)
             print(f"{name} step {k:2d}: arm off the reference row {np.abs(step.command[:7] - row[:7]).max():.3f} rad "
