@@ -378,7 +378,34 @@ def shipped_cem_config(preset: str, **changes):
 # Every policy is a plan provider of the planning session (dexwm_planner.session): the session
 # observes, asks it for a command, checks that command, moves the simulated robot and judges by the
 # stop rule, exactly as the planner node does for an Execute goal.
-class WorldModelPolicy:
+class _ImageGoalPlans:
+    """A plan provider that starts its WorldModelPlans (``plans``) from the goal image alone, as a
+    goal image sent to the planner node: the goal state's joints are privileged (no camera gives
+    them). Only the goal wrist oracle (PRIVILEGED, ``oracle_wrist_fn``: joints -> wrist, camera
+    frame) reads their wrist, for the planner's goal wrist term."""
+
+    name = "dexwm"
+
+    def __init__(self, plans, oracle_wrist_fn=None):
+        self.plans, self.oracle_wrist_fn = plans, oracle_wrist_fn
+
+    def start(self, goal_image, goal_joints, seed):
+        wrist = None
+        if self.oracle_wrist_fn is not None and goal_joints is not None:
+            wrist = self.oracle_wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
+        self.plans.start(goal_image, None, seed, goal_wrist=wrist)
+
+    def observe(self, image, joints) -> float:
+        return self.plans.observe(image, joints)
+
+    def verdict(self, joints):
+        return self.plans.verdict(joints)
+
+    def plan(self, joints, should_stop):
+        return self.plans.plan(joints, should_stop)
+
+
+class WorldModelPolicy(_ImageGoalPlans):
     """The planner node's MPC: same preset, caps, objective, stop rule (the session's) and seeding."""
 
     name = "dexwm"
@@ -403,14 +430,13 @@ class WorldModelPolicy:
         self.hand_pixels_fn = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
                                                      kinematics=kinematics)
         self.wrist_fn = wrist_position_projection(world_to_camera, kinematics)
-        self.goal_wrist_oracle = goal_wrist_oracle
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
                                 hand_proposal=hand_proposal, reference=reference, execute=execute)
         # Made for every planner (a subgoal's search settings may ask for it: subgoals.PHASES).
         self.reference_fn = reference_motion("grasp", kinematics, self.config.cem.max_step())
         self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
-        self.plans = WorldModelPlans(self._make_planner, search)
+        super().__init__(WorldModelPlans(self._make_planner, search), self.wrist_fn if goal_wrist_oracle else None)
 
     def _make_planner(self, seed):
         from dexwm_planner.mpc import MPCPlanner
@@ -420,57 +446,12 @@ class WorldModelPolicy:
                           goal_hand_reader=self.goal_hand_reader, reference_fn=self.reference_fn,
                           wrist_fn=self.wrist_fn)
 
-    def start(self, goal_image, goal_joints, seed):
-        _start_from_image(self.plans, goal_image, goal_joints, seed, self.wrist_fn if self.goal_wrist_oracle else None)
-
     def for_subgoal(self, search, held_hand):
         """The provider of one subgoal of a sequence (its search settings; subgoals carry images only,
         except for the goal wrist oracle, which gets each subgoal state's joints)."""
         from dexwm_planner.session import WorldModelPlans
 
-        plans = WorldModelPlans(self._make_planner, search, held_hand)
-        return _GoalWristOracle(plans, self.wrist_fn) if self.goal_wrist_oracle else plans
-
-    def observe(self, image, joints) -> float:
-        return self.plans.observe(image, joints)
-
-    def verdict(self, joints):
-        return self.plans.verdict(joints)
-
-    def plan(self, joints, should_stop):
-        return self.plans.plan(joints, should_stop)
-
-
-def _start_from_image(plans, goal_image, goal_joints, seed, oracle_wrist_fn=None) -> None:
-    """Start ``plans`` (a WorldModelPlans) toward a goal image. The goal state's joints are
-    privileged (no camera gives them): the image alone goes to the planner, as a goal image sent to
-    the planner node; only the goal wrist oracle (a diagnostic, ``oracle_wrist_fn``) reads their wrist."""
-    wrist = None
-    if oracle_wrist_fn is not None and goal_joints is not None:
-        wrist = oracle_wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
-    plans.start(goal_image, None, seed, goal_wrist=wrist)
-
-
-class _GoalWristOracle:
-    """PRIVILEGED: a subgoal's plan provider whose goal wrist term reads the subgoal state's wrist
-    (``--goal-wrist-oracle`` with ``--subgoals``); otherwise the WorldModelPlans it wraps."""
-
-    name = "dexwm"
-
-    def __init__(self, plans, wrist_fn):
-        self.plans, self.wrist_fn = plans, wrist_fn
-
-    def start(self, goal_image, goal_joints, seed):
-        _start_from_image(self.plans, goal_image, goal_joints, seed, self.wrist_fn)
-
-    def observe(self, image, joints) -> float:
-        return self.plans.observe(image, joints)
-
-    def verdict(self, joints):
-        return self.plans.verdict(joints)
-
-    def plan(self, joints, should_stop):
-        return self.plans.plan(joints, should_stop)
+        return _ImageGoalPlans(WorldModelPlans(self._make_planner, search, held_hand), self.oracle_wrist_fn)
 
 
 def _goal_hand_reading(setting: str, model):
