@@ -8,9 +8,11 @@ prediction of frame i+1 and a whole window trains in parallel (teacher forcing).
 
 Because frame i only ever sees frames <= i, a rollout can run frame by frame with a cache of each
 block's cross-attention keys/values of the earlier frames (``init_cache`` / ``step``). A cache built
-once from a single context is shared by all candidate action sequences without copying: its
-attention scores are computed with the batch folded into the query rows (or, when small enough, it
-is copied out to the batch for one fused attention call: ``MATERIALISE_BYTES``).
+once from a single context is shared by all candidate action sequences without copying: in CPU
+inference the whole batch's queries attend to it as one long query sequence, merged with the
+per-sample keys by log-sum-exp (``_attend_folded``); elsewhere it is copied out to the batch for one
+fused attention call when small enough (``MATERIALISE_BYTES``), else its scores are computed with the
+batch folded into the query rows.
 """
 from __future__ import annotations
 
@@ -92,8 +94,8 @@ def _attend_folded(q, parts, scale):
     shared = [p for p in parts if p[0].shape[0] == 1]
     own = [p for p in parts if p[0].shape[0] != 1]
 
-    def joined(group, i):   # (under autocast the parts may differ in dtype from q: the kernel needs one)
-        return (group[0][i] if len(group) == 1 else torch.cat([p[i].to(q.dtype) for p in group], 2)).to(q.dtype)
+    def joined(group, i):
+        return group[0][i] if len(group) == 1 else torch.cat([p[i] for p in group], 2)
 
     folded = q.transpose(0, 1).reshape(1, h, B * L, hd)
     out, lse = _FLASH_CPU(folded, joined(shared, 0), joined(shared, 1), scale=scale)[:2]
