@@ -113,6 +113,7 @@ class MPCPlanner:
         self._next_horizon = config.cem.horizon
         self.goal_joints_estimate: np.ndarray | None = None    # hand_proposal: estimated once per goal
         self.reference_rows = None          # reference: rows or a motion with feedback, made at a goal's first replan
+        self._last_command: np.ndarray | None = None            # the command of the last replan
         self._steps = 0                                         # replans since the goal was set
 
     # ----------------------------------------------------------------------------------------- goal
@@ -161,6 +162,7 @@ class MPCPlanner:
         self._next_horizon = self.config.cem.horizon
         self.goal_joints_estimate = None
         self.reference_rows = None
+        self._last_command = None
         self._steps = 0
 
     def observe(self, image: np.ndarray, q: np.ndarray | None = None) -> torch.Tensor:
@@ -254,6 +256,7 @@ class MPCPlanner:
         cost = float(terms.total[0]) if self.config.execute == "mean" else result.cost
         current_cost = self.current_cost()
         self._advance(result, horizon)
+        self._last_command = plan[0].copy()
         return PlanStep(command=plan[0].copy(), plan=plan, cost=cost,
                         current_cost=current_cost, horizon=horizon,
                         replan_seconds=time.perf_counter() - t0, cost_history=result.cost_history,
@@ -281,7 +284,7 @@ class MPCPlanner:
         if reference is None:
             return None
         if hasattr(reference, "next_rows"):
-            return reference.next_rows(q, horizon)
+            return reference.next_rows(q, horizon, sent=self._last_command)
         last = len(self.reference_rows) - 1
         return self.reference_rows[np.minimum(np.arange(self._steps, self._steps + horizon), last)]
 

@@ -113,8 +113,9 @@ class GuardedGraspMotion:
     meets the object or the table, read from the robot's own joints alone (a position-controlled arm
     stalls on contact: the measured palm stays above the commanded one), then closes there and lifts.
 
-    ``next_rows(q, horizon)`` once per executed step, with the joints measured then: the rows of the
-    next ``horizon`` steps (the first is the step about to be executed; the rest assume no contact)."""
+    ``next_rows(q, horizon, sent)`` once per executed step, with the joints measured then (and the
+    command executed last): the rows of the next ``horizon`` steps (the first is the step about to
+    be executed; the rest assume no contact)."""
 
     def __init__(self, kinematics, q0: np.ndarray, max_step: np.ndarray, config: GuardedGrasp = GuardedGrasp()):
         q0 = np.asarray(q0, dtype=np.float64)
@@ -160,10 +161,13 @@ class GuardedGraspMotion:
             return row, ("lift" if lifts + 1 < cfg.lift_rows else "done", down, closes, lifts + 1, bottom, row)
         return last, state
 
-    def next_rows(self, q: np.ndarray, horizon: int) -> np.ndarray:
+    def next_rows(self, q: np.ndarray, horizon: int, sent: np.ndarray | None = None) -> np.ndarray:
+        """``sent``: the command actually executed last (a planner's search may move off the row it
+        was given): contact is when the measured palm stays above it; default: the last row given."""
         q = np.asarray(q, dtype=np.float64)
         phase, down, closes, lifts, bottom, last = self.state
-        if phase == "descend" and down > 0 and self._palm(q)[2] - self._palm(last)[2] > self.config.lag:
+        commanded = last if sent is None else np.asarray(sent, dtype=np.float64)
+        if phase == "descend" and down > 0 and self._palm(q)[2] - self._palm(commanded)[2] > self.config.lag:
             # Contact: close where the hand is (its measured arm joints), not where it was sent.
             self.contact_depth = float(self.palm0[2] - self._palm(q)[2])
             self.state = ("close", down, closes, lifts, q[:ARM_DOF].copy(), last)

@@ -105,8 +105,8 @@ def test_a_reference_with_feedback_gives_the_mean_of_every_replan_from_the_measu
     asked = []
 
     class Feedback:
-        def next_rows(self, q, horizon):
-            asked.append((np.array(q), horizon))
+        def next_rows(self, q, horizon, sent=None):
+            asked.append((np.array(q), horizon, None if sent is None else np.array(sent)))
             return np.repeat(np.asarray(q)[None] + 0.1, horizon, axis=0)   # always 0.1 rad ahead of the robot
 
     cem = CEMConfig(samples=4, elites=2, iterations=1, horizon=3, std_arm=1e-4, std_hand=1e-4, min_std=0.0,
@@ -115,14 +115,18 @@ def test_a_reference_with_feedback_gives_the_mean_of_every_replan_from_the_measu
                          reference_fn=lambda q: Feedback())
     planner.set_goal(model.render(np.zeros(DOF)))
     q = np.zeros(DOF)
+    sent = None
     for step in range(5):
         measured = q - 0.02                         # the robot lags what it was sent
         planner.observe(model.render(measured), measured)
         q = planner.step(measured).command
         assert len(asked) == step + 1
         np.testing.assert_allclose(asked[-1][0], measured)
+        # ... and it is told what was sent last (the search may move off its rows)
+        assert (asked[-1][2] is None) if sent is None else np.allclose(asked[-1][2], sent)
         np.testing.assert_allclose(q, measured + 0.1, atol=1e-2)
-    assert [horizon for _, horizon in asked] == [3, 2, 1, 3, 2]
+        sent = q
+    assert [horizon for _, horizon, _ in asked] == [3, 2, 1, 3, 2]
 
 
 def lift_by_reference(env, kin, seed: int, max_step: np.ndarray) -> float:
@@ -169,6 +173,14 @@ def _stopped_at(kin, command, floor):
     return q
 
 
+def solve_arm_ik_up(kin, q, up):
+    """Arm joints with the palm ``up`` [m] above where ``q`` has it, orientation kept."""
+    from dexwm_robot.ik import solve_arm_ik
+
+    return solve_arm_ik(kin, q, kin.palm_and_tips_world(q)[0] + np.array([0.0, 0.0, up]), kin.ee_pose(q)[1],
+                        point="palm", posture_gain=0.0)
+
+
 def _run_guarded(kin, q0, floor=-np.inf, steps=20):
     motion = GuardedGraspMotion(kin, q0, MAX_STEP)
     q, executed = q0, []
@@ -206,6 +218,16 @@ def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_
     assert kin.palm_and_tips_world(rows[first_close])[0][2] == pytest.approx(start[2] - 0.05, abs=3e-3)
     assert palm[-1, 2] == pytest.approx(start[2] - 0.05 + cfg.lift, abs=5e-3)
     assert np.all(rows >= kin.lower) and np.all(rows <= kin.upper)
+    # Contact is judged against what was sent: a search that sent the hand 1.5 cm above the row it
+    # was given, followed exactly, is no contact.
+    motion = GuardedGraspMotion(kin, q0, MAX_STEP)
+    q = q0
+    for _ in range(3):
+        row = motion.next_rows(q, 1, sent=None if q is q0 else sent)[0]
+        sent = _stopped_at(kin, row, -np.inf)
+        sent[:ARM_DOF] = solve_arm_ik_up(kin, row, 0.015)
+        q = sent.copy()
+    assert motion.state[0] == "descend" and motion.contact_depth is None
     with pytest.raises(ValueError, match="finite"):
         GuardedGraspMotion(kin, np.full(DOF, np.nan), MAX_STEP)
     with pytest.raises(ValueError, match="guarded grasp"):
