@@ -117,12 +117,13 @@ class GuardedGraspMotion:
     command executed last): the rows of the next ``horizon`` steps (the first is the step about to
     be executed; the rest assume no contact)."""
 
-    def __init__(self, kinematics, q0: np.ndarray, max_step: np.ndarray, config: GuardedGrasp = GuardedGrasp()):
+    def __init__(self, kinematics, q0: np.ndarray, config: GuardedGrasp = GuardedGrasp()):
         q0 = np.asarray(q0, dtype=np.float64)
         if q0.shape != (len(kinematics.lower),) or not np.all(np.isfinite(q0)):
             raise ValueError(f"start joints must be {len(kinematics.lower)} finite values, got shape {q0.shape}")
+        # Its rows are not spaced under the planner's per-step cap (a 2 cm step is well inside it; the
+        # hand closes over several steps because the cap holds each back): the planner projects them.
         self.kin, self.config = kinematics, config
-        self.max_step = np.asarray(max_step, dtype=np.float64)
         self.palm0 = kinematics.palm_and_tips_world(q0)[0]
         self.rotation = kinematics.ee_pose(q0)[1]
         self.closed_hand = allegro.power_grasp(q0[ARM_DOF:])
@@ -187,5 +188,5 @@ def reference_motion(name: str, kinematics, max_step: np.ndarray):
     if name == "none":
         return None
     if name == "grasp":
-        return lambda q0: GuardedGraspMotion(kinematics, q0, max_step)
+        return lambda q0: GuardedGraspMotion(kinematics, q0)
     raise ValueError(f"unknown reference motion {name!r}; known: {', '.join(REFERENCES)}")

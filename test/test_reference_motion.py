@@ -182,7 +182,7 @@ def solve_arm_ik_up(kin, q, up):
 
 
 def _run_guarded(kin, q0, floor=-np.inf, steps=20):
-    motion = GuardedGraspMotion(kin, q0, MAX_STEP)
+    motion = GuardedGraspMotion(kin, q0)
     q, executed = q0, []
     for _ in range(steps):
         if motion.done:
@@ -220,7 +220,7 @@ def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_
     assert np.all(rows >= kin.lower) and np.all(rows <= kin.upper)
     # Contact is judged against what was sent: a search that sent the hand 1.5 cm above the row it
     # was given, followed exactly, is no contact.
-    motion = GuardedGraspMotion(kin, q0, MAX_STEP)
+    motion = GuardedGraspMotion(kin, q0)
     q = q0
     for _ in range(3):
         row = motion.next_rows(q, 1, sent=None if q is q0 else sent)[0]
@@ -229,7 +229,7 @@ def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_
         q = sent.copy()
     assert motion.state[0] == "descend" and motion.contact_depth is None
     with pytest.raises(ValueError, match="finite"):
-        GuardedGraspMotion(kin, np.full(DOF, np.nan), MAX_STEP)
+        GuardedGraspMotion(kin, np.full(DOF, np.nan))
     with pytest.raises(ValueError, match="guarded grasp"):
         GuardedGrasp(step=0.5)
 
@@ -264,7 +264,7 @@ def test_from_a_pre_grasp_pose_3_cm_too_high_the_guarded_grasp_lifts_the_object_
         run(lambda measured: next(it))
         fixed_lift = env.object_position(episode.object_kind)[2] - z0
         episode, z0 = raised_start()
-        motion = GuardedGraspMotion(kin, env.joint_positions(), cap)
+        motion = GuardedGraspMotion(kin, env.joint_positions())
         run(lambda measured: motion.next_rows(measured, 1)[0])
         guarded_lift = env.object_position(episode.object_kind)[2] - z0
     finally:
@@ -283,7 +283,7 @@ def test_the_reference_motion_baseline_follows_the_guarded_grasp_under_the_plann
     policy = ReferenceMotionPolicy(kin)
     q0 = pregrasp_joints(kin)
     policy.start(None, None, 0)
-    expected = GuardedGraspMotion(kin, q0, cap)
+    expected = GuardedGraspMotion(kin, q0)
     q = q0
     for _ in range(30):
         if policy.verdict(q) is not None:
