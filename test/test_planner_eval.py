@@ -213,7 +213,7 @@ def test_stage_settings_search_each_paper_stage_with_its_phase_profile(random_ch
                  for task in ("grasp", "place")}
     finally:
         env.close()
-    assert (rules["grasp"].done_cost, rules["grasp"].max_steps) == (0.0, 10)
+    assert (rules["grasp"].done_cost, rules["grasp"].max_steps) == (0.0, 16)
     assert (rules["place"].done_cost, rules["place"].max_steps) == (0.3, 12)
     plain = ev.WorldModelPolicy(model, kin, cam.world_to_camera)
     plain.start(goal, None, seed=0)
