@@ -126,7 +126,9 @@ def test_graph_camera_episode_and_reset(sim):
         assert services.get(name) == [typ], f"{name}: {services.get(name)}"
     for action in CONTRACT_ACTIONS:
         assert f"{action}/_action/send_goal" in services
-    assert ("sim", "/") in node.get_node_names_and_namespaces()
+    # Node names travel on their own discovery topic and can arrive after the endpoints (a flake of
+    # one fresh clone's run): wait for the name rather than read it once.
+    wait_for(lambda: ("sim", "/") in node.get_node_names_and_namespaces(), 15, what="the sim node's name in the graph")
 
     # joint names of the real robot
     assert list(client.msgs["arm"][-1].name) == [f"fr3_joint{i}" for i in range(1, 8)]
