@@ -285,8 +285,8 @@ class MPCPlanner:
             return None
         if hasattr(reference, "next_rows"):
             return reference.next_rows(q, horizon, sent=self._last_command)
-        last = len(self.reference_rows) - 1
-        return self.reference_rows[np.minimum(np.arange(self._steps, self._steps + horizon), last)]
+        last = len(reference) - 1
+        return reference[np.minimum(np.arange(self._steps, self._steps + horizon), last)]
 
     def _advance(self, result: CEMResult, horizon: int) -> None:
         """Set up the next replan's horizon and warm start (the executed first step is dropped)."""

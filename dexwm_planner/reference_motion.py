@@ -182,7 +182,7 @@ class GuardedGraspMotion:
         return np.clip(np.stack(rows), self.kin.lower, self.kin.upper)
 
 
-def reference_motion(name: str, kinematics, max_step: np.ndarray):
+def reference_motion(name: str, kinematics):
     """``q0 ->`` the named reference from joints ``q0`` (None for "none"): "grasp" the guarded grasp
     (a GuardedGraspMotion, rows given step by step with feedback); ValueError naming the known ones."""
     if name == "none":

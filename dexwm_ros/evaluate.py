@@ -434,7 +434,7 @@ class WorldModelPolicy(_ImageGoalPlans):
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
                                 hand_proposal=hand_proposal, reference=reference, execute=execute)
         # Made for every planner (a subgoal's search settings may ask for it: subgoals.PHASES).
-        self.reference_fn = reference_motion("grasp", kinematics, self.config.cem.max_step())
+        self.reference_fn = reference_motion("grasp", kinematics)
         self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
         super().__init__(WorldModelPlans(self._make_planner, search), self.wrist_fn if goal_wrist_oracle else None)
 
@@ -592,7 +592,7 @@ class ReferenceMotionPolicy(_WithoutWorldModel):
         from dexwm_planner.reference_motion import reference_motion
 
         super().__init__(kinematics, preset)
-        self.reference_fn = reference_motion("grasp", kinematics, self.cem.max_step)
+        self.reference_fn = reference_motion("grasp", kinematics)
         self.rows, self.steps = None, 0
 
     def start(self, goal_image, goal_joints, seed):

@@ -103,7 +103,7 @@ class WorldModelPlanning:
         return MPCPlanner(self.model, self._actions, self.lower, self.upper, config,
                           rotation_fn=self._rotation, seed=settings.seed if seed is None else seed,
                           hand_pixels_fn=_LazyHandPixels(self, camera), goal_hand_reader=self.goal_hand_reader,
-                          reference_fn=reference_motion("grasp", self.kin, config.cem.max_step()))
+                          reference_fn=reference_motion("grasp", self.kin))
 
     def fitted_done_cost(self, settings: PlannerSettings):
         """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal

@@ -58,9 +58,9 @@ CONDITIONS = (
 
 def disturbed_start(env, start, disturbance: Disturbance, rng: np.random.Generator):
     """The episode's start with the robot moved to the disturbed pose and settled there."""
-    env.restore_episode(start.episode, start.state)
     if disturbance == Disturbance(disturbance.name):
-        return start
+        return start                  # run_episode restores it
+    env.restore_episode(start.episode, start.state)
     q = env.joint_positions()
     palm = env.palm_and_tips()[0]
     rotation = env.kinematics.ee_pose(q)[1]

@@ -54,8 +54,8 @@ def test_the_reference_is_refused_for_bad_input(kin):
     with pytest.raises(ValueError, match="depth and lift"):
         GraspReference(depth=1.0)
     with pytest.raises(ValueError, match="unknown reference motion 'wave'"):
-        reference_motion("wave", kin, MAX_STEP)
-    assert reference_motion("none", kin, MAX_STEP) is None
+        reference_motion("wave", kin)
+    assert reference_motion("none", kin) is None
     with pytest.raises(ValueError, match="reference must be one of"):
         MPCConfig(reference="wave")
 

@@ -188,7 +188,7 @@ def test_the_world_model_runs_a_sequence_with_per_subgoal_settings(robot):
     mpc = MPCConfig(cem=CPU.with_(samples=8, elites=2, iterations=1, chunk=8, max_step_arm=0.25))
     planners = []
 
-    reference = reference_motion("grasp", kin, mpc.cem.max_step())
+    reference = reference_motion("grasp", kin)
 
     def make_planner(seed):
         planners.append(MPCPlanner(model, lambda q: allegro_actions(q, w2c, kinematics=kin), kin.lower, kin.upper,
