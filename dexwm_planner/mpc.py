@@ -81,14 +81,17 @@ class MPCPlanner:
                  hand_pixels_fn: HandPixelsFn | None = None,
                  goal_hand_reader: Callable[[np.ndarray], np.ndarray] | None = None,
                  reference_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                 wrist_fn: WristFn | None = None):
+                 wrist_fn: WristFn | None = None,
+                 goal_wrist_from_depth: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
         """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
         planned-hand keypoint terms (needed only when their weights are on). ``goal_hand_reader``:
         goal image (H, W, 3) -> its hand's wrist + fingertips (6, 2) in model pixels, for the
         planned-hand term and the hand proposal (default: the world model's heatmap head).
         ``reference_fn``: joints at a goal's first replan (23,) -> the reference motion's rows
         (K, 23), one per executed step (needed when ``config.reference`` is set). ``wrist_fn``: the
-        planned wrist's camera-frame position, for the goal wrist term (goals given a ``goal_wrist``)."""
+        planned wrist's camera-frame position, for the goal wrist term (goals given a ``goal_wrist``,
+        or a depth image that ``goal_wrist_from_depth``: goal image, its aligned depth -> wrist (3,),
+        reads one from: dexwm_planner.goal_depth)."""
         if config.hand_proposal and hand_pixels_fn is None:
             raise ValueError("hand_proposal needs hand_pixels_fn (kinematics and camera)")
         self.reference_fn = reference_fn
@@ -101,6 +104,7 @@ class MPCPlanner:
         self.hand_pixels_fn = hand_pixels_fn
         self.wrist_fn = wrist_fn
         self.goal_hand_reader = goal_hand_reader
+        self.goal_wrist_from_depth = goal_wrist_from_depth
         self.rng = np.random.default_rng(seed)
         self._context: collections.deque = collections.deque(maxlen=config.context_frames)
         # Joints at each context frame (None when unknown): the actions between context frames.
@@ -122,10 +126,16 @@ class MPCPlanner:
         return self.objective is not None
 
     def set_goal(self, image: np.ndarray, goal_joints: np.ndarray | None = None,
-                 goal_wrist: np.ndarray | None = None) -> None:
+                 goal_wrist: np.ndarray | None = None, goal_depth: np.ndarray | None = None) -> None:
         """Encode a goal image (H, W, 3) uint8; ``goal_joints`` gives the orientation reference,
-        ``goal_wrist`` (3,) the goal's wrist position [m] in the camera frame (the goal wrist term)."""
+        ``goal_wrist`` (3,) the goal's wrist position [m] in the camera frame (the goal wrist term);
+        without one, ``goal_depth`` (H, W) [m], the depth image aligned with the goal image, gives it
+        where the planner reads wrists from depth and the term is on. ValueError (nothing changed) for
+        a depth image the wrist cannot be read from."""
         image = _check_image(image)
+        if (goal_wrist is None and goal_depth is not None and self.goal_wrist_from_depth is not None
+                and self.config.objective.goal_wrist_weight > 0):
+            goal_wrist = self.goal_wrist_from_depth(image, goal_depth)
         with torch.no_grad():
             latent = self.model.encode(image[None])[0]
         goal_rotation = None

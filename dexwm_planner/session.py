@@ -110,7 +110,8 @@ class PlanProvider(Protocol):
     name: str
 
     def start(self, goal_image: np.ndarray, goal_joints: np.ndarray | None, seed: int | None) -> None:
-        """A new goal; ValueError when it cannot be planned toward."""
+        """A new goal; ValueError when it cannot be planned toward. A provider that reads the goal's
+        wrist from depth also takes ``goal_depth=`` (the session passes it only when it has one)."""
 
     def observe(self, image: np.ndarray, joints: np.ndarray) -> float:
         """Take the newest frame and joints; the latent cost of the frame to the goal (nan: none)."""
@@ -140,12 +141,13 @@ class WorldModelPlans:
         self.planner: MPCPlanner | None = None
         self._hold: np.ndarray | None = None
 
-    def start(self, goal_image, goal_joints, seed, goal_wrist=None):
-        """``goal_wrist``: the goal's wrist position in the camera frame, where one is known."""
+    def start(self, goal_image, goal_joints, seed, goal_wrist=None, goal_depth=None):
+        """``goal_wrist``: the goal's wrist position in the camera frame, where one is known;
+        ``goal_depth``: the depth image aligned with the goal image, where one was captured."""
         self.planner = self.make_planner(seed)
         if self.search is not None:
             self.planner.configure(self.search.mpc_config(self.planner.config))
-        self.planner.set_goal(goal_image, goal_joints=goal_joints, goal_wrist=goal_wrist)
+        self.planner.set_goal(goal_image, goal_joints=goal_joints, goal_wrist=goal_wrist, goal_depth=goal_depth)
         self._hold = None
 
     def observe(self, image, joints) -> float:
@@ -294,8 +296,10 @@ class PlanningSession(Cancellable):
         self._ran = False
 
     def run(self, goal_image: np.ndarray, goal_joints: np.ndarray | None = None,
-            seed: int | None = None) -> SessionResult:
-        """Plan and act until the session ends; once per session (one goal, one episode)."""
+            seed: int | None = None, goal_depth: np.ndarray | None = None) -> SessionResult:
+        """Plan and act until the session ends; once per session (one goal, one episode).
+        ``goal_depth``: the depth image aligned with the goal image, for providers that read the
+        goal's wrist from it (passed only when given: other providers take no depth)."""
         if self._ran:
             raise RuntimeError("a planning session runs once: make a new one for the next goal")
         self._ran = True
@@ -303,7 +307,8 @@ class PlanningSession(Cancellable):
         replans: list[float] = []
         try:
             try:
-                self.provider.start(goal_image, goal_joints, seed)
+                depth = {} if goal_depth is None else {"goal_depth": goal_depth}
+                self.provider.start(goal_image, goal_joints, seed, **depth)
             except ValueError as e:   # e.g. an image the encoder cannot crop to its input size
                 self.log.error(f"goal image refused by the planner: {e}")
                 raise _End(f"bad_goal: {e}", hold=None) from None

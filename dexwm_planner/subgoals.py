@@ -153,6 +153,7 @@ class Subgoal:
     search: SearchSettings = field(default_factory=SearchSettings)
     joints: np.ndarray | None = None         # orientation reference, when known (a captured frame's)
     label: str = ""                          # where it came from (logs)
+    depth: np.ndarray | None = None          # (H, W) [m] aligned with the image, when captured
 
 
 @dataclass
@@ -258,7 +259,7 @@ class SubgoalSequence(Cancellable):
             self.log.info(f"subgoal {index + 1}/{len(subgoals)} ({subgoal.search.phase}"
                           f"{', ' + subgoal.label if subgoal.label else ''}): at most {config.stop_rule.max_steps} "
                           f"steps, stop below latent distance {config.stop_rule.done_cost:.4f}")
-            one: SessionResult = session.run(subgoal.image, subgoal.joints, seed=seed)
+            one: SessionResult = session.run(subgoal.image, subgoal.joints, seed=seed, goal_depth=subgoal.depth)
             result.steps += one.steps
             result.costs += one.costs
             result.replan_seconds += one.replan_seconds

@@ -231,6 +231,9 @@ class EvalSettings:
     # weight [1/m^2]) fed with the goal state's own wrist position: how precisely the planner puts
     # the hand when the goal's wrist is known in 3D, the ceiling of a depth reading of the goal's hand.
     goal_wrist_oracle: float = 0.0
+    # Weight [1/m^2] of the goal wrist term fed by the goal's depth image (the goal-hand reader's wrist
+    # pixel back-projected: dexwm_planner.goal_depth); 0 = off. Goals are rendered with depth then.
+    goal_wrist_depth: float = 0.0
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -246,8 +249,13 @@ class EvalSettings:
         self.subgoal_marks = tuple(self.subgoal_marks)
         if not (math.isfinite(self.goal_wrist_oracle) and self.goal_wrist_oracle >= 0):
             raise ValueError(f"the goal wrist oracle's weight must be >= 0, got {self.goal_wrist_oracle}")
+        if not (math.isfinite(self.goal_wrist_depth) and self.goal_wrist_depth >= 0):
+            raise ValueError(f"the depth goal wrist's weight must be >= 0, got {self.goal_wrist_depth}")
+        if self.goal_wrist_depth > 0 and self.goal_wrist_oracle > 0:
+            raise ValueError("the goal wrist comes from the oracle or from depth, not both")
         if self.subgoal_marks and not self.subgoals:
             raise ValueError("subgoal marks need subgoals (--subgoals)")
+        subgoal_phases(self.subgoal_marks)          # raises on a mark without a phase
         if self.subgoals and self.sim_task != "pick-place":
             raise ValueError("subgoals are made for the composite pick-place task (--protocol composite "
                              "--task pick-place)")
@@ -334,7 +342,7 @@ class EvalSettings:
         the stage's search settings, the hand proposal."""
         return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
                     goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute,
-                    goal_wrist_oracle=self.goal_wrist_oracle > 0)
+                    goal_wrist_oracle=self.goal_wrist_oracle > 0, goal_wrist_depth=self.goal_wrist_depth > 0)
 
     def reference(self) -> str:
         """The reference motion the CEM starts from (MPCConfig.reference)."""
@@ -346,7 +354,7 @@ class EvalSettings:
 
         return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight),
                                hand_pixel_keypoints=self.hand_pixel_keypoints,
-                               goal_wrist_weight=float(self.goal_wrist_oracle))
+                               goal_wrist_weight=float(max(self.goal_wrist_oracle, self.goal_wrist_depth)))
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule (with ``stage_settings`` phases,
@@ -382,18 +390,19 @@ class _ImageGoalPlans:
     """A plan provider that starts its WorldModelPlans (``plans``) from the goal image alone, as a
     goal image sent to the planner node: the goal state's joints are privileged (no camera gives
     them). Only the goal wrist oracle (PRIVILEGED, ``oracle_wrist_fn``: joints -> wrist, camera
-    frame) reads their wrist, for the planner's goal wrist term."""
+    frame) reads their wrist, for the planner's goal wrist term. A goal's depth image (a sensor's,
+    as a RealSense gives it) goes to the planner, which reads the goal's wrist from it where asked."""
 
     name = "dexwm"
 
     def __init__(self, plans, oracle_wrist_fn=None):
         self.plans, self.oracle_wrist_fn = plans, oracle_wrist_fn
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
         wrist = None
         if self.oracle_wrist_fn is not None and goal_joints is not None:
             wrist = self.oracle_wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
-        self.plans.start(goal_image, None, seed, goal_wrist=wrist)
+        self.plans.start(goal_image, None, seed, goal_wrist=wrist, goal_depth=goal_depth)
 
     def observe(self, image, joints) -> float:
         return self.plans.observe(image, joints)
@@ -412,11 +421,13 @@ class WorldModelPolicy(_ImageGoalPlans):
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
                  search=None, hand_proposal: bool = False, goal_hand_reader: str = "", reference: str = "none",
-                 execute: str = "best", goal_wrist_oracle: bool = False):
+                 execute: str = "best", goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
         ("" = the shipped reader, "head" = the world model's heatmap head). ``goal_wrist_oracle``:
-        PRIVILEGED, the goal wrist term gets the goal state's wrist (EvalSettings.goal_wrist_oracle)."""
+        PRIVILEGED, the goal wrist term gets the goal state's wrist (EvalSettings.goal_wrist_oracle).
+        ``goal_wrist_depth``: the planner reads goal wrists from goals' depth images (the goal-hand
+        reader's wrist pixel, the fitted surface offset: dexwm_planner.goal_depth)."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection, wrist_position_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
@@ -436,6 +447,17 @@ class WorldModelPolicy(_ImageGoalPlans):
         # Made for every planner (a subgoal's search settings may ask for it: subgoals.PHASES).
         self.reference_fn = reference_motion("grasp", kinematics)
         self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
+        self.goal_wrist_from_depth = None
+        if goal_wrist_depth:
+            from dexwm_planner.goal_depth import GoalWristFromDepth, load_surface_offset
+            from dexwm_robot.camera import HeadCamera
+
+            if self.goal_hand_reader is None:
+                raise ValueError("reading the goal wrist from depth needs the goal-hand reader (not 'head')")
+            h, w = getattr(model, "image_size", (224, 224))
+            # The simulation renders colour and depth at the model's size with the head camera's field of view.
+            self.goal_wrist_from_depth = GoalWristFromDepth(self.goal_hand_reader, HeadCamera().intrinsics(w, h),
+                                                            load_surface_offset())
         super().__init__(WorldModelPlans(self._make_planner, search), self.wrist_fn if goal_wrist_oracle else None)
 
     def _make_planner(self, seed):
@@ -444,7 +466,7 @@ class WorldModelPolicy(_ImageGoalPlans):
         return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
                           rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn,
                           goal_hand_reader=self.goal_hand_reader, reference_fn=self.reference_fn,
-                          wrist_fn=self.wrist_fn)
+                          wrist_fn=self.wrist_fn, goal_wrist_from_depth=self.goal_wrist_from_depth)
 
     def for_subgoal(self, search, held_hand):
         """The provider of one subgoal of a sequence (its search settings; subgoals carry images only,
@@ -472,7 +494,7 @@ def random_shooting_changes(cem) -> dict:
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
                        objective=None, search=None, hand_proposal: bool = False,
                        goal_hand_reader: str = "", reference: str = "none", execute: str = "best",
-                       goal_wrist_oracle: bool = False) -> WorldModelPolicy:
+                       goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
@@ -480,7 +502,7 @@ def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_c
                               cem_changes={**(search_changes or {}), **random_shooting_changes(cem)},
                               objective=objective, search=search, hand_proposal=hand_proposal,
                               goal_hand_reader=goal_hand_reader, reference=reference, execute=execute,
-                              goal_wrist_oracle=goal_wrist_oracle)
+                              goal_wrist_oracle=goal_wrist_oracle, goal_wrist_depth=goal_wrist_depth)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -538,7 +560,7 @@ class OracleGoalJointsPolicy(_DriveToJoints):
 
     name = "oracle_goal_joints"
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
         self.goal = np.asarray(goal_joints, dtype=np.float64)
 
 
@@ -561,7 +583,7 @@ class GoalHandIKPolicy(_DriveToJoints):
         self.pixels = hand_pixels_projection(world_to_camera, getattr(model, "image_size", (224, 224)),
                                              kinematics=kinematics)
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
         import torch
 
         from dexwm_planner.objective import RIGHT_HAND_KEYPOINTS
@@ -595,7 +617,7 @@ class ReferenceMotionPolicy(_WithoutWorldModel):
         self.reference_fn = reference_motion("grasp", kinematics)
         self.rows, self.steps = None, 0
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
         self.rows, self.steps = None, 0
 
     def verdict(self, joints):
@@ -624,7 +646,7 @@ class HoldStillPolicy:
 
     name = "hold_still"
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
         pass
 
     def observe(self, image, joints) -> float:
@@ -648,7 +670,7 @@ class RandomJointWalkPolicy(_WithoutWorldModel):
         super().__init__(kinematics, preset)
         self.rng = np.random.default_rng(0)
 
-    def start(self, goal_image, goal_joints, seed):
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
         self.rng = np.random.default_rng(seed)
 
     def verdict(self, joints):
@@ -679,10 +701,11 @@ def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
     from dexwm_sim import tasks
 
     episode = env.reset(settings.sim_task, seed)
-    goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),))
+    depth = settings.goal_wrist_depth > 0       # the goals' depth images, as a RealSense gives them
+    goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),), depth=depth)
     state = env.initial_state if settings.sim_task in tasks.PAPER_TASKS else None
     marks = tuple(settings.subgoal_marks) or tasks.SUBGOAL_MARKS
-    subgoals = (tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),), marks=marks)
+    subgoals = (tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),), marks=marks, depth=depth)
                 if settings.subgoals else None)
     return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal, subgoals=subgoals)
 
@@ -713,7 +736,8 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
         result, progress = _run_subgoals(runner, policy, start, settings, k)
     else:
         session = PlanningSession(SimulatedRobot(runner), policy, settings.session_config(env))
-        result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k))
+        result = session.run(start.goal.image, start.goal.joints, seed=settings.cem_seed(start.seed, k),
+                             goal_depth=start.goal.depth)
     at_stop = bool(env.status.success_now)
     goal_palm = env.kinematics.palm_and_tips_world(start.goal.joints)[0]
     palm_error = float(np.linalg.norm(env.palm_and_tips()[0] - goal_palm))
@@ -733,20 +757,34 @@ def run_episode(runner, policy, start: EpisodeStart, settings: EvalSettings, k: 
                           subgoal_progress=progress, palm_error_m=palm_error)
 
 
+def subgoal_phases(marks: tuple) -> tuple[str, ...]:
+    """The search settings' phase (dexwm_planner.subgoals.PHASES) of each scripted mark shown as a
+    subgoal: the hand above the object ("high") and the pre-grasp pose are reached, the object is
+    grasped (and lifted, in a phase of its own after "closed"), carried above its target and released.
+    The four default marks give reach -> grasp -> carry -> release, the five with "closed" add the lift."""
+    by_mark = {"high": "reach", "pregrasp": "reach", "closed": "grasp",
+               "lifted": "lift" if "closed" in marks else "grasp", "above": "carry", "lowered": "place",
+               "released": "release"}
+    unknown = [m for m in marks if m not in by_mark]
+    if unknown:
+        raise ValueError(f"no subgoal phase for the mark(s) {', '.join(unknown)}; known: {', '.join(by_mark)}")
+    return tuple(by_mark[m] for m in marks)
+
+
 def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k: int):
     """One episode through its subgoal images (the planner node's SubgoalSequence), with the default
     phases of a pick-and-place of that many subgoals; images only: the subgoal states' joints are privileged.
     Returns (the sequence's result, the judge's reading at each subgoal's end)."""
     from dexwm_planner.sim_robot import SimulatedRobot
-    from dexwm_planner.subgoals import Subgoal, SubgoalSequence, default_phases, phase_settings
+    from dexwm_planner.subgoals import Subgoal, SubgoalSequence, phase_settings
     from dexwm_sim import tasks
 
     env = runner.env
-    phases = default_phases(len(start.subgoals))
+    phases = subgoal_phases(tuple(settings.subgoal_marks) or tasks.SUBGOAL_MARKS)
     # The subgoal states' joints reach the planner only for the PRIVILEGED goal wrist oracle.
     oracle = settings.goal_wrist_oracle > 0
     subgoals = [Subgoal(goal.image, phase_settings(phase), joints=goal.joints if oracle else None,
-                        label=f"scripted {phase}")
+                        label=f"scripted {phase}", depth=goal.depth)
                 for goal, phase in zip(start.subgoals, phases)]
     # The judge's side: where the scripted solution had the palm and the object at each subgoal.
     palms = [env.kinematics.palm_and_tips_world(goal.joints)[0] for goal in start.subgoals]
@@ -755,7 +793,8 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
 
     def judge(index: int) -> None:
         readings.append({"index": index, "phase": phases[index],
-                         **tasks.subgoal_progress(env, start.episode, palms[index], objects[index])})
+                         **tasks.subgoal_progress(env, start.episode, palms[index], objects[index],
+                                                  start.subgoals[index].joints)})
 
     # A subgoal becoming active is the end of the one before it.
     def on_subgoal(index, subgoal, progress) -> None:
@@ -1104,6 +1143,8 @@ def subgoal_funnel(outcomes: list[EpisodeOutcome]) -> list[dict]:
         funnel.append({"index": index, "phase": ends[0]["phase"], "runs": len(ends),
                        "palm_error_m_median": float(np.median(palm)),
                        "palm_within_tolerance": float(np.mean(palm < SUBGOAL_TOLERANCE)),
+                       "flange_turn_deg_median": (float(np.median([e["flange_turn_deg"] for e in ends]))
+                                                  if all("flange_turn_deg" in e for e in ends) else None),
                        "object_error_m_median": float(np.median(obj)),
                        "object_within_tolerance": float(np.mean(obj < SUBGOAL_TOLERANCE)),
                        "held": float(np.mean([e["held"] for e in holding])) if holding else None,
@@ -1119,7 +1160,9 @@ def funnel_line(step: dict) -> str:
     """One subgoal of ``subgoal_funnel`` in words (the printed summary and the report)."""
     return (f"subgoal {step['index'] + 1} ({step['phase']}, {step['runs']} runs got to its end): palm "
             f"{100 * step['palm_error_m_median']:.1f} cm from the scripted state (median), "
-            f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm; object "
+            f"{_pct(step['palm_within_tolerance'])} within {100 * step['tolerance_m']:g} cm"
+            + (f", flange turned {step['flange_turn_deg_median']:.0f} deg" if step.get("flange_turn_deg_median") is not None else "")
+            + "; object "
             f"{100 * step['object_error_m_median']:.1f} cm, {_pct(step['object_within_tolerance'])} within"
             + (f"; held {_pct(step['held'])}" if step["held"] is not None else ""))
 
@@ -1370,6 +1413,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         results["notes"] = {
             "oracle_goal_joints": "PRIVILEGED upper bound: reads the goal state's joints",
             "goal_wrist_oracle": "PRIVILEGED when > 0: the planner's goal wrist term reads the goal state's wrist",
+            "goal_wrist_depth": "when > 0: the planner's goal wrist term reads each goal's wrist from the goal image "
+                                "(the goal-hand reader) and its depth image (a sensor's); not privileged",
             "goal_hand_ik": "no world model: joints fitted to the goal image's decoded hand keypoints, driven to",
             "reference_motion": "no world model: the grasp reference motion (down 8 cm, close, up 12 cm), executed",
             "dexwm_no_pretrain": "the shipped model itself has no pre-training (no human video, no other "
@@ -1439,6 +1484,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="PRIVILEGED diagnostic: the goal wrist term with this weight [1/m^2], fed with the goal "
                              "state's own wrist position (with --subgoals each subgoal state's; the ceiling of a depth "
                              "reading of the goal's hand); 0: off")
+    parser.add_argument("--goal-wrist-depth", type=float, default=0.0, metavar="WEIGHT",
+                        help="weight [1/m^2] of the goal wrist term fed by each goal's depth image (the goal-hand "
+                             "reader's wrist pixel back-projected, the fitted surface offset in "
+                             "models/goal_wrist_depth.json); 0 = off")
     parser.add_argument("--goal-hand-reader", default="", metavar="PATH|head",
                         help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
                              "for the planned-hand term, the hand proposal and goal_hand_ik; 'head': the world "
@@ -1542,6 +1591,8 @@ def main(argv: list[str] | None = None) -> int:
                      "grasp_reference and execute decide: config/planner.yaml)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
+    if args.goal_wrist_depth and args.through_ros:
+        parser.error("--goal-wrist-depth runs in-process (the planner node takes no goal depth yet)")
     if args.goal_wrist_oracle and args.through_ros:
         parser.error("--goal-wrist-oracle runs in-process (a diagnostic: no robot gives a goal state's joints)")
     try:
@@ -1554,6 +1605,7 @@ def main(argv: list[str] | None = None) -> int:
                                 hand_proposal=args.hand_proposal, hand_pixel_keypoints=args.hand_pixel_keypoints,
                                 goal_hand_reader=args.goal_hand_reader, grasp_reference=args.grasp_reference,
                                 execute=args.execute, goal_wrist_oracle=args.goal_wrist_oracle,
+                                goal_wrist_depth=args.goal_wrist_depth,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))

@@ -38,6 +38,7 @@ import colorsys
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from dexwm_robot import allegro as hand_joints
 from dexwm_robot.franka import HOME as ARM_HOME
@@ -222,15 +223,22 @@ def strict_grasp(env, episode: Episode) -> bool:
 SUBGOAL_TOLERANCE = 0.05
 
 
-def subgoal_progress(env, episode: Episode, palm_goal: np.ndarray, object_goal: np.ndarray) -> dict:
+def subgoal_progress(env, episode: Episode, palm_goal: np.ndarray, object_goal: np.ndarray,
+                     joints_goal: np.ndarray | None = None) -> dict:
     """How far the current state is from a subgoal's scripted state, read from the simulation (a
     judge's reading, never a policy's): palm and task-object distance to where the scripted solution
     had them [m], the object's height above its resting height [m], whether the hand holds it (the
-    strict grasp rule) and whether the scripted state held it (lifted by ``STRICT_LIFT``)."""
+    strict grasp rule) and whether the scripted state held it (lifted by ``STRICT_LIFT``); with the
+    scripted state's joints also the angle between its flange orientation and the current one [deg]."""
     resting = episode.object().position[2]
     obj = env.object_position(episode.object_kind)
     object_goal = np.asarray(object_goal, dtype=np.float64)[:3]
-    return {"palm_error_m": float(np.linalg.norm(env.palm_and_tips()[0] - np.asarray(palm_goal))),
+    turn = {}
+    if joints_goal is not None:
+        rot_now = env.kinematics.ee_pose(env.joint_positions())[1]
+        rot_goal = env.kinematics.ee_pose(np.asarray(joints_goal, dtype=np.float64))[1]
+        turn = {"flange_turn_deg": float(np.degrees(Rotation.from_matrix(rot_goal.T @ rot_now).magnitude()))}
+    return {**turn, "palm_error_m": float(np.linalg.norm(env.palm_and_tips()[0] - np.asarray(palm_goal))),
             "object_error_m": float(np.linalg.norm(obj - object_goal)),
             "object_lift_m": float(obj[2] - resting),
             "held": strict_grasp(env, episode),
@@ -408,8 +416,9 @@ def _mark(marks: dict | None, name: str, env) -> None:
 def _grasp_and_lift(env, episode: Episode, lift: float = 0.12, marks: dict | None = None):
     """Scripted power grasp of the episode's object; returns (closed hand, grasp point, open hand, rot).
 
-    ``marks`` (optional) receives the states at the end of the approach ("pregrasp": hand open,
-    palm 8 cm above its grasp pose), with the hand closed on the object still on the table
+    ``marks`` (optional) receives the states above the object ("high": hand open and turned, palm
+    20 cm above its grasp pose, marked without settling so that the demonstration stays as it was),
+    at the end of the approach ("pregrasp": hand open, palm 8 cm above its grasp pose), with the hand closed on the object still on the table
     ("closed") and at the end of the grasp ("lifted")."""
     obj = env.object_position(episode.object_kind)
     plan = plan_grasp(env, episode)
@@ -418,6 +427,7 @@ def _grasp_and_lift(env, episode: Episode, lift: float = 0.12, marks: dict | Non
     if here[2] < 0.25:     # clear the table before swinging the arm over to the object
         _move(env, np.r_[here[:2], 0.3], _palm_pose(env)[1], None, 8, segments=2)
     _drive(env, plan.q_high, pregrasp, 20)
+    _mark(marks, "high", env)
     _move(env, _palm_target(obj + [0, 0, 0.08], rot, gp), rot, pregrasp, 10, segments=3)
     _drive(env, None, None, 5)      # settle: the stage boundary is a state at rest
     _mark(marks, "pregrasp", env)
@@ -552,6 +562,7 @@ class Goal:
     joints: np.ndarray           # (23,) robot joints in the solved state
     object_poses: dict
     solved: bool                 # the success rule held for the required streak
+    depth: np.ndarray | None = None  # (H, W) [m] at the first size, aligned with ``image`` (asked for)
 
 
 # Subgoals of a pick-and-place (marks of its scripted solution): hand open above the object, object
@@ -562,11 +573,12 @@ class Goal:
 SUBGOAL_MARKS = ("pregrasp", "lifted", "above", "released")
 
 
-def make_subgoals(env, episode: Episode, sizes=((224, 224),), marks=SUBGOAL_MARKS) -> list[Goal]:
+def make_subgoals(env, episode: Episode, sizes=((224, 224),), marks=SUBGOAL_MARKS, depth: bool = False) -> list[Goal]:
     """The subgoal images of a composite pick-and-place episode: the scripted solution run from the
     episode start, rendered at each of ``marks`` (names of its stage marks, default
     ``SUBGOAL_MARKS``); the start is restored. ValueError for another task, an unknown mark, or when
-    the scripted solution fails (its subgoals would show a failure)."""
+    the scripted solution fails (its subgoals would show a failure). ``depth``: each goal also carries
+    its depth image at the first size."""
     if episode.task != "pick-place":
         raise ValueError(f"subgoals exist for the pick-place task, not {episode.task!r}")
     start = env.get_state()
@@ -580,22 +592,27 @@ def make_subgoals(env, episode: Episode, sizes=((224, 224),), marks=SUBGOAL_MARK
         goals = []
         for name in marks:
             env.set_state(states[name])
-            images = {tuple(s): env.render(*s) for s in sizes}
-            goals.append(Goal(image=images[tuple(sizes[0])], images=images, joints=env.joint_positions(),
-                              object_poses=env.object_poses(), solved=solved))
+            goals.append(_goal_here(env, sizes, solved, depth))
         return goals
     finally:
         env.set_state(start)
 
 
-def make_goal(env, episode: Episode, sizes=((224, 224),)) -> Goal:
-    """Run the scripted solver from the episode start, render the solved state, restore the start."""
+def _goal_here(env, sizes, solved: bool, depth: bool) -> Goal:
+    """The current state as a Goal, rendered at ``sizes`` (with depth at the first where asked)."""
+    images = {tuple(s): env.render(*s) for s in sizes}
+    goal_depth = env.render(*sizes[0], depth=True)[1] if depth else None
+    return Goal(image=images[tuple(sizes[0])], images=images, joints=env.joint_positions(),
+                object_poses=env.object_poses(), solved=solved, depth=goal_depth)
+
+
+def make_goal(env, episode: Episode, sizes=((224, 224),), depth: bool = False) -> Goal:
+    """Run the scripted solver from the episode start, render the solved state (``depth``: also its
+    depth image at the first size), restore the start."""
     start = env.get_state()
     try:
         solved = solve(env, episode)
-        images = {tuple(s): env.render(*s) for s in sizes}
-        return Goal(image=images[tuple(sizes[0])], images=images, joints=env.joint_positions(),
-                    object_poses=env.object_poses(), solved=solved)
+        return _goal_here(env, sizes, solved, depth)
     finally:
         env.set_state(start)
 

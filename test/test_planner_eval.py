@@ -501,3 +501,43 @@ def test_the_goal_wrist_oracle_feeds_the_goal_states_wrist_to_the_planner(random
                     "--out", str(out)]) == 0
     assert json.loads(out.read_text())["settings"]["goal_wrist_oracle"] == 100.0
     assert "PRIVILEGED: the planner's goal wrist term (weight 100)" in capsys.readouterr().out
+
+
+def test_the_depth_goal_wrist_reads_each_goals_depth_image(random_checkpoint, tmp_path):  # noqa: F811
+    """--goal-wrist-depth W: goals are rendered with their depth image, and the planner's goal wrist
+    term (weight W) gets the wrist the goal-hand reader and that image give (not the goal's joints)."""
+    from dexwm_planner.world_model import DexWM
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_robot.kinematics import RobotKinematics
+
+    settings = ev.EvalSettings(protocol="paper", task="reach", goal_wrist_depth=100.0)
+    assert settings.objective().goal_wrist_weight == 100.0
+    options = settings.planner_options()
+    assert options["goal_wrist_depth"] and not options["goal_wrist_oracle"]
+    model, kin, cam = DexWM.load(str(random_checkpoint)), RobotKinematics.from_description(), HeadCamera()
+    policy = ev.WorldModelPolicy(model, kin, cam.world_to_camera, **options)
+    runner = ev.make_runner(settings)
+    start = ev.prepare_episode(runner.env, settings, settings.seeds()[0])
+    assert start.goal.depth.shape == start.goal.image.shape[:2]
+    policy.start(start.goal.image, None, seed=0, goal_depth=start.goal.depth)
+    expected = policy.goal_wrist_from_depth(start.goal.image, start.goal.depth)
+    np.testing.assert_allclose(policy.plans.planner.objective.goal_wrist, expected)
+    with pytest.raises(ValueError, match="not both"):
+        ev.EvalSettings(task="reach", goal_wrist_depth=1.0, goal_wrist_oracle=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        ev.EvalSettings(task="reach", goal_wrist_depth=-1.0)
+    out = tmp_path / "depth.json"
+    assert ev.main(["--task", "reach", "--episodes", "1", "--max-steps", "1", "--checkpoint", str(random_checkpoint),
+                    "--hold-s", "0.2", "--search", "8,2,1", "--goal-wrist-depth", "100", "--no-baselines", "--quiet",
+                    "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["goal_wrist_depth"] == 100.0
+
+
+def test_scripted_marks_map_to_subgoal_phases():
+    assert ev.subgoal_phases(("pregrasp", "lifted", "above", "released")) == ("reach", "grasp", "carry", "release")
+    assert ev.subgoal_phases(("pregrasp", "closed", "lifted", "above", "released")) == \
+        ("reach", "grasp", "lift", "carry", "release")
+    assert ev.subgoal_phases(("high", "pregrasp", "lifted", "above", "released")) == \
+        ("reach", "reach", "grasp", "carry", "release")
+    with pytest.raises(ValueError, match="no subgoal phase"):
+        ev.EvalSettings(protocol="composite", task="pick-place", subgoals=True, subgoal_marks=("hover",))

@@ -97,6 +97,23 @@ def goal(robot):
     return robot.latest_image().value
 
 
+class DepthReadingPlans(ScriptedPlans):
+    """A provider that, as the world model's, takes a goal depth image."""
+
+    def start(self, goal_image, goal_joints, seed, goal_depth=None):
+        self.goal_depth = goal_depth
+
+
+def test_a_goal_depth_reaches_the_provider_and_providers_without_depth_still_run(robot):
+    depth = np.full((48, 64), 0.8)
+    reading = DepthReadingPlans([0.5], 0.02, robot.runner.env.lower, robot.runner.env.upper)
+    PlanningSession(robot, reading, config(robot, stop_rule=StopRule(max_steps=1))).run(goal(robot), goal_depth=depth)
+    assert reading.goal_depth is depth
+    plain = scripted(robot, [0.5])          # its start takes no depth: none is passed without one
+    result = PlanningSession(robot, plain, config(robot, stop_rule=StopRule(max_steps=1))).run(goal(robot), seed=3)
+    assert result.reason == "budget" and plain.seed == 3
+
+
 @pytest.mark.parametrize("rule, costs, expected", [
     (StopRule(done_cost=0.05, max_steps=10), [0.5, 0.4, 0.01], ("reached", 2, True)),
     (StopRule(plateau_steps=2, max_steps=10), [0.5, 0.5, 0.5, 0.5], ("plateau", 2, False)),

@@ -45,6 +45,14 @@ def test_the_scripted_pick_and_place_yields_its_subgoals_and_restores_the_start(
     assert len(four) == len(tasks.SUBGOAL_MARKS) == 4 and np.abs(four[1].image.astype(int) - goals[2].image).mean() < 1.0
     with pytest.raises(ValueError, match="no mark"):
         tasks.make_subgoals(env, episode, marks=("pregrasp", "flying"))
+    # "high": the hand open and turned above the object, higher than the pre-grasp pose, the object
+    # untouched; with depth every goal carries its depth image (metres, the hand nearer than the table).
+    high, pregrasp = tasks.make_subgoals(env, episode, sizes=((96, 96),), marks=("high", "pregrasp"), depth=True)
+    palm_high, palm_pre = (env.kinematics.palm_and_tips_world(g.joints)[0] for g in (high, pregrasp))
+    assert 0.08 < palm_high[2] - palm_pre[2] < 0.16 and np.linalg.norm(palm_high[:2] - palm_pre[:2]) < 0.03
+    assert np.allclose(high.object_poses[episode.object_kind][:3], start_objects[episode.object_kind][:3], atol=1e-3)
+    assert high.depth.shape == (96, 96) and 0.3 < high.depth.min() < high.depth.max() < 3.0
+    assert goals[0].depth is None
     # The last one shows the task's goal (a state restored for rendering differs by a few pixel levels).
     final = tasks.make_goal(env, episode, sizes=((96, 96),)).image
     assert np.abs(goals[-1].image.astype(int) - final).mean() < 1.0
@@ -61,16 +69,18 @@ def test_the_judge_reads_how_far_a_state_is_from_a_subgoal(env):
     start = env.get_state()
     states: dict = {}
     assert tasks.solve(env, episode, marks=states)
-    scripted = {}
+    scripted, scripted_q = {}, {}
     for mark in ("pregrasp", "lifted", "released"):
         env.set_state(states[mark])
+        scripted_q[mark] = env.joint_positions()
         scripted[mark] = (env.palm_and_tips()[0], env.object_poses()[episode.object_kind])
-        at = tasks.subgoal_progress(env, episode, *scripted[mark])
-        assert at["palm_error_m"] < 1e-9 and at["object_error_m"] < 1e-9, (mark, at)
+        at = tasks.subgoal_progress(env, episode, *scripted[mark], joints_goal=env.joint_positions())
+        assert at["palm_error_m"] < 1e-9 and at["object_error_m"] < 1e-9 and at["flange_turn_deg"] < 1e-4, (mark, at)
         assert at["scripted_held"] == at["held"] == (mark == "lifted"), (mark, at)
     assert tasks.subgoal_progress(env, episode, *scripted["lifted"])["object_lift_m"] < tasks.STRICT_LIFT
     env.set_state(start)
-    far = tasks.subgoal_progress(env, episode, *scripted["lifted"])
+    far = tasks.subgoal_progress(env, episode, *scripted["lifted"], joints_goal=scripted_q["lifted"])
+    assert far["flange_turn_deg"] > 20.0 and "flange_turn_deg" not in tasks.subgoal_progress(env, episode, *scripted["lifted"])
     assert far["palm_error_m"] > 0.1 and far["object_error_m"] > 0.05 and abs(far["object_lift_m"]) < 0.01
     assert not far["held"] and far["scripted_held"]
 

@@ -1,0 +1,180 @@
+"""The goal hand's wrist in 3D from the goal image and its aligned depth image.
+
+The goal-hand reader (dexwm_planner.goal_hand) finds the goal's wrist pixel; the depth image says how
+far the nearest surface around it is; back-projecting through the camera's intrinsics gives a point on
+the visible back of the hand. The wrist keypoint sits inside the hand, behind that surface: a constant
+``surface_offset_m`` along the optical axis, fitted on frames whose wrist is known from forward
+kinematics (``fit_surface_offset``; ``python -m dexwm_planner.goal_depth`` fits it on the simulation's
+tuning seeds). The result feeds the planner's goal wrist term (ObjectiveConfig.goal_wrist_weight), in
+the camera frame the term's planned wrist uses (x right, y down, z forward).
+
+A RealSense gives the depth image aligned to the colour frame; the simulation renders it. Nothing here
+reads a simulator's state: the reader sees the image, the depth image is a sensor's.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+# Half the side of the square of depth pixels around the read wrist pixel whose nearest surface is
+# taken: the reader lands about 2 px from the true wrist pixel (224 px image), so a 5 x 5 window holds
+# the hand even where the pixel falls just off its edge onto the table.
+WINDOW_HALF = 2
+
+FIT_NAME = "goal_wrist_depth.json"     # the shipped fit, beside the shipped goal-hand reader in models/
+
+
+@dataclass(frozen=True)
+class GoalWristFromDepth:
+    """Goal image + aligned depth image -> the goal's wrist (3,) [m], camera frame.
+
+    ``read_hand``: image -> wrist + fingertips (6, 2) in model-image pixels (the goal-hand reader);
+    ``camera_matrix``: the intrinsics of the model image (the depth image must have its size)."""
+
+    read_hand: Callable[[np.ndarray], np.ndarray]
+    camera_matrix: np.ndarray
+    surface_offset_m: float
+
+    def __call__(self, image: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        image, depth = np.asarray(image), np.asarray(depth, dtype=np.float64)
+        if depth.shape != image.shape[:2]:
+            raise ValueError(f"the goal's depth image {depth.shape} must be aligned with its colour image "
+                             f"{image.shape[:2]}")
+        wrist_pixel = np.asarray(self.read_hand(image), dtype=np.float64)[0]
+        surface = nearest_surface(depth, wrist_pixel)
+        return back_project(wrist_pixel, surface + self.surface_offset_m, self.camera_matrix)
+
+
+def nearest_surface(depth: np.ndarray, pixel: np.ndarray, half: int = WINDOW_HALF) -> float:
+    """The smallest valid depth [m] in the (2 half + 1)^2 window around ``pixel`` (u, v); ValueError
+    when the pixel is outside the image or the window holds no valid depth (0, nan and inf are holes,
+    as a RealSense reports them)."""
+    h, w = depth.shape
+    u, v = (int(round(c)) for c in pixel)
+    if not (0 <= u < w and 0 <= v < h):
+        raise ValueError(f"the goal's wrist pixel ({pixel[0]:.1f}, {pixel[1]:.1f}) is outside the {w}x{h} depth image")
+    window = depth[max(v - half, 0):v + half + 1, max(u - half, 0):u + half + 1]
+    valid = window[np.isfinite(window) & (window > 0)]
+    if valid.size == 0:
+        raise ValueError(f"no valid depth around the goal's wrist pixel ({u}, {v})")
+    return float(valid.min())
+
+
+def back_project(pixel: np.ndarray, z: float, camera_matrix: np.ndarray) -> np.ndarray:
+    """The camera-frame point (3,) at depth ``z`` (along the optical axis) seen at ``pixel`` (u, v)."""
+    ray = np.linalg.solve(np.asarray(camera_matrix, dtype=np.float64), np.r_[pixel[0], pixel[1], 1.0])
+    return z * ray / ray[2]
+
+
+def fit_surface_offset(wrist_pixels: np.ndarray, depths: list, wrists_camera: np.ndarray) -> dict:
+    """The wrist's depth behind the nearest surface around its read pixel: median over frames of
+    (true wrist depth - nearest surface), with its spread. ``wrist_pixels`` (N, 2) as the reader reads
+    them, ``depths`` N aligned depth images, ``wrists_camera`` (N, 3) the true wrists (camera frame)."""
+    gaps = np.array([w[2] - nearest_surface(d, p) for p, d, w in zip(wrist_pixels, depths, wrists_camera)])
+    if gaps.size == 0:
+        raise ValueError("no frames to fit the surface offset on")
+    return {"surface_offset_m": float(np.median(gaps)), "spread_m": float(np.std(gaps)), "frames": int(gaps.size)}
+
+
+def load_surface_offset(path: str | None = None) -> float:
+    """The fitted offset stored by ``python -m dexwm_planner.goal_depth --out`` (default: the shipped
+    fit); ValueError otherwise."""
+    if path is None:
+        from .world_model import shipped_model_file
+
+        path = shipped_model_file(FIT_NAME)
+    try:
+        with open(path) as f:
+            offset = float(json.load(f)["surface_offset_m"])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"no fitted wrist surface offset in {path}: {exc}") from None
+    if not (np.isfinite(offset) and 0.0 <= offset <= 0.2):
+        raise ValueError(f"the wrist surface offset in {path} must lie in [0, 0.2] m, got {offset}")
+    return offset
+
+
+def _simulated_goals(seeds, task: str, size=(224, 224)):
+    """(image, depth, joints) of the scripted goal states of ``task``'s stage episodes at ``seeds``
+    (the seeds whose demonstration fails are skipped)."""
+    from dexwm_sim import tasks
+    from dexwm_sim.scene import SimEnv
+
+    env = SimEnv(render_size=size)
+    for seed in seeds:
+        try:
+            episode = env.reset(task, seed)
+        except tasks.StageUnavailable:
+            continue
+        start = env.get_state()
+        try:
+            tasks.solve(env, episode)
+            image, depth = env.render(*size, depth=True)
+            yield image, depth, env.joint_positions()
+        finally:
+            env.set_state(start)
+
+
+def _frames(read, seeds, size):
+    """(read wrist pixel, depth image, true wrist in the camera frame, true wrist pixel) of the scripted
+    reach and grasp goal states at ``seeds``."""
+    from dexwm_planner.actions import hand_pixels_projection, wrist_position_projection
+    from dexwm_robot.camera import HeadCamera
+
+    camera = HeadCamera()
+    wrist_fn = wrist_position_projection(camera.world_to_camera)
+    pixels_fn = hand_pixels_projection(camera.world_to_camera, size)
+    frames = []
+    for task in ("paper-reach", "paper-grasp"):
+        for image, depth, joints in _simulated_goals(seeds, task, size):
+            frames.append((read(image)[0], depth, wrist_fn(joints[None])[0], pixels_fn(joints[None])[0, 0]))
+    return frames
+
+
+def _errors(frames, offset: float, K: np.ndarray) -> dict:
+    wrist = [np.linalg.norm(back_project(p, nearest_surface(d, p) + offset, K) - w) for p, d, w, _ in frames]
+    pixel = [np.linalg.norm(p - t) for p, _, _, t in frames]
+    return {"frames": len(frames), "wrist_error_m_median": float(np.median(wrist)),
+            "wrist_error_m_p90": float(np.percentile(wrist, 90)), "reader_pixel_error_median": float(np.median(pixel))}
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from dexwm_planner.goal_hand import goal_hand_reading
+    from dexwm_robot.camera import HeadCamera
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1_000_500, help="first seed fitted on (default: the tuning seeds)")
+    parser.add_argument("--episodes", type=int, default=40, help="seeds per stage fitted on (reach and grasp goals)")
+    parser.add_argument("--check-seed", type=int, default=1_000_000,
+                        help="first seed of the held-out check (default: the official seeds)")
+    parser.add_argument("--check-episodes", type=int, default=20, help="seeds per stage of the held-out check")
+    parser.add_argument("--out", default="", help="write the fit here (JSON), e.g. models/goal_wrist_depth.json")
+    args = parser.parse_args(argv)
+    size = (224, 224)
+    read = goal_hand_reading("", type("View", (), {"image_size": size})())
+    K = HeadCamera().intrinsics(*size)
+    fitted_on = range(args.seed, args.seed + args.episodes)
+    frames = _frames(read, fitted_on, size)
+    fit = fit_surface_offset(np.array([f[0] for f in frames]), [f[1] for f in frames], np.array([f[2] for f in frames]))
+    checked_on = range(args.check_seed, args.check_seed + args.check_episodes)
+    fit.update(fitted_on=f"the scripted reach and grasp goal states (hand open above the object; object lifted in "
+                         f"the hand) of seeds {fitted_on.start}-{fitted_on.stop - 1}, the default head camera at "
+                         f"{size[0]}x{size[1]}, the shipped goal-hand reader",
+               in_sample=_errors(frames, fit["surface_offset_m"], K),
+               held_out={"seeds": f"{checked_on.start}-{checked_on.stop - 1}",
+                         **_errors(_frames(read, checked_on, size), fit["surface_offset_m"], K)},
+               command="python -m dexwm_planner.goal_depth" + (f" --out {args.out}" if args.out else ""))
+    print(json.dumps(fit, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(fit, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
