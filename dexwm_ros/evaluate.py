@@ -234,6 +234,9 @@ class EvalSettings:
     # Weight [1/m^2] of the goal wrist term fed by the goal's depth image (the goal-hand reader's wrist
     # pixel back-projected: dexwm_planner.goal_depth); 0 = off. Goals are rendered with depth then.
     goal_wrist_depth: float = 0.0
+    # PRIVILEGED when > 0: weight [1/rad^2] of the orientation term referenced to the goal state's
+    # flange orientation (its joints), in every goal but a grasp (a diagnostic ceiling, as the wrist oracle).
+    goal_orientation_oracle: float = 0.0
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -251,6 +254,8 @@ class EvalSettings:
             raise ValueError(f"the goal wrist oracle's weight must be >= 0, got {self.goal_wrist_oracle}")
         if not (math.isfinite(self.goal_wrist_depth) and self.goal_wrist_depth >= 0):
             raise ValueError(f"the depth goal wrist's weight must be >= 0, got {self.goal_wrist_depth}")
+        if not (math.isfinite(self.goal_orientation_oracle) and self.goal_orientation_oracle >= 0):
+            raise ValueError(f"the goal orientation oracle's weight must be >= 0, got {self.goal_orientation_oracle}")
         if self.goal_wrist_depth > 0 and self.goal_wrist_oracle > 0:
             raise ValueError("the goal wrist comes from the oracle or from depth, not both")
         if self.subgoal_marks and not self.subgoals:
@@ -342,7 +347,8 @@ class EvalSettings:
         the stage's search settings, the hand proposal."""
         return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
                     goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute,
-                    goal_wrist_oracle=self.goal_wrist_oracle > 0, goal_wrist_depth=self.goal_wrist_depth > 0)
+                    goal_wrist_oracle=self.goal_wrist_oracle > 0, goal_wrist_depth=self.goal_wrist_depth > 0,
+                    goal_orientation_oracle=self.goal_orientation_oracle > 0)
 
     def reference(self) -> str:
         """The reference motion the CEM starts from (MPCConfig.reference)."""
@@ -354,7 +360,8 @@ class EvalSettings:
 
         return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight),
                                hand_pixel_keypoints=self.hand_pixel_keypoints,
-                               goal_wrist_weight=float(max(self.goal_wrist_oracle, self.goal_wrist_depth)))
+                               goal_wrist_weight=float(max(self.goal_wrist_oracle, self.goal_wrist_depth)),
+                               orientation_weight=float(self.goal_orientation_oracle))
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule (with ``stage_settings`` phases,
@@ -395,14 +402,19 @@ class _ImageGoalPlans:
 
     name = "dexwm"
 
-    def __init__(self, plans, oracle_wrist_fn=None):
-        self.plans, self.oracle_wrist_fn = plans, oracle_wrist_fn
+    def __init__(self, plans, oracle_wrist_fn=None, orientation_oracle: bool = False):
+        self.plans, self.oracle_wrist_fn, self.orientation_oracle = plans, oracle_wrist_fn, orientation_oracle
 
     def start(self, goal_image, goal_joints, seed, goal_depth=None):
         wrist = None
         if self.oracle_wrist_fn is not None and goal_joints is not None:
             wrist = self.oracle_wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
-        self.plans.start(goal_image, None, seed, goal_wrist=wrist, goal_depth=goal_depth)
+        # The orientation oracle (PRIVILEGED) gives the goal state's joints as the orientation term's
+        # reference, except to a grasp, whose term keeps the orientation it starts from.
+        search = getattr(self.plans, "search", None)
+        orientation_from = (goal_joints if self.orientation_oracle and (search is None or search.phase != "grasp")
+                            else None)
+        self.plans.start(goal_image, orientation_from, seed, goal_wrist=wrist, goal_depth=goal_depth)
 
     def observe(self, image, joints) -> float:
         return self.plans.observe(image, joints)
@@ -421,13 +433,16 @@ class WorldModelPolicy(_ImageGoalPlans):
 
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
                  search=None, hand_proposal: bool = False, goal_hand_reader: str = "", reference: str = "none",
-                 execute: str = "best", goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False):
+                 execute: str = "best", goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False,
+                 goal_orientation_oracle: bool = False):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
         ("" = the shipped reader, "head" = the world model's heatmap head). ``goal_wrist_oracle``:
         PRIVILEGED, the goal wrist term gets the goal state's wrist (EvalSettings.goal_wrist_oracle).
         ``goal_wrist_depth``: the planner reads goal wrists from goals' depth images (the goal-hand
-        reader's wrist pixel, the fitted surface offset: dexwm_planner.goal_depth)."""
+        reader's wrist pixel, the fitted surface offset: dexwm_planner.goal_depth).
+        ``goal_orientation_oracle``: PRIVILEGED, the orientation term's reference is the goal state's
+        flange orientation (EvalSettings.goal_orientation_oracle)."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection, wrist_position_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
@@ -458,7 +473,8 @@ class WorldModelPolicy(_ImageGoalPlans):
             # The simulation renders colour and depth at the model's size with the head camera's field of view.
             self.goal_wrist_from_depth = GoalWristFromDepth(self.goal_hand_reader, HeadCamera().intrinsics(w, h),
                                                             load_surface_offset())
-        super().__init__(WorldModelPlans(self._make_planner, search), self.wrist_fn if goal_wrist_oracle else None)
+        super().__init__(WorldModelPlans(self._make_planner, search), self.wrist_fn if goal_wrist_oracle else None,
+                         goal_orientation_oracle)
 
     def _make_planner(self, seed):
         from dexwm_planner.mpc import MPCPlanner
@@ -473,7 +489,8 @@ class WorldModelPolicy(_ImageGoalPlans):
         except for the goal wrist oracle, which gets each subgoal state's joints)."""
         from dexwm_planner.session import WorldModelPlans
 
-        return _ImageGoalPlans(WorldModelPlans(self._make_planner, search, held_hand), self.oracle_wrist_fn)
+        return _ImageGoalPlans(WorldModelPlans(self._make_planner, search, held_hand), self.oracle_wrist_fn,
+                               self.orientation_oracle)
 
 
 def _goal_hand_reading(setting: str, model):
@@ -494,7 +511,8 @@ def random_shooting_changes(cem) -> dict:
 def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_changes=None,
                        objective=None, search=None, hand_proposal: bool = False,
                        goal_hand_reader: str = "", reference: str = "none", execute: str = "best",
-                       goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False) -> WorldModelPolicy:
+                       goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False,
+                       goal_orientation_oracle: bool = False) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
@@ -502,7 +520,8 @@ def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_c
                               cem_changes={**(search_changes or {}), **random_shooting_changes(cem)},
                               objective=objective, search=search, hand_proposal=hand_proposal,
                               goal_hand_reader=goal_hand_reader, reference=reference, execute=execute,
-                              goal_wrist_oracle=goal_wrist_oracle, goal_wrist_depth=goal_wrist_depth)
+                              goal_wrist_oracle=goal_wrist_oracle, goal_wrist_depth=goal_wrist_depth,
+                              goal_orientation_oracle=goal_orientation_oracle)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -782,7 +801,7 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     env = runner.env
     phases = subgoal_phases(tuple(settings.subgoal_marks) or tasks.SUBGOAL_MARKS)
     # The subgoal states' joints reach the planner only for the PRIVILEGED goal wrist oracle.
-    oracle = settings.goal_wrist_oracle > 0
+    oracle = settings.goal_wrist_oracle > 0 or settings.goal_orientation_oracle > 0
     subgoals = [Subgoal(goal.image, phase_settings(phase), joints=goal.joints if oracle else None,
                         label=f"scripted {phase}", depth=goal.depth)
                 for goal, phase in zip(start.subgoals, phases)]
@@ -1413,6 +1432,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
         results["notes"] = {
             "oracle_goal_joints": "PRIVILEGED upper bound: reads the goal state's joints",
             "goal_wrist_oracle": "PRIVILEGED when > 0: the planner's goal wrist term reads the goal state's wrist",
+            "goal_orientation_oracle": "PRIVILEGED when > 0: the planner's orientation term reads the goal state's "
+                                       "flange orientation (every goal but a grasp)",
             "goal_wrist_depth": "when > 0: the planner's goal wrist term reads each goal's wrist from the goal image "
                                 "(the goal-hand reader) and its depth image (a sensor's); not privileged",
             "goal_hand_ik": "no world model: joints fitted to the goal image's decoded hand keypoints, driven to",
@@ -1484,6 +1505,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="PRIVILEGED diagnostic: the goal wrist term with this weight [1/m^2], fed with the goal "
                              "state's own wrist position (with --subgoals each subgoal state's; the ceiling of a depth "
                              "reading of the goal's hand); 0: off")
+    parser.add_argument("--goal-orientation-oracle", type=float, default=0.0, metavar="WEIGHT",
+                        help="PRIVILEGED diagnostic: weight [1/rad^2] of the orientation term referenced to the goal "
+                             "state's flange orientation (every goal but a grasp); 0 = off")
     parser.add_argument("--goal-wrist-depth", type=float, default=0.0, metavar="WEIGHT",
                         help="weight [1/m^2] of the goal wrist term fed by each goal's depth image (the goal-hand "
                              "reader's wrist pixel back-projected, the fitted surface offset in "
@@ -1593,6 +1617,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
     if args.goal_wrist_depth and args.through_ros:
         parser.error("--goal-wrist-depth runs in-process (the planner node takes no goal depth yet)")
+    if args.goal_orientation_oracle and args.through_ros:
+        parser.error("--goal-orientation-oracle runs in-process (a diagnostic: no robot gives a goal state's joints)")
     if args.goal_wrist_oracle and args.through_ros:
         parser.error("--goal-wrist-oracle runs in-process (a diagnostic: no robot gives a goal state's joints)")
     try:
@@ -1606,6 +1632,7 @@ def main(argv: list[str] | None = None) -> int:
                                 goal_hand_reader=args.goal_hand_reader, grasp_reference=args.grasp_reference,
                                 execute=args.execute, goal_wrist_oracle=args.goal_wrist_oracle,
                                 goal_wrist_depth=args.goal_wrist_depth,
+                                goal_orientation_oracle=args.goal_orientation_oracle,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))
@@ -1634,6 +1661,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.goal_wrist_oracle > 0:
         print(f"  PRIVILEGED: the planner's goal wrist term (weight {settings.goal_wrist_oracle:g}) read the goal "
               "state's wrist: a diagnostic ceiling, not a policy")
+    if settings.goal_orientation_oracle > 0:
+        print(f"  PRIVILEGED: the planner's orientation term (weight {settings.goal_orientation_oracle:g}) read the "
+              "goal state's flange orientation: a diagnostic ceiling, not a policy")
     for step in results.get("subgoal_funnel", []):
         print(f"  {funnel_line(step)}")
     if results["skipped_seeds"]:
