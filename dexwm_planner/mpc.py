@@ -25,6 +25,9 @@ from .reference_motion import REFERENCES
 EXECUTE = ("best", "mean")
 
 
+ORIENTATION_REFERENCES = ("start", "goal_image")
+
+
 @dataclass(frozen=True)
 class MPCConfig:
     cem: CEMConfig = CPU
@@ -46,8 +49,16 @@ class MPCConfig:
     # off its mean by a few std in some joints, and where the cost cannot tell grasps apart that
     # offset is what the robot does.
     execute: str = "best"
+    # The orientation term's reference where no goal joints are given: "start", the end-effector
+    # orientation at the goal's first replan (keep the approach, as a grasp does), or "goal_image",
+    # the goal hand's orientation read from the goal image (``goal_rotation_reader``:
+    # dexwm_planner.goal_orientation), so that a reach turns the hand as the goal shows it.
+    orientation_reference: str = "start"
 
     def __post_init__(self):
+        if self.orientation_reference not in ORIENTATION_REFERENCES:
+            raise ValueError(f"orientation_reference must be one of {', '.join(ORIENTATION_REFERENCES)}, "
+                             f"got {self.orientation_reference!r}")
         if self.context_frames < 1:
             raise ValueError(f"context_frames must be >= 1, got {self.context_frames}")
         if self.execute not in EXECUTE:
@@ -82,7 +93,8 @@ class MPCPlanner:
                  goal_hand_reader: Callable[[np.ndarray], np.ndarray] | None = None,
                  reference_fn: Callable[[np.ndarray], np.ndarray] | None = None,
                  wrist_fn: WristFn | None = None,
-                 goal_wrist_from_depth: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
+                 goal_wrist_from_depth: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                 goal_rotation_reader: Callable[[np.ndarray], np.ndarray] | None = None):
         """``rotation_fn`` / ``hand_pixels_fn``: the robot's kinematics for the orientation and
         planned-hand keypoint terms (needed only when their weights are on). ``goal_hand_reader``:
         goal image (H, W, 3) -> its hand's wrist + fingertips (6, 2) in model pixels, for the
@@ -91,7 +103,9 @@ class MPCPlanner:
         (K, 23), one per executed step (needed when ``config.reference`` is set). ``wrist_fn``: the
         planned wrist's camera-frame position, for the goal wrist term (goals given a ``goal_wrist``,
         or a depth image that ``goal_wrist_from_depth``: goal image, its aligned depth -> wrist (3,),
-        reads one from: dexwm_planner.goal_depth)."""
+        reads one from: dexwm_planner.goal_depth). ``goal_rotation_reader``: goal image -> the goal
+        flange's rotation (3, 3) in the robot base frame, the orientation term's reference where
+        ``config.orientation_reference`` is "goal_image" (dexwm_planner.goal_orientation)."""
         if config.hand_proposal and hand_pixels_fn is None:
             raise ValueError("hand_proposal needs hand_pixels_fn (kinematics and camera)")
         self.reference_fn = reference_fn
@@ -105,6 +119,8 @@ class MPCPlanner:
         self.wrist_fn = wrist_fn
         self.goal_hand_reader = goal_hand_reader
         self.goal_wrist_from_depth = goal_wrist_from_depth
+        self.goal_rotation_reader = goal_rotation_reader
+        _check_orientation_reference(config, goal_rotation_reader)
         self.rng = np.random.default_rng(seed)
         self._context: collections.deque = collections.deque(maxlen=config.context_frames)
         # Joints at each context frame (None when unknown): the actions between context frames.
@@ -142,6 +158,8 @@ class MPCPlanner:
         if self.config.objective.orientation_weight > 0 and self.rotation_fn is not None:
             if goal_joints is not None:
                 goal_rotation = self.rotation_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
+            elif self.config.orientation_reference == "goal_image":
+                goal_rotation = np.asarray(self.goal_rotation_reader(image), dtype=np.float64)
         objective_cfg = self.config.objective
         if objective_cfg.orientation_weight > 0 and goal_rotation is None:
             # Without goal joints the orientation reference is taken at the first replan (see step).
@@ -208,6 +226,7 @@ class MPCPlanner:
     def configure(self, config: MPCConfig) -> None:
         """New search settings (a subgoal's); before ``set_goal``, which builds the objective."""
         _check_reference(config, self.reference_fn)
+        _check_orientation_reference(config, self.goal_rotation_reader)
         self.config = config
         self.cem = CEM(config.cem, self.cem.lower, self.cem.upper, self.cem.arm_dof)
         self.clear_goal()
@@ -317,6 +336,12 @@ class MPCPlanner:
                               np.concatenate([result.std[1:], result.std[-1:]]))
             else:
                 self._warm = None
+
+
+def _check_orientation_reference(config: MPCConfig, goal_rotation_reader) -> None:
+    if config.orientation_reference == "goal_image" and goal_rotation_reader is None:
+        raise ValueError("orientation_reference 'goal_image' needs a goal_rotation_reader "
+                         "(dexwm_planner.goal_orientation)")
 
 
 def _check_reference(config: MPCConfig, reference_fn) -> None:

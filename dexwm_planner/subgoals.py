@@ -28,7 +28,7 @@ import numpy as np
 
 from dexwm_robot.tasks import TASK_KINDS
 
-from .mpc import EXECUTE, MPCConfig, PlanStep
+from .mpc import EXECUTE, ORIENTATION_REFERENCES, MPCConfig, PlanStep
 from .reference_motion import REFERENCES
 from .session import ARM_JOINTS, CANCELED, FAILED, SUCCEEDED, Cancellable, JointGroupRobot, PlanningSession, \
     PlanProvider, Progress, SessionConfig, SessionResult
@@ -58,6 +58,7 @@ class SearchSettings:
     plateau_steps: int | None = None         # plateau rule of this subgoal (0 = off)
     reference: str | None = None             # motion the CEM starts from (MPCConfig.reference)
     execute: str | None = None               # "best" sample or the CEM's "mean" (MPCConfig.execute)
+    orientation_reference: str | None = None  # "start" or "goal_image" (MPCConfig.orientation_reference)
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -74,6 +75,9 @@ class SearchSettings:
         if self.reference is not None and self.reference not in REFERENCES:
             raise ValueError(f"subgoal {self.phase!r}: reference must be one of {', '.join(REFERENCES)}, "
                              f"got {self.reference!r}")
+        if self.orientation_reference is not None and self.orientation_reference not in ORIENTATION_REFERENCES:
+            raise ValueError(f"subgoal {self.phase!r}: orientation_reference must be one of "
+                             f"{', '.join(ORIENTATION_REFERENCES)}, got {self.orientation_reference!r}")
         if self.execute is not None and self.execute not in EXECUTE:
             raise ValueError(f"subgoal {self.phase!r}: execute must be one of {', '.join(EXECUTE)}, got {self.execute!r}")
         if self.done_cost is not None and not (math.isfinite(self.done_cost) and self.done_cost >= 0):
@@ -88,7 +92,9 @@ class SearchSettings:
             objective = replace(objective, orientation_weight=self.orientation_weight)
         return replace(base, cem=cem, objective=objective,
                        reference=base.reference if self.reference is None else self.reference,
-                       execute=base.execute if self.execute is None else self.execute)
+                       execute=base.execute if self.execute is None else self.execute,
+                       orientation_reference=(base.orientation_reference if self.orientation_reference is None
+                                              else self.orientation_reference))
 
     def stop_rule(self, base: StopRule, fitted_done_cost: Callable[[str], float] | None = None) -> StopRule:
         """The stop rule of this subgoal: the base rule with its budget, plateau and threshold
@@ -114,7 +120,8 @@ PHASES: dict[str, SearchSettings] = {
     # stopped grasps early). Wider searches let the world model pull the hand off the grasp (README,
     # "Grasp"): this phase's success is the reference's, the world model only picks among near copies.
     "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4, reference="grasp",
-                            std_arm=0.01, std_hand=0.01, execute="mean", done_cost=0.0, max_steps=16),
+                            std_arm=0.01, std_hand=0.01, execute="mean", done_cost=0.0, max_steps=16,
+                            orientation_reference="start"),
     # Lift the object in the closed hand: the hand keeps the targets that close it, only the arm moves.
     "lift": SearchSettings(phase="lift", kind="grasp", hold_hand=True),
     # Carry the object: the hand keeps the targets that close it, only the arm moves.

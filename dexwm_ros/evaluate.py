@@ -237,6 +237,9 @@ class EvalSettings:
     # PRIVILEGED when > 0: weight [1/rad^2] of the orientation term referenced to the goal state's
     # flange orientation (its joints), in every goal but a grasp (a diagnostic ceiling, as the wrist oracle).
     goal_orientation_oracle: float = 0.0
+    # Weight [1/rad^2] of the orientation term referenced to the goal hand's orientation read from the
+    # goal image (dexwm_planner.goal_orientation), in every goal but a grasp; 0 = off.
+    goal_orientation: float = 0.0
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
@@ -256,6 +259,10 @@ class EvalSettings:
             raise ValueError(f"the depth goal wrist's weight must be >= 0, got {self.goal_wrist_depth}")
         if not (math.isfinite(self.goal_orientation_oracle) and self.goal_orientation_oracle >= 0):
             raise ValueError(f"the goal orientation oracle's weight must be >= 0, got {self.goal_orientation_oracle}")
+        if not (math.isfinite(self.goal_orientation) and self.goal_orientation >= 0):
+            raise ValueError(f"the goal orientation's weight must be >= 0, got {self.goal_orientation}")
+        if self.goal_orientation > 0 and self.goal_orientation_oracle > 0:
+            raise ValueError("the goal orientation comes from the oracle or from the goal image, not both")
         if self.goal_wrist_depth > 0 and self.goal_wrist_oracle > 0:
             raise ValueError("the goal wrist comes from the oracle or from depth, not both")
         if self.subgoal_marks and not self.subgoals:
@@ -348,7 +355,7 @@ class EvalSettings:
         return dict(objective=self.objective(), search=self.search_settings(), hand_proposal=self.hand_proposal,
                     goal_hand_reader=self.goal_hand_reader, reference=self.reference(), execute=self.execute,
                     goal_wrist_oracle=self.goal_wrist_oracle > 0, goal_wrist_depth=self.goal_wrist_depth > 0,
-                    goal_orientation_oracle=self.goal_orientation_oracle > 0)
+                    goal_orientation_oracle=self.goal_orientation_oracle > 0, goal_orientation=self.goal_orientation > 0)
 
     def reference(self) -> str:
         """The reference motion the CEM starts from (MPCConfig.reference)."""
@@ -361,7 +368,7 @@ class EvalSettings:
         return ObjectiveConfig(hand_pixel_weight=float(self.hand_pixel_weight),
                                hand_pixel_keypoints=self.hand_pixel_keypoints,
                                goal_wrist_weight=float(max(self.goal_wrist_oracle, self.goal_wrist_depth)),
-                               orientation_weight=float(self.goal_orientation_oracle))
+                               orientation_weight=float(max(self.goal_orientation_oracle, self.goal_orientation)))
 
     def session_config(self, env):
         """The planning session of an episode: this task's stop rule (with ``stage_settings`` phases,
@@ -434,7 +441,7 @@ class WorldModelPolicy(_ImageGoalPlans):
     def __init__(self, model, kinematics, world_to_camera, preset: str = "cpu", cem_changes=None, objective=None,
                  search=None, hand_proposal: bool = False, goal_hand_reader: str = "", reference: str = "none",
                  execute: str = "best", goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False,
-                 goal_orientation_oracle: bool = False):
+                 goal_orientation_oracle: bool = False, goal_orientation: bool = False):
         """``search``: a stage's search settings (dexwm_planner.subgoals.SearchSettings), applied to
         every goal; None: the planner's own. ``goal_hand_reader``: as EvalSettings.goal_hand_reader
         ("" = the shipped reader, "head" = the world model's heatmap head). ``goal_wrist_oracle``:
@@ -442,7 +449,8 @@ class WorldModelPolicy(_ImageGoalPlans):
         ``goal_wrist_depth``: the planner reads goal wrists from goals' depth images (the goal-hand
         reader's wrist pixel, the fitted surface offset: dexwm_planner.goal_depth).
         ``goal_orientation_oracle``: PRIVILEGED, the orientation term's reference is the goal state's
-        flange orientation (EvalSettings.goal_orientation_oracle)."""
+        flange orientation (EvalSettings.goal_orientation_oracle). ``goal_orientation``: the reference
+        is the goal hand's orientation read from the goal image (dexwm_planner.goal_orientation)."""
         from dexwm_planner.actions import allegro_actions, hand_pixels_projection, wrist_position_projection
         from dexwm_planner.mpc import MPCConfig
         from dexwm_planner.objective import ObjectiveConfig
@@ -458,10 +466,16 @@ class WorldModelPolicy(_ImageGoalPlans):
         self.wrist_fn = wrist_position_projection(world_to_camera, kinematics)
         objective = objective if objective is not None else ObjectiveConfig(hand_pixel_weight=HAND_PIXEL_WEIGHT)
         self.config = MPCConfig(cem=shipped_cem_config(preset, **(cem_changes or {})), objective=objective,
-                                hand_proposal=hand_proposal, reference=reference, execute=execute)
+                                hand_proposal=hand_proposal, reference=reference, execute=execute,
+                                orientation_reference="goal_image" if goal_orientation else "start")
         # Made for every planner (a subgoal's search settings may ask for it: subgoals.PHASES).
         self.reference_fn = reference_motion("grasp", kinematics)
         self.goal_hand_reader = _goal_hand_reading(goal_hand_reader, model)
+        self.goal_rotation_reader = None
+        if goal_orientation:
+            from dexwm_planner.goal_orientation import goal_rotation_reading
+
+            self.goal_rotation_reader = goal_rotation_reading(world_to_camera, hand_reader=goal_hand_reader)
         self.goal_wrist_from_depth = None
         if goal_wrist_depth:
             from dexwm_planner.goal_depth import GoalWristFromDepth, load_surface_offset
@@ -482,7 +496,8 @@ class WorldModelPolicy(_ImageGoalPlans):
         return MPCPlanner(self.model, self.actions_fn, self.kin.lower, self.kin.upper, self.config,
                           rotation_fn=self.rotation_fn, seed=seed, hand_pixels_fn=self.hand_pixels_fn,
                           goal_hand_reader=self.goal_hand_reader, reference_fn=self.reference_fn,
-                          wrist_fn=self.wrist_fn, goal_wrist_from_depth=self.goal_wrist_from_depth)
+                          wrist_fn=self.wrist_fn, goal_wrist_from_depth=self.goal_wrist_from_depth,
+                          goal_rotation_reader=self.goal_rotation_reader)
 
     def for_subgoal(self, search, held_hand):
         """The provider of one subgoal of a sequence (its search settings; subgoals carry images only,
@@ -512,7 +527,7 @@ def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_c
                        objective=None, search=None, hand_proposal: bool = False,
                        goal_hand_reader: str = "", reference: str = "none", execute: str = "best",
                        goal_wrist_oracle: bool = False, goal_wrist_depth: bool = False,
-                       goal_orientation_oracle: bool = False) -> WorldModelPolicy:
+                       goal_orientation_oracle: bool = False, goal_orientation: bool = False) -> WorldModelPolicy:
     """Random shooting through the world model: one CEM iteration whose samples equal the CEM's
     total evaluations per replan (samples x iterations), the best sample executed, same cost."""
     cem = shipped_cem_config(preset, **(search_changes or {}))
@@ -521,7 +536,7 @@ def random_shooting_wm(model, kinematics, world_to_camera, preset: str, search_c
                               objective=objective, search=search, hand_proposal=hand_proposal,
                               goal_hand_reader=goal_hand_reader, reference=reference, execute=execute,
                               goal_wrist_oracle=goal_wrist_oracle, goal_wrist_depth=goal_wrist_depth,
-                              goal_orientation_oracle=goal_orientation_oracle)
+                              goal_orientation_oracle=goal_orientation_oracle, goal_orientation=goal_orientation)
     policy.name = "random_shooting_wm"
     return policy
 
@@ -1434,6 +1449,8 @@ def evaluate(settings: EvalSettings, through_ros: bool = False, ablations: dict[
             "goal_wrist_oracle": "PRIVILEGED when > 0: the planner's goal wrist term reads the goal state's wrist",
             "goal_orientation_oracle": "PRIVILEGED when > 0: the planner's orientation term reads the goal state's "
                                        "flange orientation (every goal but a grasp)",
+            "goal_orientation": "when > 0: the planner's orientation term is referenced to the goal hand's "
+                                "orientation read from the goal image (every goal but a grasp); not privileged",
             "goal_wrist_depth": "when > 0: the planner's goal wrist term reads each goal's wrist from the goal image "
                                 "(the goal-hand reader) and its depth image (a sensor's); not privileged",
             "goal_hand_ik": "no world model: joints fitted to the goal image's decoded hand keypoints, driven to",
@@ -1508,6 +1525,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goal-orientation-oracle", type=float, default=0.0, metavar="WEIGHT",
                         help="PRIVILEGED diagnostic: weight [1/rad^2] of the orientation term referenced to the goal "
                              "state's flange orientation (every goal but a grasp); 0 = off")
+    parser.add_argument("--goal-orientation", type=float, default=0.0, metavar="WEIGHT",
+                        help="weight [1/rad^2] of the orientation term referenced to the goal hand's orientation read "
+                             "from the goal image (models/goal_orientation_sim.pt; every goal but a grasp); 0 = off")
     parser.add_argument("--goal-wrist-depth", type=float, default=0.0, metavar="WEIGHT",
                         help="weight [1/m^2] of the goal wrist term fed by each goal's depth image (the goal-hand "
                              "reader's wrist pixel back-projected, the fitted surface offset in "
@@ -1615,6 +1635,8 @@ def main(argv: list[str] | None = None) -> int:
                      "grasp_reference and execute decide: config/planner.yaml)")
     if args.subgoals and args.through_ros:
         parser.error("--subgoals runs in-process (the planner node takes sequences through Execute.goal_images)")
+    if args.goal_orientation and args.through_ros:
+        parser.error("--goal-orientation runs in-process (the planner node does not read goal orientations yet)")
     if args.goal_wrist_depth and args.through_ros:
         parser.error("--goal-wrist-depth runs in-process (the planner node takes no goal depth yet)")
     if args.goal_orientation_oracle and args.through_ros:
@@ -1633,6 +1655,7 @@ def main(argv: list[str] | None = None) -> int:
                                 execute=args.execute, goal_wrist_oracle=args.goal_wrist_oracle,
                                 goal_wrist_depth=args.goal_wrist_depth,
                                 goal_orientation_oracle=args.goal_orientation_oracle,
+                                goal_orientation=args.goal_orientation,
                                 subgoal_marks=tuple(m.strip() for m in args.subgoal_marks.split(",") if m.strip()))
     except ValueError as e:
         parser.error(str(e))
