@@ -55,12 +55,12 @@ def angle_deg(r_a: np.ndarray, r_b: np.ndarray) -> np.ndarray:
 
 
 class OrientationHead(torch.nn.Module):
-    def __init__(self, cells: int, dim: int, reduced: int = 32, hidden: int = 256):
+    def __init__(self, cells: int, dim: int, reduced: int = 16, hidden: int = 128, dropout: float = 0.2):
         super().__init__()
-        self.config = {"cells": cells, "dim": dim, "reduced": reduced, "hidden": hidden}
+        self.config = {"cells": cells, "dim": dim, "reduced": reduced, "hidden": hidden, "dropout": dropout}
         self.reduce = torch.nn.Linear(dim, reduced)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(cells * reduced, hidden), torch.nn.ReLU(),
-                                       torch.nn.Linear(hidden, 6))
+        self.mlp = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(cells * reduced, hidden),
+                                       torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 6))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Normalised backbone tokens (B, P, D) -> rotations (B, 3, 3)."""
@@ -168,17 +168,18 @@ def encode(reader: GoalHandReader, images: np.ndarray, batch: int = 32, progress
 
 
 def train(features: torch.Tensor, rotations: np.ndarray, steps: int = 3000, batch: int = 64, lr: float = 1e-3,
-          seed: int = 0, progress: bool = True) -> OrientationHead:
+          seed: int = 0, progress: bool = True, weight_decay: float = 1e-2) -> OrientationHead:
     """Fit an OrientationHead to normalised backbone features (N, P, D) and rotations (N, 3, 3)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     head = OrientationHead(features.shape[1], features.shape[2])
     target = torch.as_tensor(rotations, dtype=torch.float32)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(steps), desc="orientation head", disable=not progress)
+    head.train()
     for _ in bar:
         idx = torch.randint(len(features), (batch,), generator=gen)
         loss = ((head(features[idx]) - target[idx]) ** 2).sum((-2, -1)).mean()
@@ -223,17 +224,29 @@ def main(argv=None) -> int:
     parser.add_argument("--check-seed", type=int, default=1_000_500,
                         help="first pick-and-place seed of the scripted-goal check (default: the tuning seeds)")
     parser.add_argument("--check-episodes", type=int, default=20)
+    parser.add_argument("--cache", default="", help="keep the rendered frames' features and rotations here (.pt) "
+                                                     "and reuse them when they are there")
     parser.add_argument("--out", required=True, help="the reader (.pt); its report beside it (.json)")
     args = parser.parse_args(argv)
     size = (224, 224)
     reader = GoalHandReader.load(reader_path(""))
-    images, rotations = render_poses(args.frames + args.val_frames, args.seed, size)
-    features = encode(reader, images)
+    if args.cache and os.path.isfile(args.cache):
+        cached = torch.load(args.cache, weights_only=False)
+        features, rotations = cached["features"].float(), cached["rotations"]
+        if len(features) != args.frames + args.val_frames:
+            raise SystemExit(f"{args.cache} holds {len(features)} frames, not {args.frames + args.val_frames}")
+    else:
+        images, rotations = render_poses(args.frames + args.val_frames, args.seed, size)
+        features = encode(reader, images)
+        del images
+        if args.cache:
+            torch.save({"features": features.half(), "rotations": rotations}, args.cache)
     n = args.frames
     head = train(features[:n], rotations[:n], steps=args.steps, seed=args.seed)
     orientation = GoalOrientationReader(reader, head)
 
     def errors(feats, rots):
+        head.eval()
         with torch.no_grad():
             read = head(feats).numpy().astype(np.float64)
         e = angle_deg(read, rots)

@@ -86,11 +86,16 @@ def _densify(waypoints: np.ndarray, max_step: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GuardedGrasp:
-    """Down in ``step`` [m] increments until the hand meets something (the measured palm stays more
-    than ``lag`` [m] above the last commanded one) or ``max_depth`` [m] is reached; then close to the
-    power grasp over ``close_steps`` steps where the hand stopped; then up by ``lift`` [m] in
-    ``lift_rows`` steps."""
+    """With ``preshape``, first the hand to the power grasp's open posture (allegro.POWER_GRASP_PRESHAPE)
+    where the arm is, until every hand joint is within ``preshape_tolerance`` [rad] of it (at most
+    ``preshape_steps`` steps; none from a hand already there). Then down in ``step`` [m] increments
+    until the hand meets something (the measured palm stays more than ``lag`` [m] above the last
+    commanded one) or ``max_depth`` [m] is reached; then close to the power grasp over ``close_steps``
+    steps where the hand stopped; then up by ``lift`` [m] in ``lift_rows`` steps."""
 
+    preshape: bool = True
+    preshape_tolerance: float = 0.15
+    preshape_steps: int = 5
     step: float = 0.02
     lag: float = 0.01
     max_depth: float = 0.16
@@ -102,6 +107,8 @@ class GuardedGrasp:
         if not (0.005 <= self.step <= 0.05 and 0.002 <= self.lag <= 0.05 and self.step <= self.max_depth <= 0.3
                 and 0.0 <= self.lift <= 0.3):
             raise ValueError(f"bad guarded grasp distances: {self}")
+        if not (0.01 <= self.preshape_tolerance <= 0.5 and 1 <= self.preshape_steps <= 20):
+            raise ValueError(f"bad guarded grasp preshape: {self}")
         if self.close_steps < 1 or self.lift_rows < 1:
             raise ValueError("a guarded grasp needs at least one close step and one lift row")
 
@@ -126,15 +133,24 @@ class GuardedGraspMotion:
         self.kin, self.config = kinematics, config
         self.palm0 = kinematics.palm_and_tips_world(q0)[0]
         self.rotation = kinematics.ee_pose(q0)[1]
-        self.closed_hand = allegro.power_grasp(q0[ARM_DOF:])
-        # phase, steps down so far, close steps so far, lift rows so far, the arm where the hand stopped,
-        # the last row
-        self.state = ("descend", 0, 0, 0, None, q0)
+        # A reach planned toward a goal image leaves the fingers, the thumb above all, where the image
+        # barely shows them (1.4-1.8 rad off the scripted pre-grasp hand in the composite chain), and a
+        # power grasp closed from there misses: the hand takes the open grasp posture first.
+        hand = allegro.POWER_GRASP_PRESHAPE if config.preshape else q0[ARM_DOF:]
+        self.closed_hand = allegro.power_grasp(hand)
+        self.open_hand = np.array(hand, dtype=np.float64)
+        start = "preshape" if config.preshape and not self._preshaped(q0) else "descend"
+        # phase, steps so far in it (preshape, down), close steps so far, lift rows so far, the arm where
+        # the hand stopped, the last row
+        self.state = (start, 0, 0, 0, None, np.r_[q0[:ARM_DOF], self.open_hand] if config.preshape else q0)
         self.contact_depth: float | None = None   # how far down the hand met something [m]
 
     @property
     def done(self) -> bool:
         return self.state[0] == "done"
+
+    def _preshaped(self, q) -> bool:
+        return bool(np.abs(np.asarray(q)[ARM_DOF:] - allegro.POWER_GRASP_PRESHAPE).max() <= self.config.preshape_tolerance)
 
     def _palm(self, q) -> np.ndarray:
         return self.kin.palm_and_tips_world(q)[0]
@@ -147,6 +163,10 @@ class GuardedGraspMotion:
         """(the next row, the state after it) from ``state``, assuming no contact on the way."""
         phase, down, closes, lifts, bottom, last = state
         cfg = self.config
+        if phase == "preshape":
+            # The arm stays where the motion started; the hand is sent to the open posture (the
+            # planner's per-step cap spreads the change over steps).
+            return last, state
         if phase == "descend" and (down + 1) * cfg.step > cfg.max_depth + 1e-9:
             phase, bottom = "close", last[:ARM_DOF].copy()
         if phase == "descend":
@@ -167,6 +187,12 @@ class GuardedGraspMotion:
         was given): contact is when the measured palm stays above it; default: the last row given."""
         q = np.asarray(q, dtype=np.float64)
         phase, down, closes, lifts, bottom, last = self.state
+        if phase == "preshape":
+            if self._preshaped(q) or down >= self.config.preshape_steps:
+                self.state = phase, down, closes, lifts, bottom, last = ("descend", 0, closes, lifts, bottom, last)
+            else:
+                self.state = ("preshape", down + 1, closes, lifts, bottom, last)
+                return np.clip(np.repeat(last[None], horizon, axis=0), self.kin.lower, self.kin.upper)
         commanded = last if sent is None else np.asarray(sent, dtype=np.float64)
         if phase == "descend" and down > 0 and self._palm(q)[2] - self._palm(commanded)[2] > self.config.lag:
             # Contact: close where the hand is (its measured arm joints), not where it was sent.

@@ -113,14 +113,15 @@ PHASES: dict[str, SearchSettings] = {
     # Move the open hand somewhere (e.g. above the object): everything searched.
     "reach": SearchSettings(phase="reach", kind="reach"),
     # Close on the object (and lift it, when no lift subgoal follows): the reference grasp motion
-    # (down until the hand meets something, close, up: at most 15 steps; dexwm_planner.reference_motion),
+    # (the hand to the open grasp posture, down until it meets something, close, up: at most 20 steps;
+    # dexwm_planner.reference_motion),
     # searched within 0.01 rad of it with the CEM's mean executed, keeping
     # the approach orientation (paper: grasp, weight 0.4), run to its end (stop threshold 0: the
     # latent cost scores a hand closed beside the object as close to this goal as one holding it, and
     # stopped grasps early). Wider searches let the world model pull the hand off the grasp (README,
     # "Grasp"): this phase's success is the reference's, the world model only picks among near copies.
     "grasp": SearchSettings(phase="grasp", kind="grasp", orientation_weight=0.4, reference="grasp",
-                            std_arm=0.01, std_hand=0.01, execute="mean", done_cost=0.0, max_steps=16,
+                            std_arm=0.01, std_hand=0.01, execute="mean", done_cost=0.0, max_steps=20,
                             orientation_reference="start"),
     # Lift the object in the closed hand: the hand keeps the targets that close it, only the arm moves.
     "lift": SearchSettings(phase="lift", kind="grasp", hold_hand=True),

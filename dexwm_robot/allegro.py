@@ -47,6 +47,13 @@ POWER_GRASP_FINGERS = np.array([0.0, 0.75, _FINGER_UPPER[2], 1.4] * 3, dtype=np.
 POWER_GRASP_THUMB_PRESS = np.array([0.0, 0.0, 0.15, 0.15], dtype=np.float64)
 POWER_GRASP_FINGERS.setflags(write=False)
 POWER_GRASP_THUMB_PRESS.setflags(write=False)
+# The open hand a power grasp starts from: fingers straight, the thumb turned under the palm as a
+# post the object is pressed against. The thumb is the posture the scripted grasps of the simulated
+# task set choose for 55 of 60 objects (dexwm_sim.tasks.plan_grasp, 4-6 cm objects).
+STRAIGHT_FINGERS = np.array([0.0, 0.05, 0.05, 0.0] * 3, dtype=np.float64)
+POWER_GRASP_PRESHAPE = np.r_[STRAIGHT_FINGERS, [0.263, 1.163, 1.414875, 1.719]]
+STRAIGHT_FINGERS.setflags(write=False)
+POWER_GRASP_PRESHAPE.setflags(write=False)
 
 
 def power_grasp(hand: np.ndarray) -> np.ndarray:

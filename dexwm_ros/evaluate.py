@@ -42,7 +42,7 @@ carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals
 final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
 planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
 stop rule; ``--max-steps`` is then per subgoal, default 12, except where a phase has its own: the
-grasp runs its reference motion, at most 16 steps). ``--subgoal-marks`` picks other marks,
+grasp runs its reference motion, at most 20 steps). ``--subgoal-marks`` picks other marks,
 e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
 fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
 are not given (except to ``--goal-wrist-oracle``, PRIVILEGED, which reads each subgoal state's wrist). Baselines that plan toward one goal only are skipped (``skipped_baselines``);
@@ -210,7 +210,7 @@ class EvalSettings:
     # Search settings per paper stage: "none" (the planner node's for every stage) or "phases": the
     # stage's phase profile (dexwm_planner.subgoals.PHASES, as a subgoal of that phase gets them),
     # the paper's per-task choices: grasp from the reference motion with the end-effector orientation
-    # term, place with finger std 0.01 rad; the phase's stop rule too (grasp: run to its 16-step budget).
+    # term, place with finger std 0.01 rad; the phase's stop rule too (grasp: run to its 20-step budget).
     stage_settings: str = "none"
     # Offer the CEM the plan heading for the joints that match the goal image's hand
     # (dexwm_planner.hand_proposal; MPCConfig.hand_proposal).

@@ -71,7 +71,7 @@ MAX_SEED = 2 ** 32 - 1
 # down; the index/middle/ring fingers then bend down in front of the object and press it against the
 # thumb: the hand closes to the power grasp (dexwm_robot.allegro.power_grasp).
 HAND_OPEN = np.asarray(hand_joints.OPEN_POSE)
-FINGERS_STRAIGHT = np.array([0.0, 0.05, 0.05, 0.0] * 3)
+FINGERS_STRAIGHT = hand_joints.STRAIGHT_FINGERS
 MIN_TABLE_DEPTH = 0.075        # keep the palm this high above the table: room for the finger hook
 PALM_SURFACE_X = 0.0111
 GRASP_Y = 0.02                 # between the index and middle fingers, in line with the thumb
@@ -229,7 +229,8 @@ def subgoal_progress(env, episode: Episode, palm_goal: np.ndarray, object_goal: 
     judge's reading, never a policy's): palm and task-object distance to where the scripted solution
     had them [m], the object's height above its resting height [m], whether the hand holds it (the
     strict grasp rule) and whether the scripted state held it (lifted by ``STRICT_LIFT``); with the
-    scripted state's joints also the angle between its flange orientation and the current one [deg]."""
+    scripted state's joints also the angle between its flange orientation and the current one [deg]
+    and the largest hand joint difference [rad]."""
     resting = episode.object().position[2]
     obj = env.object_position(episode.object_kind)
     object_goal = np.asarray(object_goal, dtype=np.float64)[:3]
@@ -237,7 +238,9 @@ def subgoal_progress(env, episode: Episode, palm_goal: np.ndarray, object_goal: 
     if joints_goal is not None:
         rot_now = env.kinematics.ee_pose(env.joint_positions())[1]
         rot_goal = env.kinematics.ee_pose(np.asarray(joints_goal, dtype=np.float64))[1]
-        turn = {"flange_turn_deg": float(np.degrees(Rotation.from_matrix(rot_goal.T @ rot_now).magnitude()))}
+        hand_now, hand_goal = env.joint_positions()[7:], np.asarray(joints_goal, dtype=np.float64)[7:]
+        turn = {"flange_turn_deg": float(np.degrees(Rotation.from_matrix(rot_goal.T @ rot_now).magnitude())),
+                "hand_joint_error_rad_max": float(np.abs(hand_now - hand_goal).max())}
     return {**turn, "palm_error_m": float(np.linalg.norm(env.palm_and_tips()[0] - np.asarray(palm_goal))),
             "object_error_m": float(np.linalg.norm(obj - object_goal)),
             "object_lift_m": float(obj[2] - resting),

@@ -193,8 +193,15 @@ def _run_guarded(kin, q0, floor=-np.inf, steps=20):
     return motion, np.array(executed)
 
 
+def preshaped_joints(kin):
+    """pregrasp_joints with the hand in the power grasp's open posture."""
+    q = pregrasp_joints(kin)
+    q[ARM_DOF:] = allegro.POWER_GRASP_PRESHAPE
+    return q
+
+
 def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_there_and_lifts(kin):
-    q0 = pregrasp_joints(kin)
+    q0 = preshaped_joints(kin)
     start = kin.palm_and_tips_world(q0)[0]
     cfg = GuardedGrasp()
     # In free space: down to its greatest depth in 2 cm steps, close, up 12 cm.
@@ -206,6 +213,7 @@ def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_
     closing = rows[down:down + cfg.close_steps]
     np.testing.assert_allclose(closing[:, :ARM_DOF], np.repeat(rows[down - 1:down, :ARM_DOF], cfg.close_steps, 0))
     np.testing.assert_allclose(closing[:, ARM_DOF:], np.repeat(allegro.power_grasp(q0[ARM_DOF:])[None], cfg.close_steps, 0))
+    assert motion.closed_hand == pytest.approx(allegro.power_grasp(allegro.POWER_GRASP_PRESHAPE))
     assert palm[-1, 2] == pytest.approx(start[2] - cfg.max_depth + cfg.lift, abs=5e-3)
     assert motion.done and motion.contact_depth is None and len(rows) == down + cfg.close_steps + cfg.lift_rows
     # Something 5 cm below the palm: it stops there (the first step that could not be followed), closes
@@ -233,6 +241,41 @@ def test_the_guarded_grasp_goes_down_until_the_hand_meets_something_then_closes_
     with pytest.raises(ValueError, match="guarded grasp"):
         GuardedGrasp(step=0.5)
 
+
+
+def test_the_guarded_grasp_first_opens_the_hand_to_the_grasp_posture_where_the_arm_is(kin):
+    """From a hand far from the open grasp posture (the relaxed open pose: the thumb 1.6 rad off), the
+    first rows keep the arm and send the hand there; a hand held back by a per-step cap takes as many
+    steps as the cap needs, then the descent starts with the open posture and closes from it."""
+    q0 = pregrasp_joints(kin)
+    cap = 0.5
+    motion, q, rows = GuardedGraspMotion(kin, q0), q0, []
+    for _ in range(12):
+        row = motion.next_rows(q, 3)[0]
+        rows.append(row)
+        q = np.r_[row[:ARM_DOF], q[ARM_DOF:] + np.clip(row[ARM_DOF:] - q[ARM_DOF:], -cap, cap)]
+    rows = np.array(rows)
+    needed = int(np.ceil(np.abs(allegro.POWER_GRASP_PRESHAPE - q0[ARM_DOF:]).max() / cap - 0.15 / cap))
+    assert needed >= 3
+    np.testing.assert_allclose(rows[:needed, :ARM_DOF], np.repeat(q0[None, :ARM_DOF], needed, 0))
+    np.testing.assert_allclose(rows[:needed + 1, ARM_DOF:],
+                               np.repeat(allegro.POWER_GRASP_PRESHAPE[None], needed + 1, 0))
+    palm = kin.palm_and_tips_world(rows)[:, 0]
+    start = kin.palm_and_tips_world(q0)[0]
+    assert palm[needed, 2] == pytest.approx(start[2] - GuardedGrasp().step, abs=3e-3)   # then down
+    assert motion.closed_hand == pytest.approx(allegro.power_grasp(allegro.POWER_GRASP_PRESHAPE))
+    # Without the preshape it goes down at once with the hand it has, and closes from that.
+    plain = GuardedGraspMotion(kin, q0, GuardedGrasp(preshape=False))
+    first = plain.next_rows(q0, 1)[0]
+    assert kin.palm_and_tips_world(first)[0][2] == pytest.approx(start[2] - GuardedGrasp().step, abs=3e-3)
+    np.testing.assert_allclose(first[ARM_DOF:], q0[ARM_DOF:])
+    # A hand that never gets there (held): the descent starts after preshape_steps anyway.
+    stuck = GuardedGraspMotion(kin, q0, GuardedGrasp(preshape_steps=2))
+    for _ in range(3):
+        row = stuck.next_rows(q0, 1)[0]
+    assert stuck.state[0] == "descend" and kin.palm_and_tips_world(row)[0][2] < start[2] - 0.01
+    with pytest.raises(ValueError, match="preshape"):
+        GuardedGrasp(preshape_steps=0)
 
 def test_from_a_pre_grasp_pose_3_cm_too_high_the_guarded_grasp_lifts_the_object_and_the_fixed_one_does_not(kin):
     """The fixed reference goes down a set 8 cm and closes above the object; the guarded one goes on

@@ -140,7 +140,7 @@ def test_search_settings_are_checked_and_applied():
     grasp = PHASES["grasp"].mpc_config(base)
     assert (grasp.cem.std_arm, grasp.cem.std_hand, grasp.execute, place.execute) == (0.01, 0.01, "mean", "best")
     rule = PHASES["grasp"].stop_rule(StopRule(done_cost=0.3, plateau_steps=0, max_steps=12), lambda kind: 0.3)
-    assert (rule.done_cost, rule.max_steps) == (0.0, 16)
+    assert (rule.done_cost, rule.max_steps) == (0.0, 20)
     from dexwm_planner.reference_motion import GuardedGrasp
 
     longest = GuardedGrasp()
