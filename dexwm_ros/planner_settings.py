@@ -47,6 +47,12 @@ class PlannerSettings:
     keypoint_weight: float = setting(1e-3, "weight of the 2D right-hand keypoint term", bounds=(0.0, 1.0))
     orientation_weight: float = setting(0.0, "weight of the end-effector orientation term, grasp task only; 0 off",
                                         bounds=(0.0, 100.0))
+    goal_orientation_weight: float = setting(0.0, "weight of the orientation term referenced to the goal hand's "
+                                             "orientation read from the goal image (goal_orientation_reader), every "
+                                             "goal but a grasp [1/rad^2]; 0 off", bounds=(0.0, 100.0))
+    goal_orientation_reader: str = setting("", "reads the goal hand's orientation from the goal image "
+                                           "(dexwm_planner.goal_orientation): empty = the shipped one, else a "
+                                           "checkpoint path", read_only=True)
     grasp_reference: str = setting("none", "motion the grasp task's CEM search follows: grasp = down from where the hand "
                                    "is when the goal starts until it meets something (read from the joints), close "
                                    "to the power grasp, up 12 cm (dexwm_planner.reference_motion); none = the "
@@ -121,11 +127,14 @@ class PlannerSettings:
 
     def mpc(self, task: str) -> MPCConfig:
         # The orientation term only makes sense when grasping (keep the approach orientation).
-        objective = ObjectiveConfig(keypoint_weight=self.keypoint_weight,
-                                    orientation_weight=self.orientation_weight if task == "grasp" else 0.0,
+        # Other goals may turn the hand as the goal image shows it (goal_orientation_weight).
+        from_goal = task != "grasp" and self.goal_orientation_weight > 0
+        orientation = self.orientation_weight if task == "grasp" else self.goal_orientation_weight
+        objective = ObjectiveConfig(keypoint_weight=self.keypoint_weight, orientation_weight=orientation,
                                     hand_pixel_weight=self.hand_pixel_weight)
         return MPCConfig(cem=self.cem(), objective=objective, context_frames=self.context_frames,
-                         reference=self.grasp_reference if task == "grasp" else "none", execute=self.execute)
+                         reference=self.grasp_reference if task == "grasp" else "none", execute=self.execute,
+                         orientation_reference="goal_image" if from_goal else "start")
 
     def stop_rule(self, max_steps: int, fitted_done_cost: float | None) -> StopRule:
         """The stop rule of a goal; done_cost -1 takes ``fitted_done_cost`` (0, off, when None)."""

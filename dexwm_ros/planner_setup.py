@@ -75,6 +75,9 @@ class WorldModelPlanning:
         from dexwm_planner.goal_hand import goal_hand_reading
 
         self.goal_hand_reader = goal_hand_reading(settings.goal_hand_reader, self.model)
+        self._goal_hand_reader_setting = settings.goal_hand_reader
+        self._goal_orientation_reader_path = settings.goal_orientation_reader
+        self._goal_rotation_reader = None     # loaded when a goal first asks for it
         self.frame_step = float(getattr(self.model, "frame_step", 0.2))
         self.log = log
         kin, w2c = self.kin, self.world_to_camera
@@ -90,6 +93,17 @@ class WorldModelPlanning:
         return hand_pixels_projection(self.world_to_camera, self.image_size, camera_hw, camera_matrix,
                                       kinematics=self.kin)
 
+    def goal_rotation_reader(self):
+        """The goal image's hand orientation in the robot base frame (dexwm_planner.goal_orientation),
+        loaded once; ValueError when it cannot be."""
+        if self._goal_rotation_reader is None:
+            from dexwm_planner.goal_orientation import goal_rotation_reading
+
+            self._goal_rotation_reader = goal_rotation_reading(self.world_to_camera,
+                                                               self._goal_orientation_reader_path or None,
+                                                               self._goal_hand_reader_setting)
+        return self._goal_rotation_reader
+
     def planner(self, settings: PlannerSettings, task: str, seed: int | None = None,
                 camera: Callable[[], tuple] | None = None) -> MPCPlanner:
         """The MPC planner of a goal. ``camera()``: the colour frames' (height, width) and intrinsics
@@ -103,7 +117,9 @@ class WorldModelPlanning:
         return MPCPlanner(self.model, self._actions, self.lower, self.upper, config,
                           rotation_fn=self._rotation, seed=settings.seed if seed is None else seed,
                           hand_pixels_fn=_LazyHandPixels(self, camera), goal_hand_reader=self.goal_hand_reader,
-                          reference_fn=reference_motion("grasp", self.kin))
+                          reference_fn=reference_motion("grasp", self.kin),
+                          goal_rotation_reader=(self.goal_rotation_reader()
+                                                if config.orientation_reference == "goal_image" else None))
 
     def fitted_done_cost(self, settings: PlannerSettings):
         """Per subgoal kind, the fitted threshold (a done_cost parameter >= 0 applies to every subgoal

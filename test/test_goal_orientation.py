@@ -84,3 +84,14 @@ def test_the_orientation_reference_is_the_goal_images_where_asked(random_checkpo
         _planner(random_checkpoint, "goal_image")
     with pytest.raises(ValueError, match="orientation_reference"):
         _planner(random_checkpoint, "sideways")
+
+
+def test_the_planner_node_settings_turn_reaches_toward_the_goal_images_orientation():
+    from dexwm_ros.planner_settings import PlannerSettings
+
+    off = PlannerSettings()
+    assert off.mpc("reach").orientation_reference == "start" and off.mpc("reach").objective.orientation_weight == 0
+    on = PlannerSettings(goal_orientation_weight=2.0, orientation_weight=0.4)
+    reach, grasp = on.mpc("reach"), on.mpc("grasp")
+    assert (reach.orientation_reference, reach.objective.orientation_weight) == ("goal_image", 2.0)
+    assert (grasp.orientation_reference, grasp.objective.orientation_weight) == ("start", 0.4)
