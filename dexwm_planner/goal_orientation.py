@@ -168,12 +168,13 @@ def encode(reader: GoalHandReader, images: np.ndarray, batch: int = 32, progress
 
 
 def train(features: torch.Tensor, rotations: np.ndarray, steps: int = 3000, batch: int = 64, lr: float = 1e-3,
-          seed: int = 0, progress: bool = True, weight_decay: float = 1e-2) -> OrientationHead:
+          seed: int = 0, progress: bool = True, weight_decay: float = 1e-2,
+          head_config: dict | None = None) -> OrientationHead:
     """Fit an OrientationHead to normalised backbone features (N, P, D) and rotations (N, 3, 3)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    head = OrientationHead(features.shape[1], features.shape[2])
+    head = OrientationHead(features.shape[1], features.shape[2], **(head_config or {}))
     target = torch.as_tensor(rotations, dtype=torch.float32)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -221,6 +222,10 @@ def main(argv=None) -> int:
     parser.add_argument("--val-frames", type=int, default=300, help="rendered held-out frames")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reduced", type=int, default=16, help="features per cell after the projection")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--check-seed", type=int, default=1_000_500,
                         help="first pick-and-place seed of the scripted-goal check (default: the tuning seeds)")
     parser.add_argument("--check-episodes", type=int, default=20)
@@ -242,7 +247,8 @@ def main(argv=None) -> int:
         if args.cache:
             torch.save({"features": features.half(), "rotations": rotations}, args.cache)
     n = args.frames
-    head = train(features[:n], rotations[:n], steps=args.steps, seed=args.seed)
+    head = train(features[:n], rotations[:n], steps=args.steps, seed=args.seed, weight_decay=args.weight_decay,
+                 head_config={"reduced": args.reduced, "hidden": args.hidden, "dropout": args.dropout})
     orientation = GoalOrientationReader(reader, head)
 
     def errors(feats, rots):
@@ -260,8 +266,11 @@ def main(argv=None) -> int:
               "scripted_goals": {"seeds": f"{args.check_seed}-{args.check_seed + args.check_episodes - 1}",
                                  "marks": "high, pregrasp", **errors(encode(reader, check_images, progress=False),
                                                                       check_rotations)},
-              "command": f"python -m dexwm_planner.goal_orientation --frames {args.frames} --steps {args.steps} "
-                         f"--seed {args.seed} --out {args.out}"}
+              "head": head.config, "weight_decay": args.weight_decay,
+              "command": f"python -m dexwm_planner.goal_orientation --frames {args.frames} "
+                         f"--val-frames {args.val_frames} --steps {args.steps} --seed {args.seed} "
+                         f"--reduced {args.reduced} --hidden {args.hidden} --dropout {args.dropout} "
+                         f"--weight-decay {args.weight_decay} --out {args.out}"}
     orientation.meta = {"report": report}
     orientation.save(args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
