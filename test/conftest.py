@@ -44,3 +44,16 @@ def rclpy_context(domain_id):
     rclpy.init(context=ctx, domain_id=domain_id)
     yield ctx
     rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    """An untrained world model saved to a file: for tests of the planning machinery, not of planning."""
+    import torch
+
+    from dexwm_planner.world_model import DexWM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wm") / "random.pt"
+    DexWM().save(str(path))
+    return path

@@ -79,18 +79,6 @@ def test_the_shipped_offset_puts_a_rendered_goal_wrist_within_a_centimetre_and_a
     assert true[2] - bare(goal.image, goal.depth)[2] > 0.02
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    import torch
-
-    from dexwm_planner.world_model import DexWM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("wm") / "random.pt"
-    DexWM().save(str(path))
-    return path
-
-
 def test_the_planner_reads_the_goal_wrist_from_depth_only_when_its_term_is_on(random_checkpoint):
     from dataclasses import replace
 

@@ -51,16 +51,6 @@ def _planner(random_checkpoint, reference, reader=None, weight=1.0):
                       kin.upper, config, rotation_fn=lambda q: kin.ee_pose(q)[1], goal_rotation_reader=reader)
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    from dexwm_planner.world_model import DexWM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("wm") / "random.pt"
-    DexWM().save(str(path))
-    return path
-
-
 def test_the_orientation_reference_is_the_goal_images_where_asked(random_checkpoint):
     from dexwm_planner.subgoals import phase_settings
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dexwm_ros import evaluate as ev
-from test_planner_eval import _Poisoned, random_checkpoint  # noqa: F401  (the fixture)
+from test_planner_eval import _Poisoned
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_the_funnel_sums_up_each_subgoal_over_the_runs_that_got_there():
     assert "subgoal_funnel" not in ev.summarize([run()])
 
 
-def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):  # noqa: F811
+def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):
     """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
     advances by the stop rule (here the budget of one step per subgoal) through all four."""
     from dexwm_planner.world_model import DexWM
@@ -162,7 +162,7 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
                for e in ends)
 
 
-def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_checkpoint, capsys):  # noqa: F811
+def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_checkpoint, capsys):
     out = tmp_path / "sub.json"
     rc = ev.main(["--protocol", "composite", "--task", "pick-place", "--subgoals", "--episodes", "1",
                   "--subgoal-marks", "pregrasp,closed,lifted,above,released",
