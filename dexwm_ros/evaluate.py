@@ -37,15 +37,18 @@ without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without 
 ``--ablation NAME=PATH``).
 
 **Subgoals** (``--subgoals``, composite ``pick-place`` only): the planner gets the scripted
-solution's images at four marks (hand open above the object, object grasped and lifted, object
-carried above its target, object released there; ``dexwm_sim.tasks.make_subgoals``) instead of the
-final image alone, and runs them as the planner node runs a sequence (dexwm_planner.subgoals: one
-planning session per subgoal with the reach, grasp, carry, release search settings, advancing by the
-stop rule; ``--max-steps`` is then per subgoal, default 12, except where a phase has its own: the
-grasp runs its reference motion, at most 20 steps). ``--subgoal-marks`` picks other marks,
-e.g. ``pregrasp,closed,lifted,above,released`` (the hand closed on the object on the table as a
-fifth: reach, grasp, lift, carry, release). Images only: the subgoal states' joints
-are not given (except to ``--goal-wrist-oracle``, PRIVILEGED, which reads each subgoal state's wrist). Baselines that plan toward one goal only are skipped (``skipped_baselines``);
+solution's images at five marks (hand open and turned 20 cm above the object, the pre-grasp pose,
+object grasped and lifted, object carried above its target, object released there;
+``dexwm_sim.tasks.make_subgoals``) instead of the final image alone, and runs them as the planner
+node runs a sequence (dexwm_planner.subgoals: one planning session per subgoal with the reach, reach,
+grasp, carry, release search settings, advancing by the stop rule; ``--max-steps`` is then per
+subgoal, default 12, except where a phase has its own: the grasp runs its reference motion, at most
+20 steps). By default each goal's wrist is read from its depth image (``--goal-wrist-depth 100``)
+and its hand's orientation from its image (``--goal-orientation 2``): ``SUBGOAL_CHAIN``.
+``--subgoal-marks`` picks other marks, e.g. ``pregrasp,lifted,above,released`` (the chain before,
+with both weights 0). Images and the goals' depth images only: the subgoal states' joints are not
+given (except to the PRIVILEGED oracles ``--goal-wrist-oracle`` and ``--goal-orientation-oracle``,
+which read each subgoal state's wrist or flange). Baselines that plan toward one goal only are skipped (``skipped_baselines``);
 ``subgoal_reasons`` of every outcome says how each subgoal ended. The judge also reads the
 simulation at each subgoal's end (``subgoal_progress``; after the fact, never by the policy): how far
 the palm and the object are from where the scripted solution had them, and whether the hand holds
@@ -173,6 +176,14 @@ class EpisodeOutcome:
     palm_error_m: float | None = None
 
 
+# The composite pick-and-place chain's defaults (with subgoals): the hand open and turned above the
+# object, then the pre-grasp pose, lifted, above the target, released; each goal's wrist read from its
+# depth image and the hand's orientation from its image (README, "Where the hand is, and how it is
+# turned"). The chain before them: marks pregrasp,lifted,above,released and both weights 0.
+SUBGOAL_CHAIN = {"marks": ("high", "pregrasp", "lifted", "above", "released"), "goal_wrist_depth": 100.0,
+                 "goal_orientation": 2.0}
+
+
 @dataclass
 class EvalSettings:
     task: str = "grasp"
@@ -204,7 +215,7 @@ class EvalSettings:
     # Plan through the scripted solution's subgoal images (composite pick-place), one planning
     # session each, advancing by the stop rule (dexwm_planner.subgoals); max_steps is per subgoal.
     subgoals: bool = False
-    subgoal_marks: tuple = ()      # marks of the scripted solution shown as subgoals; empty = tasks.SUBGOAL_MARKS
+    subgoal_marks: tuple = ()      # marks of the scripted solution shown as subgoals; empty = SUBGOAL_CHAIN's
     # Planned-hand keypoint term (dexwm_planner.objective.ObjectiveConfig.hand_pixel_weight).
     hand_pixel_weight: float = HAND_PIXEL_WEIGHT
     # Search settings per paper stage: "none" (the planner node's for every stage) or "phases": the
@@ -233,16 +244,28 @@ class EvalSettings:
     goal_wrist_oracle: float = 0.0
     # Weight [1/m^2] of the goal wrist term fed by the goal's depth image (the goal-hand reader's wrist
     # pixel back-projected: dexwm_planner.goal_depth); 0 = off. Goals are rendered with depth then.
-    goal_wrist_depth: float = 0.0
+    # None: the chain's default with subgoals (SUBGOAL_CHAIN), else off.
+    goal_wrist_depth: float | None = None
     # PRIVILEGED when > 0: weight [1/rad^2] of the orientation term referenced to the goal state's
     # flange orientation (its joints), in every goal but a grasp (a diagnostic ceiling, as the wrist oracle).
     goal_orientation_oracle: float = 0.0
     # Weight [1/rad^2] of the orientation term referenced to the goal hand's orientation read from the
-    # goal image (dexwm_planner.goal_orientation), in every goal but a grasp; 0 = off.
-    goal_orientation: float = 0.0
+    # goal image (dexwm_planner.goal_orientation), in every goal but a grasp; 0 = off. None: as
+    # goal_wrist_depth.
+    goal_orientation: float | None = None
 
     def __post_init__(self):
         sim_task(self.protocol, self.task)          # raises on a bad pair
+        if self.subgoal_marks and not self.subgoals:
+            raise ValueError("subgoal marks need subgoals (--subgoals)")
+        # The pick-and-place chain's defaults (README, "Where the hand is, and how it is turned"); an
+        # oracle asked for replaces the reading it stands in for.
+        chain = SUBGOAL_CHAIN if self.subgoals else {"marks": (), "goal_wrist_depth": 0.0, "goal_orientation": 0.0}
+        self.subgoal_marks = tuple(self.subgoal_marks) or chain["marks"]
+        if self.goal_wrist_depth is None:
+            self.goal_wrist_depth = 0.0 if self.goal_wrist_oracle > 0 else chain["goal_wrist_depth"]
+        if self.goal_orientation is None:
+            self.goal_orientation = 0.0 if self.goal_orientation_oracle > 0 else chain["goal_orientation"]
         self.objective()                            # raises on a bad weight
         if self.search:
             self.search = tuple(int(v) for v in self.search)
@@ -252,7 +275,6 @@ class EvalSettings:
         self.camera = tuple(float(v) for v in self.camera)
         self.head_camera()                          # raises on a view that cannot be
         shipped_cem_config(self.preset, **self.search_changes())   # raises on a bad size or std
-        self.subgoal_marks = tuple(self.subgoal_marks)
         if not (math.isfinite(self.goal_wrist_oracle) and self.goal_wrist_oracle >= 0):
             raise ValueError(f"the goal wrist oracle's weight must be >= 0, got {self.goal_wrist_oracle}")
         if not (math.isfinite(self.goal_wrist_depth) and self.goal_wrist_depth >= 0):
@@ -265,8 +287,6 @@ class EvalSettings:
             raise ValueError("the goal orientation comes from the oracle or from the goal image, not both")
         if self.goal_wrist_depth > 0 and self.goal_wrist_oracle > 0:
             raise ValueError("the goal wrist comes from the oracle or from depth, not both")
-        if self.subgoal_marks and not self.subgoals:
-            raise ValueError("subgoal marks need subgoals (--subgoals)")
         subgoal_phases(self.subgoal_marks)          # raises on a mark without a phase
         if self.subgoals and self.sim_task != "pick-place":
             raise ValueError("subgoals are made for the composite pick-place task (--protocol composite "
@@ -738,7 +758,7 @@ def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
     depth = settings.goal_wrist_depth > 0       # the goals' depth images, as a RealSense gives them
     goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),), depth=depth)
     state = env.initial_state if settings.sim_task in tasks.PAPER_TASKS else None
-    marks = tuple(settings.subgoal_marks) or tasks.SUBGOAL_MARKS
+    marks = tuple(settings.subgoal_marks) or SUBGOAL_CHAIN["marks"]
     subgoals = (tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),), marks=marks, depth=depth)
                 if settings.subgoals else None)
     return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal, subgoals=subgoals)
@@ -814,7 +834,7 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     from dexwm_sim import tasks
 
     env = runner.env
-    phases = subgoal_phases(tuple(settings.subgoal_marks) or tasks.SUBGOAL_MARKS)
+    phases = subgoal_phases(tuple(settings.subgoal_marks) or SUBGOAL_CHAIN["marks"])
     # The subgoal states' joints reach the planner only for the PRIVILEGED goal wrist oracle.
     oracle = settings.goal_wrist_oracle > 0 or settings.goal_orientation_oracle > 0
     subgoals = [Subgoal(goal.image, phase_settings(phase), joints=goal.joints if oracle else None,
@@ -1525,13 +1545,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goal-orientation-oracle", type=float, default=0.0, metavar="WEIGHT",
                         help="PRIVILEGED diagnostic: weight [1/rad^2] of the orientation term referenced to the goal "
                              "state's flange orientation (every goal but a grasp); 0 = off")
-    parser.add_argument("--goal-orientation", type=float, default=0.0, metavar="WEIGHT",
+    parser.add_argument("--goal-orientation", type=float, default=None, metavar="WEIGHT",
                         help="weight [1/rad^2] of the orientation term referenced to the goal hand's orientation read "
-                             "from the goal image (models/goal_orientation_sim.pt; every goal but a grasp); 0 = off")
-    parser.add_argument("--goal-wrist-depth", type=float, default=0.0, metavar="WEIGHT",
+                             "from the goal image (models/goal_orientation_sim.pt; every goal but a grasp); 0 = off; "
+                             "default: 2 with --subgoals, else off")
+    parser.add_argument("--goal-wrist-depth", type=float, default=None, metavar="WEIGHT",
                         help="weight [1/m^2] of the goal wrist term fed by each goal's depth image (the goal-hand "
                              "reader's wrist pixel back-projected, the fitted surface offset in "
-                             "models/goal_wrist_depth.json); 0 = off")
+                             "models/goal_wrist_depth.json); 0 = off; default: 100 with --subgoals, else off")
     parser.add_argument("--goal-hand-reader", default="", metavar="PATH|head",
                         help="goal-hand reader checkpoint (dexwm_planner.goal_hand) that reads the goal image's hand "
                              "for the planned-hand term, the hand proposal and goal_hand_ik; 'head': the world "
@@ -1556,7 +1577,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"subgoal (default {DEFAULT_SUBGOAL_MAX_STEPS})")
     parser.add_argument("--subgoal-marks", default="", metavar="MARK,MARK,...",
                         help="with --subgoals: the scripted solution's marks shown as subgoals (default "
-                             "pregrasp,lifted,above,released; 'closed' is the hand closed on the object on the table)")
+                             "high,pregrasp,lifted,above,released; 'high' is the hand open and turned 20 cm above its "
+                             "grasp pose, 'closed' the hand closed on the object on the table)")
     args = parser.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")

@@ -106,8 +106,11 @@ def test_the_funnel_sums_up_each_subgoal_over_the_runs_that_got_there():
 
 
 def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_checkpoint, monkeypatch):
-    """The providers of every subgoal run with the simulator's ground truth poisoned; the sequence
-    advances by the stop rule (here the budget of one step per subgoal) through all four."""
+    """The providers of every subgoal run with the simulator's ground truth poisoned (the goals' depth
+    and orientation readings included); the sequence advances by the stop rule (here the budget of one
+    step per subgoal) through all five of the default chain."""
+    from dataclasses import replace
+
     from dexwm_planner.world_model import DexWM
     from dexwm_robot.camera import HeadCamera
     from dexwm_robot.kinematics import RobotKinematics
@@ -117,12 +120,13 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
     runner = ev.make_runner(settings)
     env = runner.env
     policy = ev.WorldModelPolicy(DexWM.load(str(random_checkpoint)), RobotKinematics.from_description(),
-                                 HeadCamera().world_to_camera, "cpu")
-    policy.config = policy.config.__class__(cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
+                                 HeadCamera().world_to_camera, "cpu", **settings.planner_options())
+    policy.config = replace(policy.config, cem=policy.config.cem.with_(samples=4, elites=2, iterations=1, chunk=4))
+    assert policy.config.orientation_reference == "goal_image" and policy.config.objective.goal_wrist_weight == 100
     calls = []
 
     def guarded(method):
-        def call(*args):
+        def call(*args, **kwargs):
             calls.append(method.__name__)
             status, episode = env.status, env.episode
             env.status, env.episode = _Poisoned(), _Poisoned()
@@ -130,7 +134,7 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
                 for name in ("object_position", "object_poses", "hand_touches", "palm_and_tips", "keypoints"):
                     m.setattr(SimEnv, name, lambda *_a, _n=name, **_k: getattr(_Poisoned(), _n))
                 try:
-                    return method(*args)
+                    return method(*args, **kwargs)
                 finally:
                     env.status, env.episode = status, episode
         return call
@@ -147,17 +151,17 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
         outcome = ev.run_episode(runner, policy, start, settings)
     finally:
         env.close()
-    assert len(start.subgoals) == 4
+    assert len(start.subgoals) == 5 and all(g.depth is not None for g in start.subgoals)
     assert outcome.subgoal_reasons and all(r in ("reached", "plateau", "budget") for r in outcome.subgoal_reasons)
     # One step per subgoal, but the grasp keeps its own budget (the reference motion's length).
     from dexwm_planner.subgoals import PHASES
-    assert len(outcome.subgoal_reasons) == 4 and outcome.steps <= 3 + PHASES["grasp"].max_steps
-    assert calls.count("start") == 4
+    assert len(outcome.subgoal_reasons) == 5 and outcome.steps <= 4 + PHASES["grasp"].max_steps
+    assert calls.count("start") == 5
     # The judge read each subgoal's end (between the policy's calls, which saw nothing of it).
     ends = outcome.subgoal_progress
-    assert [e["phase"] for e in ends] == ["reach", "grasp", "carry", "release"]
+    assert [e["phase"] for e in ends] == ["reach", "reach", "grasp", "carry", "release"]
     assert [e["reason"] for e in ends] == outcome.subgoal_reasons
-    assert [e["scripted_held"] for e in ends] == [False, True, True, False]
+    assert [e["scripted_held"] for e in ends] == [False, False, True, True, False]
     assert all(np.isfinite(e["palm_error_m"]) and e["palm_error_m"] >= 0 and np.isfinite(e["object_error_m"])
                for e in ends)
 
