@@ -4,7 +4,7 @@ The goal-hand reader (dexwm_planner.goal_hand) finds the goal's wrist pixel; the
 far the nearest surface around it is; back-projecting through the camera's intrinsics gives a point on
 the visible back of the hand. The wrist keypoint sits inside the hand, behind that surface: a constant
 ``surface_offset_m`` along the optical axis, fitted on frames whose wrist is known from forward
-kinematics (``fit_surface_offset``; ``python -m dexwm_planner.goal_depth`` fits it on the simulation's
+kinematics (``fit_surface_offset``; ``python -m dexwm_ros.goal_readouts depth`` fits it on the simulation's
 tuning seeds). The result feeds the planner's goal wrist term (ObjectiveConfig.goal_wrist_weight), in
 the camera frame the term's planned wrist uses (x right, y down, z forward).
 
@@ -80,7 +80,7 @@ def fit_surface_offset(wrist_pixels: np.ndarray, depths: list, wrists_camera: np
 
 
 def load_surface_offset(path: str | None = None) -> float:
-    """The fitted offset stored by ``python -m dexwm_planner.goal_depth --out`` (default: the shipped
+    """The fitted offset stored by ``python -m dexwm_ros.goal_readouts depth --out`` (default: the shipped
     fit); ValueError otherwise."""
     if path is None:
         from .world_model import shipped_model_file
@@ -94,87 +94,3 @@ def load_surface_offset(path: str | None = None) -> float:
     if not (np.isfinite(offset) and 0.0 <= offset <= 0.2):
         raise ValueError(f"the wrist surface offset in {path} must lie in [0, 0.2] m, got {offset}")
     return offset
-
-
-def _simulated_goals(seeds, task: str, size=(224, 224)):
-    """(image, depth, joints) of the scripted goal states of ``task``'s stage episodes at ``seeds``
-    (the seeds whose demonstration fails are skipped)."""
-    from dexwm_sim import tasks
-    from dexwm_sim.scene import SimEnv
-
-    env = SimEnv(render_size=size)
-    for seed in seeds:
-        try:
-            episode = env.reset(task, seed)
-        except tasks.StageUnavailable:
-            continue
-        start = env.get_state()
-        try:
-            tasks.solve(env, episode)
-            image, depth = env.render(*size, depth=True)
-            yield image, depth, env.joint_positions()
-        finally:
-            env.set_state(start)
-
-
-def _frames(read, seeds, size):
-    """(read wrist pixel, depth image, true wrist in the camera frame, true wrist pixel) of the scripted
-    reach and grasp goal states at ``seeds``."""
-    from dexwm_planner.actions import hand_pixels_projection, wrist_position_projection
-    from dexwm_robot.camera import HeadCamera
-
-    camera = HeadCamera()
-    wrist_fn = wrist_position_projection(camera.world_to_camera)
-    pixels_fn = hand_pixels_projection(camera.world_to_camera, size)
-    frames = []
-    for task in ("paper-reach", "paper-grasp"):
-        for image, depth, joints in _simulated_goals(seeds, task, size):
-            frames.append((read(image)[0], depth, wrist_fn(joints[None])[0], pixels_fn(joints[None])[0, 0]))
-    return frames
-
-
-def _errors(frames, offset: float, K: np.ndarray) -> dict:
-    wrist = [np.linalg.norm(back_project(p, nearest_surface(d, p) + offset, K) - w) for p, d, w, _ in frames]
-    pixel = [np.linalg.norm(p - t) for p, _, _, t in frames]
-    return {"frames": len(frames), "wrist_error_m_median": float(np.median(wrist)),
-            "wrist_error_m_p90": float(np.percentile(wrist, 90)), "reader_pixel_error_median": float(np.median(pixel))}
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    from dexwm_planner.goal_hand import goal_hand_reading
-    from dexwm_robot.camera import HeadCamera
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=1_000_500, help="first seed fitted on (default: the tuning seeds)")
-    parser.add_argument("--episodes", type=int, default=40, help="seeds per stage fitted on (reach and grasp goals)")
-    parser.add_argument("--check-seed", type=int, default=1_000_000,
-                        help="first seed of the held-out check (default: the official seeds)")
-    parser.add_argument("--check-episodes", type=int, default=20, help="seeds per stage of the held-out check")
-    parser.add_argument("--out", default="", help="write the fit here (JSON), e.g. models/goal_wrist_depth.json")
-    args = parser.parse_args(argv)
-    size = (224, 224)
-    read = goal_hand_reading("", type("View", (), {"image_size": size})())
-    K = HeadCamera().intrinsics(*size)
-    fitted_on = range(args.seed, args.seed + args.episodes)
-    frames = _frames(read, fitted_on, size)
-    fit = fit_surface_offset(np.array([f[0] for f in frames]), [f[1] for f in frames], np.array([f[2] for f in frames]))
-    checked_on = range(args.check_seed, args.check_seed + args.check_episodes)
-    fit.update(fitted_on=f"the scripted reach and grasp goal states (hand open above the object; object lifted in "
-                         f"the hand) of seeds {fitted_on.start}-{fitted_on.stop - 1}, the default head camera at "
-                         f"{size[0]}x{size[1]}, the shipped goal-hand reader",
-               in_sample=_errors(frames, fit["surface_offset_m"], K),
-               held_out={"seeds": f"{checked_on.start}-{checked_on.stop - 1}",
-                         **_errors(_frames(read, checked_on, size), fit["surface_offset_m"], K)},
-               command="python -m dexwm_planner.goal_depth" + (f" --out {args.out}" if args.out else ""))
-    print(json.dumps(fit, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(fit, f, indent=2)
-            f.write("\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,15 +13,13 @@ postures between open and closed), rendered by the head camera; their rotations 
 kinematics. A lab trains it on its own recordings' frames and joint states in the same way
 (``train`` takes frames and rotations). It reads the image only, like the goal-hand reader.
 
-``python -m dexwm_planner.goal_orientation --out models/goal_orientation_sim.pt`` renders, trains and
+``python -m dexwm_ros.goal_readouts orientation --out models/goal_orientation_sim.pt`` renders, trains and
 reports the error on held-out rendered frames and on the scripted pick-and-place goal states of the
 tuning seeds (hand open above the object, and at the pre-grasp pose).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Callable
 
 import numpy as np
@@ -116,47 +114,6 @@ def goal_rotation_reading(world_to_camera: np.ndarray, path: str | None = None,
 
 
 # --------------------------------------------------------------------------------------- training
-def render_poses(count: int, seed: int, size=(224, 224), progress: bool = True):
-    """``count`` frames of the robot posed in pick-and-place scenes: images (N, H, W, 3) uint8 and
-    the flange rotations (N, 3, 3) in the head camera's frame."""
-    from tqdm import tqdm
-
-    from dexwm_robot import allegro
-    from dexwm_robot.camera import HeadCamera
-    from dexwm_sim import tasks
-    from dexwm_sim.scene import SimEnv
-    from scipy.spatial.transform import Rotation
-
-    camera = HeadCamera()
-    env = SimEnv(render_size=size, camera=camera)
-    rng = np.random.default_rng(seed)
-    images, rotations = [], []
-    bar = tqdm(total=count, desc="rendering poses", disable=not progress)
-    scene = 0
-    while len(images) < count:
-        if len(images) % 25 == 0:
-            env.reset("pick-place", SCENE_SEED + seed * 10_000 + scene)
-            scene += 1
-        palm = np.array([rng.uniform(0.3, 0.75), rng.uniform(-0.3, 0.3), rng.uniform(0.06, 0.45)])
-        base = tasks.palm_rotation(rng.normal(size=2), palm_down=rng.random() < 0.85)
-        tilt = Rotation.from_rotvec(rng.normal(size=3) * np.radians(15.0)).as_matrix()
-        thumb = env.lower[19:] + rng.uniform(0.2, 0.8, size=4) * (env.upper[19:] - env.lower[19:])
-        open_hand = np.r_[tasks.FINGERS_STRAIGHT, thumb]
-        hand = open_hand + rng.uniform(0.0, 1.0) * (allegro.power_grasp(open_hand) - open_hand)
-        hand = np.clip(hand + rng.normal(scale=0.05, size=16), env.lower[7:], env.upper[7:])
-        arm, err = env.solve_arm_ik_global(palm, tilt @ base, hand=hand)
-        if err > 0.02:
-            continue
-        env.reset_robot(arm, hand)
-        images.append(env.render(*size))
-        q = env.joint_positions()
-        rotations.append(camera.world_to_camera[:3, :3] @ env.kinematics.ee_pose(q)[1])
-        bar.update(1)
-    bar.close()
-    env.close()
-    return np.stack(images), np.stack(rotations)
-
-
 def encode(reader: GoalHandReader, images: np.ndarray, batch: int = 32, progress: bool = True) -> torch.Tensor:
     from tqdm import tqdm
 
@@ -190,95 +147,3 @@ def train(features: torch.Tensor, rotations: np.ndarray, steps: int = 3000, batc
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return head.eval()
-
-
-def _scripted_goals(seeds, size, marks=("high", "pregrasp")):
-    """Images and camera-frame flange rotations of the scripted pick-and-place marks at ``seeds``."""
-    from dexwm_robot.camera import HeadCamera
-    from dexwm_sim import tasks
-    from dexwm_sim.scene import SimEnv
-
-    camera = HeadCamera()
-    env = SimEnv(render_size=size, camera=camera)
-    images, rotations = [], []
-    for seed in seeds:
-        episode = env.reset("pick-place", seed)
-        try:
-            goals = tasks.make_subgoals(env, episode, sizes=(size,), marks=marks)
-        except ValueError:
-            continue
-        for goal in goals:
-            images.append(goal.image)
-            rotations.append(camera.world_to_camera[:3, :3] @ env.kinematics.ee_pose(goal.joints)[1])
-    env.close()
-    return np.stack(images), np.stack(rotations)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=4000, help="rendered training frames")
-    parser.add_argument("--val-frames", type=int, default=300, help="rendered held-out frames")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reduced", type=int, default=16, help="features per cell after the projection")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--check-seed", type=int, default=1_000_500,
-                        help="first pick-and-place seed of the scripted-goal check (default: the tuning seeds)")
-    parser.add_argument("--check-episodes", type=int, default=20)
-    parser.add_argument("--cache", default="", help="keep the rendered frames' features and rotations here (.pt) "
-                                                     "and reuse them when they are there")
-    parser.add_argument("--out", required=True, help="the reader (.pt); its report beside it (.json)")
-    args = parser.parse_args(argv)
-    size = (224, 224)
-    reader = GoalHandReader.load(reader_path(""))
-    if args.cache and os.path.isfile(args.cache):
-        cached = torch.load(args.cache, weights_only=False)
-        features, rotations = cached["features"].float(), cached["rotations"]
-        if len(features) != args.frames + args.val_frames:
-            raise SystemExit(f"{args.cache} holds {len(features)} frames, not {args.frames + args.val_frames}")
-    else:
-        images, rotations = render_poses(args.frames + args.val_frames, args.seed, size)
-        features = encode(reader, images)
-        del images
-        if args.cache:
-            torch.save({"features": features.half(), "rotations": rotations}, args.cache)
-    n = args.frames
-    head = train(features[:n], rotations[:n], steps=args.steps, seed=args.seed, weight_decay=args.weight_decay,
-                 head_config={"reduced": args.reduced, "hidden": args.hidden, "dropout": args.dropout})
-    orientation = GoalOrientationReader(reader, head)
-
-    def errors(feats, rots):
-        head.eval()
-        with torch.no_grad():
-            read = head(feats).numpy().astype(np.float64)
-        e = angle_deg(read, rots)
-        return {"frames": int(len(e)), "angle_deg_median": float(np.median(e)),
-                "angle_deg_p90": float(np.percentile(e, 90))}
-
-    check_images, check_rotations = _scripted_goals(range(args.check_seed, args.check_seed + args.check_episodes), size)
-    report = {"trained_on": f"{n} rendered frames of the robot posed in pick-and-place scenes (seed {args.seed}), "
-                            f"{args.steps} steps",
-              "train": errors(features[:n], rotations[:n]), "held_out": errors(features[n:], rotations[n:]),
-              "scripted_goals": {"seeds": f"{args.check_seed}-{args.check_seed + args.check_episodes - 1}",
-                                 "marks": "high, pregrasp", **errors(encode(reader, check_images, progress=False),
-                                                                      check_rotations)},
-              "head": head.config, "weight_decay": args.weight_decay,
-              "command": f"python -m dexwm_planner.goal_orientation --frames {args.frames} "
-                         f"--val-frames {args.val_frames} --steps {args.steps} --seed {args.seed} "
-                         f"--reduced {args.reduced} --hidden {args.hidden} --dropout {args.dropout} "
-                         f"--weight-decay {args.weight_decay} --out {args.out}"}
-    orientation.meta = {"report": report}
-    orientation.save(args.out)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
