@@ -125,7 +125,8 @@ def test_per_position_projection_standardises_and_round_trips(tmp_path):
     path = str(tmp_path / "pp.pt")
     wm.save(path)
     wm2 = DexWM.load(path)
-    torch.testing.assert_close(wm2.encoder.project(tokens[:3]), z[:3])
+    # Reloaded, the same projection: equal up to float32 rounding (which depends on torch's thread count).
+    torch.testing.assert_close(wm2.encoder.project(tokens[:3]), z[:3], rtol=1e-4, atol=1e-4)
     assert wm2.encoder.config.per_position and wm2.frame_step == pytest.approx(0.2)
 
 
