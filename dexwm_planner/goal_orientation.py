@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .goal_hand import GoalHandReader, reader_path
+from .objective import rotation_angle
 
 log = logging.getLogger(__name__)
 FORMAT = "dexwm-goal-orientation"
@@ -47,9 +48,7 @@ def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
 
 def angle_deg(r_a: np.ndarray, r_b: np.ndarray) -> np.ndarray:
     """Angle [deg] of the relative rotation between rotation matrices (..., 3, 3)."""
-    rel = np.einsum("...ji,...jk->...ik", r_a, r_b)
-    cos = (np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return np.degrees(rotation_angle(r_a, r_b))
 
 
 class OrientationHead(torch.nn.Module):

@@ -438,7 +438,7 @@ class _ImageGoalPlans:
             wrist = self.oracle_wrist_fn(np.asarray(goal_joints, dtype=np.float64)[None])[0]
         # The orientation oracle (PRIVILEGED) gives the goal state's joints as the orientation term's
         # reference, except to a grasp, whose term keeps the orientation it starts from.
-        search = getattr(self.plans, "search", None)
+        search = self.plans.search
         orientation_from = (goal_joints if self.orientation_oracle and (search is None or search.phase != "grasp")
                             else None)
         self.plans.start(goal_image, orientation_from, seed, goal_wrist=wrist, goal_depth=goal_depth)
@@ -758,8 +758,8 @@ def prepare_episode(env, settings: EvalSettings, seed: int) -> EpisodeStart:
     depth = settings.goal_wrist_depth > 0       # the goals' depth images, as a RealSense gives them
     goal = tasks.make_goal(env, episode, sizes=(tuple(env.render_size),), depth=depth)
     state = env.initial_state if settings.sim_task in tasks.PAPER_TASKS else None
-    marks = tuple(settings.subgoal_marks) or SUBGOAL_CHAIN["marks"]
-    subgoals = (tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),), marks=marks, depth=depth)
+    subgoals = (tasks.make_subgoals(env, episode, sizes=(tuple(env.render_size),), marks=settings.subgoal_marks,
+                                    depth=depth)
                 if settings.subgoals else None)
     return EpisodeStart(seed=seed, episode=episode, state=state, goal=goal, subgoals=subgoals)
 
@@ -834,7 +834,7 @@ def _run_subgoals(runner, policy, start: EpisodeStart, settings: EvalSettings, k
     from dexwm_sim import tasks
 
     env = runner.env
-    phases = subgoal_phases(tuple(settings.subgoal_marks) or SUBGOAL_CHAIN["marks"])
+    phases = subgoal_phases(settings.subgoal_marks)
     # The subgoal states' joints reach the planner only for the PRIVILEGED goal wrist oracle.
     oracle = settings.goal_wrist_oracle > 0 or settings.goal_orientation_oracle > 0
     subgoals = [Subgoal(goal.image, phase_settings(phase), joints=goal.joints if oracle else None,

@@ -24,8 +24,8 @@ from dexwm_planner.goal_orientation import SCENE_SEED, GoalOrientationReader, an
 
 
 def _simulated_goals(seeds, task: str, size=(224, 224)):
-    """(image, depth, joints) of the scripted goal states of ``task``'s stage episodes at ``seeds``
-    (the seeds whose demonstration fails are skipped)."""
+    """Goals (with depth) of the scripted goal states of ``task``'s stage episodes at ``seeds`` (the
+    seeds whose demonstration fails are skipped)."""
     from dexwm_sim import tasks
     from dexwm_sim.scene import SimEnv
 
@@ -35,13 +35,7 @@ def _simulated_goals(seeds, task: str, size=(224, 224)):
             episode = env.reset(task, seed)
         except tasks.StageUnavailable:
             continue
-        start = env.get_state()
-        try:
-            tasks.solve(env, episode)
-            image, depth = env.render(*size, depth=True)
-            yield image, depth, env.joint_positions()
-        finally:
-            env.set_state(start)
+        yield tasks.make_goal(env, episode, sizes=(size,), depth=True)
 
 
 def _frames(read, seeds, size):
@@ -55,8 +49,9 @@ def _frames(read, seeds, size):
     pixels_fn = hand_pixels_projection(camera.world_to_camera, size)
     frames = []
     for task in ("paper-reach", "paper-grasp"):
-        for image, depth, joints in _simulated_goals(seeds, task, size):
-            frames.append((read(image)[0], depth, wrist_fn(joints[None])[0], pixels_fn(joints[None])[0, 0]))
+        for goal in _simulated_goals(seeds, task, size):
+            frames.append((read(goal.image)[0], goal.depth, wrist_fn(goal.joints[None])[0],
+                           pixels_fn(goal.joints[None])[0, 0]))
     return frames
 
 
