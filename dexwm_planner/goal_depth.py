@@ -31,12 +31,31 @@ FIT_NAME = "goal_wrist_depth.json"     # the shipped fit, beside the shipped goa
 class GoalWristFromDepth:
     """Goal image + aligned depth image -> the goal's wrist (3,) [m], camera frame.
 
-    ``read_hand``: image -> wrist + fingertips (6, 2) in model-image pixels (the goal-hand reader);
-    ``camera_matrix``: the intrinsics of the model image (the depth image must have its size)."""
+    ``read_hand``: image -> wrist + fingertips (6, 2) in the image's pixels (the goal-hand reader,
+    whose pixels are the model image's: ``for_camera`` maps them to a camera's frames);
+    ``camera_matrix``: the intrinsics of those images (the depth image must have their size)."""
 
     read_hand: Callable[[np.ndarray], np.ndarray]
     camera_matrix: np.ndarray
     surface_offset_m: float
+    window_half: int = WINDOW_HALF
+
+    @classmethod
+    def for_camera(cls, read_hand: Callable[[np.ndarray], np.ndarray],
+                   raw_to_model: Callable[[np.ndarray], np.ndarray], camera_matrix: np.ndarray,
+                   surface_offset_m: float) -> "GoalWristFromDepth":
+        """The reader for goals at a camera's own size (a robot's colour frames and their aligned
+        depth, intrinsics ``camera_matrix`` from camera_info): ``read_hand`` answers in model-image
+        pixels, ``raw_to_model`` maps the camera's pixels there (the encoder's view: a resize and a
+        crop, an axis-aligned scale and shift, inverted here). The depth window covers the same part
+        of the scene as at the model's size."""
+        origin = np.asarray(raw_to_model(np.zeros(2)), dtype=np.float64)
+        scale = np.asarray(raw_to_model(np.ones(2)), dtype=np.float64) - origin
+        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise ValueError(f"the model view must be a positive scale of the camera's pixels, got {scale}")
+        in_camera = lambda image: (np.asarray(read_hand(image), dtype=np.float64) - origin) / scale  # noqa: E731
+        return cls(in_camera, camera_matrix, surface_offset_m,
+                   window_half=max(WINDOW_HALF, int(round(WINDOW_HALF / float(scale.min())))))
 
     def __call__(self, image: np.ndarray, depth: np.ndarray) -> np.ndarray:
         image, depth = np.asarray(image), np.asarray(depth, dtype=np.float64)
@@ -44,7 +63,7 @@ class GoalWristFromDepth:
             raise ValueError(f"the goal's depth image {depth.shape} must be aligned with its colour image "
                              f"{image.shape[:2]}")
         wrist_pixel = np.asarray(self.read_hand(image), dtype=np.float64)[0]
-        surface = nearest_surface(depth, wrist_pixel)
+        surface = nearest_surface(depth, wrist_pixel, self.window_half)
         return back_project(wrist_pixel, surface + self.surface_offset_m, self.camera_matrix)
 
 

@@ -7,10 +7,13 @@ graph (each node in its own process, exactly as `dexwm-up <task>` starts them).
 The task is a paper-protocol stage (dexwm_sim.tasks; default: place, the object already held and
 lifted, to be carried to its place). ``--subgoals`` runs the whole composite pick-and-place from
 the table instead: the demo renders the scripted solution's subgoal images in its own simulation of
-the same seeded scene (pre-grasp, grasped and lifted, above the target, released:
-dexwm_sim.tasks.make_subgoals) and sends them as one Execute goal with several goal images, as a
-lab user sends captured key frames; the planner advances by its own stop rule, and the GIF shows
-the active subgoal (``/dexwm/goal_image``) beside the camera. Steps: start the graph; reset the simulation to the seeded
+the same seeded scene, the evaluation's chain (dexwm_ros.evaluate.SUBGOAL_CHAIN: hand above the
+object, pre-grasp, grasped and lifted, above the target, released), each with its aligned depth
+image and search profile, and sends them as one Execute goal with several goal images, as a lab
+user sends captured key frames (the simulated camera publishes depth, ``sim_depth:=true``; the
+planner reads each goal hand's wrist from the depth and its orientation from the image, with the
+chain's weights); the planner advances by its own stop rule, and the GIF shows the active subgoal
+(``/dexwm/goal_image``) beside the camera. Steps: start the graph; reset the simulation to the seeded
 stage (its goal image is the scripted demonstration's end of the stage); send that goal to
 /dexwm/execute; print the cost of every MPC step; the planner stops by its own rule (it never reads
 the simulator's success); then the demo, as judge, reads the simulation's episode state and prints
@@ -132,20 +135,42 @@ def _wait(predicate, timeout, what):
         time.sleep(0.1)
 
 
-def scripted_subgoals(seed: int) -> list[np.ndarray]:
-    """The subgoal images of a composite pick-and-place seed, rendered in a simulation of this
-    process at the sim node's camera size (the same scene: episodes are a function of the seed)."""
-    from dexwm_ros.evaluate import sim_camera_size
+def scripted_subgoals(seed: int):
+    """The subgoals of a composite pick-and-place seed as the evaluation's chain shows them
+    (evaluate.SUBGOAL_CHAIN: hand above the object, pre-grasp, grasped and lifted, above the target,
+    released), rendered with their aligned depth in a simulation of this process at the sim node's
+    camera size (the same scene: episodes are a function of the seed): (images, depths [m], phases)."""
+    from dexwm_ros.evaluate import SUBGOAL_CHAIN, sim_camera_size, subgoal_phases
     from dexwm_sim import tasks
     from dexwm_sim.scene import SimEnv
 
     size = sim_camera_size()
     env = SimEnv(render_size=size)
+    marks = SUBGOAL_CHAIN["marks"]
     try:
         episode = env.reset("pick-place", seed)
-        return [goal.image for goal in tasks.make_subgoals(env, episode, sizes=(size,))]
+        goals = tasks.make_subgoals(env, episode, sizes=(size,), marks=marks, depth=True)
     finally:
         env.close()
+    return [g.image for g in goals], [g.depth for g in goals], list(subgoal_phases(marks))
+
+
+def _planner_parameters(seed: int, subgoals: bool) -> list[ParameterMsg]:
+    """The CEM seed of the evaluation's first planner seed of this episode (its episode seed); with
+    subgoals also the chain's goal wrist from depth and goal-image orientation, as dexwm-eval
+    --subgoals plans (evaluate.SUBGOAL_CHAIN)."""
+    from dexwm_ros.evaluate import SUBGOAL_CHAIN
+
+    def double(name, value):
+        return ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                            double_value=float(value)))
+
+    params = [ParameterMsg(name="seed", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER,
+                                                             integer_value=seed % (2**31 - 1)))]
+    if subgoals:
+        params += [double("goal_wrist_depth_weight", SUBGOAL_CHAIN["goal_wrist_depth"]),
+                   double("goal_orientation_weight", SUBGOAL_CHAIN["goal_orientation"])]
+    return params
 
 
 def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: str = "place",
@@ -153,13 +178,13 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "graph.log"
     sim_task = "pick-place" if subgoals else f"paper-{task}"
-    subgoal_images = []
+    subgoal_images, subgoal_depths, subgoal_phases = [], [], []
     if subgoals:
         print(f"[demo] rendering the scripted subgoals of pick-place seed {seed}", flush=True)
-        subgoal_images = scripted_subgoals(seed)
+        subgoal_images, subgoal_depths, subgoal_phases = scripted_subgoals(seed)
     print(f"[demo] starting the simulated {sim_task} graph (log: {log_path})", flush=True)
     up_cmd = [sys.executable, str(tool_executable("dexwm-up")), sim_task, "sim:=true", f"seed:={seed}",
-              f"sim_lockstep:={'false' if real_time else 'true'}"]
+              f"sim_lockstep:={'false' if real_time else 'true'}", f"sim_depth:={'true' if subgoals else 'false'}"]
     log = open(log_path, "wb")
     # A private graph on this host, on its own domain unless the caller chose one.
     env = ros_environment()
@@ -185,11 +210,12 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
               "/dexwm/execute")
         if up.poll() is not None:
             raise RuntimeError(f"the graph exited with code {up.returncode}; see {log_path}")
-        # The CEM seed of the evaluation's first planner seed for this episode (its episode seed).
         _wait(client.params_client.service_is_ready, 30, "the planner's parameters")
-        future = client.params_client.call_async(SetParameters.Request(parameters=[ParameterMsg(
-            name="seed", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=seed % (2**31 - 1)))]))
-        _wait(future.done, 30, "the planner's seed parameter")
+        future = client.params_client.call_async(SetParameters.Request(parameters=_planner_parameters(seed, subgoals)))
+        _wait(future.done, 30, "the planner's parameters")
+        refused = [r.reason for r in future.result().results if not r.successful]
+        if refused:
+            raise RuntimeError(f"the planner refused its parameters: {'; '.join(refused)}")
         future = client.reset_client.call_async(ResetEpisode.Request(task=sim_task, seed=seed))
         _wait(future.done, 60, "the episode reset")
         reset = future.result()
@@ -214,9 +240,11 @@ def run(out_dir: Path, seed: int, max_steps: int, startup_timeout: float, task: 
         goal_msg = Execute.Goal(goal_image=reset.goal_image, use_captured_goal=False, task=task,
                                 max_steps=max_steps)
         if subgoal_images:
-            # One goal with several images; their phases by position: reach, grasp, carry, release.
-            goal_msg = Execute.Goal(goal_images=[numpy_to_image(i, 0.0, "") for i in subgoal_images], task="place",
-                                    max_steps=max_steps)
+            # One goal with several images, each with its aligned depth and its search profile.
+            goal_msg = Execute.Goal(goal_images=[numpy_to_image(i, 0.0, "") for i in subgoal_images],
+                                    goal_depths=[numpy_to_image(d.astype(np.float32), 0.0, "", "32FC1")
+                                                 for d in subgoal_depths],
+                                    phases=subgoal_phases, task="place", max_steps=max_steps)
         send = client.execute_client.send_goal_async(goal_msg, feedback_callback=on_feedback)
         _wait(send.done, 30, "the planner to accept the goal")
         handle = send.result()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from dexwm_robot.tasks import TASK_KINDS
-from dexwm_ros.goal_images import Goal, fit_goal_image
+from dexwm_ros.goal_images import Goal, fit_goal_depth, fit_goal_image
 from dexwm_ros.goal_store import MAX_SUBGOALS, GoalStore, check_sequence_name, sequence_subgoals
-from dexwm_ros.image_conversion import image_to_numpy
+from dexwm_ros.image_conversion import depth_to_metres, image_to_numpy
 from dexwm_ros.planner_settings import MAX_STEPS_RANGE
 
 
@@ -43,8 +45,14 @@ def read_request(request, default_task: str, default_max_steps: int, goals: Goal
             sequence_subgoals(sequence)       # unknown phases fail before anything moves
             return ExecutePlan(task, max_steps, sequence, True, name)
         if request.goal_image.height > 0 and not request.use_captured_goal:
-            goal = Goal(fit_goal_image(image_to_numpy(request.goal_image), camera_hw), None, "the Execute request")
-            return ExecutePlan(task, max_steps, [goal], False, new_goal=True)
+            if len(request.goal_depths) > 1:
+                raise ValueError(f"{len(request.goal_depths)} depth images for one goal image")
+            image = fit_goal_image(image_to_numpy(request.goal_image), camera_hw)
+            depth = _goal_depth(request.goal_depths[0], image, "the goal image") if request.goal_depths else None
+            return ExecutePlan(task, max_steps, [Goal(image, None, "the Execute request", depth=depth)], False,
+                               new_goal=True)
+        if request.goal_depths:
+            raise ValueError("goal_depths need their goal images (goal_image or goal_images)")
     except ValueError as e:
         raise Refused(f"bad_goal: {e}") from None
     goal = goals.goal
@@ -62,6 +70,11 @@ def _sequence(request, goals: GoalStore, camera_hw) -> tuple[str, list[Goal]]:
     if request.phases and len(request.phases) != len(request.goal_images):
         raise ValueError(f"{len(request.phases)} phases for {len(request.goal_images)} goal images "
                          "(give one per image, or none)")
+    if request.goal_depths and request.goal_images and len(request.goal_depths) != len(request.goal_images):
+        raise ValueError(f"{len(request.goal_depths)} depth images for {len(request.goal_images)} goal images "
+                         "(give one per image, or none)")
+    if request.goal_depths and request.sequence:
+        raise ValueError("a captured sequence keeps the depth images captured with it: no goal_depths")
     if len(request.goal_images) > MAX_SUBGOALS:
         raise ValueError(f"{len(request.goal_images)} goal images: at most {MAX_SUBGOALS}")
     if request.sequence:
@@ -72,11 +85,21 @@ def _sequence(request, goals: GoalStore, camera_hw) -> tuple[str, list[Goal]]:
                           "RViz's 2D Pose Estimate tool")
         return name, sequence
     phases = list(request.phases) or [""] * len(request.goal_images)
+    depths = list(request.goal_depths) or [None] * len(request.goal_images)
     sequence = []
-    for i, (msg, phase) in enumerate(zip(request.goal_images, phases)):
+    for i, (msg, phase, depth_msg) in enumerate(zip(request.goal_images, phases, depths)):
         try:
             image = fit_goal_image(image_to_numpy(msg), camera_hw)
         except ValueError as e:
             raise ValueError(f"goal image {i}: {e}") from None
-        sequence.append(Goal(image, None, f"request[{i}]", phase))
+        depth = None if depth_msg is None else _goal_depth(depth_msg, image, f"goal image {i}")
+        sequence.append(Goal(image, None, f"request[{i}]", phase, depth))
     return "", sequence
+
+
+def _goal_depth(msg, image: np.ndarray, what: str) -> np.ndarray:
+    """The depth image [m] of a goal, at its colour image's size; ValueError naming the goal."""
+    try:
+        return fit_goal_depth(depth_to_metres(msg), image.shape[:2])
+    except ValueError as e:
+        raise ValueError(f"depth of {what}: {e}") from None

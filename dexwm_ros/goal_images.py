@@ -2,7 +2,7 @@
 reason (ROS-free)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,15 @@ class Goal:
     joints: np.ndarray | None         # the joints it was captured at (23,), None for an image alone
     source: str                       # where it came from (logs, tests)
     phase: str = ""                   # a subgoal's search profile; empty = by its position in the sequence
+    # The depth image aligned with ``image`` (H, W) float32 [m], 0 = no reading; None where none was
+    # captured. It lets the planner read the goal's wrist in 3D (dexwm_planner.goal_depth).
+    depth: np.ndarray | None = None
+
+    def fitted(self, camera_hw: tuple[int, int] | None) -> "Goal":
+        """This goal brought to the camera's size (its depth with it); ValueError: refused."""
+        image = fit_goal_image(self.image, camera_hw)
+        depth = None if self.depth is None else fit_goal_depth(self.depth, image.shape[:2])
+        return replace(self, image=image, depth=depth)
 
 
 def fit_goal_image(goal: np.ndarray, reference_hw: tuple[int, int] | None) -> np.ndarray:
@@ -45,6 +54,27 @@ def fit_goal_image(goal: np.ndarray, reference_hw: tuple[int, int] | None) -> np
                          f"{MIN_GOAL_FRACTION:g} x its size, so that resizing does not invent detail")
     interp = cv2.INTER_AREA if goal.shape[0] > h else cv2.INTER_LINEAR
     return cv2.resize(goal, (w, h), interpolation=interp)
+
+
+def fit_goal_depth(depth: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """A goal's aligned depth image [m] brought to its colour image's size ``image_hw``: float32,
+    holes (nan, inf, negative) as 0, resized by nearest neighbour (averaging would invent surfaces
+    between the hand and the table behind it); ValueError when it is not a 2D image of the colour
+    image's aspect ratio."""
+    import cv2
+
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or min(depth.shape) < 1:
+        raise ValueError(f"a goal's depth image must be a 2D image, got shape {depth.shape}")
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if abs((depth.shape[1] / depth.shape[0]) / (w / h) - 1.0) > MAX_ASPECT_MISMATCH:
+        raise ValueError(f"the goal's depth image {depth.shape[1]}x{depth.shape[0]} is not aligned with its "
+                         f"{w}x{h} colour image (aspect ratios differ)")
+    metres = depth.astype(np.float32)
+    metres[~np.isfinite(metres) | (metres < 0)] = 0.0
+    if metres.shape != (h, w):
+        metres = cv2.resize(metres, (w, h), interpolation=cv2.INTER_NEAREST)
+    return metres
 
 
 def load_goal_file(path: str) -> np.ndarray:

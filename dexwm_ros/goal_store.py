@@ -2,8 +2,10 @@
 with the limits that keep a stuck trigger (a held joystick button, a script in a loop) from filling
 the memory with frames. Thread-safe: services, RViz tools and Execute goals use it concurrently.
 
-A capture takes its frame and joints from ``observe()``, which returns (image, joints) or raises
-LookupError saying what is missing; a refused request changes nothing.
+A capture takes its frame and joints from ``observe()``, which returns (image, joints, depth) or
+raises LookupError saying what is missing; ``depth`` is the depth image aligned with the frame [m],
+None where the camera sends none (the goal then has no 3D wrist: dexwm_planner.goal_depth). A
+refused request changes nothing.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from dexwm_planner.subgoals import Subgoal, default_phases, phase_settings
-from dexwm_ros.goal_images import Goal, fit_goal_image
+from dexwm_ros.goal_images import Goal
 from dexwm_ros.srv import CaptureSequence
 
 APPEND, LIST, CLEAR = CaptureSequence.Request.APPEND, CaptureSequence.Request.LIST, CaptureSequence.Request.CLEAR
@@ -23,7 +25,7 @@ MAX_SUBGOALS = 32
 MAX_SEQUENCES = 16
 MAX_SEQUENCE_NAME = 64
 
-Observe = Callable[[], "tuple[np.ndarray, np.ndarray]"]
+Observe = Callable[[], "tuple[np.ndarray, np.ndarray, np.ndarray | None]"]
 
 
 def check_sequence_name(name: str) -> str:
@@ -38,8 +40,8 @@ def check_sequence_name(name: str) -> str:
 def sequence_subgoals(goals: list[Goal]) -> list[Subgoal]:
     """Subgoals with their search profiles (named, or by position); ValueError for an unknown one."""
     by_position = default_phases(len(goals))
-    return [Subgoal(g.image, phase_settings(g.phase or by_position[i]), joints=g.joints, label=g.source)
-            for i, g in enumerate(goals)]
+    return [Subgoal(g.image, phase_settings(g.phase or by_position[i]), joints=g.joints, label=g.source,
+                    depth=g.depth) for i, g in enumerate(goals)]
 
 
 class GoalStore:
@@ -55,7 +57,7 @@ class GoalStore:
 
     def set_goal(self, goal: Goal, camera_hw: tuple[int, int] | None) -> Goal:
         """Store ``goal`` fitted to the camera's size (ValueError: refused, nothing changes)."""
-        goal = Goal(fit_goal_image(goal.image, camera_hw), goal.joints, goal.source)
+        goal = goal.fitted(camera_hw)
         with self._lock:
             self._goal = goal
         return goal
@@ -63,10 +65,10 @@ class GoalStore:
     def capture(self, source: str, observe: Observe) -> Goal:
         """The current frame and joints become the goal; LookupError saying why not."""
         try:
-            image, joints = observe()
+            image, joints, depth = observe()
         except LookupError as e:
             raise LookupError(f"cannot capture a goal: {e}") from None
-        return self.set_goal(Goal(image, joints, source), None)
+        return self.set_goal(Goal(image, joints, source, depth=depth), None)
 
     def sequence(self, name: str) -> list[Goal]:
         with self._lock:
@@ -93,7 +95,7 @@ class GoalStore:
                 removed = self._sequences.pop(name, [])
             return True, f"sequence {name!r} cleared ({len(removed)} subgoal(s) removed)", []
         try:
-            image, joints = observe()
+            image, joints, depth = observe()
         except LookupError as e:
             return False, f"cannot append to sequence {name!r}: {e}", self.phases(name)
         with self._lock:
@@ -104,7 +106,7 @@ class GoalStore:
             if name not in self._sequences and len(self._sequences) >= MAX_SEQUENCES:
                 return False, f"already {MAX_SEQUENCES} sequences (the most): clear one first", []
             goals = self._sequences.setdefault(name, [])
-            goals.append(Goal(image, joints, f"{name}[{len(goals)}]", phase))
+            goals.append(Goal(image, joints, f"{name}[{len(goals)}]", phase, depth))
             phases = [g.phase for g in goals]
         return True, (f"subgoal {len(phases)} of sequence {name!r} captured from the current camera frame and "
                       f"joints ({phase or 'phase by position'})"), phases

@@ -66,7 +66,7 @@ class PlannerNode(Node):
         sensors, work = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.robot = MoveJointsRobot(self, ARM_JOINT_NAMES, HAND_JOINT_NAMES, s.image_topic, s.arm_state_topic,
-                                     s.hand_state_topic, sensors, work)
+                                     s.hand_state_topic, sensors, work, depth_topic=s.depth_topic)
         self.create_subscription(PoseStamped, "/goal_pose", lambda _m: self._capture("/goal_pose"), 10,
                                  callback_group=work)
         self.create_subscription(PointStamped, "/clicked_point", lambda _m: self._capture("/clicked_point"), 10,

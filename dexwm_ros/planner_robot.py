@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ from trajectory_msgs.msg import JointTrajectoryPoint
 
 from dexwm_planner.session import FAILED_MOVE, INTERRUPTED, MOVED, JointGroupRobot, MoveStatus, Reading
 from dexwm_ros.action import MoveJoints
-from dexwm_ros.image_conversion import image_to_numpy
+from dexwm_ros.image_conversion import depth_to_metres, image_to_numpy
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.ros_time import duration as duration_msg, seconds
 
@@ -35,6 +36,10 @@ LIVE_FEEDBACK_S = 1.0
 LIVE_DRIVER_LIMIT_S = 20.0
 # How long hold() waits for the drivers' stop services to answer.
 STOP_TIMEOUT_S = 2.0
+# A depth image belongs to a colour frame when their stamps are this close (a RealSense stamps an
+# aligned pair alike); the newest few are kept because the pair's two messages arrive apart.
+DEPTH_STAMP_TOLERANCE_S = 0.005
+DEPTH_FRAMES_KEPT = 4
 
 
 def camera_info_topic(image_topic: str) -> str:
@@ -53,7 +58,10 @@ def camera_matrix_of(msg: CameraInfo) -> np.ndarray | None:
 
 class MoveJointsRobot(JointGroupRobot):
     def __init__(self, node, arm_names, hand_names, image_topic: str, arm_state_topic: str, hand_state_topic: str,
-                 sensors_group, work_group, arm_prefix: str = "/franka", hand_prefix: str = "/allegro"):
+                 sensors_group, work_group, arm_prefix: str = "/franka", hand_prefix: str = "/allegro",
+                 depth_topic: str = ""):
+        """``depth_topic``: the depth image aligned with the colour frames, captured with each goal
+        (empty: none)."""
         self.node = node
         self.arm_names, self.hand_names = tuple(arm_names), tuple(hand_names)
         self._lock = threading.Lock()
@@ -61,6 +69,7 @@ class MoveJointsRobot(JointGroupRobot):
         self._arm: Reading | None = None
         self._hand: Reading | None = None
         self._camera_info: tuple[np.ndarray, tuple[int, int]] | None = None   # K and the (h, w) it is for
+        self._depths: deque[Reading] = deque(maxlen=DEPTH_FRAMES_KEPT)          # newest aligned depth images [m]
         self._move_handles: list = []
         self._last_feedback: list[float] = []    # per request of the move under way: monotonic time
         self._waiting: set[threading.Event] = set()    # the events the waits in progress sleep on
@@ -68,6 +77,8 @@ class MoveJointsRobot(JointGroupRobot):
         node.create_subscription(Image, image_topic, self._on_image, image_qos, callback_group=sensors_group)
         node.create_subscription(CameraInfo, camera_info_topic(image_topic), self._on_camera_info, 10,
                                  callback_group=sensors_group)
+        if depth_topic:
+            node.create_subscription(Image, depth_topic, self._on_depth, image_qos, callback_group=sensors_group)
         node.create_subscription(JointState, arm_state_topic, self._on_arm, 10, callback_group=sensors_group)
         node.create_subscription(JointState, hand_state_topic, self._on_hand, 10, callback_group=sensors_group)
         self.arm_action, self.hand_action = f"{arm_prefix}/move_joints", f"{hand_prefix}/move_joints"
@@ -85,6 +96,26 @@ class MoveJointsRobot(JointGroupRobot):
             return
         with self._lock:
             self._image = Reading(image, seconds(msg.header.stamp), time.monotonic())
+
+    def _on_depth(self, msg: Image):
+        try:
+            depth = depth_to_metres(msg)
+        except ValueError as e:
+            self.node.get_logger().warning(f"depth image ignored: {e}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._depths.append(Reading(depth, seconds(msg.header.stamp), time.monotonic()))
+
+    def depth_for(self, image: Reading) -> np.ndarray | None:
+        """A copy of the depth image taken with the colour frame ``image`` (the same stamp, within
+        DEPTH_STAMP_TOLERANCE_S, at its size), None where none arrived with it."""
+        with self._lock:
+            depths = list(self._depths)
+        for depth in reversed(depths):
+            if (abs(depth.stamp - image.stamp) <= DEPTH_STAMP_TOLERANCE_S
+                    and depth.value.shape == image.value.shape[:2]):
+                return depth.value.copy()
+        return None
 
     def _on_camera_info(self, msg: CameraInfo):
         K = camera_matrix_of(msg)
@@ -153,13 +184,15 @@ class MoveJointsRobot(JointGroupRobot):
         image = self.latest_image()
         return None if image is None else image.value.shape[:2]
 
-    def observe_fresh(self, limit_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the newest frame and joints (a goal capture); LookupError naming the inputs
-        that are missing or older than ``limit_s``."""
+    def observe_fresh(self, limit_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Copies of the newest frame, joints and the frame's aligned depth image [m] (None where
+        none came with it) for a goal capture; LookupError naming the inputs that are missing or
+        older than ``limit_s``."""
         stale = self.stale_inputs(limit_s)
         if stale:
             raise LookupError(f"no recent {', '.join(stale)}")
-        return self.latest_image().value.copy(), self.latest_joints().value.copy()
+        image = self.latest_image()
+        return image.value.copy(), self.latest_joints().value.copy(), self.depth_for(image)
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9

@@ -64,7 +64,7 @@ class GoalRun:
             result = self.runner.run(sequence_subgoals(self.plan.goals), seed=seed)
             return result.success, result.steps, result.reason, [o.reason for o in result.subgoals]
         goal = self.plan.goals[0]
-        result = self.runner.run(goal.image, goal.joints, seed=seed)
+        result = self.runner.run(goal.image, goal.joints, seed=seed, goal_depth=goal.depth)
         return result.success, result.steps, result.reason, []
 
     def _make_planner(self, seed: int | None) -> MPCPlanner:

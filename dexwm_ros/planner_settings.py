@@ -53,6 +53,10 @@ class PlannerSettings:
     goal_orientation_reader: str = setting("", "reads the goal hand's orientation from the goal image "
                                            "(dexwm_planner.goal_orientation): empty = the shipped one, else a "
                                            "checkpoint path", read_only=True)
+    goal_wrist_depth_weight: float = setting(0.0, "weight of the goal wrist term: the planned wrist against the goal "
+                                             "hand's wrist read in 3D from the goal's aligned depth image (goals "
+                                             "captured or sent with one; dexwm_planner.goal_depth) [1/m^2]; 0 off",
+                                             bounds=(0.0, 1000.0))
     grasp_reference: str = setting("none", "motion the grasp task's CEM search follows: grasp = down from where the hand "
                                    "is when the goal starts until it meets something (read from the joints), close "
                                    "to the power grasp, up 12 cm (dexwm_planner.reference_motion); none = the "
@@ -90,6 +94,9 @@ class PlannerSettings:
     capture_sequence: str = setting(DEFAULT_SEQUENCE, "goal sequence that RViz's 2D Pose Estimate tool "
                                     "(/initialpose) appends the current frame to")
     image_topic: str = setting("/camera/camera/color/image_raw", "colour image topic", read_only=True)
+    depth_topic: str = setting("/camera/camera/aligned_depth_to_color/image_raw", "depth image aligned with the "
+                               "colour frames (16UC1 mm or 32FC1 m), captured with each goal; empty = none",
+                               read_only=True)
     arm_state_topic: str = setting("/franka/joint_states", "arm JointState topic", read_only=True)
     hand_state_topic: str = setting("/allegro/joint_states", "hand JointState topic", read_only=True)
     frame_id: str = setting("world", "frame of the keypoint markers (robot base / world)")
@@ -131,7 +138,8 @@ class PlannerSettings:
         from_goal = task != "grasp" and self.goal_orientation_weight > 0
         orientation = self.orientation_weight if task == "grasp" else self.goal_orientation_weight
         objective = ObjectiveConfig(keypoint_weight=self.keypoint_weight, orientation_weight=orientation,
-                                    hand_pixel_weight=self.hand_pixel_weight)
+                                    hand_pixel_weight=self.hand_pixel_weight,
+                                    goal_wrist_weight=self.goal_wrist_depth_weight)
         return MPCConfig(cem=self.cem(), objective=objective, context_frames=self.context_frames,
                          reference=self.grasp_reference if task == "grasp" else "none", execute=self.execute,
                          orientation_reference="goal_image" if from_goal else "start")

@@ -54,11 +54,24 @@ class _LazyHandPixels:
         return self._fn(q)
 
 
+class _LazyGoalWrist:
+    """The goal wrist from a goal's depth image (dexwm_planner.goal_depth), for the colour frames'
+    size and intrinsics at the first goal that has depth; None where the goal-hand reader is off."""
+
+    def __init__(self, planning: "WorldModelPlanning", camera: Callable[[], tuple]):
+        self.planning, self.camera, self._fn = planning, camera, None
+
+    def __call__(self, image, depth):
+        if self._fn is None:
+            self._fn = self.planning.goal_wrist_from_depth(*self.camera())
+        return self._fn(image, depth)
+
+
 class WorldModelPlanning:
     def __init__(self, settings: PlannerSettings, model=None, kinematics=None, log=None):
         """``model``: a world model object (tests), else the settings' checkpoint is loaded; a model
         object without a checkpoint has no file, so no fitted thresholds."""
-        from dexwm_planner.actions import allegro_actions
+        from dexwm_planner.actions import allegro_actions, wrist_position_projection
         from dexwm_robot.camera import HeadCamera
         from dexwm_robot.kinematics import RobotKinematics
 
@@ -83,6 +96,7 @@ class WorldModelPlanning:
         kin, w2c = self.kin, self.world_to_camera
         self._actions = lambda q_seq: allegro_actions(q_seq, w2c, kinematics=kin)
         self._rotation = lambda q: kin.ee_pose(q)[1]
+        self._wrist = wrist_position_projection(w2c, kin)
 
     def hand_pixels_fn(self, camera_hw: tuple[int, int], camera_matrix: np.ndarray | None = None):
         """joints (..., 23) -> the right hand's wrist + fingertip pixels (..., 6, 2) in the model image,
@@ -92,6 +106,31 @@ class WorldModelPlanning:
 
         return hand_pixels_projection(self.world_to_camera, self.image_size, camera_hw, camera_matrix,
                                       kinematics=self.kin)
+
+    def goal_wrist_from_depth(self, camera_hw: tuple[int, int] | None, camera_matrix: np.ndarray | None):
+        """goal image, its aligned depth [m] -> the goal hand's wrist (3,) in the camera frame, for
+        colour frames of size ``camera_hw`` with intrinsics ``camera_matrix`` (None: the simulated
+        head camera's at that size). ValueError when it cannot be read (no goal-hand reader, no frame)."""
+        from dexwm_planner.goal_depth import GoalWristFromDepth, load_surface_offset
+        from dexwm_robot.camera import HeadCamera
+        from dexwm_robot.view import raw_to_view_pixels
+
+        if self.goal_hand_reader is None:
+            raise ValueError("reading the goal wrist from depth needs a goal-hand reader (goal_hand_reader is 'head' "
+                             "or does not match the world model's view)")
+        if camera_hw is None:
+            raise ValueError("no camera frame yet: the goal wrist's pixels cannot be mapped")
+        h, w = camera_hw
+        if camera_matrix is None:
+            self.log.warning("no usable camera_info: the goal wrist is back-projected with the simulated camera's "
+                             "intrinsics")
+            camera_matrix = HeadCamera().intrinsics(w, h)
+        encoder = getattr(self.model, "encoder", None)
+        if hasattr(encoder, "raw_to_model_pixels"):
+            to_model = lambda uv: encoder.raw_to_model_pixels(uv, camera_hw)  # noqa: E731
+        else:
+            to_model = lambda uv: raw_to_view_pixels(uv, camera_hw, self.image_size)  # noqa: E731
+        return GoalWristFromDepth.for_camera(self.goal_hand_reader, to_model, camera_matrix, load_surface_offset())
 
     def goal_rotation_reader(self):
         """The goal image's hand orientation in the robot base frame (dexwm_planner.goal_orientation),
@@ -117,7 +156,9 @@ class WorldModelPlanning:
         return MPCPlanner(self.model, self._actions, self.lower, self.upper, config,
                           rotation_fn=self._rotation, seed=settings.seed if seed is None else seed,
                           hand_pixels_fn=_LazyHandPixels(self, camera), goal_hand_reader=self.goal_hand_reader,
-                          reference_fn=reference_motion("grasp", self.kin),
+                          reference_fn=reference_motion("grasp", self.kin), wrist_fn=self._wrist,
+                          goal_wrist_from_depth=(_LazyGoalWrist(self, camera)
+                                                 if config.objective.goal_wrist_weight > 0 else None),
                           goal_rotation_reader=(self.goal_rotation_reader()
                                                 if config.orientation_reference == "goal_image" else None))
 

@@ -121,3 +121,54 @@ def test_the_planner_reads_the_goal_wrist_from_depth_only_when_its_term_is_on(ra
     off.set_goal(image, goal_depth=depth)
     assert off.objective.goal_wrist is None and not seen
     assert replace(off.config.objective).goal_wrist_weight == 0.0
+
+
+def test_a_camera_sized_goal_is_read_in_the_cameras_own_pixels_and_intrinsics():
+    """The planner node's goals come at the camera's size (here twice the model's, 448 x 448 to a
+    224 view): the reader's model-image pixel is mapped back to the camera's pixels, the depth window
+    covers the same part of the scene, the camera's intrinsics back-project it."""
+    from dexwm_robot.view import raw_to_view_pixels
+
+    K_raw = np.array([[400.0, 0, 223.5], [0, 400.0, 223.5], [0, 0, 1]])
+    wrist = np.array([0.05, -0.03, 0.7])
+    raw_pixel = (K_raw @ wrist)[:2] / wrist[2]
+    to_model = lambda uv: raw_to_view_pixels(uv, (448, 448), (224, 224))  # noqa: E731
+    model_pixel = to_model(raw_pixel)
+    reader = GoalWristFromDepth.for_camera(lambda image: np.r_[model_pixel[None], np.zeros((5, 2))], to_model,
+                                           K_raw, 0.05)
+    assert reader.window_half == 4
+    depth = np.full((448, 448), 1.5)
+    u, v = np.round(raw_pixel).astype(int)
+    depth[v - 3, u + 3] = wrist[2] - 0.05                       # the hand's surface 3 px off the wrist pixel
+    np.testing.assert_allclose(reader(np.zeros((448, 448, 3), np.uint8), depth), wrist, atol=1e-9)
+    with pytest.raises(ValueError, match="positive scale"):
+        GoalWristFromDepth.for_camera(lambda image: model_pixel, lambda uv: np.zeros(2), K_raw, 0.05)
+
+
+def test_the_planner_nodes_planning_reads_a_goal_wrist_from_depth_where_its_weight_asks(random_checkpoint):
+    """WorldModelPlanning (the node's planner factory): goal_wrist_depth_weight > 0 gives its planners
+    the goal wrist from the goal's depth, with the camera's size and intrinsics; 0 reads nothing."""
+    from dexwm_planner.actions import hand_pixels_projection, wrist_position_projection
+    from dexwm_robot.camera import HeadCamera
+    from dexwm_ros.planner_settings import PlannerSettings
+    from dexwm_ros.planner_setup import WorldModelPlanning
+    from dexwm_sim import tasks
+    from dexwm_sim.scene import SimEnv
+
+    camera, size = HeadCamera(), (224, 224)
+    env = SimEnv(render_size=size)
+    goal = tasks.make_goal(env, env.reset("paper-reach", 1_000_501), sizes=(size,), depth=True)
+    env.close()
+    settings = PlannerSettings(checkpoint=str(random_checkpoint), goal_wrist_depth_weight=100.0)
+    planning = WorldModelPlanning(settings)
+    # The goal-hand reader stands in for by the true pixels: this checks the node's plumbing.
+    planning.goal_hand_reader = lambda image: hand_pixels_projection(camera.world_to_camera, size)(goal.joints[None])[0]
+    true = wrist_position_projection(camera.world_to_camera)(goal.joints[None])[0]
+    planner = planning.planner(settings, "place", camera=lambda: (size, camera.intrinsics(*size)))
+    planner.set_goal(goal.image, goal_depth=goal.depth)
+    assert np.linalg.norm(planner.objective.goal_wrist - true) < 0.015
+    planner.set_goal(goal.image)                                  # a goal without depth: no goal wrist
+    assert planner.objective.goal_wrist is None
+    off = planning.planner(PlannerSettings(checkpoint=str(random_checkpoint)), "place")
+    off.set_goal(goal.image, goal_depth=goal.depth)
+    assert off.objective.goal_wrist is None and off.goal_wrist_from_depth is None

@@ -58,7 +58,7 @@ PLANNER_BOUNDS = {"samples": (0, 8192), "elites": (0, 1024), "iterations": (0, 1
                   "std_arm": (1e-4, 2.0), "std_hand": (1e-4, 2.0), "max_step_arm": (1e-3, 0.5),
                   "max_step_hand": (1e-3, 1.0), "keypoint_weight": (0.0, 1.0), "orientation_weight": (0.0, 100.0),
                   "hand_pixel_weight": (0.0, 1.0), "goal_orientation_weight": (0.0, 100.0),
-                  "context_frames": (1, 32), "seed": (0, 2**31 - 1), "max_steps": (1, 10000),
+                  "goal_wrist_depth_weight": (0.0, 1000.0), "context_frames": (1, 32), "seed": (0, 2**31 - 1), "max_steps": (1, 10000),
                   "move_duration_s": (0.0, 30.0), "move_timeout_s": (0.0, 60.0), "goal_tolerance": (1e-4, 1.0),
                   "stale_timeout_s": (0.05, 60.0), "stale_abort_s": (0.1, 600.0), "done_cost": (-1.0, 1e3),
                   "plateau_steps": (0, 1000), "plateau_rel": (0.0, 0.99)}
@@ -103,7 +103,7 @@ YAML_CHOICES = {"lower_torque_thresholds", "upper_torque_thresholds", "lower_for
 
 @pytest.mark.parametrize("settings, yaml_name, bounds, read_only", [
     (PlannerSettings, "planner.yaml", PLANNER_BOUNDS,
-     {"checkpoint", "goal_hand_reader", "goal_orientation_reader", "image_topic", "arm_state_topic", "hand_state_topic", "world_to_camera"}),
+     {"checkpoint", "goal_hand_reader", "goal_orientation_reader", "image_topic", "depth_topic", "arm_state_topic", "hand_state_topic", "world_to_camera"}),
     (TeleopSettings, "teleop.yaml", TELEOP_BOUNDS, {"joy_topic"}),
     (CameraSettings, "camera.yaml", {}, {f.name for f in dataclasses.fields(CameraSettings)}),
     (FrankaSettings, "franka.yaml", FRANKA_BOUNDS, FRANKA_READ_ONLY),

@@ -9,13 +9,14 @@ from dexwm_ros.action import Execute
 from dexwm_ros.execute_request import Refused, read_request
 from dexwm_ros.goal_images import Goal
 from dexwm_ros.goal_store import APPEND, CLEAR, LIST, MAX_SEQUENCES, MAX_SUBGOALS, GoalStore
+from dexwm_ros.goal_store import sequence_subgoals
 from dexwm_ros.image_conversion import numpy_to_image
 
 HW = (96, 128)
 
 
-def frame(value=0):
-    return np.full((*HW, 3), value, np.uint8), np.zeros(23)
+def frame(value=0, depth=None):
+    return np.full((*HW, 3), value, np.uint8), np.zeros(23), depth
 
 
 def stale():
@@ -90,3 +91,44 @@ def test_execute_requests_are_read_or_refused_with_the_reason():
     store.edit_sequence(APPEND, "pick", "", lambda: frame())
     plan = read(Execute.Goal(sequence="pick"))
     assert plan.sequence and plan.name == "pick" and len(plan.goals) == 1
+
+
+def depth_msg(h=96, w=128, mm=800):
+    return numpy_to_image(np.full((h, w), mm, np.uint16), 0.0, "", "16UC1")
+
+
+def test_goal_depth_is_captured_sent_fitted_and_handed_to_the_subgoals():
+    store = GoalStore()
+    depth = np.full(HW, 0.8, np.float32)
+    np.testing.assert_array_equal(store.capture("test", lambda: frame(5, depth)).depth, depth)
+    assert store.edit_sequence(APPEND, "pick", "reach", lambda: frame(1, depth))[0]
+    assert store.edit_sequence(APPEND, "pick", "grasp", lambda: frame(2))[0]        # a camera without depth
+    subgoals = sequence_subgoals(store.sequence("pick"))
+    assert subgoals[0].depth is depth and subgoals[1].depth is None
+    # A goal brought to the camera's size brings its depth along (nearest neighbour: no invented surfaces).
+    big = np.zeros((192, 256), np.float32)
+    big[:, 128:] = 1.0
+    big[0, 0] = np.nan
+    fitted = store.set_goal(Goal(np.zeros((192, 256, 3), np.uint8), None, "file", depth=big), HW)
+    assert fitted.depth.shape == HW and set(np.unique(fitted.depth)) == {0.0, 1.0}
+    with pytest.raises(ValueError, match="not aligned"):
+        store.set_goal(Goal(np.zeros((192, 256, 3), np.uint8), None, "file", depth=np.zeros((100, 50))), HW)
+    assert store.goal is fitted
+
+    read = lambda goal: read_request(goal, "grasp", 40, store, HW)  # noqa: E731
+    plan = read(Execute.Goal(goal_images=[image_msg()] * 2, goal_depths=[depth_msg(), depth_msg(192, 256, 500)]))
+    assert [float(g.depth.mean()) for g in plan.goals] == [pytest.approx(0.8), pytest.approx(0.5)]
+    assert plan.goals[0].depth.dtype == np.float32 and plan.goals[1].depth.shape == HW
+    plan = read(Execute.Goal(goal_image=image_msg(), goal_depths=[depth_msg()]))
+    assert plan.goals[0].depth.shape == HW and plan.new_goal
+    for goal, why in ((Execute.Goal(goal_images=[image_msg()] * 2, goal_depths=[depth_msg()]), "1 depth images for 2"),
+                      (Execute.Goal(sequence="pick", goal_depths=[depth_msg()]), "a captured sequence keeps"),
+                      (Execute.Goal(use_captured_goal=True, goal_depths=[depth_msg()]), "goal_depths need"),
+                      (Execute.Goal(goal_image=image_msg(), goal_depths=[depth_msg()] * 2), "2 depth images for one"),
+                      (Execute.Goal(goal_images=[image_msg()], goal_depths=[depth_msg(50, 200)]),
+                       "depth of goal image 0"),
+                      (Execute.Goal(goal_images=[image_msg()], goal_depths=[image_msg()]),
+                       "depth of goal image 0: unsupported image encoding 'rgb8'")):
+        with pytest.raises(Refused) as refused:
+            read(goal)
+        assert str(refused.value).startswith("bad_goal: ") and why in str(refused.value), str(refused.value)

@@ -60,6 +60,10 @@ class RobotDouble(Node):
         self.image_pub = self.create_publisher(Image, "/camera/camera/color/image_raw",
                                                QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
         self.info_pub = self.create_publisher(CameraInfo, "/camera/camera/color/camera_info", 10)
+        # The aligned depth of each frame, as a RealSense sends it (16UC1 [mm], the frame's stamp).
+        self.publish_depth = True
+        self.depth_pub = self.create_publisher(Image, "/camera/camera/aligned_depth_to_color/image_raw",
+                                               QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
         self.K = np.array([[110.0, 0.0, 63.5], [0.0, 110.0, 47.5], [0.0, 0.0, 1.0]])   # of the 128x96 frames
         self.create_timer(0.05, self._publish, callback_group=group)
         for name, sl in (("arm", slice(0, 7)), ("hand", slice(7, 23))):
@@ -95,6 +99,9 @@ class RobotDouble(Node):
             msg = rgb_to_image_msg(self.image(), image_stamp)
             self.image_pub.publish(msg)
             self.info_pub.publish(CameraInfo(header=msg.header, width=128, height=96, k=self.K.ravel().tolist()))
+            if self.publish_depth:
+                self.depth_pub.publish(numpy_to_image(np.full((96, 128), 800, np.uint16), msg.header.stamp, "",
+                                                      "16UC1"))
             self.last_image_stamp = seconds(msg.header.stamp)
 
     def _accept(self, goal):
@@ -287,6 +294,7 @@ def test_planner_reads_no_simulator_ground_truth(graph):
     subscribed = [sub.topic_name for sub in planner.subscriptions]
     assert subscribed and not [t for t in subscribed if t.startswith("/sim")], subscribed
     assert set(subscribed) <= {"/camera/camera/color/image_raw", "/camera/camera/color/camera_info",
+                               "/camera/camera/aligned_depth_to_color/image_raw",
                                "/franka/joint_states", "/allegro/joint_states", "/goal_pose", "/clicked_point",
                                "/initialpose", "/parameter_events"}
     # The camera's intrinsics come from its camera_info (the planned-hand term projects with them).

@@ -47,6 +47,11 @@ def test_append_list_and_clear_through_the_service_and_rviz(sequences):
     wait_for(lambda: len(call(LIST, "other").phases) == 1, 5, what="append to the parameter's sequence")
     stored = planner.goals.sequence("default")[0]
     assert stored.image.shape == (96, 128, 3) and stored.joints.shape == (23,)
+    # The frame's aligned depth comes with it, in metres; a camera without depth gives none.
+    assert stored.depth.shape == (96, 128) and np.allclose(stored.depth, 0.8)
+    robot.publish_depth = False
+    time.sleep(0.3)                                               # the depth kept is now older than the frames
+    assert call(APPEND, "no_depth").success and planner.goals.sequence("no_depth")[0].depth is None
     answer = call(CLEAR)
     assert answer.success and "2 subgoal(s) removed" in answer.message and call(LIST).phases == []
     assert list(call(LIST, "other").phases) == [""]               # other sequences are untouched
