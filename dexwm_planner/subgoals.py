@@ -39,6 +39,7 @@ ADVANCES = (REACHED, PLATEAU, BUDGET)
 # Bounds of the settings a request may carry (a sequence comes from a user: refuse nonsense early).
 STD_RANGE = (1e-4, 2.0)
 ORIENTATION_RANGE = (0.0, 100.0)
+POSE_WEIGHT_SCALE_RANGE = (0.0, 100.0)
 MAX_STEPS_RANGE = (1, 10000)
 PLATEAU_STEPS_RANGE = (0, 1000)
 
@@ -59,12 +60,16 @@ class SearchSettings:
     reference: str | None = None             # motion the CEM starts from (MPCConfig.reference)
     execute: str | None = None               # "best" sample or the CEM's "mean" (MPCConfig.execute)
     orientation_reference: str | None = None  # "start" or "goal_image" (MPCConfig.orientation_reference)
+    # The goal-pose terms' weights (goal wrist, orientation) times this: a key frame that must be
+    # met precisely (the pose a grasp starts from) leans on them more than on the latent cost.
+    pose_weight_scale: float | None = None
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
             raise ValueError(f"subgoal {self.phase!r}: kind must be one of {', '.join(TASK_KINDS)}, got {self.kind!r}")
         for name, (lo, hi) in (("std_arm", STD_RANGE), ("std_hand", STD_RANGE),
-                               ("orientation_weight", ORIENTATION_RANGE)):
+                               ("orientation_weight", ORIENTATION_RANGE),
+                               ("pose_weight_scale", POSE_WEIGHT_SCALE_RANGE)):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and lo <= value <= hi):
                 raise ValueError(f"subgoal {self.phase!r}: {name} must be in [{lo:g}, {hi:g}], got {value}")
@@ -90,6 +95,9 @@ class SearchSettings:
         objective = base.objective
         if self.orientation_weight is not None:
             objective = replace(objective, orientation_weight=self.orientation_weight)
+        if self.pose_weight_scale is not None:
+            objective = replace(objective, orientation_weight=objective.orientation_weight * self.pose_weight_scale,
+                                goal_wrist_weight=objective.goal_wrist_weight * self.pose_weight_scale)
         return replace(base, cem=cem, objective=objective,
                        reference=base.reference if self.reference is None else self.reference,
                        execute=base.execute if self.execute is None else self.execute,
@@ -112,6 +120,10 @@ class SearchSettings:
 PHASES: dict[str, SearchSettings] = {
     # Move the open hand somewhere (e.g. above the object): everything searched.
     "reach": SearchSettings(phase="reach", kind="reach"),
+    # The pose a grasp starts from (hand open just above the object): a grasp forgives 1 cm sideways
+    # and 15 deg of yaw, not 2-3 cm (README, "How precisely a grasp must start"), so the goal wrist
+    # and orientation terms (where the planner has them) weigh 5 times more than elsewhere.
+    "approach": SearchSettings(phase="approach", kind="reach", pose_weight_scale=5.0),
     # Close on the object (and lift it, when no lift subgoal follows): the reference grasp motion
     # (the hand to the open grasp posture, down until it meets something, close, up: at most 20 steps;
     # dexwm_planner.reference_motion),

@@ -816,7 +816,7 @@ def subgoal_phases(marks: tuple) -> tuple[str, ...]:
     subgoal: the hand above the object ("high") and the pre-grasp pose are reached, the object is
     grasped (and lifted, in a phase of its own after "closed"), carried above its target and released.
     The four default marks give reach -> grasp -> carry -> release, the five with "closed" add the lift."""
-    by_mark = {"high": "reach", "pregrasp": "reach", "closed": "grasp",
+    by_mark = {"high": "reach", "pregrasp": "approach", "closed": "grasp",
                "lifted": "lift" if "closed" in marks else "grasp", "above": "carry", "lowered": "place",
                "released": "release"}
     unknown = [m for m in marks if m not in by_mark]

@@ -522,10 +522,10 @@ def test_the_depth_goal_wrist_reads_each_goals_depth_image(random_checkpoint, tm
 
 
 def test_scripted_marks_map_to_subgoal_phases():
-    assert ev.subgoal_phases(("pregrasp", "lifted", "above", "released")) == ("reach", "grasp", "carry", "release")
+    assert ev.subgoal_phases(("pregrasp", "lifted", "above", "released")) == ("approach", "grasp", "carry", "release")
     assert ev.subgoal_phases(("pregrasp", "closed", "lifted", "above", "released")) == \
-        ("reach", "grasp", "lift", "carry", "release")
+        ("approach", "grasp", "lift", "carry", "release")
     assert ev.subgoal_phases(("high", "pregrasp", "lifted", "above", "released")) == \
-        ("reach", "reach", "grasp", "carry", "release")
+        ("reach", "approach", "grasp", "carry", "release")
     with pytest.raises(ValueError, match="no subgoal phase"):
         ev.EvalSettings(protocol="composite", task="pick-place", subgoals=True, subgoal_marks=("hover",))

@@ -159,7 +159,7 @@ def test_an_episode_runs_through_its_subgoals_on_images_and_joints_only(random_c
     assert calls.count("start") == 5
     # The judge read each subgoal's end (between the policy's calls, which saw nothing of it).
     ends = outcome.subgoal_progress
-    assert [e["phase"] for e in ends] == ["reach", "reach", "grasp", "carry", "release"]
+    assert [e["phase"] for e in ends] == ["reach", "approach", "grasp", "carry", "release"]
     assert [e["reason"] for e in ends] == outcome.subgoal_reasons
     assert [e["scripted_held"] for e in ends] == [False, False, True, True, False]
     assert all(np.isfinite(e["palm_error_m"]) and e["palm_error_m"] >= 0 and np.isfinite(e["object_error_m"])

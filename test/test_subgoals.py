@@ -154,6 +154,16 @@ def test_search_settings_are_checked_and_applied():
     assert default_phases(5) == PICK_PLACE == ("reach", "grasp", "lift", "carry", "release")
     assert default_phases(4) == ("reach", "grasp", "carry", "release") and default_phases(2) == ("reach", "reach")
     assert PHASES["lift"].hold_hand and PHASES["lift"].kind == "grasp"
+    # The approach to a grasp leans on the goal-pose terms the planner has (none stays none).
+    from dexwm_planner.objective import ObjectiveConfig
+
+    posed = MPCConfig(cem=CPU, objective=ObjectiveConfig(goal_wrist_weight=100.0, orientation_weight=2.0))
+    approach = PHASES["approach"].mpc_config(posed).objective
+    assert (approach.goal_wrist_weight, approach.orientation_weight) == (500.0, 10.0)
+    assert PHASES["approach"].mpc_config(base).objective.goal_wrist_weight == 0.0
+    assert PHASES["reach"].mpc_config(posed).objective == posed.objective
+    with pytest.raises(ValueError, match="pose_weight_scale"):
+        SearchSettings(pose_weight_scale=-1.0)
 
 
 def test_held_joints_are_targeted_within_the_step_cap():
