@@ -181,7 +181,7 @@ def test_cli_runs_subgoals_and_skips_single_goal_baselines(tmp_path, random_chec
     assert set(data["baselines"]) == {"random_shooting_wm"} and set(data["skipped_baselines"]) == {"hold_still"}
     assert len(data["baseline_outcomes"]["random_shooting_wm"][0]["subgoal_reasons"]) == 5
     funnel = data["subgoal_funnel"]
-    assert [f["phase"] for f in funnel] == ["reach", "grasp", "lift", "carry", "release"]
+    assert [f["phase"] for f in funnel] == ["approach", "grasp", "lift", "carry", "release"]
     assert len(data["baselines"]["random_shooting_wm"]["subgoal_funnel"]) == 5
     assert "subgoal 5 (release, 1 runs got to its end): palm" in capsys.readouterr().out
     plain = dict(data, settings=dict(data["settings"], subgoals=False), baselines={})
