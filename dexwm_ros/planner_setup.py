@@ -55,8 +55,9 @@ class _LazyHandPixels:
 
 
 class _LazyGoalWrist:
-    """The goal wrist from a goal's depth image (dexwm_planner.goal_depth), for the colour frames'
-    size and intrinsics at the first goal that has depth; None where the goal-hand reader is off."""
+    """The goal wrist from a goal's depth image (dexwm_planner.goal_depth), made for the colour
+    frames' size and intrinsics when the first goal with depth is set (ValueError where it cannot be
+    read: the goal is refused as a bad goal, the robot holding)."""
 
     def __init__(self, planning: "WorldModelPlanning", camera: Callable[[], tuple]):
         self.planning, self.camera, self._fn = planning, camera, None
