@@ -128,7 +128,10 @@ class TeleopNode(Node):
         elif action == "capture":
             self._call(self.capture_client, Trigger.Request(), self._on_capture_answer)
         elif action in SEQUENCE_COMMANDS:
-            request = CaptureSequence.Request(command=SEQUENCE_COMMANDS[action], sequence=self.params.values.sequence)
+            command, values = SEQUENCE_COMMANDS[action], self.params.values
+            request = CaptureSequence.Request(command=command, sequence=values.sequence,
+                                              phase=values.sequence_phase if command == CaptureSequence.Request.APPEND
+                                              else "")
             self._call(self.sequence_client, request, self._on_sequence_answer)
         elif action == "stop":
             for client in self.stop_clients:

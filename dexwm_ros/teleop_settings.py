@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dexwm_planner.subgoals import PHASES
 from dexwm_ros.goal_store import check_sequence_name
 from dexwm_ros.node_settings import setting
 
@@ -20,6 +21,9 @@ class TeleopSettings:
     keyboard: bool = setting(True, "read keys from the terminal when it is one")
     stale_timeout_s: float = setting(1.0, "joint states older than this block jogging [s]", bounds=(0.05, 60.0))
     sequence: str = setting("default", "goal sequence that n/l/x append to, list, clear")
+    sequence_phase: str = setting("", "search profile of the frames n appends (reach, approach, grasp, lift, carry, "
+                                  "place, release: dexwm_planner.subgoals); empty = by position",
+                                  choices=("",) + tuple(PHASES))
 
     def problem(self) -> str | None:
         try:

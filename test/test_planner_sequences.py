@@ -153,12 +153,14 @@ def test_teleop_keys_append_list_and_clear(sequences, rclpy_context):
     try:
         wait_for(lambda: (executor.spin_once(timeout_sec=0.05), teleop.sequence_client.service_is_ready())[1], 10,
                  what="teleop sees the service")
-        for key in "nn":
-            teleop.handle_key(key)
+        for key, phase in (("n", ""), ("n", "approach")):
+            teleop.set_parameters([Parameter("sequence_phase", value=phase)])
             n = len(planner.goals.sequence("keys"))
+            teleop.handle_key(key)
             wait_for(lambda: (executor.spin_once(timeout_sec=0.05),
                               len(planner.goals.sequence("keys")) > n)[1], 10, what=f"append by key {key}")
-        assert len(call(LIST, "keys").phases) == 2
+        assert list(call(LIST, "keys").phases) == ["", "approach"]
+        assert not teleop.set_parameters([Parameter("sequence_phase", value="juggle")])[0].successful
         teleop.handle_key("l")
         teleop.handle_key("x")
         wait_for(lambda: (executor.spin_once(timeout_sec=0.05), planner.goals.sequence("keys") == [])[1], 10,
