@@ -40,8 +40,8 @@ without the hand-consistency loss; ``models/dexwm_sim_no_pretrain.pt``: without 
 solution's images at five marks (hand open and turned 20 cm above the object, the pre-grasp pose,
 object grasped and lifted, object carried above its target, object released there;
 ``dexwm_sim.tasks.make_subgoals``) instead of the final image alone, and runs them as the planner
-node runs a sequence (dexwm_planner.subgoals: one planning session per subgoal with the reach, reach,
-grasp, carry, release search settings, advancing by the stop rule; ``--max-steps`` is then per
+node runs a sequence (dexwm_planner.subgoals: one planning session per subgoal with the reach,
+approach, grasp, carry, release search settings (``subgoal_phases``), advancing by the stop rule; ``--max-steps`` is then per
 subgoal, default 12, except where a phase has its own: the grasp runs its reference motion, at most
 20 steps). By default each goal's wrist is read from its depth image (``--goal-wrist-depth 100``)
 and its hand's orientation from its image (``--goal-orientation 2``): ``SUBGOAL_CHAIN``.
