@@ -10,7 +10,7 @@ import numpy as np
 from dexwm_robot.tasks import TASK_KINDS
 from dexwm_ros.goal_images import Goal, fit_goal_depth, fit_goal_image
 from dexwm_ros.goal_store import MAX_SUBGOALS, GoalStore, check_sequence_name, sequence_subgoals
-from dexwm_ros.image_conversion import depth_to_metres, image_to_numpy
+from dexwm_ros.image_conversion import depth_to_numpy, image_to_numpy
 from dexwm_ros.planner_settings import MAX_STEPS_RANGE
 
 
@@ -100,6 +100,6 @@ def _sequence(request, goals: GoalStore, camera_hw) -> tuple[str, list[Goal]]:
 def _goal_depth(msg, image: np.ndarray, what: str) -> np.ndarray:
     """The depth image [m] of a goal, at its colour image's size; ValueError naming the goal."""
     try:
-        return fit_goal_depth(depth_to_metres(msg), image.shape[:2])
+        return fit_goal_depth(depth_to_numpy(msg), image.shape[:2])
     except ValueError as e:
         raise ValueError(f"depth of {what}: {e}") from None

@@ -57,10 +57,10 @@ def fit_goal_image(goal: np.ndarray, reference_hw: tuple[int, int] | None) -> np
 
 
 def fit_goal_depth(depth: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """A goal's aligned depth image [m] brought to its colour image's size ``image_hw``: float32,
-    holes (nan, inf, negative) as 0, resized by nearest neighbour (averaging would invent surfaces
-    between the hand and the table behind it); ValueError when it is not a 2D image of the colour
-    image's aspect ratio."""
+    """A goal's aligned depth image (uint16 [mm], as 16UC1 carries it, or float [m]) as float32 [m]
+    at its colour image's size ``image_hw``: holes (0, nan, inf, negative) as 0, resized by nearest
+    neighbour (averaging would invent surfaces between the hand and the table behind it);
+    ValueError when it is not a 2D image of the colour image's aspect ratio."""
     import cv2
 
     depth = np.asarray(depth)
@@ -70,7 +70,7 @@ def fit_goal_depth(depth: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     if abs((depth.shape[1] / depth.shape[0]) / (w / h) - 1.0) > MAX_ASPECT_MISMATCH:
         raise ValueError(f"the goal's depth image {depth.shape[1]}x{depth.shape[0]} is not aligned with its "
                          f"{w}x{h} colour image (aspect ratios differ)")
-    metres = depth.astype(np.float32)
+    metres = depth.astype(np.float32) * (0.001 if depth.dtype == np.uint16 else 1.0)
     metres[~np.isfinite(metres) | (metres < 0)] = 0.0
     if metres.shape != (h, w):
         metres = cv2.resize(metres, (w, h), interpolation=cv2.INTER_NEAREST)

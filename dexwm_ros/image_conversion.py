@@ -71,15 +71,6 @@ def depth_to_numpy(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(_pixels(msg, _DEPTH)[:, :, 0])
 
 
-def depth_to_metres(msg: Image) -> np.ndarray:
-    """HxW float32 depth [m] of a 16UC1/mono16 (millimetres) or 32FC1 (metres) image; holes (0, nan,
-    inf) stay holes as 0."""
-    depth = depth_to_numpy(msg)
-    metres = depth.astype(np.float32) * (0.001 if depth.dtype == np.uint16 else 1.0)
-    metres[~np.isfinite(metres) | (metres < 0)] = 0.0
-    return metres
-
-
 def to_time_msg(stamp) -> Time:
     """builtin_interfaces/Time from a Time message, an rclpy Time or float seconds (epoch)."""
     if isinstance(stamp, Time):

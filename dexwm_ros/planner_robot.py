@@ -22,7 +22,8 @@ from trajectory_msgs.msg import JointTrajectoryPoint
 
 from dexwm_planner.session import FAILED_MOVE, INTERRUPTED, MOVED, JointGroupRobot, MoveStatus, Reading
 from dexwm_ros.action import MoveJoints
-from dexwm_ros.image_conversion import depth_to_metres, image_to_numpy
+from dexwm_ros.goal_images import fit_goal_depth
+from dexwm_ros.image_conversion import depth_to_numpy, image_to_numpy
 from dexwm_ros.joint_state import joint_vector
 from dexwm_ros.ros_time import duration as duration_msg, seconds
 
@@ -69,7 +70,7 @@ class MoveJointsRobot(JointGroupRobot):
         self._arm: Reading | None = None
         self._hand: Reading | None = None
         self._camera_info: tuple[np.ndarray, tuple[int, int]] | None = None   # K and the (h, w) it is for
-        self._depths: deque[Reading] = deque(maxlen=DEPTH_FRAMES_KEPT)          # newest aligned depth images [m]
+        self._depths: deque[Reading] = deque(maxlen=DEPTH_FRAMES_KEPT)          # newest aligned depth images, as sent
         self._move_handles: list = []
         self._last_feedback: list[float] = []    # per request of the move under way: monotonic time
         self._waiting: set[threading.Event] = set()    # the events the waits in progress sleep on
@@ -99,7 +100,7 @@ class MoveJointsRobot(JointGroupRobot):
 
     def _on_depth(self, msg: Image):
         try:
-            depth = depth_to_metres(msg)
+            depth = depth_to_numpy(msg)      # converted to metres only when a capture takes it
         except ValueError as e:
             self.node.get_logger().warning(f"depth image ignored: {e}", throttle_duration_sec=5.0)
             return
@@ -107,14 +108,14 @@ class MoveJointsRobot(JointGroupRobot):
             self._depths.append(Reading(depth, seconds(msg.header.stamp), time.monotonic()))
 
     def depth_for(self, image: Reading) -> np.ndarray | None:
-        """A copy of the depth image taken with the colour frame ``image`` (the same stamp, within
+        """The depth image [m] taken with the colour frame ``image`` (the same stamp, within
         DEPTH_STAMP_TOLERANCE_S, at its size), None where none arrived with it."""
         with self._lock:
             depths = list(self._depths)
         for depth in reversed(depths):
             if (abs(depth.stamp - image.stamp) <= DEPTH_STAMP_TOLERANCE_S
                     and depth.value.shape == image.value.shape[:2]):
-                return depth.value.copy()
+                return fit_goal_depth(depth.value, depth.value.shape)
         return None
 
     def _on_camera_info(self, msg: CameraInfo):
