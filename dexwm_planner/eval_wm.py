@@ -12,7 +12,11 @@ moves" and the probe on the actual latents (``object_readout``; ``object_readout
 2 / 4 s). When it has an occupancy probe (``occupancy_probe``, ``<checkpoint>.occupancy.pt``) it
 reports the identity-free read-out as well: each object's distance to the nearest of the cells
 the detector finds on the predicted latents, next to "nothing moves" scored the same way
-(``object_occupancy``; ``object_occupancy_at``). Writes ``metrics.json``, ``metrics.md`` (those
+(``object_occupancy``; ``object_occupancy_at``). When it has a tracking read-out (``track_probe``,
+``<checkpoint>.track.pt``) it reports how far each object moved since the last context frame, read
+from the latent around it and the hand, added to its recorded position, next to "nothing moves" and
+the same read-out on the actual latents and on the context latent (``object_track``;
+``object_track_at``). Writes ``metrics.json``, ``metrics.md`` (those
 horizons), ``metrics.png`` and ``strip.png`` (top: actual frames with the true keypoints, bottom:
 the same frames with the keypoints decoded from the *predicted* latents).
 """
@@ -25,12 +29,14 @@ import sys
 import numpy as np
 import torch
 
-from . import occupancy_probe
+from . import occupancy_probe, track_probe
 from .actions import keypoint_actions
 from .datasets import EncodedEpisode, cached_tokens, heatmap_targets, load_episodes
 from .hand_head import pck
+from .keypoints import RIGHT_HAND_HEATMAPS
 from .object_probe import ObjectProbe, probe_file, probe_split, readout_errors
 from .occupancy_probe import OccupancyProbe
+from .track_probe import TrackProbe
 from .paths import recorded_path, same_file
 from .world_model import CheckpointError, DexWM
 
@@ -62,10 +68,11 @@ def rollout_starts(n: int, context: int, horizon: int, stride: int, every: int) 
 
 @torch.no_grad()
 def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: int = 1, probe=None,
-             start_every: int = 0, occupancy=None):
+             start_every: int = 0, occupancy=None, track=None):
     """Returns per-step arrays and the rollouts needed for the strip. With an object ``probe``
     (``object_probe.ObjectProbe``) also the object read-out errors per step, with an ``occupancy``
-    probe (``occupancy_probe.OccupancyProbe``) the identity-free read-out's."""
+    probe (``occupancy_probe.OccupancyProbe``) the identity-free read-out's, with a ``track``
+    read-out (``track_probe.TrackProbe``) the tracking read-out's."""
     steps = []
     for e in encoded:
         n = len(e.episode)
@@ -73,14 +80,15 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
             continue
         # The objects' grid cells, projected once per episode (every rollout start reads its rows).
         cells = (occupancy_probe.episode_cells(wm.encoder, e.episode).numpy()
-                 if occupancy is not None and e.episode.object_positions is not None else None)
+                 if (occupancy is not None or track is not None) and e.episode.object_positions is not None
+                 else None)
         for start in rollout_starts(n, context, horizon, stride, start_every):
             idx = start + np.arange(0, context + horizon) * stride
             idx = idx[idx < n]
             H = len(idx) - context
             if H < 1:
                 continue
-            step = _rollout(wm, e, idx, context, probe, occupancy, cells)
+            step = _rollout(wm, e, idx, context, probe, occupancy, cells, track)
             step.update(episode=e, idx=idx)
             steps.append(step)
     if not steps:
@@ -104,6 +112,8 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
     if occupancy is not None:
         res["object_occupancy"] = object_readout_per_step([s.get("occupancy") for s in steps], Hmax,
                                                           OCCUPANCY_KINDS, counted="in_view")
+    if track is not None:
+        res["object_track"] = object_readout_per_step([s.get("track") for s in steps], Hmax, OCCUPANCY_KINDS)
     res["horizon"] = Hmax
     res["episodes"] = len({id(s["episode"]) for s in steps})
     res["rollouts"] = len(steps)
@@ -112,9 +122,10 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
     return res, steps
 
 
-def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None, cells=None) -> dict:
+def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None, cells=None, track=None) -> dict:
     """One open-loop rollout over the frames ``idx`` of an encoded episode: errors per step
-    (``cells``: the episode's object grid cells per frame, for the ``occupancy`` read-out)."""
+    (``cells``: the episode's object grid cells per frame, for the ``occupancy`` and ``track``
+    read-outs)."""
     ep = e.episode
     acts = keypoint_actions(ep.keypoints_world[idx], ep.cam_to_world[idx])
     dt = float(ep.dt * (idx[1] - idx[0]))
@@ -135,6 +146,15 @@ def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None, cells=None)
         out["occupancy"] = occupancy_probe.readout_errors(occupancy, pred.numpy(), true.numpy(), pos[idx[context:]],
                                                           cells[idx[context:]], e.latents[idx[context - 1]].numpy(),
                                                           pos[idx[context - 1]])
+    if track is not None and pos is not None:
+        if track.step_seconds is not None and abs(dt - track.step_seconds) > 1e-3:
+            raise ValueError(f"the tracking read-out was fitted for model steps of {track.step_seconds:g} s; these "
+                             f"rollouts step {dt:g} s (choose --stride so that they match)")
+        last = idx[context - 1]
+        hand = RIGHT_HAND_HEATMAPS
+        out["track"] = track_probe.readout_errors(
+            track, pred.numpy(), true.numpy(), out["kp_pred"][:, hand], out["kp_act"][:, hand], pos[idx[context:]],
+            e.latents[last].numpy(), wm.keypoints_2d(e.latents[last], hand).numpy(), pos[last], cells[last])
     return out
 
 
@@ -185,8 +205,8 @@ def plot_metrics(res: dict, path: str, dt: float):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     t = (np.arange(res["horizon"]) + 1) * dt
-    obj, occ = res.get("object_readout"), res.get("object_occupancy")
-    panels = 2 + bool(obj) + bool(occ)
+    obj, occ, trk = res.get("object_readout"), res.get("object_occupancy"), res.get("object_track")
+    panels = 2 + bool(obj) + bool(occ) + bool(trk)
     fig, ax = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     ax[0].plot(t, res["latent_error"], "o-", label="world model")
     ax[0].plot(t, res["latent_error_copy_baseline"], "--", label="repeat last frame")
@@ -214,9 +234,19 @@ def plot_metrics(res: dict, path: str, dt: float):
                                   ("context_latent", "-.", "from the last context latent"),
                                   ("nothing_moves", "--", "nothing moves")):
             vals = [np.nan if v is None else v for v in occ[f"{key}_moved_cm"]]
+            ax[2 + bool(obj)].plot(t, vals, style, label=label)
+        ax[2 + bool(obj)].set_xlabel("prediction horizon [s]")
+        ax[2 + bool(obj)].set_ylabel("distance to nearest read point [cm] (moved)")
+        ax[2 + bool(obj)].legend()
+    if trk:
+        for key, style, label in (("predicted", "o-", "tracked on predicted latents"),
+                                  ("true_latents", ":", "on actual latents"),
+                                  ("context_latent", "-.", "on the last context latent"),
+                                  ("nothing_moves", "--", "nothing moves")):
+            vals = [np.nan if v is None else v for v in trk[f"{key}_moved_cm"]]
             ax[-1].plot(t, vals, style, label=label)
         ax[-1].set_xlabel("prediction horizon [s]")
-        ax[-1].set_ylabel("distance to nearest read point [cm] (moved)")
+        ax[-1].set_ylabel("object position error [cm] (moved, tracked)")
         ax[-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -274,6 +304,24 @@ def write_markdown(res: dict, path: str, dt: float) -> str:
                   "predicted latents, the actual future latents (the read-out's floor) and the last context latent (a "
                   "frozen world read the same way), and to the nearest of the K positions recorded at the last context "
                   "frame (\"nothing moves\"); moved: > 1 cm from there."]
+    trk = res.get("object_track_at")
+    if trk is not None:
+        head = ("| horizon (s) | objects moved / all | moved (cm): predicted | actual latents | last context latent "
+                "| nothing moves | nothing moves / predicted | all (cm): predicted | nothing moves |")
+        lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+        for t in REPORT_SECONDS:
+            o = trk.get(f"{t:g}")
+            if o is None:
+                continue
+            p, still = o["predicted_moved_cm"], o["nothing_moves_moved_cm"]
+            lines.append(f"| {t:g} | {o['objects_moved']} / {o['objects']} | {f(p)} | {f(o['true_latents_moved_cm'])} "
+                         f"| {f(o['context_latent_moved_cm'])} | {f(still)} | {f(still / p if p and still is not None else None)} "
+                         f"| {f(o['predicted_cm'])} | {f(o['nothing_moves_cm'])} |")
+        lines += ["", "Tracking read-out (`<checkpoint>.track.pt`): each object's recorded position at the last context "
+                  "frame plus the displacement read from the latent around it and the hand decoded from both latents, on "
+                  "the predicted latents, the actual future latents (the read-out's floor) and the last context latent (a "
+                  "frozen world read the same way), against the recorded positions; \"nothing moves\": the positions at "
+                  "the last context frame; moved: > 1 cm from there."]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as fh:
         fh.write(text)
@@ -336,6 +384,12 @@ def load_occupancy_probe(args):
                         OccupancyProbe.load, "occupancy probe")
 
 
+def load_track_probe(args):
+    """``args.track_probe``, else the checkpoint's ``<name>.track.pt`` when it exists, else None."""
+    return _load_beside(getattr(args, "track_probe", None), track_probe.probe_file(args.checkpoint),
+                        TrackProbe.load, "tracking read-out")
+
+
 def evaluated_on_fit_episodes(meta: dict, data, encoded) -> int:
     """How many of the evaluated episodes a probe was fitted on. Episode names are file names: they
     identify episodes only within the data the probe was fitted on."""
@@ -353,10 +407,11 @@ def open_loop(args) -> int:
         wm = DexWM.load(args.checkpoint)
         probe, probe_path = load_probe(args)
         occupancy, occupancy_path = load_occupancy_probe(args)
+        track, track_path = load_track_probe(args)
         episodes, skipped = select_episodes(args, wm)
         encoded = encode_episodes(wm, episodes, args.cache_dir)
         res, rollouts = evaluate(wm, encoded, args.horizon, args.context, args.stride, probe,
-                                 getattr(args, "start_every", 0), occupancy)
+                                 getattr(args, "start_every", 0), occupancy, track)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
@@ -376,6 +431,12 @@ def open_loop(args) -> int:
                                   "evaluated_on_fit_episodes": evaluated_on_fit_episodes(occupancy.meta, args.data,
                                                                                          encoded)}
         res["object_occupancy_at"] = object_readout_at(res["object_occupancy"], dt)
+    if track is not None:
+        res["track_probe"] = {"path": recorded_path(track_path),
+                              **{k: track.meta.get(k) for k in ("epochs", "fit_pairs", "step_seconds", "checkpoint")},
+                              "fit_episodes": len(track.meta.get("fit_episodes", ())),
+                              "evaluated_on_fit_episodes": evaluated_on_fit_episodes(track.meta, args.data, encoded)}
+        res["object_track_at"] = object_readout_at(res["object_track"], dt)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as fh:
         json.dump(res, fh, indent=1)

@@ -3,6 +3,7 @@
     dexwm-eval-wm CHECKPOINT DATA [--held-out] [--start-every K] [--episodes N] [--cache-dir D]
     dexwm-eval-wm --fit-probe CHECKPOINT DATA [--cache-dir D] [--pooling flat|mean] [--probe-target position|change]
     dexwm-eval-wm --fit-probe CHECKPOINT DATA --probe-target occupancy [--cache-dir D] [--probe-iterations N]
+    dexwm-eval-wm --fit-probe CHECKPOINT DATA --probe-target track [--cache-dir D] [--probe-epochs N]
 
     dexwm-eval-wm --object-sensitivity [--checkpoint C] [--scenes N] [--json]
     dexwm-eval-wm --grasp-sensitivity [--checkpoint C] [--scenes N] [--first-seed S] [--camera P,A] [--json]
@@ -24,7 +25,9 @@ simulation, because those modes render simulation scenes.
 training part of DATA and writes ``<checkpoint>.probe.npz``, which the open-loop evaluation then
 reads; ``--probe-target occupancy`` fits the identity-free read-out instead (which grid cells hold
 an object, ``dexwm_planner.occupancy_probe``) and writes ``<checkpoint>.occupancy.pt``, which the
-evaluation reads beside the position probe; ``--held-out`` evaluates on the episodes of DATA that
+evaluation reads beside the position probe; ``--probe-target track`` fits the tracking read-out (how
+far each object moved since the last context frame, ``dexwm_planner.track_probe``) and writes
+``<checkpoint>.track.pt``, read likewise; ``--held-out`` evaluates on the episodes of DATA that
 split keeps out (never trained on).
 """
 from __future__ import annotations
@@ -72,14 +75,18 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-probe", action="store_true",
                     help="fit the object-position probe on DATA's training episodes, write <checkpoint>.probe.npz")
     ap.add_argument("--pooling", default="flat", choices=("flat", "mean"), help="probe input (--fit-probe)")
-    ap.add_argument("--probe-target", default="position", choices=("position", "change", "occupancy"),
-                    help="probe reads object positions, their change since the last context frame, or which grid "
-                         "cells hold an object (--fit-probe)")
+    ap.add_argument("--probe-target", default="position", choices=("position", "change", "occupancy", "track"),
+                    help="probe reads object positions, their change since the last context frame, which grid "
+                         "cells hold an object, or how far each object moved, read around it (--fit-probe)")
     ap.add_argument("--probe", default=None, help="probe file (default: <checkpoint>.probe.npz when present)")
     ap.add_argument("--occupancy-probe", default=None,
                     help="occupancy probe file (default: <checkpoint>.occupancy.pt when present)")
     ap.add_argument("--probe-iterations", type=int, default=2000,
                     help="Adam steps of the occupancy probe's fit (--fit-probe --probe-target occupancy)")
+    ap.add_argument("--track-probe", default=None,
+                    help="tracking read-out file (default: <checkpoint>.track.pt when present)")
+    ap.add_argument("--probe-epochs", type=int, default=8,
+                    help="passes over the frame pairs of the tracking read-out's fit (--fit-probe --probe-target track)")
     ap.add_argument("--held-out", action="store_true",
                     help="evaluate only the episodes of DATA kept out of training (the probe's split)")
     ap.add_argument("--split-fraction", type=float, default=None,
@@ -107,7 +114,8 @@ def main(argv=None) -> int:
     if not args.checkpoint or not args.data:
         ap.error("CHECKPOINT and DATA are required (unless --object-sensitivity or --grasp-sensitivity)")
     if args.fit_probe:
-        return fit_occupancy_probe(args) if args.probe_target == "occupancy" else fit_probe(args)
+        fitters = {"occupancy": fit_occupancy_probe, "track": fit_track_probe}
+        return fitters.get(args.probe_target, fit_probe)(args)
     from dexwm_planner.eval_wm import open_loop
 
     return open_loop(args)
@@ -161,6 +169,33 @@ def fit_occupancy_probe(args) -> int:
     summary = {"occupancy_probe": recorded_path(path), "iterations": probe.meta["iterations"],
                "fit_frames": probe.meta["fit_frames"], "fit_episodes": len(probe.meta["fit_episodes"]),
                "objects_in_view_fraction": probe.meta["objects_in_view_fraction"], "held_out_episodes": len(held_out)}
+    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def fit_track_probe(args) -> int:
+    import json
+
+    from dexwm_planner import track_probe
+    from dexwm_planner.paths import recorded_path
+    from dexwm_planner.world_model import CheckpointError, DexWM
+
+    if args.probe_epochs < 1:
+        print("dexwm-eval-wm: --probe-epochs must be at least 1", file=sys.stderr)
+        return 1
+    try:
+        wm = DexWM.load(args.checkpoint)
+        probe, held_out = track_probe.fit_for_checkpoint(
+            wm, args.checkpoint, args.data, args.kind, args.cache_dir, args.split_seed, args.split_fraction,
+            args.episodes, args.probe_epochs)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
+        return 1
+    path = args.track_probe or str(track_probe.probe_file(args.checkpoint))
+    probe.save(path)
+    summary = {"track_probe": recorded_path(path), "epochs": probe.meta["epochs"], "fit_pairs": probe.meta["fit_pairs"],
+               "moved_pairs_fraction": probe.meta["moved_pairs_fraction"], "step_seconds": probe.meta["step_seconds"],
+               "fit_episodes": len(probe.meta["fit_episodes"]), "held_out_episodes": len(held_out)}
     print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     return 0
 
