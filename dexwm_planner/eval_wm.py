@@ -113,7 +113,7 @@ def evaluate(wm: DexWM, encoded, horizon: int = 20, context: int = 1, stride: in
         res["object_occupancy"] = object_readout_per_step([s.get("occupancy") for s in steps], Hmax,
                                                           OCCUPANCY_KINDS, counted="in_view")
     if track is not None:
-        res["object_track"] = object_readout_per_step([s.get("track") for s in steps], Hmax, OCCUPANCY_KINDS)
+        res["object_track"] = object_readout_per_step([s.get("track") for s in steps], Hmax, TRACK_KINDS)
     res["horizon"] = Hmax
     res["episodes"] = len({id(s["episode"]) for s in steps})
     res["rollouts"] = len(steps)
@@ -160,6 +160,7 @@ def _rollout(wm: DexWM, e, idx, context: int, probe, occupancy=None, cells=None,
 
 READOUT_KINDS = ("predicted", "true_latents", "nothing_moves")
 OCCUPANCY_KINDS = ("predicted", "true_latents", "context_latent", "nothing_moves")
+TRACK_KINDS = OCCUPANCY_KINDS + ("predicted_hand_only", "predicted_latent_only")
 
 
 def object_readout_per_step(per_rollout, horizon: int, kinds=READOUT_KINDS, counted: str | None = None) -> dict:
@@ -307,7 +308,8 @@ def write_markdown(res: dict, path: str, dt: float) -> str:
     trk = res.get("object_track_at")
     if trk is not None:
         head = ("| horizon (s) | objects moved / all | moved (cm): predicted | actual latents | last context latent "
-                "| nothing moves | nothing moves / predicted | all (cm): predicted | nothing moves |")
+                "| nothing moves | nothing moves / predicted | predicted hand only | predicted latent only "
+                "| all (cm): predicted | nothing moves |")
         lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
         for t in REPORT_SECONDS:
             o = trk.get(f"{t:g}")
@@ -316,12 +318,15 @@ def write_markdown(res: dict, path: str, dt: float) -> str:
             p, still = o["predicted_moved_cm"], o["nothing_moves_moved_cm"]
             lines.append(f"| {t:g} | {o['objects_moved']} / {o['objects']} | {f(p)} | {f(o['true_latents_moved_cm'])} "
                          f"| {f(o['context_latent_moved_cm'])} | {f(still)} | {f(still / p if p and still is not None else None)} "
+                         f"| {f(o['predicted_hand_only_moved_cm'])} | {f(o['predicted_latent_only_moved_cm'])} "
                          f"| {f(o['predicted_cm'])} | {f(o['nothing_moves_cm'])} |")
         lines += ["", "Tracking read-out (`<checkpoint>.track.pt`): each object's recorded position at the last context "
                   "frame plus the displacement read from the latent around it and the hand decoded from both latents, on "
                   "the predicted latents, the actual future latents (the read-out's floor) and the last context latent (a "
                   "frozen world read the same way), against the recorded positions; \"nothing moves\": the positions at "
-                  "the last context frame; moved: > 1 cm from there."]
+                  "the last context frame; moved: > 1 cm from there. Predicted hand only: the context latent read with "
+                  "the hand decoded from the predicted latent; predicted latent only: the predicted latent with the "
+                  "context's hand."]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as fh:
         fh.write(text)

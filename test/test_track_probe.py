@@ -105,6 +105,7 @@ def test_read_out_comes_from_predicted_latents_only(tmp_path, monkeypatch):
     for h in range(5):
         assert trk["objects_moved"][h] > 0
         assert trk["predicted_moved_cm"][h] == pytest.approx(trk["context_latent_moved_cm"][h])
+        assert trk["predicted_hand_only_moved_cm"][h] == pytest.approx(trk["context_latent_moved_cm"][h])
     # The slide is 2 cm per step, 10 cm five steps out ("nothing moves"). From the context alone the
     # read-out learns part of the fixture's steady slide; from the actual latents it finds the object.
     assert trk["nothing_moves_moved_cm"][4] == pytest.approx(10.0)
@@ -137,7 +138,8 @@ def test_fit_track_command_and_evaluation_report(tmp_path, capsys):
                      "--start-every", "3", "--out", out, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["track_probe"]["evaluated_on_fit_episodes"] == 0 and "object_readout" not in res
-    for key in ("predicted_moved_cm", "context_latent_moved_cm", "nothing_moves_moved_cm", "true_latents_moved_cm"):
+    for key in ("predicted_moved_cm", "context_latent_moved_cm", "nothing_moves_moved_cm", "true_latents_moved_cm",
+                "predicted_hand_only_moved_cm", "predicted_latent_only_moved_cm"):
         assert len(res["object_track"][key]) == 5
     assert res["object_track_at"]["1"]["nothing_moves_moved_cm"] > 0
     md = open(os.path.join(out, "metrics.md")).read()
