@@ -220,35 +220,20 @@ def plot_metrics(res: dict, path: str, dt: float):
     ax[1].set_ylabel("PCK (predicted latents)")
     ax[1].set_ylim(0, 1)
     ax[1].legend()
-    if obj:
-        for key, style, label in (("predicted", "o-", "probe on predicted latents"),
-                                  ("true_latents", ":", "probe on actual latents"),
-                                  ("nothing_moves", "--", "nothing moves")):
-            vals = [np.nan if v is None else v for v in obj[f"{key}_moved_cm"]]
-            ax[2].plot(t, vals, style, label=label)
-        ax[2].set_xlabel("prediction horizon [s]")
-        ax[2].set_ylabel("object position error [cm] (moved objects)")
-        ax[2].legend()
-    if occ:
-        for key, style, label in (("predicted", "o-", "cells read from predicted latents"),
-                                  ("true_latents", ":", "from actual latents"),
-                                  ("context_latent", "-.", "from the last context latent"),
-                                  ("nothing_moves", "--", "nothing moves")):
-            vals = [np.nan if v is None else v for v in occ[f"{key}_moved_cm"]]
-            ax[2 + bool(obj)].plot(t, vals, style, label=label)
-        ax[2 + bool(obj)].set_xlabel("prediction horizon [s]")
-        ax[2 + bool(obj)].set_ylabel("distance to nearest read point [cm] (moved)")
-        ax[2 + bool(obj)].legend()
-    if trk:
-        for key, style, label in (("predicted", "o-", "tracked on predicted latents"),
-                                  ("true_latents", ":", "on actual latents"),
-                                  ("context_latent", "-.", "on the last context latent"),
-                                  ("nothing_moves", "--", "nothing moves")):
-            vals = [np.nan if v is None else v for v in trk[f"{key}_moved_cm"]]
-            ax[-1].plot(t, vals, style, label=label)
-        ax[-1].set_xlabel("prediction horizon [s]")
-        ax[-1].set_ylabel("object position error [cm] (moved, tracked)")
-        ax[-1].legend()
+    panels = [(obj, ("probe on predicted latents", "probe on actual latents", None),
+               "object position error [cm] (moved objects)"),
+              (occ, ("cells read from predicted latents", "from actual latents", "from the last context latent"),
+               "distance to nearest read point [cm] (moved)"),
+              (trk, ("tracked on predicted latents", "on actual latents", "on the last context latent"),
+               "object position error [cm] (moved, tracked)")]
+    for axis, (readout, labels, ylabel) in zip(ax[2:], [p for p in panels if p[0]]):
+        for key, style, label in zip(("predicted", "true_latents", "context_latent", "nothing_moves"),
+                                     ("o-", ":", "-.", "--"), (*labels, "nothing moves")):
+            if label is not None:
+                axis.plot(t, [np.nan if v is None else v for v in readout[f"{key}_moved_cm"]], style, label=label)
+        axis.set_xlabel("prediction horizon [s]")
+        axis.set_ylabel(ylabel)
+        axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -287,50 +272,49 @@ def write_markdown(res: dict, path: str, dt: float) -> str:
                   "read-out) on the predicted "
                   "latents, on the actual future latents (the probe's floor), and \"nothing moves\" (the positions "
                   "at the last context frame), against the recorded positions; moved: > 1 cm from there."]
-    occ = res.get("object_occupancy_at")
-    if occ is not None:
-        head = ("| horizon (s) | objects in view: moved / all | moved (cm): predicted | actual latents | last context latent "
-                "| nothing moves | nothing moves / predicted | all in view (cm): predicted | nothing moves |")
-        lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
-        for t in REPORT_SECONDS:
-            o = occ.get(f"{t:g}")
-            if o is None:
-                continue
-            p, still = o["predicted_moved_cm"], o["nothing_moves_moved_cm"]
-            lines.append(f"| {t:g} | {o['objects_moved']} / {o['objects']} | {f(p)} | {f(o['true_latents_moved_cm'])} "
-                         f"| {f(o['context_latent_moved_cm'])} | {f(still)} | {f(still / p if p and still is not None else None)} "
-                         f"| {f(o['predicted_cm'])} | {f(o['nothing_moves_cm'])} |")
-        lines += ["", "Identity-free read-out (`<checkpoint>.occupancy.pt`): each object in the grid, its table (x, y) "
-                  "distance to the nearest of the K cells the detector scores highest (K = the scene's objects) on the "
-                  "predicted latents, the actual future latents (the read-out's floor) and the last context latent (a "
-                  "frozen world read the same way), and to the nearest of the K positions recorded at the last context "
-                  "frame (\"nothing moves\"); moved: > 1 cm from there."]
-    trk = res.get("object_track_at")
-    if trk is not None:
-        head = ("| horizon (s) | objects moved / all | moved (cm): predicted | actual latents | last context latent "
-                "| nothing moves | nothing moves / predicted | predicted hand only | predicted latent only "
-                "| all (cm): predicted | nothing moves |")
-        lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
-        for t in REPORT_SECONDS:
-            o = trk.get(f"{t:g}")
-            if o is None:
-                continue
-            p, still = o["predicted_moved_cm"], o["nothing_moves_moved_cm"]
-            lines.append(f"| {t:g} | {o['objects_moved']} / {o['objects']} | {f(p)} | {f(o['true_latents_moved_cm'])} "
-                         f"| {f(o['context_latent_moved_cm'])} | {f(still)} | {f(still / p if p and still is not None else None)} "
-                         f"| {f(o['predicted_hand_only_moved_cm'])} | {f(o['predicted_latent_only_moved_cm'])} "
-                         f"| {f(o['predicted_cm'])} | {f(o['nothing_moves_cm'])} |")
-        lines += ["", "Tracking read-out (`<checkpoint>.track.pt`): each object's recorded position at the last context "
-                  "frame plus the displacement read from the latent around it and the hand decoded from both latents, on "
-                  "the predicted latents, the actual future latents (the read-out's floor) and the last context latent (a "
-                  "frozen world read the same way), against the recorded positions; \"nothing moves\": the positions at "
-                  "the last context frame; moved: > 1 cm from there. Predicted hand only: the context latent read with "
-                  "the hand decoded from the predicted latent; predicted latent only: the predicted latent with the "
-                  "context's hand."]
+    lines += _moved_table(res.get("object_occupancy_at"), "objects in view: moved / all", "all in view (cm)", (), [
+        "Identity-free read-out (`<checkpoint>.occupancy.pt`): each object in the grid, its table (x, y) distance to the "
+        "nearest of the K cells the detector scores highest (K = the scene's objects) on the predicted latents, the "
+        "actual future latents (the read-out's floor) and the last context latent (a frozen world read the same way), "
+        "and to the nearest of the K positions recorded at the last context frame (\"nothing moves\"); moved: > 1 cm "
+        "from there."])
+    lines += _moved_table(res.get("object_track_at"), "objects moved / all", "all (cm)",
+                          (("predicted hand only", "predicted_hand_only"), ("predicted latent only", "predicted_latent_only")), [
+        "Tracking read-out (`<checkpoint>.track.pt`): each object's recorded position at the last context frame plus "
+        "the displacement read from the latent around it and the hand decoded from both latents, on the predicted "
+        "latents, the actual future latents (the read-out's floor) and the last context latent (a frozen world read the "
+        "same way), against the recorded positions; \"nothing moves\": the positions at the last context frame; moved: "
+        "> 1 cm from there. Predicted hand only: the context latent read with the hand decoded from the predicted "
+        "latent; predicted latent only: the predicted latent with the context's hand."])
     text = "\n".join(lines) + "\n"
     with open(path, "w") as fh:
         fh.write(text)
     return text
+
+
+def _moved_table(at: dict | None, count_label: str, all_label: str, extra, caption) -> list:
+    """Markdown lines of a read-out that stands beside a frozen world (``object_occupancy_at``,
+    ``object_track_at``): moved objects' errors on predicted, actual and context latents, "nothing
+    moves" and its ratio to the prediction, ``extra`` (header, key) columns, then all objects."""
+    if at is None:
+        return []
+
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+    head = (f"| horizon (s) | {count_label} | moved (cm): predicted | actual latents | last context latent "
+            f"| nothing moves | nothing moves / predicted |" + "".join(f" {h} |" for h, _ in extra)
+            + f" {all_label}: predicted | nothing moves |")
+    lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for t in REPORT_SECONDS:
+        o = at.get(f"{t:g}")
+        if o is None:
+            continue
+        p, still = o["predicted_moved_cm"], o["nothing_moves_moved_cm"]
+        lines.append(f"| {t:g} | {o['objects_moved']} / {o['objects']} | {f(p)} | {f(o['true_latents_moved_cm'])} "
+                     f"| {f(o['context_latent_moved_cm'])} | {f(still)} | {f(still / p if p and still is not None else None)} |"
+                     + "".join(f" {f(o[f'{key}_moved_cm'])} |" for _, key in extra)
+                     + f" {f(o['predicted_cm'])} | {f(o['nothing_moves_cm'])} |")
+    return lines + ["", *caption]
 
 
 def draw_strip(wm: DexWM, rollout: dict, path: str, max_frames: int = 8):

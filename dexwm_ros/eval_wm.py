@@ -147,54 +147,41 @@ def fit_probe(args) -> int:
 
 
 def fit_occupancy_probe(args) -> int:
-    import json
-
     from dexwm_planner import occupancy_probe
-    from dexwm_planner.paths import recorded_path
-    from dexwm_planner.world_model import CheckpointError, DexWM
 
-    if args.probe_iterations < 1:
-        print("dexwm-eval-wm: --probe-iterations must be at least 1", file=sys.stderr)
-        return 1
-    try:
-        wm = DexWM.load(args.checkpoint)
-        probe, held_out = occupancy_probe.fit_for_checkpoint(
-            wm, args.checkpoint, args.data, args.kind, args.cache_dir, args.split_seed, args.split_fraction,
-            args.episodes, args.probe_iterations)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
-        return 1
-    path = args.occupancy_probe or str(occupancy_probe.probe_file(args.checkpoint))
-    probe.save(path)
-    summary = {"occupancy_probe": recorded_path(path), "iterations": probe.meta["iterations"],
-               "fit_frames": probe.meta["fit_frames"], "fit_episodes": len(probe.meta["fit_episodes"]),
-               "objects_in_view_fraction": probe.meta["objects_in_view_fraction"], "held_out_episodes": len(held_out)}
-    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
-    return 0
+    return fit_learned_probe(args, occupancy_probe, "occupancy_probe", "--probe-iterations", args.probe_iterations,
+                             ("iterations", "fit_frames", "objects_in_view_fraction"))
 
 
 def fit_track_probe(args) -> int:
+    from dexwm_planner import track_probe
+
+    return fit_learned_probe(args, track_probe, "track_probe", "--probe-epochs", args.probe_epochs,
+                             ("epochs", "fit_pairs", "moved_pairs_fraction", "step_seconds"))
+
+
+def fit_learned_probe(args, module, name: str, count_option: str, count: int, reported) -> int:
+    """Fit a read-out trained by gradient steps (``module``: ``occupancy_probe`` or ``track_probe``,
+    ``count`` iterations or epochs) on DATA's training episodes and write it to ``args.<name>`` or
+    beside the checkpoint; print what it was fitted on (the ``reported`` meta keys)."""
     import json
 
-    from dexwm_planner import track_probe
     from dexwm_planner.paths import recorded_path
     from dexwm_planner.world_model import CheckpointError, DexWM
 
-    if args.probe_epochs < 1:
-        print("dexwm-eval-wm: --probe-epochs must be at least 1", file=sys.stderr)
+    if count < 1:
+        print(f"dexwm-eval-wm: {count_option} must be at least 1", file=sys.stderr)
         return 1
     try:
         wm = DexWM.load(args.checkpoint)
-        probe, held_out = track_probe.fit_for_checkpoint(
-            wm, args.checkpoint, args.data, args.kind, args.cache_dir, args.split_seed, args.split_fraction,
-            args.episodes, args.probe_epochs)
+        probe, held_out = module.fit_for_checkpoint(wm, args.checkpoint, args.data, args.kind, args.cache_dir,
+                                                    args.split_seed, args.split_fraction, args.episodes, count)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"dexwm-eval-wm: {exc}", file=sys.stderr)
         return 1
-    path = args.track_probe or str(track_probe.probe_file(args.checkpoint))
+    path = getattr(args, name) or str(module.probe_file(args.checkpoint))
     probe.save(path)
-    summary = {"track_probe": recorded_path(path), "epochs": probe.meta["epochs"], "fit_pairs": probe.meta["fit_pairs"],
-               "moved_pairs_fraction": probe.meta["moved_pairs_fraction"], "step_seconds": probe.meta["step_seconds"],
+    summary = {name: recorded_path(path), **{k: probe.meta[k] for k in reported},
                "fit_episodes": len(probe.meta["fit_episodes"]), "held_out_episodes": len(held_out)}
     print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     return 0

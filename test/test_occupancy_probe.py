@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from wm_fixtures import tiny_world_model, write_object_episodes  # noqa: E402
+from wm_fixtures import frozen_rollout, tiny_world_model, write_object_episodes  # noqa: E402
 
 from dexwm_planner import eval_wm, occupancy_probe  # noqa: E402
 from dexwm_planner.datasets import EncodedEpisode, load_episodes  # noqa: E402
@@ -106,10 +106,7 @@ def test_read_out_comes_from_predicted_latents_only(data, tiny_wm, monkeypatch):
         all_cells.append(cells)
         all_pos.append(torch.as_tensor(ep.object_positions, dtype=torch.float32))
     probe = occupancy_probe.fit(np.concatenate(all_lat), torch.cat(all_cells), torch.cat(all_pos), GRID, 1500, hidden=8)
-
-    def frozen(context, actions, **kw):
-        return context[-1:].repeat(actions.shape[1], 1, 1)[None]
-    monkeypatch.setattr(tiny_wm, "rollout", frozen)
+    monkeypatch.setattr(tiny_wm, "rollout", frozen_rollout)
     res, _ = eval_wm.evaluate(tiny_wm, encoded, horizon=5, start_every=3, occupancy=probe)
     occ = res["object_occupancy"]
     assert occ["rollouts"] == 24 and "object_readout" not in res

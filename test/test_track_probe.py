@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from wm_fixtures import tiny_world_model, write_object_episodes  # noqa: E402
+from wm_fixtures import frozen_rollout, tiny_world_model, write_object_episodes  # noqa: E402
 
 from dexwm_planner import eval_wm, occupancy_probe, track_probe  # noqa: E402
 from dexwm_planner.datasets import EncodedEpisode, load_episodes  # noqa: E402
@@ -95,10 +95,7 @@ def test_read_out_comes_from_predicted_latents_only(tmp_path, monkeypatch):
         ys.append(y.reshape(-1, 3))
     readout, mean, scale = track_probe.fit(np.concatenate(xs), np.concatenate(ys), epochs=30, hidden=64)
     probe = track_probe.TrackProbe(readout, mean, scale, GRID, 224, {"step_seconds": 0.2})
-
-    def frozen(context, actions, **kw):
-        return context[-1:].repeat(actions.shape[1], 1, 1)[None]
-    monkeypatch.setattr(wm, "rollout", frozen)
+    monkeypatch.setattr(wm, "rollout", frozen_rollout)
     res, _ = eval_wm.evaluate(wm, encoded, horizon=5, start_every=3, track=probe)
     trk = res["object_track"]
     assert trk["rollouts"] == 24 and "object_occupancy" not in res

@@ -98,6 +98,11 @@ def write_object_episodes(folder, count=8, n=12) -> str:
     return str(folder)
 
 
+def frozen_rollout(context, actions, **kw):
+    """A stand-in for ``DexWM.rollout`` that predicts nothing moves: the last context latent at every step."""
+    return context[-1:].repeat(actions.shape[1], 1, 1)[None]
+
+
 def tiny_world_model(latent_dim: int):
     """An untrained DexWM of the default sizes whose latent has ``latent_dim`` dimensions (seed 0)."""
     import torch
