@@ -325,6 +325,13 @@ def encoder_tag(encoder) -> str:
     return tag
 
 
+def projected_latents(episode: Episode, encoder, cache_dir: Optional[str]) -> torch.Tensor:
+    """Latents (N, P, d) float32 of an episode's frames as ``encoder`` projects them, from cached
+    backbone tokens when valid (``cached_tokens``)."""
+    with torch.no_grad():
+        return encoder.project(cached_tokens(episode, encoder, cache_dir)).float()
+
+
 def cached_tokens(episode: Episode, encoder, cache_dir: Optional[str]) -> torch.Tensor:
     """Backbone tokens (N, P, D) of an episode's frames, from the cache when valid."""
     tag = encoder_tag(encoder)

@@ -31,7 +31,7 @@ import torch
 
 from . import occupancy_probe, track_probe
 from .actions import keypoint_actions
-from .datasets import EncodedEpisode, cached_tokens, heatmap_targets, load_episodes
+from .datasets import EncodedEpisode, heatmap_targets, load_episodes, projected_latents
 from .hand_head import pck
 from .keypoints import RIGHT_HAND_HEATMAPS
 from .object_probe import ObjectProbe, probe_file, probe_split, readout_errors
@@ -48,10 +48,8 @@ REPORT_SECONDS = (0.2, 1.0, 2.0, 4.0)
 def encode_episodes(wm: DexWM, episodes, cache_dir=None):
     out = []
     for ep in episodes:
-        tok = cached_tokens(ep, wm.encoder, cache_dir)
-        lat = wm.encoder.project(tok)
         uv, vis = heatmap_targets(ep, wm.encoder)
-        out.append(EncodedEpisode(ep, lat.float(), uv, vis))
+        out.append(EncodedEpisode(ep, projected_latents(ep, wm.encoder, cache_dir), uv, vis))
     return out
 
 
@@ -242,8 +240,7 @@ def plot_metrics(res: dict, path: str, dt: float):
 def write_markdown(res: dict, path: str, dt: float) -> str:
     """metrics.md: the evaluation at 0.2 / 1 / 2 / 4 s, object read-out beside latent error and PCK.
     Returns the text written."""
-    def f(v, fmt="{:.2f}"):
-        return "-" if v is None else fmt.format(v)
+    f = _cell
 
     lines = [f"{res['episodes']} episodes, {res['rollouts']} rollouts, {res['context']} context frame(s), "
              f"steps of {dt:.2f} s; checkpoint `{os.path.basename(res['checkpoint'])}`", ""]
@@ -292,15 +289,18 @@ def write_markdown(res: dict, path: str, dt: float) -> str:
     return text
 
 
+def _cell(v) -> str:
+    """A markdown table cell of a figure that may be missing (None)."""
+    return "-" if v is None else f"{v:.2f}"
+
+
 def _moved_table(at: dict | None, count_label: str, all_label: str, extra, caption) -> list:
     """Markdown lines of a read-out that stands beside a frozen world (``object_occupancy_at``,
     ``object_track_at``): moved objects' errors on predicted, actual and context latents, "nothing
     moves" and its ratio to the prediction, ``extra`` (header, key) columns, then all objects."""
     if at is None:
         return []
-
-    def f(v):
-        return "-" if v is None else f"{v:.2f}"
+    f = _cell
     head = (f"| horizon (s) | {count_label} | moved (cm): predicted | actual latents | last context latent "
             f"| nothing moves | nothing moves / predicted |" + "".join(f" {h} |" for h, _ in extra)
             + f" {all_label}: predicted | nothing moves |")

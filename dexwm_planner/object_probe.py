@@ -75,6 +75,16 @@ def probe_split(episodes, meta: dict, seed: int = 0, fraction: float | None = No
     return split_episodes(list(episodes), fraction, seed)
 
 
+def probe_episodes(wm, data: str, kind: str = "sim", seed: int = 0, fraction: float | None = None):
+    """(training, held-out) episodes of every readable episode under ``data``, split by
+    ``probe_split``; ValueError when none can be read."""
+    from .datasets import load_episodes
+    episodes, skipped = load_episodes(data, kind)
+    if not episodes:
+        raise ValueError(f"no readable episodes in {data} ({skipped} broken)")
+    return probe_split(episodes, wm.meta, seed, fraction)
+
+
 class _Sums:
     """Running sums from which a ridge fit on all frames added so far is solved."""
 
@@ -247,16 +257,12 @@ def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_
     most ``limit`` of those episodes, where encoding them all takes too long), reading one
     episode's latents at a time (backbone tokens from ``cache_dir`` when cached).
     Returns (probe, held-out episodes); the probe's meta says what it was fitted on."""
-    from .datasets import cached_tokens, load_episodes
-    episodes, skipped = load_episodes(data, kind)
-    if not episodes:
-        raise ValueError(f"no readable episodes in {data} ({skipped} broken)")
-    train, held_out = probe_split(episodes, wm.meta, seed, fraction)
+    from .datasets import projected_latents
+    train, held_out = probe_episodes(wm, data, kind, seed, fraction)
 
     def latents():
         for ep in train[:limit]:
-            yield ep.name, wm.encoder.project(cached_tokens(ep, wm.encoder, cache_dir)).float().numpy(), \
-                ep.object_positions
+            yield ep.name, projected_latents(ep, wm.encoder, cache_dir).numpy(), ep.object_positions
 
     probe = fit(latents(), pooling, seed=seed, target=target)
     probe.meta.update(checkpoint=os.path.basename(str(checkpoint)), data=recorded_path(data), kind=kind,

@@ -227,18 +227,14 @@ def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_
     """Fit the occupancy probe of a loaded checkpoint on the training part of ``data`` (the split
     of ``object_probe.probe_split``; at most ``limit`` of those episodes). Returns (probe,
     held-out episodes); the probe's meta says what it was fitted on."""
-    from .datasets import cached_tokens, load_episodes
-    from .object_probe import probe_split
-    episodes, skipped = load_episodes(data, kind)
-    if not episodes:
-        raise ValueError(f"no readable episodes in {data} ({skipped} broken)")
-    train, held_out = probe_split(episodes, wm.meta, seed, fraction)
+    from .datasets import projected_latents
+    from .object_probe import probe_episodes
+    train, held_out = probe_episodes(wm, data, kind, seed, fraction)
     latents, cells, positions, names = [], [], [], []
     for ep in train[:limit]:
         if ep.object_positions is None or (positions and ep.object_positions.shape[1] != positions[0].shape[1]):
             continue
-        with torch.no_grad():
-            latents.append(wm.encoder.project(cached_tokens(ep, wm.encoder, cache_dir)).float())
+        latents.append(projected_latents(ep, wm.encoder, cache_dir))
         cells.append(episode_cells(wm.encoder, ep))
         positions.append(torch.as_tensor(np.asarray(ep.object_positions), dtype=torch.float32))
         names.append(os.path.basename(ep.name))

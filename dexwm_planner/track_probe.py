@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .keypoints import RIGHT_HAND_HEATMAPS
-from .object_probe import MOVED_M, probe_split
+from .object_probe import MOVED_M, probe_episodes
 from .paths import recorded_path
 
 SUFFIX = ".track.pt"
@@ -222,20 +222,16 @@ def fit_for_checkpoint(wm, checkpoint: str, data: str, kind: str = "sim", cache_
     """Fit the tracking read-out of a loaded checkpoint on the training part of ``data`` (the split
     of ``object_probe.probe_split``; at most ``limit`` of those episodes). Returns (probe, held-out
     episodes); the probe's meta says what it was fitted on."""
-    from .datasets import cached_tokens, load_episodes
+    from .datasets import projected_latents
     from .occupancy_probe import episode_cells
-    episodes, skipped = load_episodes(data, kind)
-    if not episodes:
-        raise ValueError(f"no readable episodes in {data} ({skipped} broken)")
-    train, held_out = probe_split(episodes, wm.meta, seed, fraction)
+    train, held_out = probe_episodes(wm, data, kind, seed, fraction)
     image_size = wm.encoder.image_size[0]
     xs, ys, names, count = [], [], [], None
     for ep in train[:limit]:
         if ep.object_positions is None or (count is not None and ep.object_positions.shape[1] != count):
             continue
-        with torch.no_grad():
-            latents = wm.encoder.project(cached_tokens(ep, wm.encoder, cache_dir)).float()
-            hand = wm.keypoints_2d(latents, RIGHT_HAND_HEATMAPS).numpy()
+        latents = projected_latents(ep, wm.encoder, cache_dir)
+        hand = wm.keypoints_2d(latents, RIGHT_HAND_HEATMAPS).numpy()
         got = episode_pairs(latents.numpy(), hand, np.asarray(ep.object_positions, np.float32),
                             episode_cells(wm.encoder, ep).numpy(), model_stride(wm, ep), wm.encoder.grid, image_size)
         if got is None:
